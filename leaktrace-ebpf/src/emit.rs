@@ -1,0 +1,138 @@
+//! Per-socket bookkeeping shared by every hook, the owner filter, and writing records.
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use leaktrace_common::{Record, RecordKind, FLAG_OWNER_CONTEXT, NO_FD, OWNER_UNKNOWN};
+
+use crate::{
+    config,
+    error::{ProbeError, ProbeResult},
+    kernel,
+    maps::{SockMeta, EVENTS, LOST, SOCKS, TARGETS},
+};
+
+pub struct Current {
+    pub tgid: u32,
+    pub tid: u32,
+}
+
+#[inline(always)]
+pub fn current() -> Current {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Current {
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+    }
+}
+
+#[inline(always)]
+pub fn ensure_configured() -> ProbeResult {
+    if config!(ready) == 0 {
+        return Err(ProbeError::NotConfigured);
+    }
+    Ok(())
+}
+
+/// The kernel side's entry for `sk`, created on first sight: its creation time is what tells this
+/// socket apart from a later one at the same address.
+#[inline(always)]
+pub fn sock_meta(sk: u64, now: u64) -> Result<*mut SockMeta, ProbeError> {
+    if let Some(meta) = SOCKS.get_ptr_mut(sk) {
+        return Ok(meta);
+    }
+    let fresh = SockMeta {
+        born_ns: now,
+        owner_tgid: OWNER_UNKNOWN,
+        owner_fd: NO_FD,
+        watched: 0,
+        _pad: 0,
+    };
+    // BPF_NOEXIST: if another CPU created the entry meanwhile, keep its birth time.
+    let _ = SOCKS.insert(sk, fresh, 1);
+    SOCKS.get_ptr_mut(sk).ok_or(ProbeError::Read)
+}
+
+/// With `--pid`, only sockets whose recorded owner is traced pass: the current task is the
+/// wrong test because receive-side transitions run in softirq on behalf of nobody (or, on
+/// loopback, on behalf of the peer process).
+#[inline(always)]
+pub fn owner_traced(owner_tgid: u32) -> bool {
+    if config!(filter_targets) == 0 {
+        return true;
+    }
+    owner_tgid != OWNER_UNKNOWN && unsafe { TARGETS.get(owner_tgid) }.is_some()
+}
+
+/// What one record says besides the socket itself.
+pub struct Event {
+    pub kind: RecordKind,
+    pub ts_ns: u64,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub fd: i32,
+    pub how: i32,
+    pub ret: i64,
+}
+
+impl Event {
+    #[inline(always)]
+    pub fn new(kind: RecordKind, ts_ns: u64) -> Self {
+        Self {
+            kind,
+            ts_ns,
+            old_state: 0,
+            new_state: 0,
+            fd: NO_FD,
+            how: 0,
+            ret: 0,
+        }
+    }
+}
+
+/// Writes one record for `sk`; a full ring buffer is counted in `LOST`, never silently dropped.
+#[inline(always)]
+pub fn emit(sk: u64, meta: &SockMeta, event: &Event) -> ProbeResult {
+    let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
+        if let Some(lost) = LOST.get_ptr_mut(0) {
+            unsafe { *lost += 1 };
+        }
+        return Ok(());
+    };
+    let task = current();
+    let mut record = Record {
+        ts_ns: event.ts_ns,
+        sock: sk,
+        sock_born_ns: meta.born_ns,
+        ret: event.ret,
+        tgid: task.tgid,
+        tid: task.tid,
+        owner_tgid: meta.owner_tgid,
+        owner_fd: meta.owner_fd,
+        fd: event.fd,
+        how: event.how,
+        rcv_nxt: 0,
+        copied_seq: 0,
+        rcv_qlen: 0,
+        sport: 0,
+        dport: 0,
+        family: 0,
+        kind: event.kind as u8,
+        old_state: event.old_state,
+        new_state: event.new_state,
+        flags: 0,
+        _pad: [0; 2],
+        saddr: [0; 16],
+        daddr: [0; 16],
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if meta.owner_tgid != OWNER_UNKNOWN && meta.owner_tgid == task.tgid {
+        record.flags |= FLAG_OWNER_CONTEXT;
+    }
+    kernel::fill_socket(&mut record, sk);
+    entry.write(record);
+    entry.submit(0);
+    Ok(())
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}

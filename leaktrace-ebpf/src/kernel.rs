@@ -1,0 +1,110 @@
+//! Reads of kernel structs at the offsets userspace resolved from BTF.
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use leaktrace_common::{Record, AF_INET, AF_INET6, FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE};
+
+use crate::{config, error::ProbeError};
+
+const IPPROTO_TCP: u16 = 6;
+// File type bits of `inode.i_mode`: part of the stat(2) ABI, not a kernel-internal layout.
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+#[inline(always)]
+pub fn read<T>(base: u64, offset: u32) -> Result<T, ProbeError> {
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }
+        .map_err(|_| ProbeError::Read)
+}
+
+/// The TCP `struct sock` behind `fd` in the current task's fd table:
+/// task->files->fdt->fd[fd]->private_data (a `struct socket`)->sk.
+#[inline(always)]
+pub fn tcp_sock_of_fd(fd: i32) -> Result<u64, ProbeError> {
+    if fd < 0 {
+        return Err(ProbeError::NotTcpSocket);
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, config!(kernel.task_files))?;
+    let fdt: u64 = read(files, config!(kernel.files_fdt))?;
+    let max_fds: u32 = read(fdt, config!(kernel.fdtable_max_fds))?;
+    if fd as u32 >= max_fds {
+        return Err(ProbeError::NotTcpSocket);
+    }
+    let fd_array: u64 = read(fdt, config!(kernel.fdtable_fd))?;
+    let file: u64 = read(fd_array, fd as u32 * 8)?;
+    if file == 0 {
+        return Err(ProbeError::NotTcpSocket);
+    }
+    let inode: u64 = read(file, config!(kernel.file_inode))?;
+    let mode: u16 = read(inode, config!(kernel.inode_mode))?;
+    if mode & S_IFMT != S_IFSOCK {
+        return Err(ProbeError::NotTcpSocket);
+    }
+    let socket: u64 = read(file, config!(kernel.file_private_data))?;
+    let sk: u64 = read(socket, config!(kernel.socket_sk))?;
+    if sk == 0 || !is_tcp(sk)? {
+        return Err(ProbeError::NotTcpSocket);
+    }
+    Ok(sk)
+}
+
+#[inline(always)]
+pub fn is_tcp(sk: u64) -> Result<bool, ProbeError> {
+    let family = family(sk)?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(false);
+    }
+    let protocol = if config!(kernel.sock_protocol_size) == 1 {
+        read::<u8>(sk, config!(kernel.sock_protocol))? as u16
+    } else {
+        read::<u16>(sk, config!(kernel.sock_protocol))?
+    };
+    Ok(protocol == IPPROTO_TCP)
+}
+
+#[inline(always)]
+pub fn family(sk: u64) -> Result<u16, ProbeError> {
+    read(sk, config!(kernel.sock_family))
+}
+
+#[inline(always)]
+pub fn local_port(sk: u64) -> Result<u16, ProbeError> {
+    read(sk, config!(kernel.sock_num))
+}
+
+#[inline(always)]
+pub fn state(sk: u64) -> Result<u8, ProbeError> {
+    read(sk, config!(kernel.sock_state))
+}
+
+/// Addresses, ports and the receive side (`rcv_nxt`, `copied_seq`, FIN received, queue length)
+/// of `sk`, into `record`. Best effort: a failed read leaves zeros.
+#[inline(always)]
+pub fn fill_socket(record: &mut Record, sk: u64) {
+    let family = family(sk).unwrap_or(0);
+    record.family = family;
+    record.sport = local_port(sk).unwrap_or(0);
+    record.dport = u16::from_be(read(sk, config!(kernel.sock_dport)).unwrap_or(0));
+    if family == AF_INET {
+        let saddr: [u8; 4] = read(sk, config!(kernel.sock_rcv_saddr)).unwrap_or([0; 4]);
+        let daddr: [u8; 4] = read(sk, config!(kernel.sock_daddr)).unwrap_or([0; 4]);
+        record.saddr[..4].copy_from_slice(&saddr);
+        record.daddr[..4].copy_from_slice(&daddr);
+    } else if family == AF_INET6 {
+        record.saddr = read(sk, config!(kernel.sock_v6_rcv_saddr)).unwrap_or([0; 16]);
+        record.daddr = read(sk, config!(kernel.sock_v6_daddr)).unwrap_or([0; 16]);
+    }
+    if let (Ok(rcv_nxt), Ok(copied_seq), Ok(sk_flags), Ok(qlen)) = (
+        read::<u32>(sk, config!(kernel.tcp_rcv_nxt)),
+        read::<u32>(sk, config!(kernel.tcp_copied_seq)),
+        read::<u64>(sk, config!(kernel.sock_flags)),
+        read::<u32>(sk, config!(kernel.sock_receive_qlen)),
+    ) {
+        record.rcv_nxt = rcv_nxt;
+        record.copied_seq = copied_seq;
+        record.rcv_qlen = qlen;
+        record.flags |= FLAG_HAS_RECEIVE_STATE;
+        if sk_flags & (1u64 << (config!(kernel.sock_done_bit) & 63)) != 0 {
+            record.flags |= FLAG_FIN_RECEIVED;
+        }
+    }
+}

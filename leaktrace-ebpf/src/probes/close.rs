@@ -1,0 +1,56 @@
+//! The owner releasing the socket: `tcp_close` (fentry, kprobe) sees every release, including
+//! the implicit ones at process exit; where it cannot be hooked, `close(2)` on a TCP fd.
+use aya_ebpf::{
+    macros::{fentry, kprobe, tracepoint},
+    programs::{FEntryContext, ProbeContext, TracePointContext},
+};
+use leaktrace_common::{RecordKind, NO_FD, OWNER_UNKNOWN};
+
+use super::syscall;
+use crate::{
+    emit::{self, current, emit, ensure_configured, owner_traced, sock_meta, Event},
+    error::{ProbeError, ProbeResult},
+    kernel,
+};
+
+fn on_close(sk: u64, fd: i32) -> ProbeResult {
+    ensure_configured()?;
+    let now = emit::now();
+    let meta = unsafe { &mut *sock_meta(sk, now)? };
+    if meta.owner_tgid == OWNER_UNKNOWN && fd != NO_FD {
+        meta.owner_tgid = current().tgid;
+        meta.owner_fd = fd;
+    }
+    if !owner_traced(meta.owner_tgid) {
+        return Err(ProbeError::Filtered);
+    }
+    let mut event = Event::new(RecordKind::Close, now);
+    event.fd = fd;
+    emit(sk, meta, &event)
+}
+
+#[fentry(function = "tcp_close")]
+pub fn close_fentry(ctx: FEntryContext) -> i32 {
+    let _ = on_close(ctx.arg(0), NO_FD);
+    0
+}
+
+#[kprobe]
+pub fn close_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        let _ = on_close(sk, NO_FD);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn close_enter(ctx: TracePointContext) -> u32 {
+    if ensure_configured().is_ok() {
+        if let Ok(fd) = syscall::arg0(&ctx) {
+            if let Ok(sk) = kernel::tcp_sock_of_fd(fd as i32) {
+                let _ = on_close(sk, fd as i32);
+            }
+        }
+    }
+    0
+}
