@@ -1,0 +1,124 @@
+//! Command line: `leaktrace [--pid PID]...` traces; `leaktrace demo` shows what it finds.
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::hooks::HookFamily;
+
+const AFTER_HELP: &str = "\
+Leak classes:
+  close_wait      the peer closed (its FIN put the socket in CLOSE_WAIT) and the owner never
+                  closed or shut down its side
+  shut_wr_unread  the owner called shutdown(SHUT_WR or SHUT_RDWR), the peer then sent data or
+                  its FIN, and the owner never consumed it while keeping the fd open
+
+Examples:
+  sudo leaktrace demo                       leaky servers in-process: see both classes
+  sudo leaktrace --pid 4242                 trace one process until Ctrl-C
+  sudo leaktrace --pid 4242 --json --duration 1m --leak-after 2s
+
+Exit status:
+  0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process,
+  5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "leaktrace",
+    version,
+    about = "Find the TCP sockets a process leaks, the fd holding each, and how each got there",
+    long_about = "Find the TCP sockets a process leaks, the fd holding each, and how each got there.\n\n\
+        leaktrace follows every TCP socket of the traced processes through the kernel (state \
+        transitions, accept, shutdown, reads after shutdown, close, destruction) with eBPF, prints \
+        each leak as soon as it has lasted --leak-after, and prints the leaking sockets' timelines \
+        in a final report when it stops (--duration, Ctrl-C or SIGTERM).",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start small leaky servers in this process (incidents 1 and 3), trace them, and report.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Trace the sockets owned by this process (repeatable). Without it, every process.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// How long a leak condition must last before it is reported (e.g. 500ms, 2s, 1m). Long
+    /// enough for a server to answer after a client's half-close, short enough to see leaks
+    /// while you watch.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub leak_after: Duration,
+    /// Stop after this long and print the final report (default: until Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Print JSON Lines (start, leak, resolved, summary records) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Which kernel hooks to use; auto picks the best this kernel allows and says which.
+    #[arg(long, value_enum, default_value_t = HookFamily::Auto)]
+    pub hooks: HookFamily,
+    /// Size of the kernel-to-userspace ring buffer in bytes (a power of two, at least 4096).
+    /// Raise it if the summary reports lost events.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
+    pub ring_size: u32,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 500ms, 2s, 1m)"))
+}
+
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let size: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    if size < 4096 || !size.is_power_of_two() {
+        return Err("must be a power of two of at least 4096".into());
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn durations_and_ring_sizes_are_validated() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("5parsecs").is_err());
+        assert!(parse_ring_size("4096").is_ok());
+        assert!(parse_ring_size("5000").is_err());
+        assert!(parse_ring_size("1024").is_err());
+    }
+
+    #[test]
+    fn pids_repeat_and_demo_is_a_subcommand() {
+        let cli = Cli::try_parse_from(["leaktrace", "--pid", "1", "--pid", "2", "--json"]).unwrap();
+        assert_eq!(cli.trace.pids, [1, 2]);
+        assert!(cli.trace.common.json);
+        let cli = Cli::try_parse_from(["leaktrace", "demo"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Demo(_))));
+        assert!(Cli::try_parse_from(["leaktrace", "--pid", "x"]).is_err());
+    }
+}

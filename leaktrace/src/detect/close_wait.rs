@@ -1,0 +1,20 @@
+//! Incident 1: the peer closed, the owner never did, and the socket sits in CLOSE_WAIT.
+
+use leaktrace_common::tcp_state;
+
+use super::Verdict;
+use crate::timeline::Timeline;
+
+pub(super) fn check(timeline: &Timeline) -> Verdict {
+    if timeline.closed() {
+        return Verdict::Clear { how: "closed" };
+    }
+    if timeline.destroyed() {
+        return Verdict::Clear { how: "destroyed" };
+    }
+    match (timeline.state(), timeline.close_wait_since()) {
+        (Some(tcp_state::CLOSE_WAIT), Some(since)) => Verdict::Holds { since },
+        // Left CLOSE_WAIT without a close: shutdown(SHUT_WR) moved it on to LAST_ACK.
+        _ => Verdict::Clear { how: "shutdown" },
+    }
+}

@@ -1,0 +1,678 @@
+//! Leak detectors over the timelines store. Each leak class is one file with a `check` function;
+//! this module turns their verdicts into findings reported once, after the grace period, and
+//! resolutions reported once when the condition stops holding.
+
+mod close_wait;
+mod shut_wr_unread;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use leaktrace_common::tcp_state;
+
+use crate::decoder::{Event, SockKey};
+use crate::report::{FinalReport, IngestCounts};
+use crate::timeline::{Store, Timeline};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LeakKind {
+    CloseWait,
+    ShutWrUnread,
+}
+
+impl LeakKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CloseWait => "close_wait",
+            Self::ShutWrUnread => "shut_wr_unread",
+        }
+    }
+}
+
+/// What a detector says about one socket right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The leak condition has held since this kernel time.
+    Holds { since: u64 },
+    /// It does not hold; `how` says what ended it, should a finding be open.
+    Clear { how: &'static str },
+}
+
+/// What every detector file provides.
+type Check = fn(&Timeline) -> Verdict;
+
+/// Adding a leak class: a new file with a `check`, a `LeakKind` variant, one line here.
+const DETECTORS: [(LeakKind, Check); 2] = [
+    (LeakKind::CloseWait, close_wait::check),
+    (LeakKind::ShutWrUnread, shut_wr_unread::check),
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: LeakKind,
+    pub sock: SockKey,
+    pub pid: u32,
+    /// "?" when neither the records nor /proc named the process.
+    pub comm: String,
+    pub fd: Option<i32>,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    pub state: &'static str,
+    pub unread_bytes: u32,
+    pub eof_unread: bool,
+    pub bytes_after_shutdown: u32,
+    /// How long the condition has held.
+    pub age: Duration,
+    pub timeline: Vec<Event>,
+    /// Reads and arrivals the timeline left out to bound memory.
+    pub elided: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub kind: LeakKind,
+    pub pid: u32,
+    pub fd: Option<i32>,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    pub how: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Leak(Finding),
+    Resolved(Resolved),
+}
+
+enum Tracked {
+    /// Reported; kept so the resolution names the same pid/fd/addresses as the finding.
+    Reported { since: u64, finding: Finding },
+    /// Held long enough but no process is known to own the socket.
+    Unattributed,
+}
+
+pub struct Detectors {
+    leak_after_ns: u64,
+    tracked: HashMap<(SockKey, LeakKind), Tracked>,
+    resolved: u64,
+    unattributed: u64,
+}
+
+impl Detectors {
+    pub fn new(leak_after: Duration) -> Self {
+        Self {
+            leak_after_ns: u64::try_from(leak_after.as_nanos()).unwrap_or(u64::MAX),
+            tracked: HashMap::new(),
+            resolved: 0,
+            unattributed: 0,
+        }
+    }
+
+    /// Runs every detector over every socket. `now_ns` is CLOCK_MONOTONIC, the records' clock.
+    /// Also drops timelines nothing needs any more.
+    pub fn evaluate(&mut self, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
+        let mut matured = Vec::new();
+        let mut resolved = Vec::new();
+        for (key, timeline) in store.iter() {
+            for (kind, check) in DETECTORS {
+                let id = (*key, kind);
+                match (check(timeline), self.tracked.get(&id)) {
+                    (Verdict::Holds { .. }, Some(Tracked::Reported { .. })) => {}
+                    (Verdict::Holds { since }, tracked)
+                        if now_ns.saturating_sub(since) >= self.leak_after_ns =>
+                    {
+                        // Reported ones matched above: tracked here means counted as
+                        // unattributed.
+                        let counted = tracked.is_some();
+                        if timeline.owner().is_some() {
+                            if counted {
+                                self.unattributed -= 1;
+                            }
+                            matured.push((since, id));
+                        } else if !counted {
+                            self.unattributed += 1;
+                            self.tracked.insert(id, Tracked::Unattributed);
+                        }
+                    }
+                    (Verdict::Holds { .. }, _) => {}
+                    (Verdict::Clear { how }, Some(_)) => resolved.push((id, how)),
+                    (Verdict::Clear { .. }, None) => {}
+                }
+            }
+        }
+
+        let mut outcomes = Vec::new();
+        resolved.sort_unstable_by_key(|(id, _)| *id);
+        for (id, how) in resolved {
+            if let Some(Tracked::Reported { finding, .. }) = self.tracked.remove(&id) {
+                self.resolved += 1;
+                outcomes.push(Outcome::Resolved(Resolved {
+                    kind: finding.kind,
+                    pid: finding.pid,
+                    fd: finding.fd,
+                    local: finding.local,
+                    remote: finding.remote,
+                    how,
+                }));
+            }
+        }
+        matured.sort_unstable();
+        for (since, (key, kind)) in matured {
+            if let Some(finding) = finding(store, key, kind, since, now_ns) {
+                outcomes.push(Outcome::Leak(finding.clone()));
+                self.tracked
+                    .insert((key, kind), Tracked::Reported { since, finding });
+            }
+        }
+
+        store.sweep(|key| {
+            DETECTORS
+                .iter()
+                .any(|(kind, _)| self.tracked.contains_key(&(*key, *kind)))
+        });
+        outcomes
+    }
+
+    /// The final report: findings still open, with their timelines as of `now_ns`, and counts.
+    pub fn summary(&self, store: &mut Store, now_ns: u64, ingest: IngestCounts) -> FinalReport {
+        let mut open: Vec<Finding> = self
+            .tracked
+            .iter()
+            .filter_map(|(&(key, kind), tracked)| match tracked {
+                Tracked::Reported { since, finding } => Some(
+                    self::finding(store, key, kind, *since, now_ns)
+                        .unwrap_or_else(|| finding.clone()),
+                ),
+                Tracked::Unattributed => None,
+            })
+            .collect();
+        open.sort_unstable_by_key(|f| (f.pid, f.fd, f.kind, f.sock));
+        FinalReport {
+            open,
+            leaks_resolved: self.resolved,
+            sockets_seen: store.sockets_seen(),
+            unattributed: self.unattributed,
+            ingest,
+        }
+    }
+}
+
+/// A finding for a socket whose condition has held since `since`; `None` if the socket or its
+/// owner is unknown.
+fn finding(
+    store: &mut Store,
+    key: SockKey,
+    kind: LeakKind,
+    since: u64,
+    now_ns: u64,
+) -> Option<Finding> {
+    let owner = store.get(&key)?.owner()?;
+    let comm = store.comm(owner.tgid).unwrap_or_else(|| "?".into());
+    let timeline = store.get(&key)?;
+    let latest = timeline.receive().map(|r| r.value);
+    let bytes_after_shutdown = shut_wr_unread::baseline(timeline)
+        .zip(latest)
+        .map_or(0, |((_, at_shutdown), now)| {
+            shut_wr_unread::bytes_after_shutdown(&at_shutdown, &now)
+        });
+    Some(Finding {
+        kind,
+        sock: key,
+        pid: owner.tgid,
+        comm,
+        fd: owner.fd,
+        local: timeline.local(),
+        remote: timeline.remote(),
+        // No state seen yet: 0 is no TCP state, which `name` spells UNKNOWN.
+        state: tcp_state::name(timeline.state().unwrap_or_default()),
+        unread_bytes: latest.map_or(0, |r| r.unread_bytes()),
+        eof_unread: latest.is_some_and(|r| r.eof_unread()),
+        bytes_after_shutdown,
+        age: Duration::from_nanos(now_ns.saturating_sub(since)),
+        timeline: timeline.entries().to_vec(),
+        elided: timeline.elided(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use leaktrace_common::shutdown_how::{SHUT_RD, SHUT_RDWR, SHUT_WR};
+    use leaktrace_common::tcp_state::*;
+
+    use super::*;
+    use crate::decoder::EventKind;
+    use crate::timeline::tests::{event, from_peer, key, state, with_receive, OWNER};
+
+    const MS: u64 = 1_000_000;
+    const SOCK: SockKey = SockKey {
+        addr: 0x1000,
+        born_ns: 1,
+    };
+
+    fn detectors() -> Detectors {
+        Detectors::new(Duration::from_secs(1))
+    }
+
+    fn leaks(outcomes: &[Outcome]) -> Vec<&Finding> {
+        outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Leak(f) => Some(f),
+                Outcome::Resolved(_) => None,
+            })
+            .collect()
+    }
+
+    fn resolutions(outcomes: &[Outcome]) -> Vec<(LeakKind, &'static str)> {
+        outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Resolved(r) => Some((r.kind, r.how)),
+                Outcome::Leak(_) => None,
+            })
+            .collect()
+    }
+
+    /// An accepted connection whose peer closes at `fin_ms`: the socket enters CLOSE_WAIT.
+    fn close_wait(store: &mut Store, sock: SockKey, fin_ms: u64) {
+        let mut established =
+            from_peer(event(sock, fin_ms - 50 * MS, state(SYN_RECV, ESTABLISHED)));
+        established.owner = None;
+        store.insert(established);
+        store.insert(event(sock, fin_ms - 49 * MS, EventKind::Accept { fd: 7 }));
+        store.insert(from_peer(with_receive(
+            event(sock, fin_ms, state(ESTABLISHED, CLOSE_WAIT)),
+            101,
+            100,
+            true,
+        )));
+    }
+
+    fn close(store: &mut Store, sock: SockKey, at: u64) {
+        store.insert(event(sock, at, EventKind::Close { fd: Some(7) }));
+        store.insert(event(sock, at, state(CLOSE_WAIT, LAST_ACK)));
+    }
+
+    #[test]
+    fn close_wait_reported_after_grace_then_resolved_by_close() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        close_wait(&mut store, SOCK, 100 * MS);
+
+        assert!(detectors.evaluate(&mut store, 1099 * MS).is_empty());
+        let outcomes = detectors.evaluate(&mut store, 1100 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(finding.kind, LeakKind::CloseWait);
+        assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
+        assert_eq!(finding.comm, "mailer");
+        assert_eq!(finding.state, "CLOSE_WAIT");
+        assert_eq!(finding.age, Duration::from_secs(1));
+        assert_eq!((finding.unread_bytes, finding.eof_unread), (0, true));
+        assert_eq!(finding.local, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(finding.remote, Some("127.0.0.1:50412".parse().unwrap()));
+        assert_eq!(finding.timeline.len(), 3);
+        // Reported once only.
+        assert!(detectors.evaluate(&mut store, 2000 * MS).is_empty());
+
+        close(&mut store, SOCK, 2100 * MS);
+        let outcomes = detectors.evaluate(&mut store, 2200 * MS);
+        assert_eq!(resolutions(&outcomes), [(LeakKind::CloseWait, "closed")]);
+        let Outcome::Resolved(resolved) = &outcomes[0] else {
+            unreachable!()
+        };
+        assert_eq!((resolved.pid, resolved.fd), (OWNER, Some(7)));
+        assert!(detectors.evaluate(&mut store, 9000 * MS).is_empty());
+
+        let report = detectors.summary(&mut store, 9000 * MS, Default::default());
+        assert!(report.open.is_empty());
+        assert_eq!((report.leaks_resolved, report.sockets_seen), (1, 1));
+    }
+
+    #[test]
+    fn close_wait_closed_within_grace_is_no_leak() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        close_wait(&mut store, SOCK, 100 * MS);
+        close(&mut store, SOCK, 1099 * MS);
+        assert!(detectors.evaluate(&mut store, 1100 * MS).is_empty());
+        assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
+    }
+
+    #[test]
+    fn close_wait_late_records_from_another_cpu() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        // The close and LAST_ACK reach userspace before the CLOSE_WAIT transition that preceded
+        // them.
+        close(&mut store, SOCK, 500 * MS);
+        close_wait(&mut store, SOCK, 100 * MS);
+        assert!(detectors.evaluate(&mut store, 5000 * MS).is_empty());
+    }
+
+    #[test]
+    fn close_wait_resolved_by_shutdown_or_destroy() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        let other = key(0x2000, 1);
+        close_wait(&mut store, SOCK, 100 * MS);
+        close_wait(&mut store, other, 100 * MS);
+        assert_eq!(leaks(&detectors.evaluate(&mut store, 1100 * MS)).len(), 2);
+
+        let shutdown = EventKind::Shutdown {
+            fd: 7,
+            how: SHUT_WR,
+            ret: 0,
+        };
+        store.insert(event(SOCK, 1200 * MS, shutdown));
+        store.insert(event(SOCK, 1200 * MS, state(CLOSE_WAIT, LAST_ACK)));
+        store.insert(event(other, 1200 * MS, EventKind::Destroy));
+        let mut outcomes = resolutions(&detectors.evaluate(&mut store, 1300 * MS));
+        outcomes.sort_unstable();
+        assert_eq!(
+            outcomes,
+            [
+                (LeakKind::CloseWait, "destroyed"),
+                (LeakKind::CloseWait, "shutdown")
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_owner_is_counted_not_reported() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        for ts in [50 * MS, 100 * MS] {
+            let mut unowned = from_peer(event(SOCK, ts, state(ESTABLISHED, CLOSE_WAIT)));
+            unowned.owner = None;
+            store.insert(unowned);
+        }
+        assert!(detectors.evaluate(&mut store, 2000 * MS).is_empty());
+        assert!(detectors.evaluate(&mut store, 3000 * MS).is_empty());
+        let report = detectors.summary(&mut store, 3000 * MS, Default::default());
+        assert_eq!((report.unattributed, report.open.len()), (1, 0));
+
+        // Once the owner is learned the leak is reported and no longer unattributed.
+        store.insert(event(SOCK, 3100 * MS, EventKind::Arrival));
+        let outcomes = detectors.evaluate(&mut store, 3200 * MS);
+        assert_eq!(leaks(&outcomes)[0].pid, OWNER);
+        let report = detectors.summary(&mut store, 3200 * MS, Default::default());
+        assert_eq!((report.unattributed, report.open.len()), (0, 1));
+    }
+
+    #[test]
+    fn address_reuse_gives_independent_results() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        let first = key(0x1000, 1);
+        let second = key(0x1000, 400 * MS);
+        close_wait(&mut store, first, 100 * MS);
+        close(&mut store, first, 200 * MS);
+        store.insert(event(first, 300 * MS, EventKind::Destroy));
+        close_wait(&mut store, second, 500 * MS);
+
+        assert!(detectors.evaluate(&mut store, 1499 * MS).is_empty());
+        let outcomes = detectors.evaluate(&mut store, 1600 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(finding.sock, second);
+        assert_eq!(finding.age, Duration::from_millis(1100));
+        assert!(finding.timeline.iter().all(|e| e.sock == second));
+    }
+
+    /// Accepted at 1 ms, shut down with `how` at 100 ms with nothing unread, FIN_WAIT2 after.
+    fn shut_down(store: &mut Store, how: i32) {
+        store.insert(event(SOCK, MS, EventKind::Accept { fd: 7 }));
+        let shutdown = EventKind::Shutdown { fd: 7, how, ret: 0 };
+        store.insert(with_receive(
+            event(SOCK, 100 * MS, shutdown),
+            1000,
+            1000,
+            false,
+        ));
+        store.insert(event(SOCK, 100 * MS, state(ESTABLISHED, FIN_WAIT1)));
+        store.insert(from_peer(event(
+            SOCK,
+            101 * MS,
+            state(FIN_WAIT1, FIN_WAIT2),
+        )));
+    }
+
+    /// The peer sends `n` bytes at 200 ms, then its FIN at 210 ms, which ends the connection.
+    fn peer_sends_and_closes(store: &mut Store, n: u32) {
+        let arrival = |ts, rcv_nxt, fin| {
+            from_peer(with_receive(
+                event(SOCK, ts, EventKind::Arrival),
+                rcv_nxt,
+                1000,
+                fin,
+            ))
+        };
+        store.insert(arrival(200 * MS, 1000 + n, false));
+        store.insert(arrival(210 * MS, 1000 + n + 1, true));
+        store.insert(from_peer(event(SOCK, 210 * MS, state(FIN_WAIT2, CLOSE))));
+    }
+
+    /// A read after the peer's FIN arrived.
+    fn recv(store: &mut Store, at: u64, ret: i64, copied_seq: u32, rcv_nxt: u32) {
+        store.insert(with_receive(
+            event(SOCK, at, EventKind::Recv { ret: Some(ret) }),
+            rcv_nxt,
+            copied_seq,
+            true,
+        ));
+    }
+
+    #[test]
+    fn shut_wr_late_bytes_never_read() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 6);
+
+        assert!(detectors.evaluate(&mut store, 1199 * MS).is_empty());
+        let outcomes = detectors.evaluate(&mut store, 1200 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(finding.kind, LeakKind::ShutWrUnread);
+        assert_eq!(finding.state, "CLOSE");
+        assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
+        assert_eq!(finding.unread_bytes, 6);
+        assert!(finding.eof_unread);
+        assert_eq!(finding.bytes_after_shutdown, 6);
+        assert_eq!(finding.age, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn shut_wr_late_bytes_read_but_not_eof() {
+        // Incident 3: the runtime pulled the bytes into its own buffer, never read the EOF.
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 6);
+        recv(&mut store, 220 * MS, 6, 1006, 1007);
+
+        let outcomes = detectors.evaluate(&mut store, 1200 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(finding.unread_bytes, 0);
+        assert!(finding.eof_unread);
+        assert_eq!(finding.bytes_after_shutdown, 6);
+
+        // Reading the EOF drains it.
+        recv(&mut store, 1300 * MS, 0, 1007, 1007);
+        let outcomes = detectors.evaluate(&mut store, 1400 * MS);
+        assert_eq!(
+            resolutions(&outcomes),
+            [(LeakKind::ShutWrUnread, "drained")]
+        );
+    }
+
+    #[test]
+    fn shut_wr_baseline_from_before_the_shutdown() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        store.insert(with_receive(
+            event(SOCK, 50 * MS, EventKind::Accept { fd: 7 }),
+            1000,
+            1000,
+            false,
+        ));
+        // This shutdown record carries no receive state.
+        let shutdown = EventKind::Shutdown {
+            fd: 7,
+            how: SHUT_WR,
+            ret: 0,
+        };
+        store.insert(event(SOCK, 100 * MS, shutdown));
+        peer_sends_and_closes(&mut store, 6);
+        let outcomes = detectors.evaluate(&mut store, 1200 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(finding.bytes_after_shutdown, 6);
+    }
+
+    #[test]
+    fn shut_rdwr_counts_shut_rd_does_not() {
+        for (how, expected) in [(SHUT_RDWR, 1), (SHUT_RD, 0)] {
+            let mut store = Store::new();
+            let mut detectors = detectors();
+            shut_down(&mut store, how);
+            peer_sends_and_closes(&mut store, 6);
+            let outcomes = detectors.evaluate(&mut store, 5000 * MS);
+            assert_eq!(leaks(&outcomes).len(), expected, "how {how}");
+        }
+    }
+
+    #[test]
+    fn shut_wr_well_behaved_is_no_leak() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 6);
+        recv(&mut store, 220 * MS, 6, 1006, 1007);
+        recv(&mut store, 230 * MS, 0, 1007, 1007);
+        store.insert(event(SOCK, 240 * MS, EventKind::Close { fd: Some(7) }));
+        store.insert(event(SOCK, 240 * MS, EventKind::Destroy));
+        assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
+    }
+
+    #[test]
+    fn shut_wr_only_fin_after_shutdown() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 0);
+        let outcomes = detectors.evaluate(&mut store, 1300 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(
+            (
+                finding.unread_bytes,
+                finding.eof_unread,
+                finding.bytes_after_shutdown
+            ),
+            (0, true, 0)
+        );
+        // Not a close_wait leak: the socket never was in CLOSE_WAIT.
+        assert_eq!(finding.kind, LeakKind::ShutWrUnread);
+    }
+
+    #[test]
+    fn shut_wr_condition_restarts_after_a_drain() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        let arrival = |ts, rcv_nxt, fin| {
+            from_peer(with_receive(
+                event(SOCK, ts, EventKind::Arrival),
+                rcv_nxt,
+                1000,
+                fin,
+            ))
+        };
+        store.insert(arrival(200 * MS, 1006, false));
+        store.insert(with_receive(
+            event(SOCK, 300 * MS, EventKind::Recv { ret: Some(6) }),
+            1006,
+            1006,
+            false,
+        ));
+        store.insert(from_peer(with_receive(
+            event(SOCK, 400 * MS, EventKind::Arrival),
+            1010,
+            1006,
+            false,
+        )));
+        assert!(detectors.evaluate(&mut store, 1399 * MS).is_empty());
+        let outcomes = detectors.evaluate(&mut store, 1400 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(
+            (finding.unread_bytes, finding.bytes_after_shutdown),
+            (4, 10)
+        );
+        assert!(!finding.eof_unread);
+    }
+
+    #[test]
+    fn shut_wr_resolved_by_close_and_destroy() {
+        for (end, how) in [
+            (EventKind::Close { fd: Some(7) }, "closed"),
+            (EventKind::Destroy, "destroyed"),
+        ] {
+            let mut store = Store::new();
+            let mut detectors = detectors();
+            shut_down(&mut store, SHUT_WR);
+            peer_sends_and_closes(&mut store, 6);
+            assert_eq!(leaks(&detectors.evaluate(&mut store, 2000 * MS)).len(), 1);
+            store.insert(event(SOCK, 2100 * MS, end));
+            let outcomes = detectors.evaluate(&mut store, 2200 * MS);
+            assert_eq!(resolutions(&outcomes), [(LeakKind::ShutWrUnread, how)]);
+        }
+    }
+
+    #[test]
+    fn summary_refreshes_open_findings() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        close_wait(&mut store, SOCK, 100 * MS);
+        detectors.evaluate(&mut store, 1100 * MS);
+        store.insert(from_peer(event(SOCK, 1500 * MS, EventKind::Arrival)));
+        let ingest = IngestCounts {
+            records: 5,
+            decode_errors: 1,
+            lost_events: 2,
+        };
+        let report = detectors.summary(&mut store, 5100 * MS, ingest);
+        let [finding] = &report.open[..] else {
+            panic!("expected one open finding: {report:?}");
+        };
+        assert_eq!(finding.age, Duration::from_secs(5));
+        assert_eq!(finding.timeline.len(), 4);
+        assert_eq!(report.ingest, ingest);
+        assert_eq!((report.sockets_seen, report.leaks_resolved), (1, 0));
+    }
+
+    #[test]
+    fn destroyed_timelines_are_swept_once_resolved() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        close_wait(&mut store, SOCK, 100 * MS);
+        assert_eq!(leaks(&detectors.evaluate(&mut store, 1100 * MS)).len(), 1);
+        store.insert(event(SOCK, 1200 * MS, EventKind::Destroy));
+        // A later record elsewhere moves kernel time past the grace period.
+        store.insert(event(key(0x9000, 1), 3000 * MS, EventKind::Arrival));
+        let outcomes = detectors.evaluate(&mut store, 3000 * MS);
+        assert_eq!(resolutions(&outcomes), [(LeakKind::CloseWait, "destroyed")]);
+        assert!(store.get(&SOCK).is_none());
+    }
+}

@@ -1,0 +1,72 @@
+//! Why leaktrace could not do its job, each with its own exit status so scripts can tell a
+//! missing privilege from a kernel that lacks what leaktrace needs.
+use std::fmt;
+
+/// Exit statuses, documented in `--help` and the README. Usage errors exit with 2, clap's status.
+pub mod exit_code {
+    pub const RUNTIME: u8 = 1;
+    pub const NOT_ROOT: u8 = 3;
+    pub const NO_SUCH_PROCESS: u8 = 4;
+    pub const NO_BTF: u8 = 5;
+    pub const NO_TRACEFS: u8 = 6;
+    pub const HOOK_REFUSED: u8 = 7;
+}
+
+#[derive(Debug)]
+pub enum Failure {
+    NotRoot,
+    NoSuchProcess(u32),
+    NoBtf,
+    /// BTF exists but lacks something leaktrace reads.
+    Btf(anyhow::Error),
+    NoTracefs(anyhow::Error),
+    HookRefused {
+        event: &'static str,
+        reasons: Vec<String>,
+    },
+    Runtime(anyhow::Error),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::NotRoot => exit_code::NOT_ROOT,
+            Self::NoSuchProcess(_) => exit_code::NO_SUCH_PROCESS,
+            Self::NoBtf | Self::Btf(_) => exit_code::NO_BTF,
+            Self::NoTracefs(_) => exit_code::NO_TRACEFS,
+            Self::HookRefused { .. } => exit_code::HOOK_REFUSED,
+            Self::Runtime(_) => exit_code::RUNTIME,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotRoot => write!(
+                f,
+                "leaktrace loads eBPF programs and needs root (CAP_BPF and CAP_PERFMON): run it with sudo"
+            ),
+            Self::NoSuchProcess(pid) => write!(f, "no process with pid {pid}"),
+            Self::NoBtf => write!(
+                f,
+                "this kernel has no BTF ({} is missing): leaktrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+                crate::hooks::VMLINUX_BTF
+            ),
+            Self::Btf(e) => write!(f, "cannot use this kernel's BTF: {e:#}"),
+            Self::NoTracefs(e) => write!(f, "tracefs unavailable: {e:#}"),
+            Self::HookRefused { event, reasons } => write!(
+                f,
+                "the kernel refused every hook for the {event} event: {}",
+                reasons.join("; ")
+            ),
+            Self::Runtime(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Runtime(e)
+    }
+}

@@ -1,0 +1,267 @@
+//! JSON Lines: one object per line, a contract other tools parse. Keys may be added, never
+//! renamed or removed.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+
+use leaktrace_common::tcp_state;
+use serde_json::{json, Map, Value};
+
+use super::{write_line, FinalReport, Reporter, StartInfo};
+use crate::decoder::{shutdown_how_name, Event, EventKind};
+use crate::detect::{Finding, Outcome, Resolved};
+
+pub struct JsonReporter {
+    out: Box<dyn Write + Send>,
+}
+
+impl JsonReporter {
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self { out }
+    }
+
+    fn emit(&mut self, value: &Value) -> io::Result<()> {
+        write_line(&mut self.out, &value.to_string())
+    }
+}
+
+impl Reporter for JsonReporter {
+    fn start(&mut self, info: &StartInfo) -> io::Result<()> {
+        let hooks: Map<String, Value> = info
+            .hooks
+            .iter()
+            .map(|(event, hook)| (event.clone(), Value::from(hook.as_str())))
+            .collect();
+        self.emit(&json!({
+            "type": "start",
+            "hooks": hooks,
+            "pids": info.pids,
+            "leak_after_ms": u64::try_from(info.leak_after.as_millis()).unwrap_or(u64::MAX),
+            "kernel": info.kernel,
+        }))
+    }
+
+    fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
+        match outcome {
+            Outcome::Leak(finding) => self.emit(&leak(finding)),
+            Outcome::Resolved(resolved) => self.emit(&resolution(resolved)),
+        }
+    }
+
+    /// Findings were printed as they were found; only the summary is left.
+    fn finish(&mut self, report: &FinalReport) -> io::Result<()> {
+        self.emit(&json!({
+            "type": "summary",
+            "leaks_open": report.open.len(),
+            "leaks_resolved": report.leaks_resolved,
+            "sockets_seen": report.sockets_seen,
+            "lost_events": report.ingest.lost_events,
+            "unattributed": report.unattributed,
+            "records": report.ingest.records,
+            "decode_errors": report.ingest.decode_errors,
+        }))
+    }
+}
+
+fn addr(addr: Option<SocketAddr>) -> Value {
+    addr.map_or(Value::Null, |a| Value::String(a.to_string()))
+}
+
+fn leak(finding: &Finding) -> Value {
+    json!({
+        "type": "leak",
+        "kind": finding.kind.as_str(),
+        "pid": finding.pid,
+        "comm": finding.comm,
+        "fd": finding.fd,
+        "local": addr(finding.local),
+        "remote": addr(finding.remote),
+        "state": finding.state,
+        "unread_bytes": finding.unread_bytes,
+        "eof_unread": finding.eof_unread,
+        "bytes_after_shutdown": finding.bytes_after_shutdown,
+        "age_ms": u64::try_from(finding.age.as_millis()).unwrap_or(u64::MAX),
+        "sock": format!("{:#x}", finding.sock.addr),
+        "sock_born_ns": finding.sock.born_ns,
+        "timeline": finding.timeline.iter().map(entry).collect::<Vec<_>>(),
+        "timeline_elided": finding.elided,
+    })
+}
+
+fn entry(event: &Event) -> Value {
+    let mut entry = json!({
+        "t_ns": event.ts_ns,
+        "pid": event.task.tgid,
+        "tid": event.task.tid,
+        "comm": event.task.comm,
+        "owner_context": event.in_owner_context,
+    });
+    let details = match event.kind {
+        EventKind::State { old, new } => {
+            json!({"event": "state", "old": tcp_state::name(old), "new": tcp_state::name(new)})
+        }
+        EventKind::Accept { fd } => json!({"event": "accept", "fd": fd}),
+        EventKind::Shutdown { fd, how, ret } => {
+            json!({"event": "shutdown", "fd": fd, "how": shutdown_how_name(how), "ret": ret})
+        }
+        EventKind::Close { fd } => json!({"event": "close", "fd": fd}),
+        EventKind::Destroy => json!({"event": "destroy"}),
+        EventKind::Recv { ret } => json!({"event": "recv", "ret": ret}),
+        EventKind::Arrival => json!({"event": "arrival"}),
+    };
+    if let (Value::Object(entry), Value::Object(details)) = (&mut entry, details) {
+        entry.extend(details);
+    }
+    if let Some(receive) = event.receive {
+        entry["unread_bytes"] = receive.unread_bytes().into();
+        entry["eof_unread"] = receive.eof_unread().into();
+        entry["rcv_queue_len"] = receive.queue_len.into();
+    }
+    entry
+}
+
+fn resolution(resolved: &Resolved) -> Value {
+    json!({
+        "type": "resolved",
+        "kind": resolved.kind.as_str(),
+        "pid": resolved.pid,
+        "fd": resolved.fd,
+        "local": addr(resolved.local),
+        "remote": addr(resolved.remote),
+        "how": resolved.how,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{final_report, finding, resolved, start_info, Captured};
+    use super::*;
+
+    fn parse(line: &str) -> Value {
+        serde_json::from_str(line).unwrap()
+    }
+
+    #[test]
+    fn start_line() {
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        reporter.start(&start_info()).unwrap();
+        let lines = captured.lines();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(
+            parse(&lines[0]),
+            json!({
+                "type": "start",
+                "hooks": {
+                    "state": "tracepoint:sock:inet_sock_set_state",
+                    "shutdown": "tracepoint:syscalls:sys_exit_shutdown",
+                },
+                "pids": [4242],
+                "leak_after_ms": 1500,
+                "kernel": "6.8.0-test",
+            })
+        );
+    }
+
+    #[test]
+    fn leak_line() {
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        reporter.outcome(&Outcome::Leak(finding())).unwrap();
+        let lines = captured.lines();
+        assert_eq!(lines.len(), 1);
+        let mut leak = parse(&lines[0]);
+        let timeline = leak["timeline"].take();
+        assert_eq!(
+            leak,
+            json!({
+                "type": "leak",
+                "kind": "shut_wr_unread",
+                "pid": 4242,
+                "comm": "mailer",
+                "fd": 7,
+                "local": "127.0.0.1:8080",
+                "remote": "127.0.0.1:50412",
+                "state": "CLOSE",
+                "unread_bytes": 0,
+                "eof_unread": true,
+                "bytes_after_shutdown": 6,
+                "age_ms": 2300,
+                "sock": "0xffff888000001000",
+                "sock_born_ns": 7,
+                "timeline": null,
+                "timeline_elided": 0,
+            })
+        );
+        assert_eq!(
+            timeline,
+            json!([
+                {"t_ns": 1_000_000_000u64, "event": "state", "pid": 5151, "tid": 5151,
+                 "comm": "curl", "owner_context": false, "old": "SYN_RECV", "new": "ESTABLISHED"},
+                {"t_ns": 1_000_200_000u64, "event": "accept", "pid": 4242, "tid": 4242,
+                 "comm": "mailer", "owner_context": true, "fd": 7},
+                {"t_ns": 1_412_000_000u64, "event": "shutdown", "pid": 4242, "tid": 4242,
+                 "comm": "mailer", "owner_context": true, "fd": 7, "how": "SHUT_WR", "ret": 0,
+                 "unread_bytes": 0, "eof_unread": false, "rcv_queue_len": 0},
+                {"t_ns": 1_500_000_000u64, "event": "arrival", "pid": 5151, "tid": 5151,
+                 "comm": "curl", "owner_context": false,
+                 "unread_bytes": 6, "eof_unread": true, "rcv_queue_len": 0},
+                {"t_ns": 1_600_000_000u64, "event": "recv", "pid": 4242, "tid": 4242,
+                 "comm": "mailer", "owner_context": true, "ret": 6,
+                 "unread_bytes": 0, "eof_unread": true, "rcv_queue_len": 0},
+                {"t_ns": 1_700_000_000u64, "event": "close", "pid": 4242, "tid": 4242,
+                 "comm": "mailer", "owner_context": true, "fd": null},
+                {"t_ns": 1_800_000_000u64, "event": "destroy", "pid": 4242, "tid": 4242,
+                 "comm": "mailer", "owner_context": true},
+            ])
+        );
+    }
+
+    #[test]
+    fn ipv6_and_unknown_addresses() {
+        let mut finding = finding();
+        finding.local = Some("[::1]:8080".parse().unwrap());
+        finding.remote = None;
+        finding.fd = None;
+        let leak = super::leak(&finding);
+        assert_eq!(leak["local"], "[::1]:8080");
+        assert_eq!(leak["remote"], Value::Null);
+        assert_eq!(leak["fd"], Value::Null);
+    }
+
+    #[test]
+    fn resolved_and_summary_lines() {
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        reporter.outcome(&Outcome::Resolved(resolved())).unwrap();
+        // The summary is all `finish` prints, even with findings open.
+        reporter.finish(&final_report(vec![finding()], 5)).unwrap();
+        let lines = captured.lines();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            parse(&lines[0]),
+            json!({
+                "type": "resolved",
+                "kind": "close_wait",
+                "pid": 4242,
+                "fd": null,
+                "local": "[::1]:8080",
+                "remote": "[::1]:50412",
+                "how": "closed",
+            })
+        );
+        assert_eq!(
+            parse(&lines[1]),
+            json!({
+                "type": "summary",
+                "leaks_open": 1,
+                "leaks_resolved": 1,
+                "sockets_seen": 34,
+                "lost_events": 5,
+                "unattributed": 2,
+                "records": 120,
+                "decode_errors": 3,
+            })
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! Reporters: the same start, live outcomes and final report rendered for people (text) or for
+//! other tools (JSON Lines).
+
+mod json;
+mod text;
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+pub use json::JsonReporter;
+pub use text::TextReporter;
+
+use crate::detect::{Finding, Outcome};
+
+pub struct StartInfo {
+    /// (event, hook) pairs, e.g. ("state", "tracepoint:sock:inet_sock_set_state").
+    pub hooks: Vec<(String, String)>,
+    /// Empty when every process is traced.
+    pub pids: Vec<u32>,
+    pub leak_after: Duration,
+    pub kernel: String,
+}
+
+/// What the session counted while reading the ring buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngestCounts {
+    pub records: u64,
+    pub decode_errors: u64,
+    pub lost_events: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinalReport {
+    /// Findings still open, ordered by pid and fd.
+    pub open: Vec<Finding>,
+    pub leaks_resolved: u64,
+    pub sockets_seen: u64,
+    /// Sockets that met a leak condition but whose owning process was never learned.
+    pub unattributed: u64,
+    pub ingest: IngestCounts,
+}
+
+pub trait Reporter: Send {
+    fn start(&mut self, info: &StartInfo) -> io::Result<()>;
+    /// A leak or resolution, as the detectors find it.
+    fn outcome(&mut self, outcome: &Outcome) -> io::Result<()>;
+    fn finish(&mut self, report: &FinalReport) -> io::Result<()>;
+}
+
+/// Writes one whole line in a single call and flushes it, so a reader following the output (or a
+/// crash mid-run) never sees half a line.
+fn write_line(out: &mut dyn Write, line: &str) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    out.write_all(&buf)?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use leaktrace_common::tcp_state;
+
+    use super::*;
+    use crate::decoder::{EventKind, SockKey};
+    use crate::detect::{LeakKind, Resolved};
+    use crate::timeline::tests::{event, from_peer, state, with_receive};
+
+    /// A writer the test can read back after handing it to a reporter.
+    #[derive(Clone, Default)]
+    pub(super) struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Captured {
+        pub(super) fn writer(&self) -> Box<dyn Write + Send> {
+            Box::new(self.clone())
+        }
+
+        pub(super) fn lines(&self) -> Vec<String> {
+            String::from_utf8(self.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    pub(super) fn start_info() -> StartInfo {
+        StartInfo {
+            hooks: vec![
+                ("state".into(), "tracepoint:sock:inet_sock_set_state".into()),
+                (
+                    "shutdown".into(),
+                    "tracepoint:syscalls:sys_exit_shutdown".into(),
+                ),
+            ],
+            pids: vec![4242],
+            leak_after: Duration::from_millis(1500),
+            kernel: "6.8.0-test".into(),
+        }
+    }
+
+    pub(super) const SOCK: SockKey = SockKey {
+        addr: 0xffff_8880_0000_1000,
+        born_ns: 7,
+    };
+
+    /// Incident 3's shape: shut down, 6 late bytes read by the runtime, the FIN never read.
+    pub(super) fn finding() -> Finding {
+        let shutdown = EventKind::Shutdown {
+            fd: 7,
+            how: leaktrace_common::shutdown_how::SHUT_WR,
+            ret: 0,
+        };
+        Finding {
+            kind: LeakKind::ShutWrUnread,
+            sock: SOCK,
+            pid: 4242,
+            comm: "mailer".into(),
+            fd: Some(7),
+            local: Some("127.0.0.1:8080".parse().unwrap()),
+            remote: Some("127.0.0.1:50412".parse().unwrap()),
+            state: tcp_state::name(tcp_state::CLOSE),
+            unread_bytes: 0,
+            eof_unread: true,
+            bytes_after_shutdown: 6,
+            age: Duration::from_millis(2300),
+            timeline: vec![
+                from_peer(event(
+                    SOCK,
+                    1_000_000_000,
+                    state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
+                )),
+                event(SOCK, 1_000_200_000, EventKind::Accept { fd: 7 }),
+                with_receive(event(SOCK, 1_412_000_000, shutdown), 100, 100, false),
+                from_peer(with_receive(
+                    event(SOCK, 1_500_000_000, EventKind::Arrival),
+                    107,
+                    100,
+                    true,
+                )),
+                with_receive(
+                    event(SOCK, 1_600_000_000, EventKind::Recv { ret: Some(6) }),
+                    107,
+                    106,
+                    true,
+                ),
+                event(SOCK, 1_700_000_000, EventKind::Close { fd: None }),
+                event(SOCK, 1_800_000_000, EventKind::Destroy),
+            ],
+            elided: 0,
+        }
+    }
+
+    pub(super) fn resolved() -> Resolved {
+        Resolved {
+            kind: LeakKind::CloseWait,
+            pid: 4242,
+            fd: None,
+            local: Some("[::1]:8080".parse().unwrap()),
+            remote: Some("[::1]:50412".parse().unwrap()),
+            how: "closed",
+        }
+    }
+
+    pub(super) fn final_report(open: Vec<Finding>, lost_events: u64) -> FinalReport {
+        FinalReport {
+            open,
+            leaks_resolved: 1,
+            sockets_seen: 34,
+            unattributed: 2,
+            ingest: IngestCounts {
+                records: 120,
+                decode_errors: 3,
+                lost_events,
+            },
+        }
+    }
+
+    #[test]
+    fn lines_are_whole_and_flushed() {
+        let captured = Captured::default();
+        let mut out = captured.writer();
+        write_line(&mut out, "one").unwrap();
+        write_line(&mut out, "two").unwrap();
+        assert_eq!(captured.lines(), ["one", "two"]);
+    }
+}

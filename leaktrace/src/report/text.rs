@@ -1,0 +1,372 @@
+//! Human-readable output: one line per live outcome, then a table of open leaks with the timeline
+//! that led to each.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use leaktrace_common::tcp_state;
+
+use super::{write_line, FinalReport, Reporter, StartInfo};
+use crate::decoder::{shutdown_how_name, Event, EventKind};
+use crate::detect::{Finding, LeakKind, Outcome};
+
+pub struct TextReporter {
+    out: Box<dyn Write + Send>,
+}
+
+impl TextReporter {
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self { out }
+    }
+
+    fn line(&mut self, line: &str) -> io::Result<()> {
+        write_line(&mut self.out, line)
+    }
+}
+
+impl Reporter for TextReporter {
+    fn start(&mut self, info: &StartInfo) -> io::Result<()> {
+        let pids = if info.pids.is_empty() {
+            "all processes".to_owned()
+        } else {
+            let pids: Vec<String> = info.pids.iter().map(u32::to_string).collect();
+            format!("pid {}", pids.join(", "))
+        };
+        self.line(&format!(
+            "leaktrace: tracing {pids} on kernel {}; a socket counts as leaked after {}",
+            info.kernel,
+            duration(info.leak_after)
+        ))?;
+        let width = info.hooks.iter().map(|(event, _)| event.len()).max();
+        for (event, hook) in &info.hooks {
+            self.line(&format!(
+                "  {event:<width$}  {hook}",
+                width = width.unwrap_or(0)
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
+        let line = match outcome {
+            Outcome::Leak(f) => format!(
+                "LEAK  {}  pid {} ({}) fd {}  {}  {}",
+                f.kind.as_str(),
+                f.pid,
+                f.comm,
+                fd(f.fd),
+                endpoints(f.local, f.remote),
+                explanation(f)
+            ),
+            Outcome::Resolved(r) => format!(
+                "RESOLVED {} pid {} fd {}  {}  ({})",
+                r.kind.as_str(),
+                r.pid,
+                fd(r.fd),
+                endpoints(r.local, r.remote),
+                r.how
+            ),
+        };
+        self.line(&line)
+    }
+
+    fn finish(&mut self, report: &FinalReport) -> io::Result<()> {
+        self.line("")?;
+        if report.open.is_empty() {
+            self.line("No leaked sockets found.")?;
+        } else {
+            self.line(&format!("Open leaks: {}", report.open.len()))?;
+            for row in table(&report.open) {
+                self.line(&row)?;
+            }
+            for finding in &report.open {
+                self.line("")?;
+                for line in timeline(finding) {
+                    self.line(&line)?;
+                }
+            }
+            self.line("")?;
+        }
+        let ingest = &report.ingest;
+        self.line(&format!(
+            "summary: leaks open {}, resolved {}; sockets seen {}, records {}, decode errors {}, \
+             lost events {}, unattributed {}",
+            report.open.len(),
+            report.leaks_resolved,
+            report.sockets_seen,
+            ingest.records,
+            ingest.decode_errors,
+            ingest.lost_events,
+            report.unattributed
+        ))?;
+        if report.unattributed > 0 {
+            self.line(&format!(
+                "note: {} sockets met a leak condition but no owning process was known, so they \
+                 are not reported",
+                report.unattributed
+            ))?;
+        }
+        if ingest.lost_events > 0 {
+            self.line(&format!(
+                "warning: {} events were lost (ring buffer full): timelines may be incomplete \
+                 and leaks missed",
+                ingest.lost_events
+            ))?;
+        }
+        Ok(())
+    }
+}
+
+fn fd(fd: Option<i32>) -> String {
+    fd.map_or_else(|| "?".to_owned(), |fd| fd.to_string())
+}
+
+fn addr(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
+}
+
+fn endpoints(local: Option<SocketAddr>, remote: Option<SocketAddr>) -> String {
+    format!("{} <- {}", addr(local), addr(remote))
+}
+
+/// Whole seconds and up get one decimal; long ages read better in minutes and hours.
+fn duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..60 => format!("{:.1}s", d.as_secs_f64()),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+fn unread(bytes: u32, eof: bool) -> String {
+    if eof {
+        format!("unread {bytes} + EOF")
+    } else {
+        format!("unread {bytes}")
+    }
+}
+
+fn explanation(f: &Finding) -> String {
+    match f.kind {
+        LeakKind::CloseWait => format!("{} for {}, never closed", f.state, duration(f.age)),
+        LeakKind::ShutWrUnread => format!(
+            "{}, shut down for writing; the peer then sent {} bytes{}, {} for {}, fd still open",
+            f.state,
+            f.bytes_after_shutdown,
+            if f.eof_unread { " and its FIN" } else { "" },
+            unread(f.unread_bytes, f.eof_unread),
+            duration(f.age)
+        ),
+    }
+}
+
+fn table(open: &[Finding]) -> Vec<String> {
+    let header = [
+        "KIND", "PID", "COMM", "FD", "LOCAL", "REMOTE", "STATE", "UNREAD", "EOF", "AGE",
+    ]
+    .map(str::to_owned);
+    let rows: Vec<[String; 10]> = open
+        .iter()
+        .map(|f| {
+            [
+                f.kind.as_str().to_owned(),
+                f.pid.to_string(),
+                f.comm.clone(),
+                fd(f.fd),
+                addr(f.local),
+                addr(f.remote),
+                f.state.to_owned(),
+                f.unread_bytes.to_string(),
+                if f.eof_unread { "unread" } else { "-" }.to_owned(),
+                duration(f.age),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    std::iter::once(&header)
+        .chain(&rows)
+        .map(|row| {
+            let mut line = String::new();
+            for (cell, width) in row.iter().zip(widths) {
+                let _ = write!(line, "{cell:<width$}  ");
+            }
+            line.trim_end().to_owned()
+        })
+        .collect()
+}
+
+fn timeline(f: &Finding) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{} pid {} ({}) fd {}  {}  socket {:#x}:",
+        f.kind.as_str(),
+        f.pid,
+        f.comm,
+        fd(f.fd),
+        endpoints(f.local, f.remote),
+        f.sock.addr
+    )];
+    let start = f.timeline.first().map_or(0, |e| e.ts_ns);
+    lines.extend(f.timeline.iter().map(|event| {
+        let offset = Duration::from_nanos(event.ts_ns.saturating_sub(start));
+        // Microseconds: on loopback a whole connection lifecycle fits in a millisecond.
+        format!("  +{:.6}s  {}", offset.as_secs_f64(), describe(event))
+    }));
+    if f.elided > 0 {
+        lines.push(format!(
+            "  ({} later reads and arrivals not kept; the receive state above is current)",
+            f.elided
+        ));
+    }
+    lines
+}
+
+fn describe(event: &Event) -> String {
+    let mut text = match event.kind {
+        EventKind::State { old, new } => {
+            format!("{} -> {}", tcp_state::name(old), tcp_state::name(new))
+        }
+        EventKind::Accept { fd } => format!("accept() = fd {fd}"),
+        EventKind::Shutdown { fd, how, ret } => {
+            format!("shutdown(fd {fd}, {}) = {ret}", shutdown_how_name(how))
+        }
+        EventKind::Close { fd: Some(fd) } => format!("close(fd {fd})"),
+        EventKind::Close { fd: None } => "released (tcp_close)".to_owned(),
+        EventKind::Destroy => "destroyed".to_owned(),
+        EventKind::Recv { ret: Some(ret) } => format!("read() = {ret}"),
+        EventKind::Recv { ret: None } => "read()".to_owned(),
+        EventKind::Arrival => "peer data or FIN arrived".to_owned(),
+    };
+    if let Some(receive) = event.receive {
+        let _ = write!(
+            text,
+            "  {}",
+            unread(receive.unread_bytes(), receive.eof_unread())
+        );
+    }
+    // The owner's own actions need no attribution; anything else ran in softirq or in another
+    // process (the peer, on loopback) on the socket's behalf.
+    if !event.in_owner_context {
+        let _ = write!(
+            text,
+            "  (not owner: pid {} {})",
+            event.task.tgid, event.task.comm
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{final_report, finding, resolved, start_info, Captured};
+    use super::*;
+
+    fn reporter() -> (Captured, TextReporter) {
+        let captured = Captured::default();
+        let reporter = TextReporter::new(captured.writer());
+        (captured, reporter)
+    }
+
+    #[test]
+    fn start_lines() {
+        let (captured, mut reporter) = reporter();
+        reporter.start(&start_info()).unwrap();
+        assert_eq!(
+            captured.lines(),
+            [
+                "leaktrace: tracing pid 4242 on kernel 6.8.0-test; a socket counts as leaked \
+                 after 1.5s",
+                "  state     tracepoint:sock:inet_sock_set_state",
+                "  shutdown  tracepoint:syscalls:sys_exit_shutdown",
+            ]
+        );
+    }
+
+    #[test]
+    fn live_lines() {
+        let (captured, mut reporter) = reporter();
+        let mut close_wait = finding();
+        close_wait.kind = LeakKind::CloseWait;
+        close_wait.state = tcp_state::name(tcp_state::CLOSE_WAIT);
+        close_wait.age = Duration::from_millis(1200);
+        reporter.outcome(&Outcome::Leak(close_wait)).unwrap();
+        reporter.outcome(&Outcome::Leak(finding())).unwrap();
+        reporter.outcome(&Outcome::Resolved(resolved())).unwrap();
+        assert_eq!(
+            captured.lines(),
+            [
+                "LEAK  close_wait  pid 4242 (mailer) fd 7  127.0.0.1:8080 <- 127.0.0.1:50412  \
+                 CLOSE_WAIT for 1.2s, never closed",
+                "LEAK  shut_wr_unread  pid 4242 (mailer) fd 7  127.0.0.1:8080 <- 127.0.0.1:50412  \
+                 CLOSE, shut down for writing; the peer then sent 6 bytes and its FIN, \
+                 unread 0 + EOF for 2.3s, fd still open",
+                "RESOLVED close_wait pid 4242 fd ?  [::1]:8080 <- [::1]:50412  (closed)",
+            ]
+        );
+    }
+
+    #[test]
+    fn final_report_with_findings() {
+        let (captured, mut reporter) = reporter();
+        reporter.finish(&final_report(vec![finding()], 5)).unwrap();
+        let lines = captured.lines();
+        let expected = [
+            "",
+            "Open leaks: 1",
+            "KIND            PID   COMM    FD  LOCAL           REMOTE           STATE  UNREAD  \
+             EOF     AGE",
+            "shut_wr_unread  4242  mailer  7   127.0.0.1:8080  127.0.0.1:50412  CLOSE  0       \
+             unread  2.3s",
+            "",
+            "shut_wr_unread pid 4242 (mailer) fd 7  127.0.0.1:8080 <- 127.0.0.1:50412  \
+             socket 0xffff888000001000:",
+            "  +0.000000s  SYN_RECV -> ESTABLISHED  (not owner: pid 5151 curl)",
+            "  +0.000200s  accept() = fd 7",
+            "  +0.412000s  shutdown(fd 7, SHUT_WR) = 0  unread 0",
+            "  +0.500000s  peer data or FIN arrived  unread 6 + EOF  (not owner: pid 5151 curl)",
+            "  +0.600000s  read() = 6  unread 0 + EOF",
+            "  +0.700000s  released (tcp_close)",
+            "  +0.800000s  destroyed",
+            "",
+            "summary: leaks open 1, resolved 1; sockets seen 34, records 120, decode errors 3, \
+             lost events 5, unattributed 2",
+            "note: 2 sockets met a leak condition but no owning process was known, so they are \
+             not reported",
+            "warning: 5 events were lost (ring buffer full): timelines may be incomplete and \
+             leaks missed",
+        ];
+        assert_eq!(lines, expected);
+    }
+
+    #[test]
+    fn final_report_without_findings() {
+        let (captured, mut reporter) = reporter();
+        let mut report = final_report(Vec::new(), 0);
+        report.unattributed = 0;
+        reporter.finish(&report).unwrap();
+        assert_eq!(
+            captured.lines(),
+            [
+                "",
+                "No leaked sockets found.",
+                "summary: leaks open 0, resolved 1; sockets seen 34, records 120, decode \
+                 errors 3, lost events 0, unattributed 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(Duration::from_millis(240)), "0.2s");
+        assert_eq!(duration(Duration::from_secs(59)), "59.0s");
+        assert_eq!(duration(Duration::from_secs(61)), "1m01s");
+        assert_eq!(duration(Duration::from_secs(7384)), "2h03m");
+    }
+}

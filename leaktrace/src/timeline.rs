@@ -1,0 +1,539 @@
+//! Per-socket timelines: every decoded event lands here, ordered by kernel time, together with the
+//! facts the detectors ask about (state, owner, shutdown, close, receive side).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use leaktrace_common::{shutdown_how, tcp_state};
+
+use crate::decoder::{Event, EventKind, ReceiveState, SockKey};
+
+/// Entries one timeline keeps. Only reads and arrivals on a shut-down socket can repeat without
+/// bound (a peer streaming into a half-closed connection); past this many entries those are
+/// counted instead of stored, so one busy socket cannot grow memory without limit.
+const MAX_ENTRIES: usize = 1000;
+
+/// How long after its destruction a timeline stays, measured in kernel time of later records:
+/// records from other CPUs can still arrive slightly out of order, and one arriving after the
+/// timeline was dropped would start a bogus new timeline for a dead socket.
+const DESTROYED_GRACE_NS: u64 = 1_000_000_000;
+
+/// A value together with the kernel time it was observed at, so out-of-order arrivals cannot
+/// overwrite newer facts with older ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamped<T> {
+    pub ts_ns: u64,
+    pub value: T,
+}
+
+impl<T> Stamped<T> {
+    /// Keeps the later observation; on equal times the one that arrived last wins.
+    fn update(slot: &mut Option<Self>, ts_ns: u64, value: T) {
+        if slot.as_ref().is_none_or(|old| ts_ns >= old.ts_ns) {
+            *slot = Some(Stamped { ts_ns, value });
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerInfo {
+    pub tgid: u32,
+    pub fd: Option<i32>,
+}
+
+/// The first successful `shutdown(SHUT_WR | SHUT_RDWR)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteShutdown {
+    pub ts_ns: u64,
+    /// The receive side at that moment, when the record carried it.
+    pub receive: Option<ReceiveState>,
+}
+
+#[derive(Debug, Default)]
+pub struct Timeline {
+    entries: Vec<Event>,
+    elided: u64,
+    state: Option<Stamped<u8>>,
+    close_wait_since: Option<u64>,
+    local: Option<Stamped<SocketAddr>>,
+    remote: Option<Stamped<SocketAddr>>,
+    owner: Option<Stamped<OwnerInfo>>,
+    write_shutdown: Option<WriteShutdown>,
+    closed_ns: Option<u64>,
+    destroyed_ns: Option<u64>,
+    receive: Option<Stamped<ReceiveState>>,
+}
+
+impl Timeline {
+    fn insert(&mut self, event: Event) {
+        let ts = event.ts_ns;
+        self.learn_owner(&event);
+        if let Some(addr) = event.local {
+            Stamped::update(&mut self.local, ts, addr);
+        }
+        if let Some(addr) = event.remote {
+            Stamped::update(&mut self.remote, ts, addr);
+        }
+        if let Some(receive) = event.receive {
+            Stamped::update(&mut self.receive, ts, receive);
+        }
+        match event.kind {
+            EventKind::State { new, .. } => {
+                Stamped::update(&mut self.state, ts, new);
+                if new == tcp_state::CLOSE_WAIT {
+                    self.close_wait_since = Some(self.close_wait_since.map_or(ts, |t| t.min(ts)));
+                }
+            }
+            EventKind::Shutdown { how, ret: 0, .. }
+                if (how == shutdown_how::SHUT_WR || how == shutdown_how::SHUT_RDWR)
+                    && self.write_shutdown.is_none_or(|first| ts < first.ts_ns) =>
+            {
+                self.write_shutdown = Some(WriteShutdown {
+                    ts_ns: ts,
+                    receive: event.receive,
+                });
+            }
+            EventKind::Close { .. } => {
+                self.closed_ns = Some(self.closed_ns.map_or(ts, |t| t.min(ts)));
+            }
+            EventKind::Destroy => self.destroyed_ns = Some(ts),
+            _ => {}
+        }
+        if self.entries.len() >= MAX_ENTRIES
+            && matches!(event.kind, EventKind::Recv { .. } | EventKind::Arrival)
+        {
+            self.elided += 1;
+            return;
+        }
+        // Stable for equal timestamps: records with one time keep their arrival order.
+        let at = self.entries.partition_point(|e| e.ts_ns <= ts);
+        self.entries.insert(at, event);
+    }
+
+    fn learn_owner(&mut self, event: &Event) {
+        let learned = match event.kind {
+            EventKind::Accept { fd } | EventKind::Shutdown { fd, .. } => OwnerInfo {
+                tgid: event.task.tgid,
+                fd: Some(fd),
+            },
+            _ => match event.owner {
+                Some(owner) => OwnerInfo {
+                    tgid: owner.tgid,
+                    fd: owner.fd,
+                },
+                None => return,
+            },
+        };
+        let ts = event.ts_ns;
+        match &mut self.owner {
+            // Records that know the owner but not its fd must not erase a known fd.
+            Some(known) if known.value.tgid == learned.tgid => {
+                let newer = ts >= known.ts_ns;
+                if learned.fd.is_some() && (newer || known.value.fd.is_none()) {
+                    known.value.fd = learned.fd;
+                }
+                if newer {
+                    known.ts_ns = ts;
+                }
+            }
+            _ => Stamped::update(&mut self.owner, ts, learned),
+        }
+    }
+
+    /// Entries ordered by kernel time.
+    pub fn entries(&self) -> &[Event] {
+        &self.entries
+    }
+
+    /// Reads and arrivals left out of [`Self::entries`] to bound memory.
+    pub fn elided(&self) -> u64 {
+        self.elided
+    }
+
+    /// The TCP state of the latest state change by kernel time.
+    pub fn state(&self) -> Option<u8> {
+        self.state.map(|s| s.value)
+    }
+
+    /// When the peer's FIN moved the socket into CLOSE_WAIT (or when a socket already there was
+    /// first seen).
+    pub fn close_wait_since(&self) -> Option<u64> {
+        self.close_wait_since
+    }
+
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.local.map(|a| a.value)
+    }
+
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.remote.map(|a| a.value)
+    }
+
+    pub fn owner(&self) -> Option<OwnerInfo> {
+        self.owner.map(|o| o.value)
+    }
+
+    pub fn write_shutdown(&self) -> Option<WriteShutdown> {
+        self.write_shutdown
+    }
+
+    /// The owner released the socket (`close(2)` or the kernel's `tcp_close`).
+    pub fn closed(&self) -> bool {
+        self.closed_ns.is_some()
+    }
+
+    pub fn destroyed(&self) -> bool {
+        self.destroyed_ns.is_some()
+    }
+
+    /// The receive side as of the latest record (by kernel time) that carried it.
+    pub fn receive(&self) -> Option<Stamped<ReceiveState>> {
+        self.receive
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Store {
+    timelines: HashMap<SockKey, Timeline>,
+    /// Process names by tgid, learned from records the owner itself produced or from /proc.
+    comms: HashMap<u32, String>,
+    sockets_seen: u64,
+    latest_ns: u64,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, event: Event) {
+        self.latest_ns = self.latest_ns.max(event.ts_ns);
+        let timeline = self.timelines.entry(event.sock).or_insert_with(|| {
+            self.sockets_seen += 1;
+            Timeline::default()
+        });
+        let task = event.task.clone();
+        timeline.insert(event);
+        if timeline.owner().is_some_and(|o| o.tgid == task.tgid) {
+            // A thread's comm can differ from its process's; the main thread's is the one
+            // `ps` shows, so it wins over another thread's.
+            let is_main_thread = task.tid == task.tgid;
+            match self.comms.get_mut(&task.tgid) {
+                Some(comm) if is_main_thread => *comm = task.comm,
+                Some(_) => {}
+                None => {
+                    self.comms.insert(task.tgid, task.comm);
+                }
+            }
+        }
+    }
+
+    pub fn sockets_seen(&self) -> u64 {
+        self.sockets_seen
+    }
+
+    pub fn get(&self, key: &SockKey) -> Option<&Timeline> {
+        self.timelines.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&SockKey, &Timeline)> {
+        self.timelines.iter()
+    }
+
+    /// The owner's process name: from its own records if any, else from /proc (cached, as a
+    /// finding is reported long after the records that named the process).
+    pub fn comm(&mut self, tgid: u32) -> Option<String> {
+        if let Some(comm) = self.comms.get(&tgid) {
+            return Some(comm.clone());
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm")).ok()?;
+        let comm = comm.trim_end_matches('\n').to_owned();
+        self.comms.insert(tgid, comm.clone());
+        Some(comm)
+    }
+
+    /// Drops timelines of sockets destroyed a while ago, unless `keep` still needs them.
+    pub fn sweep(&mut self, keep: impl Fn(&SockKey) -> bool) {
+        let horizon = self.latest_ns.saturating_sub(DESTROYED_GRACE_NS);
+        self.timelines
+            .retain(|key, timeline| timeline.destroyed_ns.is_none_or(|t| t > horizon) || keep(key));
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::decoder::{Owner, Task};
+
+    pub(crate) const OWNER: u32 = 4242;
+    pub(crate) const PEER: u32 = 5151;
+
+    pub(crate) fn key(addr: u64, born_ns: u64) -> SockKey {
+        SockKey { addr, born_ns }
+    }
+
+    /// An event on `sock` run by the owner process, with 127.0.0.1:8080 <- 127.0.0.1:50412.
+    pub(crate) fn event(sock: SockKey, ts_ns: u64, kind: EventKind) -> Event {
+        Event {
+            ts_ns,
+            sock,
+            task: Task {
+                tgid: OWNER,
+                tid: OWNER,
+                comm: "mailer".into(),
+            },
+            owner: Some(Owner {
+                tgid: OWNER,
+                fd: Some(7),
+            }),
+            in_owner_context: true,
+            local: Some("127.0.0.1:8080".parse().unwrap()),
+            remote: Some("127.0.0.1:50412".parse().unwrap()),
+            receive: None,
+            kind,
+        }
+    }
+
+    /// The same event fired in softirq while the peer process was running.
+    pub(crate) fn from_peer(mut event: Event) -> Event {
+        event.task = Task {
+            tgid: PEER,
+            tid: PEER,
+            comm: "curl".into(),
+        };
+        event.in_owner_context = false;
+        event
+    }
+
+    pub(crate) fn with_receive(
+        mut event: Event,
+        rcv_nxt: u32,
+        copied_seq: u32,
+        fin: bool,
+    ) -> Event {
+        event.receive = Some(ReceiveState {
+            rcv_nxt,
+            copied_seq,
+            fin_received: fin,
+            queue_len: 0,
+        });
+        event
+    }
+
+    pub(crate) fn state(old: u8, new: u8) -> EventKind {
+        EventKind::State { old, new }
+    }
+
+    #[test]
+    fn address_reuse_makes_two_timelines() {
+        let mut store = Store::new();
+        let first = key(0x1000, 10);
+        let second = key(0x1000, 500);
+        store.insert(event(
+            first,
+            100,
+            state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
+        ));
+        store.insert(event(
+            first,
+            200,
+            state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
+        ));
+        store.insert(event(first, 300, EventKind::Destroy));
+        store.insert(event(
+            second,
+            600,
+            state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
+        ));
+
+        assert_eq!(store.sockets_seen(), 2);
+        let old = store.get(&first).unwrap();
+        let new = store.get(&second).unwrap();
+        assert_eq!(old.entries().len(), 3);
+        assert!(old.destroyed());
+        assert_eq!(old.close_wait_since(), Some(200));
+        assert_eq!(new.entries().len(), 1);
+        assert!(!new.destroyed());
+        assert_eq!(new.state(), Some(tcp_state::ESTABLISHED));
+        assert_eq!(new.close_wait_since(), None);
+    }
+
+    #[test]
+    fn out_of_order_cpus_sort_by_time() {
+        let mut store = Store::new();
+        let sock = key(0x2000, 1);
+        // CPU 1's later transitions reach userspace before CPU 0's earlier one.
+        store.insert(event(
+            sock,
+            300,
+            state(tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK),
+        ));
+        store.insert(with_receive(
+            event(sock, 250, EventKind::Close { fd: Some(7) }),
+            11,
+            11,
+            true,
+        ));
+        store.insert(from_peer(with_receive(
+            event(
+                sock,
+                100,
+                state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
+            ),
+            11,
+            10,
+            true,
+        )));
+
+        let timeline = store.get(&sock).unwrap();
+        let times: Vec<u64> = timeline.entries().iter().map(|e| e.ts_ns).collect();
+        assert_eq!(times, [100, 250, 300]);
+        assert_eq!(timeline.state(), Some(tcp_state::LAST_ACK));
+        assert_eq!(timeline.close_wait_since(), Some(100));
+        let receive = timeline.receive().unwrap();
+        assert_eq!(receive.ts_ns, 250);
+        assert!(!receive.value.eof_unread());
+        assert!(timeline.closed());
+    }
+
+    #[test]
+    fn equal_times_keep_arrival_order() {
+        let mut store = Store::new();
+        let sock = key(1, 1);
+        store.insert(event(sock, 5, EventKind::Accept { fd: 3 }));
+        store.insert(event(sock, 5, EventKind::Arrival));
+        let kinds: Vec<_> = store
+            .get(&sock)
+            .unwrap()
+            .entries()
+            .iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, [EventKind::Accept { fd: 3 }, EventKind::Arrival]);
+    }
+
+    #[test]
+    fn owner_from_accept_and_shutdown() {
+        let mut store = Store::new();
+        let sock = key(1, 1);
+        let mut accept = event(sock, 10, EventKind::Accept { fd: 9 });
+        accept.owner = None;
+        accept.task.tid = OWNER + 1;
+        accept.task.comm = "worker".into();
+        store.insert(accept);
+        assert_eq!(
+            store.get(&sock).unwrap().owner(),
+            Some(OwnerInfo {
+                tgid: OWNER,
+                fd: Some(9)
+            })
+        );
+        assert_eq!(store.comm(OWNER).as_deref(), Some("worker"));
+
+        // A later record that knows the owner but not the fd keeps the fd; the main thread's
+        // comm replaces the worker thread's.
+        let mut arrival = event(sock, 20, EventKind::Arrival);
+        arrival.owner = Some(Owner {
+            tgid: OWNER,
+            fd: None,
+        });
+        store.insert(arrival);
+        assert_eq!(store.get(&sock).unwrap().owner().unwrap().fd, Some(9));
+        assert_eq!(store.comm(OWNER).as_deref(), Some("mailer"));
+
+        // Records run by another process never name the owner.
+        let other = key(2, 2);
+        let mut state_change = from_peer(event(other, 30, state(1, 8)));
+        state_change.owner = None;
+        store.insert(state_change);
+        assert_eq!(store.get(&other).unwrap().owner(), None);
+        assert!(!store.comms.contains_key(&PEER));
+
+        let mut shutdown = from_peer(event(
+            other,
+            40,
+            EventKind::Shutdown {
+                fd: 4,
+                how: shutdown_how::SHUT_WR,
+                ret: 0,
+            },
+        ));
+        shutdown.owner = None;
+        store.insert(shutdown);
+        assert_eq!(
+            store.get(&other).unwrap().owner(),
+            Some(OwnerInfo {
+                tgid: PEER,
+                fd: Some(4)
+            })
+        );
+    }
+
+    #[test]
+    fn first_successful_write_shutdown() {
+        let mut store = Store::new();
+        let sock = key(1, 1);
+        let shutdown = |how, ret| EventKind::Shutdown { fd: 7, how, ret };
+        store.insert(event(sock, 10, shutdown(shutdown_how::SHUT_RD, 0)));
+        store.insert(event(sock, 20, shutdown(shutdown_how::SHUT_WR, -107)));
+        assert_eq!(store.get(&sock).unwrap().write_shutdown(), None);
+        store.insert(with_receive(
+            event(sock, 40, shutdown(shutdown_how::SHUT_WR, 0)),
+            5,
+            5,
+            false,
+        ));
+        store.insert(with_receive(
+            event(sock, 30, shutdown(shutdown_how::SHUT_RDWR, 0)),
+            3,
+            3,
+            false,
+        ));
+        let first = store.get(&sock).unwrap().write_shutdown().unwrap();
+        assert_eq!(first.ts_ns, 30);
+        assert_eq!(first.receive.unwrap().rcv_nxt, 3);
+    }
+
+    #[test]
+    fn busy_sockets_stay_bounded() {
+        let mut store = Store::new();
+        let sock = key(1, 1);
+        for ts in 0..(MAX_ENTRIES as u64 + 50) {
+            store.insert(with_receive(
+                event(sock, ts, EventKind::Arrival),
+                ts as u32,
+                0,
+                false,
+            ));
+        }
+        store.insert(event(sock, 5_000, EventKind::Close { fd: Some(7) }));
+        let timeline = store.get(&sock).unwrap();
+        assert_eq!(timeline.entries().len(), MAX_ENTRIES + 1);
+        assert_eq!(timeline.elided(), 50);
+        assert_eq!(
+            timeline.receive().unwrap().value.rcv_nxt,
+            MAX_ENTRIES as u32 + 49
+        );
+        assert!(timeline.closed());
+    }
+
+    #[test]
+    fn sweep_waits_for_stragglers_and_respects_keep() {
+        let mut store = Store::new();
+        let dead = key(1, 1);
+        let kept = key(2, 2);
+        let alive = key(3, 3);
+        store.insert(event(dead, 100, EventKind::Destroy));
+        store.insert(event(kept, 100, EventKind::Destroy));
+        store.insert(event(alive, 200, EventKind::Arrival));
+        store.sweep(|_| false);
+        assert_eq!(store.iter().count(), 3, "destroyed too recently to drop");
+
+        store.insert(event(alive, 100 + DESTROYED_GRACE_NS, EventKind::Arrival));
+        store.sweep(|k| *k == kept);
+        assert!(store.get(&dead).is_none());
+        assert!(store.get(&kept).is_some());
+        assert!(store.get(&alive).is_some());
+        assert_eq!(store.sockets_seen(), 3);
+    }
+}
