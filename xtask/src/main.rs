@@ -1,0 +1,208 @@
+//! Project tasks: `cargo xtask build | run | test | lint`. Each first makes sure the eBPF
+//! toolchain is installed (nightly rust-src, LLVM 22, bpf-linker), so a fresh machine needs
+//! nothing but rustup and root.
+mod toolchain;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test leaktrace")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing, then build the eBPF object and every userspace crate.
+    Build {
+        /// Build with optimizations.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build (release), then run leaktrace as root with the given arguments.
+    Run {
+        /// Arguments for leaktrace, after `--` (e.g. `-- demo`, `-- --pid 4242`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what is missing, build, and run the unit tests and the privileged kernel tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt check and clippy on the whole workspace (the eBPF crate for its own target).
+    Lint,
+    /// Only install the toolchain pieces that are missing.
+    Toolchain,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let root = workspace_root();
+    toolchain::ensure()?;
+    match task {
+        Task::Toolchain => Ok(()),
+        Task::Build { release } => {
+            let mut args = vec![
+                "build",
+                "--workspace",
+                "--exclude",
+                "leaktrace-ebpf",
+                "--all-targets",
+            ];
+            if release {
+                args.push("--release");
+            }
+            cargo(&root, &args)
+        }
+        Task::Run { args } => {
+            cargo(&root, &["build", "--release", "--package", "leaktrace"])?;
+            let binary = root.join("target/release/leaktrace");
+            let mut command = as_root(&binary)?;
+            let status = command.args(&args).status().context("starting leaktrace")?;
+            if !status.success() {
+                bail!("leaktrace exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test { args } => {
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--workspace",
+                    "--exclude",
+                    "leaktrace-ebpf",
+                    "--all-targets",
+                ],
+            )?;
+            let mut runner = None;
+            if !is_root() {
+                if has_sudo() {
+                    eprintln!(
+                        "xtask: the kernel tests load eBPF: running the test binaries with sudo"
+                    );
+                    runner = Some("sudo -E");
+                } else {
+                    eprintln!(
+                        "xtask: not root and no sudo: the kernel tests will print SKIPPED (with CI=true they fail)"
+                    );
+                }
+            }
+            let mut test = vec!["test", "--workspace", "--exclude", "leaktrace-ebpf"];
+            if !args.is_empty() {
+                test.push("--");
+                test.extend(args.iter().map(String::as_str));
+            }
+            let binary = root.join("target/debug/leaktrace");
+            let status = Command::new("cargo")
+                .current_dir(&root)
+                .args(&test)
+                .env("LEAKTRACE_BIN", &binary)
+                .envs(runner.map(|r| ("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", r)))
+                .status()
+                .context("running cargo test")?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+        Task::Lint => {
+            cargo(&root, &["fmt", "--all", "--check"])?;
+            cargo(
+                &root,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "leaktrace-ebpf",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
+            let status = Command::new("cargo")
+                .current_dir(root.join("leaktrace-ebpf"))
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "-Z",
+                    "build-std=core",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "--release",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .status()
+                .context("running clippy on leaktrace-ebpf")?;
+            if !status.success() {
+                bail!("clippy found problems in leaktrace-ebpf");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // `id -u` keeps xtask free of unsafe FFI for one number.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+fn has_sudo() -> bool {
+    Command::new("sudo").arg("--version").output().is_ok()
+}
+
+/// leaktrace needs root; from a normal user, go through sudo.
+fn as_root(binary: &Path) -> Result<Command> {
+    if is_root() {
+        return Ok(Command::new(binary));
+    }
+    if !has_sudo() {
+        bail!("leaktrace needs root and sudo is not installed: run `cargo xtask run` as root");
+    }
+    let mut command = Command::new("sudo");
+    command.arg(binary);
+    Ok(command)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
