@@ -369,6 +369,10 @@ mod tests {
         r.dport = 0;
         assert_eq!(decode(&bytes(&r)).unwrap().remote, None);
 
+        // A finished connection whose port the kernel released: the address alone is no endpoint.
+        r.sport = 0;
+        assert_eq!(decode(&bytes(&r)).unwrap().local, None);
+
         r.family = 1;
         let event = decode(&bytes(&r)).unwrap();
         assert_eq!((event.local, event.remote), (None, None));

@@ -163,7 +163,13 @@ fn drain(ring: &mut RingBuf<MapData>, store: &mut Store, counts: &mut IngestCoun
         counts.records += 1;
         match decoder::decode(&item) {
             Ok(event) => store.insert(event),
-            Err(_) => counts.decode_errors += 1,
+            Err(e) => {
+                if counts.decode_errors == 0 {
+                    // Once is enough: a layout mismatch would repeat for every record.
+                    eprintln!("leaktrace: warning: undecodable record ({e}); counting the rest in the summary");
+                }
+                counts.decode_errors += 1;
+            }
         }
     }
 }
