@@ -62,6 +62,11 @@ pub struct Timeline {
     closed_ns: Option<u64>,
     destroyed_ns: Option<u64>,
     receive: Option<Stamped<ReceiveState>>,
+    /// When a read first returned 0: the owner saw end-of-stream.
+    eof_read_ns: Option<u64>,
+    /// The read hook reports results, so a missing 0-byte read means the owner never saw
+    /// end-of-stream, whatever the kernel's counters say (see [`Self::eof_unread_at`]).
+    recv_results_known: bool,
 }
 
 impl Timeline {
@@ -97,6 +102,12 @@ impl Timeline {
                 self.closed_ns = Some(self.closed_ns.map_or(ts, |t| t.min(ts)));
             }
             EventKind::Destroy => self.destroyed_ns = Some(ts),
+            EventKind::Recv { ret: Some(ret) } => {
+                self.recv_results_known = true;
+                if ret == 0 {
+                    self.eof_read_ns = Some(self.eof_read_ns.map_or(ts, |t| t.min(ts)));
+                }
+            }
             _ => {}
         }
         if self.entries.len() >= MAX_ENTRIES
@@ -189,6 +200,24 @@ impl Timeline {
     /// The receive side as of the latest record (by kernel time) that carried it.
     pub fn receive(&self) -> Option<Stamped<ReceiveState>> {
         self.receive
+    }
+
+    /// Whether, at kernel time `ts_ns` with the receive side `receive`, the peer's FIN had
+    /// arrived but the owner had not seen end-of-stream. The kernel's counters alone cannot
+    /// tell: a read that takes the last data bytes of a segment carrying the FIN also moves
+    /// `copied_seq` past the FIN, yet returns the bytes, not 0, and a runtime that pauses then
+    /// never learns of the end (incident 3 as Node.js does it). So where reads report their
+    /// result, only a read returning 0 counts as the EOF consumed.
+    pub fn eof_unread_at(&self, ts_ns: u64, receive: &ReceiveState) -> bool {
+        receive.fin_received
+            && !self.eof_read_ns.is_some_and(|read| read <= ts_ns)
+            && (self.recv_results_known || receive.eof_unread())
+    }
+
+    /// [`Self::eof_unread_at`] as of the latest receive state.
+    pub fn eof_unread(&self) -> bool {
+        self.receive
+            .is_some_and(|r| self.eof_unread_at(r.ts_ns, &r.value))
     }
 }
 

@@ -37,6 +37,10 @@ fn on_state(sk: u64, old: u8, new: u8) -> ProbeResult {
             }
         }
     }
+    if new == tcp_state::CLOSE_WAIT {
+        // Whether the owner then reads the end-of-stream is part of a CLOSE_WAIT finding.
+        meta.watched = 1;
+    }
     if !owner_traced(meta.owner_tgid) {
         return Err(ProbeError::Filtered);
     }

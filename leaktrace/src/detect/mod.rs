@@ -227,7 +227,7 @@ fn finding(
         // No state seen yet: 0 is no TCP state, which `name` spells UNKNOWN.
         state: tcp_state::name(timeline.state().unwrap_or_default()),
         unread_bytes: latest.map_or(0, |r| r.unread_bytes()),
-        eof_unread: latest.is_some_and(|r| r.eof_unread()),
+        eof_unread: timeline.eof_unread(),
         bytes_after_shutdown,
         age: Duration::from_nanos(now_ns.saturating_sub(since)),
         timeline: timeline.entries().to_vec(),
@@ -511,6 +511,74 @@ mod tests {
             resolutions(&outcomes),
             [(LeakKind::ShutWrUnread, "drained")]
         );
+    }
+
+    #[test]
+    fn shut_wr_fin_consumed_with_the_data_is_still_unread() {
+        // The late bytes and the FIN came in one segment: reading exactly the bytes moves
+        // copied_seq past the FIN too, but the read returned 6, never 0, so the owner never
+        // learned of the end of the stream.
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 6);
+        recv(&mut store, 220 * MS, 6, 1007, 1007);
+
+        let outcomes = detectors.evaluate(&mut store, 1200 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(
+            (
+                finding.unread_bytes,
+                finding.eof_unread,
+                finding.bytes_after_shutdown
+            ),
+            (0, true, 6)
+        );
+        recv(&mut store, 1300 * MS, 0, 1007, 1007);
+        let outcomes = detectors.evaluate(&mut store, 1400 * MS);
+        assert_eq!(
+            resolutions(&outcomes),
+            [(LeakKind::ShutWrUnread, "drained")]
+        );
+    }
+
+    #[test]
+    fn shut_wr_without_read_results_trusts_the_counters() {
+        // Kernels before 6.3 only report data reads, without their result: there the kernel's
+        // counters are all there is, and counters past the FIN mean drained.
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 6);
+        store.insert(with_receive(
+            event(SOCK, 220 * MS, EventKind::Recv { ret: None }),
+            1007,
+            1007,
+            true,
+        ));
+        assert!(leaks(&detectors.evaluate(&mut store, 5000 * MS)).is_empty());
+    }
+
+    #[test]
+    fn close_wait_reports_whether_the_owner_read_the_eof() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        store.insert(event(SOCK, MS, EventKind::Accept { fd: 7 }));
+        store.insert(from_peer(with_receive(
+            event(SOCK, 10 * MS, state(ESTABLISHED, CLOSE_WAIT)),
+            1001,
+            1000,
+            true,
+        )));
+        recv(&mut store, 20 * MS, 0, 1001, 1001);
+        let outcomes = detectors.evaluate(&mut store, 1100 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(finding.kind, LeakKind::CloseWait);
+        assert_eq!((finding.unread_bytes, finding.eof_unread), (0, false));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
     // event of the stretch that still holds.
     let mut since = None;
     let mut track = |ts_ns: u64, now: &ReceiveState| {
-        if unconsumed_since_shutdown(&baseline, now) {
+        if unconsumed_since_shutdown(&baseline, now, timeline.eof_unread_at(ts_ns, now)) {
             since.get_or_insert(ts_ns);
         } else {
             since = None;
@@ -79,10 +79,14 @@ fn fin_since_shutdown(at_shutdown: &ReceiveState, now: &ReceiveState) -> bool {
     now.fin_received && !at_shutdown.fin_received
 }
 
-fn unconsumed_since_shutdown(at_shutdown: &ReceiveState, now: &ReceiveState) -> bool {
+fn unconsumed_since_shutdown(
+    at_shutdown: &ReceiveState,
+    now: &ReceiveState,
+    eof_unread: bool,
+) -> bool {
     let peer_sent =
         bytes_after_shutdown(at_shutdown, now) > 0 || fin_since_shutdown(at_shutdown, now);
-    peer_sent && (now.unread_bytes() > 0 || now.eof_unread())
+    peer_sent && (now.unread_bytes() > 0 || eof_unread)
 }
 
 #[cfg(test)]
