@@ -1,0 +1,238 @@
+//! Socket programs that reproduce the lifecycles of shared/INCIDENTS.md for leaktrace's tests.
+//!
+//! Servers and the client run as separate processes: on loopback the softirq work that moves a
+//! server socket between states runs in the client's context, and the tests must show that
+//! leaktrace still blames the server. Servers print `READY <port>` once listening, report each
+//! accepted socket as `ACCEPTED fd=<fd> peer=<addr>`, and never exit by themselves, so their
+//! sockets stay held until the test kills them.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+
+const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
+  close-wait-server --conns N        read each connection to EOF, never close it (incident 1)
+  shut-wr-server --mode never-read|read-then-stop --expect BYTES [--pause-ms MS]
+                                     reply, shutdown(SHUT_WR), then never read the peer's
+                                     end-of-stream; keep the fd (incident 3). read-then-stop
+                                     waits MS, then reads exactly BYTES
+  echo-server                        echo each connection until EOF, then close it
+  client --port P [--send BYTES] [--wait-eof] [--echo] [--pause-ms MS]
+         [--conns N] [--concurrency C]
+                                     per connection: connect, [read to EOF], send BYTES,
+                                     [read them back], wait MS, close";
+
+/// What an SMTP client sends after the server rejected it (incident 3); repeated to any length.
+const PAYLOAD: &[u8] = b"RSET\r\nQUIT\r\n";
+
+/// The incident 3 server's rejection, sent before it half-closes.
+const REPLY: &[u8] = b"554 5.7.1 rejected\r\n";
+
+/// Bounds every client read, so a server that never answers fails the run instead of hanging it.
+const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    NeverRead,
+    ReadThenStop,
+}
+
+impl FromStr for Mode {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Mode> {
+        match s {
+            "never-read" => Ok(Mode::NeverRead),
+            "read-then-stop" => Ok(Mode::ReadThenStop),
+            _ => bail!("unknown --mode {s:?}"),
+        }
+    }
+}
+
+struct Opts {
+    ipv6: bool,
+    conns: usize,
+    concurrency: usize,
+    port: u16,
+    send: usize,
+    wait_eof: bool,
+    echo: bool,
+    pause: Duration,
+    mode: Mode,
+    expect: usize,
+}
+
+impl Opts {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts> {
+        let mut o = Opts {
+            ipv6: false,
+            conns: 1,
+            concurrency: 1,
+            port: 0,
+            send: 0,
+            wait_eof: false,
+            echo: false,
+            pause: Duration::ZERO,
+            mode: Mode::NeverRead,
+            expect: 0,
+        };
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--ipv6" => o.ipv6 = true,
+                "--wait-eof" => o.wait_eof = true,
+                "--echo" => o.echo = true,
+                "--conns" => o.conns = value()?.parse()?,
+                "--concurrency" => o.concurrency = value()?.parse()?,
+                "--port" => o.port = value()?.parse()?,
+                "--send" => o.send = value()?.parse()?,
+                "--pause-ms" => o.pause = Duration::from_millis(value()?.parse()?),
+                "--mode" => o.mode = value()?.parse()?,
+                "--expect" => o.expect = value()?.parse()?,
+                _ => bail!("unknown argument {flag:?}"),
+            }
+        }
+        ensure!(o.concurrency > 0, "--concurrency must be at least 1");
+        Ok(o)
+    }
+
+    fn addr(&self, port: u16) -> SocketAddr {
+        if self.ipv6 {
+            (Ipv6Addr::LOCALHOST, port).into()
+        } else {
+            (Ipv4Addr::LOCALHOST, port).into()
+        }
+    }
+
+    fn listen(&self) -> Result<TcpListener> {
+        let listener = TcpListener::bind(self.addr(0)).context("bind")?;
+        println!("READY {}", listener.local_addr()?.port());
+        Ok(listener)
+    }
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().context(USAGE)?;
+    let opts = Opts::parse(args).context(USAGE)?;
+    match command.as_str() {
+        "close-wait-server" => close_wait_server(&opts),
+        "shut-wr-server" => shut_wr_server(&opts),
+        "echo-server" => echo_server(&opts),
+        "client" => client(&opts),
+        _ => bail!("unknown command {command:?}\n{USAGE}"),
+    }
+}
+
+fn accept(listener: &TcpListener) -> Result<TcpStream> {
+    let (stream, peer) = listener.accept().context("accept")?;
+    println!("ACCEPTED fd={} peer={peer}", stream.as_raw_fd());
+    Ok(stream)
+}
+
+/// Never returns, so the sockets it owns are never closed.
+fn hold_forever(_sockets: Vec<TcpStream>) -> ! {
+    loop {
+        thread::park();
+    }
+}
+
+/// Incident 1: the handler gives up on the connection but forgets to close it.
+fn close_wait_server(o: &Opts) -> Result<()> {
+    let listener = o.listen()?;
+    let mut held = Vec::with_capacity(o.conns);
+    for _ in 0..o.conns {
+        let mut stream = accept(&listener)?;
+        stream.read_to_end(&mut Vec::new()).context("read")?;
+        println!("EOF fd={}", stream.as_raw_fd());
+        held.push(stream);
+    }
+    hold_forever(held)
+}
+
+/// Incident 3: reject, half-close, then stop reading before the peer's end-of-stream.
+fn shut_wr_server(o: &Opts) -> Result<()> {
+    let listener = o.listen()?;
+    let mut stream = accept(&listener)?;
+    stream.write_all(REPLY).context("write")?;
+    stream.shutdown(Shutdown::Write).context("shutdown")?;
+    if o.mode == Mode::ReadThenStop {
+        // Like Node.js's paused stream: the late bytes are pulled out of the kernel, and no read
+        // returns end-of-stream. Pausing first lets the client's FIN queue up behind its bytes,
+        // as when a busy event loop gets to the socket late.
+        thread::sleep(o.pause);
+        stream.read_exact(&mut vec![0; o.expect]).context("read")?;
+        println!("READ {}", o.expect);
+    }
+    hold_forever(vec![stream])
+}
+
+fn echo_server(o: &Opts) -> Result<()> {
+    let listener = o.listen()?;
+    loop {
+        let (stream, _) = listener.accept().context("accept")?;
+        thread::spawn(move || {
+            if let Err(e) = echo(stream) {
+                eprintln!("echo: {e}");
+            }
+        });
+    }
+}
+
+fn echo(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf = [0; 4096];
+    loop {
+        match stream.read(&mut buf)? {
+            0 => return Ok(()),
+            n => stream.write_all(&buf[..n])?,
+        }
+    }
+}
+
+fn client(o: &Opts) -> Result<()> {
+    ensure!(o.port != 0, "client needs --port");
+    let next = AtomicUsize::new(0);
+    thread::scope(|s| {
+        let workers: Vec<_> = (0..o.concurrency)
+            .map(|_| {
+                s.spawn(|| {
+                    while next.fetch_add(1, Ordering::Relaxed) < o.conns {
+                        connection(o)?;
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("client worker panicked"))
+    })?;
+    println!("DONE");
+    Ok(())
+}
+
+fn connection(o: &Opts) -> Result<()> {
+    let mut stream = TcpStream::connect(o.addr(o.port)).context("connect")?;
+    stream.set_read_timeout(Some(CLIENT_IO_TIMEOUT))?;
+    println!("CONNECTED local={}", stream.local_addr()?);
+    if o.wait_eof {
+        stream
+            .read_to_end(&mut Vec::new())
+            .context("waiting for the server's EOF")?;
+    }
+    let payload: Vec<u8> = PAYLOAD.iter().copied().cycle().take(o.send).collect();
+    stream.write_all(&payload).context("write")?;
+    if o.echo {
+        let mut back = vec![0; payload.len()];
+        stream.read_exact(&mut back).context("reading the echo")?;
+        ensure!(back == payload, "echo differs from what was sent");
+    }
+    thread::sleep(o.pause);
+    Ok(())
+}

@@ -1,0 +1,583 @@
+//! Harness for leaktrace's integration tests.
+//!
+//! The tests drive the real `leaktrace` binary and the `leaktrace-fixture` socket programs as
+//! separate processes, the way a user would. Every process started here is killed when its
+//! handle drops, so a failing test leaves no server or tracer (and so no eBPF program) behind.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+
+/// `--leak-after` of every traced run, in milliseconds.
+pub const LEAK_AFTER_MS: u64 = 500;
+
+/// TCP state codes, as in /proc/net/tcp and `tcp_info.tcpi_state`.
+pub const TCP_CLOSE: u8 = 0x07;
+pub const TCP_CLOSE_WAIT: u8 = 0x08;
+
+/// Loading the eBPF programs parses the kernel's BTF; a debug build on a busy 2-core machine
+/// (tests run in parallel) needs a few seconds.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+const FIXTURE_TIMEOUT: Duration = Duration::from_secs(10);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Exit codes by which leaktrace says this machine cannot trace (not root, no BTF, no tracefs,
+/// a hook refused): the environment's limit, not a bug, unless privileged runs are required.
+const CANNOT_TRACE_HERE: [i32; 4] = [3, 5, 6, 7];
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// In CI, or when asked, a privileged test that cannot run is a failure rather than a skip:
+/// otherwise a broken setup would pass by testing nothing.
+fn privileged_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("LEAKTRACE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
+}
+
+fn skip(test: &str, reason: &str) {
+    if privileged_required() {
+        panic!("{test} must run here (CI=true or LEAKTRACE_REQUIRE_PRIVILEGED=1): {reason}");
+    }
+    // Straight to the stderr handle: libtest captures eprintln! of passing tests, and a skip
+    // that nobody sees looks like a pass. One write, so parallel tests don't interleave lines.
+    let _ = io::stderr().write_all(format!("SKIPPED {test}: {reason}\n").as_bytes());
+}
+
+/// `$LEAKTRACE_BIN`, else the `leaktrace` built in the same target profile as this test.
+pub fn leaktrace_bin() -> Result<PathBuf> {
+    let bin = match std::env::var_os("LEAKTRACE_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            let exe = std::env::current_exe()?;
+            // Test executables live in target/<profile>/deps/.
+            let profile_dir = exe.parent().and_then(Path::parent);
+            profile_dir
+                .with_context(|| format!("no target dir above {}", exe.display()))?
+                .join("leaktrace")
+        }
+    };
+    ensure!(
+        bin.is_file(),
+        "leaktrace binary not found at {}: build it first (`cargo build -p leaktrace`) or set LEAKTRACE_BIN",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+enum Wait {
+    Met,
+    Closed,
+    TimedOut,
+}
+
+/// A child's stdout, read line by line on a thread so that waits can time out.
+struct Lines {
+    rx: Receiver<String>,
+    seen: Vec<String>,
+    closed: bool,
+}
+
+impl Lines {
+    fn read(source: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(source).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+            closed: false,
+        }
+    }
+
+    fn wait_for(&mut self, timeout: Duration, met: impl Fn(&[String]) -> bool) -> Wait {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if met(&self.seen) {
+                return Wait::Met;
+            }
+            if self.closed {
+                return Wait::Closed;
+            }
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Timeout) => return Wait::TimedOut,
+                Err(RecvTimeoutError::Disconnected) => self.closed = true,
+            }
+        }
+    }
+}
+
+/// A child process, killed and reaped on drop.
+struct Running {
+    child: Child,
+    name: String,
+    stdout: Lines,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn spawn<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> Result<Running> {
+        let args: Vec<OsString> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+        let name = format!(
+            "`{} {}`",
+            program.display(),
+            args.join(OsStr::new(" ")).to_string_lossy()
+        );
+        let mut child = Command::new(program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let stdout = Lines::read(child.stdout.take().expect("stdout is piped"));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let source = child.stderr.take().expect("stderr is piped");
+        let sink = Arc::clone(&stderr);
+        let stderr_reader = thread::spawn(move || {
+            for line in BufReader::new(source).lines().map_while(Result::ok) {
+                let mut text = sink.lock().expect("stderr lock");
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Ok(Running {
+            child,
+            name,
+            stdout,
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        })
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    /// Waits until at least `n` stdout lines start with `prefix`, and returns them.
+    fn lines_starting(&mut self, prefix: &str, n: usize, timeout: Duration) -> Result<Vec<String>> {
+        let count = |lines: &[String]| lines.iter().filter(|l| l.starts_with(prefix)).count();
+        let end = self.stdout.wait_for(timeout, |lines| count(lines) >= n);
+        let seen = count(&self.stdout.seen);
+        match end {
+            Wait::Met => Ok(self
+                .stdout
+                .seen
+                .iter()
+                .filter(|l| l.starts_with(prefix))
+                .cloned()
+                .collect()),
+            Wait::Closed => bail!(
+                "{} exited after {seen} of {n} `{prefix}` lines; stderr:\n{}",
+                self.name,
+                self.stderr()
+            ),
+            Wait::TimedOut => bail!(
+                "{} printed {seen} of {n} `{prefix}` lines within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            ),
+        }
+    }
+
+    /// Waits for the process to end on its own, reading all it prints.
+    fn exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        // Drain stdout before waiting: a child blocked on a full pipe would never exit.
+        if let Wait::TimedOut = self.stdout.wait_for(timeout, |_| false) {
+            bail!(
+                "{} still running after {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+        }
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} closed stdout but did not exit within {timeout:?}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().expect("stderr reader panicked");
+        }
+        Ok(status)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Either may fail only because the child already exited and was reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server subcommand of `leaktrace-fixture`, listening.
+pub struct Fixture {
+    run: Running,
+    port: u16,
+}
+
+/// An `ACCEPTED fd=<fd> peer=<addr>` line of a fixture server.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Accepted {
+    pub fd: i64,
+    pub peer: String,
+}
+
+impl Fixture {
+    pub fn server(fixture: &str, args: &[&str]) -> Result<Fixture> {
+        let mut run = Running::spawn(Path::new(fixture), args)?;
+        let ready = run.lines_starting("READY ", 1, FIXTURE_TIMEOUT)?;
+        let port = ready[0]["READY ".len()..]
+            .parse()
+            .with_context(|| format!("bad line from {}: {:?}", run.name, ready[0]))?;
+        Ok(Fixture { run, port })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.run.child.id()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The first `n` connections the server accepted.
+    pub fn accepted(&mut self, n: usize) -> Result<Vec<Accepted>> {
+        self.lines("ACCEPTED ", n)?
+            .iter()
+            .map(|line| {
+                let parsed = line
+                    .strip_prefix("ACCEPTED fd=")
+                    .and_then(|rest| rest.split_once(" peer="))
+                    .and_then(|(fd, peer)| Some((fd.parse().ok()?, peer)));
+                let (fd, peer) =
+                    parsed.with_context(|| format!("bad line from {}: {line:?}", self.run.name))?;
+                Ok(Accepted {
+                    fd,
+                    peer: peer.to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// Waits for `n` stdout lines starting with `prefix` (e.g. `EOF ` once per connection).
+    pub fn lines(&mut self, prefix: &str, n: usize) -> Result<Vec<String>> {
+        self.run.lines_starting(prefix, n, FIXTURE_TIMEOUT)
+    }
+}
+
+/// A finished `leaktrace-fixture client` run.
+pub struct ClientRun {
+    pub pid: u32,
+    /// The client's end of each connection, as the server sees the peer.
+    pub local_addrs: Vec<String>,
+}
+
+/// Runs `leaktrace-fixture client <args>` to completion.
+pub fn run_client(fixture: &str, args: &[&str]) -> Result<ClientRun> {
+    let mut run = Running::spawn(Path::new(fixture), &[&["client"], args].concat())?;
+    let status = run.exit(CLIENT_TIMEOUT)?;
+    ensure!(
+        status.success(),
+        "{} failed with {status}; stderr:\n{}",
+        run.name,
+        run.stderr()
+    );
+    let local_addrs = run
+        .stdout
+        .seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("CONNECTED local="))
+        .map(str::to_owned)
+        .collect();
+    Ok(ClientRun {
+        pid: run.child.id(),
+        local_addrs,
+    })
+}
+
+/// A finished leaktrace run that did not need to trace anything (usage errors, `--help`).
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: String,
+}
+
+pub fn run_leaktrace(args: &[&str]) -> Result<Finished> {
+    let mut run = Running::spawn(&leaktrace_bin()?, args)?;
+    let status = run.exit(EXIT_TIMEOUT)?;
+    Ok(Finished {
+        status,
+        stdout: std::mem::take(&mut run.stdout.seen),
+        stderr: run.stderr(),
+    })
+}
+
+/// A `leaktrace --json` run whose probes are attached.
+pub struct Leaktrace {
+    run: Running,
+}
+
+impl Leaktrace {
+    /// Starts `leaktrace --json --leak-after 500ms --duration <duration> --pid <pid>...` and waits
+    /// for its `start` line. `None` means the test was skipped: this machine cannot trace.
+    pub fn start(test: &str, pids: &[u32], duration: &str) -> Result<Option<Leaktrace>> {
+        if !is_root() {
+            skip(test, "leaktrace needs root");
+            return Ok(None);
+        }
+        let leak_after = format!("{LEAK_AFTER_MS}ms");
+        let mut args = vec![
+            "--json",
+            "--leak-after",
+            &leak_after,
+            "--duration",
+            duration,
+        ];
+        let pid_args: Vec<String> = pids.iter().map(u32::to_string).collect();
+        for pid in &pid_args {
+            args.extend(["--pid", pid]);
+        }
+        let mut run = Running::spawn(&leaktrace_bin()?, &args)?;
+        match run
+            .stdout
+            .wait_for(START_TIMEOUT, |lines| !lines.is_empty())
+        {
+            Wait::Met => {}
+            Wait::Closed => {
+                let status = run.exit(EXIT_TIMEOUT)?;
+                let reason = format!(
+                    "{} exited with {status} before attaching: {}",
+                    run.name,
+                    run.stderr().trim()
+                );
+                if status
+                    .code()
+                    .is_some_and(|c| CANNOT_TRACE_HERE.contains(&c))
+                {
+                    skip(test, &reason);
+                    return Ok(None);
+                }
+                bail!(reason);
+            }
+            Wait::TimedOut => bail!(
+                "{} printed no start line within {START_TIMEOUT:?}; stderr:\n{}",
+                run.name,
+                run.stderr()
+            ),
+        }
+        let first = &run.stdout.seen[0];
+        let start: Value = serde_json::from_str(first)
+            .with_context(|| format!("first stdout line is not JSON: {first:?}"))?;
+        ensure!(
+            start["type"] == "start"
+                && start["pids"] == json!(pids)
+                && start["leak_after_ms"] == LEAK_AFTER_MS,
+            "unexpected start line for --pid {pids:?} --leak-after {leak_after}: {first}"
+        );
+        Ok(Some(Leaktrace { run }))
+    }
+
+    /// Waits until leaktrace has reported at least `n` leaks.
+    pub fn wait_for_leaks(&mut self, n: usize, timeout: Duration) -> Result<()> {
+        let leaks = |lines: &[String]| {
+            lines
+                .iter()
+                .filter(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["type"] == "leak"))
+                .count()
+        };
+        match self.run.stdout.wait_for(timeout, |lines| leaks(lines) >= n) {
+            Wait::Met => Ok(()),
+            Wait::Closed | Wait::TimedOut => bail!(
+                "expected {n} leak lines within {timeout:?}, got {}; stdout:\n{}\nstderr:\n{}",
+                leaks(&self.run.stdout.seen),
+                self.run.stdout.seen.join("\n"),
+                self.run.stderr()
+            ),
+        }
+    }
+
+    /// Keeps tracing for `period`, long enough for findings that should not exist to show up.
+    pub fn settle(&mut self, period: Duration) -> Result<()> {
+        match self.run.stdout.wait_for(period, |_| false) {
+            Wait::TimedOut => Ok(()),
+            _ => bail!(
+                "leaktrace stopped early; stdout:\n{}\nstderr:\n{}",
+                self.run.stdout.seen.join("\n"),
+                self.run.stderr()
+            ),
+        }
+    }
+
+    /// Ends the run the way an operator does, with SIGTERM, and returns everything it printed.
+    pub fn stop(self) -> Result<Report> {
+        let pid = libc::pid_t::try_from(self.run.child.id())?;
+        // SAFETY: kill has no memory-safety preconditions; the child is not reaped before
+        // `finish`, so the pid cannot have been reused.
+        ensure!(
+            unsafe { libc::kill(pid, libc::SIGTERM) } == 0,
+            "cannot signal leaktrace"
+        );
+        self.finish(EXIT_TIMEOUT)
+    }
+
+    /// Waits for the run to end by itself (`--duration`) and returns everything it printed.
+    pub fn finish(mut self, timeout: Duration) -> Result<Report> {
+        let status = self.run.exit(timeout)?;
+        let report = Report::parse(&self.run.stdout.seen, self.run.stderr())?;
+        ensure!(
+            status.code() == Some(0),
+            "leaktrace exited with {status}\n{report}"
+        );
+        Ok(report)
+    }
+}
+
+/// All JSON lines of a finished leaktrace run, which began with `start` and ended with `summary`.
+pub struct Report {
+    pub lines: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Report {
+    fn parse(lines: &[String], stderr: String) -> Result<Report> {
+        let parsed: Result<Vec<Value>, _> = lines.iter().map(|l| serde_json::from_str(l)).collect();
+        let dump = || format!("stdout:\n{}\nstderr:\n{stderr}", lines.join("\n"));
+        let Ok(parsed) = parsed else {
+            bail!(
+                "leaktrace --json printed a line that is not JSON\n{}",
+                dump()
+            );
+        };
+        ensure!(
+            parsed.first().is_some_and(|v| v["type"] == "start")
+                && parsed.last().is_some_and(|v| v["type"] == "summary"),
+            "leaktrace output must begin with a start line and end with a summary line\n{}",
+            dump()
+        );
+        Ok(Report {
+            lines: parsed,
+            stderr,
+        })
+    }
+
+    pub fn leaks(&self) -> Vec<&Value> {
+        self.lines.iter().filter(|v| v["type"] == "leak").collect()
+    }
+
+    pub fn summary(&self) -> &Value {
+        self.lines.last().expect("parse checked the summary line")
+    }
+}
+
+/// The whole run, for assertion messages.
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        writeln!(f, "leaktrace stdout:")?;
+        for line in &self.lines {
+            writeln!(f, "{line}")?;
+        }
+        write!(f, "leaktrace stderr:\n{}", self.stderr)
+    }
+}
+
+/// How many sockets with local port `port` the kernel lists in `state` (a /proc/net/tcp state
+/// code), IPv4 and IPv6: ground truth that does not depend on leaktrace.
+pub fn kernel_sockets(port: u16, state: u8) -> Result<usize> {
+    let mut count = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).with_context(|| format!("read {table}"))?;
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1).and_then(|a| a.rsplit_once(':'));
+            let row = local_port
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                .zip(fields.get(3).and_then(|s| u8::from_str_radix(s, 16).ok()));
+            let (p, s) = row.with_context(|| format!("unexpected line in {table}: {line:?}"))?;
+            if p == port && s == state {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// The process name leaktrace should report for `pid`.
+pub fn comm(pid: u32) -> Result<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+    Ok(comm.trim_end().to_owned())
+}
+
+/// The TCP state and the count of received but unread bytes of the socket behind `fd` in
+/// process `pid`: ground truth for a socket that `ss` no longer lists because its connection
+/// is over (state CLOSE) while the process still holds the fd.
+pub fn kernel_socket(pid: u32, fd: i64) -> Result<(u8, usize)> {
+    let (pid, fd) = (libc::pid_t::try_from(pid)?, RawFd::try_from(fd)?);
+    // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    ensure!(
+        pidfd >= 0,
+        "pidfd_open({pid}): {}",
+        io::Error::last_os_error()
+    );
+    // SAFETY: the fd was just returned to us and nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(RawFd::try_from(pidfd)?) };
+    // SAFETY: as above; the copy shares the socket without consuming anything from it.
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    ensure!(
+        copy >= 0,
+        "pidfd_getfd({pid}, {fd}): {}",
+        io::Error::last_os_error()
+    );
+    // SAFETY: as above.
+    let copy = unsafe { OwnedFd::from_raw_fd(RawFd::try_from(copy)?) };
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer.
+    let ret = unsafe { libc::ioctl(copy.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    ensure!(ret == 0, "FIONREAD: {}", io::Error::last_os_error());
+    // SAFETY: tcp_info is plain integers, for which all-zero is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of_val(&info))?;
+    // SAFETY: the kernel writes at most `len` bytes into `info`.
+    let ret = unsafe {
+        libc::getsockopt(
+            copy.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    ensure!(ret == 0, "TCP_INFO: {}", io::Error::last_os_error());
+    Ok((info.tcpi_state, usize::try_from(unread)?))
+}

@@ -1,0 +1,66 @@
+//! The command line as a user meets it before anything is traced: errors and help. These run
+//! everywhere, root or not, and never skip.
+
+use anyhow::Result;
+use leaktrace_tests::{is_root, run_leaktrace};
+
+/// pid_max is at most 2^22, so this pid cannot exist.
+const NO_SUCH_PID: &str = "999999999";
+
+#[test]
+fn nonexistent_pid_is_refused() -> Result<()> {
+    let run = run_leaktrace(&["--json", "--pid", NO_SUCH_PID, "--duration", "1s"])?;
+    let code = run.status.code();
+    if is_root() {
+        assert_eq!(code, Some(4), "stderr: {}", run.stderr);
+        assert!(
+            run.stderr.contains(NO_SUCH_PID),
+            "the message should name the pid: {}",
+            run.stderr
+        );
+    } else {
+        assert!(
+            matches!(code, Some(3 | 4)),
+            "exit {code:?}, stderr: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        run.stderr.lines().count(),
+        1,
+        "errors are one line: {:?}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.is_empty(),
+        "nothing may be traced: {:?}",
+        run.stdout
+    );
+    Ok(())
+}
+
+#[test]
+fn invalid_duration_is_a_usage_error() -> Result<()> {
+    let run = run_leaktrace(&["--leak-after", "5parsecs"])?;
+    assert_eq!(run.status.code(), Some(2), "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("5parsecs"),
+        "the message should quote the bad value: {}",
+        run.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn help_names_the_main_options() -> Result<()> {
+    let run = run_leaktrace(&["--help"])?;
+    assert!(run.status.success(), "stderr: {}", run.stderr);
+    let help = run.stdout.join("\n");
+    for word in ["--pid", "--leak-after", "--json", "demo"] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}:\n{help}"
+        );
+    }
+    Ok(())
+}
