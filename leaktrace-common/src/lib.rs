@@ -23,6 +23,8 @@ pub enum RecordKind {
     Recv = 6,
     /// Data or a FIN arrived on a socket its owner had shut down.
     Arrival = 7,
+    /// The socket already existed when tracing started: its state and receive side now.
+    Present = 8,
 }
 
 impl RecordKind {
@@ -35,6 +37,7 @@ impl RecordKind {
             5 => Self::Destroy,
             6 => Self::Recv,
             7 => Self::Arrival,
+            8 => Self::Present,
             _ => return None,
         })
     }
@@ -47,6 +50,8 @@ pub const FLAG_OWNER_CONTEXT: u8 = 1 << 0;
 pub const FLAG_FIN_RECEIVED: u8 = 1 << 1;
 /// `Record::flags`: `rcv_nxt`/`copied_seq`/`rcv_qlen` were read from the socket.
 pub const FLAG_HAS_RECEIVE_STATE: u8 = 1 << 2;
+/// `Record::flags` of a `Present` record: the socket's sending side was already shut down.
+pub const FLAG_SEND_SHUTDOWN: u8 = 1 << 3;
 
 /// `Record::ret` of a `Recv` whose hook cannot see the read's result.
 pub const RESULT_UNKNOWN: i64 = i64::MIN;
@@ -134,7 +139,12 @@ pub struct KernelOffsets {
     pub tcp_copied_seq: u32,
     /// Bit number of `SOCK_DONE` in `enum sock_flags`.
     pub sock_done_bit: u32,
+    /// `sock.sk_shutdown`, or [`OFFSET_UNKNOWN`] where it is a bitfield.
+    pub sock_shutdown: u32,
 }
+
+/// A `KernelOffsets` field this kernel's BTF does not let us read.
+pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 
 /// Field offsets inside classic tracepoint records, from tracefs `format` files.
 #[repr(C)]
@@ -163,6 +173,8 @@ pub struct Config {
     pub ready: u32,
     /// Non-zero: only sockets owned by a tgid in the `TARGETS` map reach the ring buffer.
     pub filter_targets: u32,
+    /// leaktrace's own tgid: only it may ask for sockets that predate the trace to be recorded.
+    pub seeder_tgid: u32,
     pub kernel: KernelOffsets,
     pub tracepoints: TracepointOffsets,
 }
@@ -202,6 +214,15 @@ pub mod tcp_state {
     }
 }
 
+/// What userspace asks the `seed` program to record: the socket the next `getsockname(2)` of
+/// leaktrace names is a duplicate of `owner_fd` in process `owner_tgid`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeedRequest {
+    pub owner_tgid: u32,
+    pub owner_fd: i32,
+}
+
 /// `shutdown(2)`'s `how`.
 pub mod shutdown_how {
     pub const SHUT_RD: i32 = 0;
@@ -217,4 +238,5 @@ mod user {
     // SAFETY: plain #[repr(C)] data with no padding-dependent invariants; any bit pattern is valid.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Record {}
+    unsafe impl aya::Pod for super::SeedRequest {}
 }

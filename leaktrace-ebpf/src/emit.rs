@@ -70,6 +70,8 @@ pub struct Event {
     pub fd: i32,
     pub how: i32,
     pub ret: i64,
+    /// Extra `Record::flags` the hook knows of.
+    pub flags: u8,
 }
 
 impl Event {
@@ -83,6 +85,7 @@ impl Event {
             fd: NO_FD,
             how: 0,
             ret: 0,
+            flags: 0,
         }
     }
 }
@@ -117,7 +120,7 @@ pub fn emit(sk: u64, meta: &SockMeta, event: &Event) -> ProbeResult {
         kind: event.kind as u8,
         old_state: event.old_state,
         new_state: event.new_state,
-        flags: 0,
+        flags: event.flags,
         _pad: [0; 2],
         saddr: [0; 16],
         daddr: [0; 16],

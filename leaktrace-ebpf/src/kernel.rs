@@ -1,6 +1,8 @@
 //! Reads of kernel structs at the offsets userspace resolved from BTF.
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use leaktrace_common::{Record, AF_INET, AF_INET6, FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE};
+use leaktrace_common::{
+    Record, AF_INET, AF_INET6, FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE, OFFSET_UNKNOWN,
+};
 
 use crate::{config, error::ProbeError};
 
@@ -74,6 +76,19 @@ pub fn local_port(sk: u64) -> Result<u16, ProbeError> {
 #[inline(always)]
 pub fn state(sk: u64) -> Result<u8, ProbeError> {
     read(sk, config!(kernel.sock_state))
+}
+
+/// `sk_shutdown & SEND_SHUTDOWN`: the sending side was shut down (shutdown(2) or close).
+#[inline(always)]
+pub fn send_shutdown(sk: u64) -> Result<bool, ProbeError> {
+    // include/net/sock.h: `#define SEND_SHUTDOWN 2`, a macro BTF does not carry; it has not
+    // changed since the first TCP implementation.
+    const SEND_SHUTDOWN: u8 = 2;
+    let offset = config!(kernel.sock_shutdown);
+    if offset == OFFSET_UNKNOWN {
+        return Ok(false);
+    }
+    Ok(read::<u8>(sk, offset)? & SEND_SHUTDOWN != 0)
 }
 
 /// Addresses, ports and the receive side (`rcv_nxt`, `copied_seq`, FIN received, queue length)

@@ -20,6 +20,7 @@ use leaktrace_common::{Config, KernelOffsets, TracepointOffsets};
 static CONFIG: Config = Config {
     ready: 0,
     filter_targets: 0,
+    seeder_tgid: 0,
     kernel: KernelOffsets {
         task_files: u32::MAX,
         files_fdt: 0,
@@ -44,6 +45,7 @@ static CONFIG: Config = Config {
         tcp_rcv_nxt: 0,
         tcp_copied_seq: 0,
         sock_done_bit: 0,
+        sock_shutdown: 0,
     },
     tracepoints: TracepointOffsets {
         set_state_skaddr: 0,

@@ -1,7 +1,8 @@
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
+use leaktrace_common::SeedRequest;
 
 /// The records, in the order they were reserved. Userspace may resize it (`--ring-size`).
 #[map]
@@ -29,6 +30,15 @@ pub static LISTENERS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 
 /// A syscall's arguments between its entry and exit, by thread id.
 #[map]
 pub static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+/// Which socket the seeding `getsockname` stands for (see `probes::seed`).
+#[map]
+pub static SEED_REQUEST: Array<SeedRequest> = Array::with_max_entries(1, 0);
+
+/// leaktrace's own duplicates of other processes' fds, made only to seed them: closing one is
+/// not the owner closing its socket.
+#[map]
+pub static SEED_DUPS: HashMap<i32, u8> = HashMap::with_max_entries(64, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use leaktrace_common::{
     shutdown_how, Record, RecordKind, AF_INET, AF_INET6, FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE,
-    FLAG_OWNER_CONTEXT, NO_FD, OWNER_UNKNOWN, RESULT_UNKNOWN,
+    FLAG_OWNER_CONTEXT, FLAG_SEND_SHUTDOWN, NO_FD, OWNER_UNKNOWN, RESULT_UNKNOWN,
 };
 
 /// One socket over its lifetime: the kernel reuses `struct sock` addresses, so the address alone
@@ -83,6 +83,13 @@ pub enum EventKind {
         ret: Option<i64>,
     },
     Arrival,
+    /// The socket existed before the trace started: held by `fd`, in `state`, its sending side
+    /// already shut down or not.
+    Present {
+        fd: i32,
+        state: u8,
+        send_shutdown: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,6 +187,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 ret: (record.ret != RESULT_UNKNOWN).then_some(record.ret),
             },
             RecordKind::Arrival => EventKind::Arrival,
+            RecordKind::Present => EventKind::Present {
+                fd: record.fd,
+                state: record.new_state,
+                send_shutdown: record.flags & FLAG_SEND_SHUTDOWN != 0,
+            },
         },
     })
 }

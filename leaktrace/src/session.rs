@@ -74,6 +74,19 @@ pub async fn run(options: SessionOptions, on_attached: impl FnOnce()) -> Result<
             targets.insert(pid, 1, 0).map_err(anyhow::Error::from)?;
         }
     }
+    if attached
+        .choices
+        .iter()
+        .any(|c| c.event == "present" && !c.hook.starts_with("unavailable"))
+    {
+        let seeded = hooks::seed_existing(&mut attached.ebpf, &options.pids)?;
+        if let Some(why) = &seeded.first_failure {
+            eprintln!(
+                "leaktrace: warning: could not inspect the sockets of {} process(es) that predate the trace ({why})",
+                seeded.failed
+            );
+        }
+    }
     let lost = PerCpuArray::<MapData, u64>::try_from(
         attached
             .ebpf

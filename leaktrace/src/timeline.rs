@@ -44,9 +44,12 @@ pub struct OwnerInfo {
 /// The first successful `shutdown(SHUT_WR | SHUT_RDWR)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteShutdown {
+    /// When it happened, or for one that predates the trace, when tracing found it.
     pub ts_ns: u64,
     /// The receive side at that moment, when the record carried it.
     pub receive: Option<ReceiveState>,
+    /// It happened before tracing started: what the peer sent since is unknown.
+    pub before_trace: bool,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +58,8 @@ pub struct Timeline {
     elided: u64,
     state: Option<Stamped<u8>>,
     close_wait_since: Option<u64>,
+    /// A transition into CLOSE_WAIT was recorded (as opposed to finding it there at start).
+    close_wait_entered: bool,
     local: Option<Stamped<SocketAddr>>,
     remote: Option<Stamped<SocketAddr>>,
     owner: Option<Stamped<OwnerInfo>>,
@@ -87,6 +92,24 @@ impl Timeline {
                 Stamped::update(&mut self.state, ts, new);
                 if new == tcp_state::CLOSE_WAIT {
                     self.close_wait_since = Some(self.close_wait_since.map_or(ts, |t| t.min(ts)));
+                    self.close_wait_entered = true;
+                }
+            }
+            EventKind::Present {
+                state,
+                send_shutdown,
+                ..
+            } => {
+                Stamped::update(&mut self.state, ts, state);
+                if state == tcp_state::CLOSE_WAIT {
+                    self.close_wait_since = Some(self.close_wait_since.map_or(ts, |t| t.min(ts)));
+                }
+                if send_shutdown && self.write_shutdown.is_none() {
+                    self.write_shutdown = Some(WriteShutdown {
+                        ts_ns: ts,
+                        receive: event.receive,
+                        before_trace: true,
+                    });
                 }
             }
             EventKind::Shutdown { how, ret: 0, .. }
@@ -96,6 +119,7 @@ impl Timeline {
                 self.write_shutdown = Some(WriteShutdown {
                     ts_ns: ts,
                     receive: event.receive,
+                    before_trace: false,
                 });
             }
             EventKind::Close { .. } => {
@@ -172,6 +196,11 @@ impl Timeline {
         self.close_wait_since
     }
 
+    /// The socket was already in CLOSE_WAIT when tracing started.
+    pub fn close_wait_before_trace(&self) -> bool {
+        self.close_wait_since.is_some() && !self.close_wait_entered
+    }
+
     pub fn local(&self) -> Option<SocketAddr> {
         self.local.map(|a| a.value)
     }
@@ -210,7 +239,7 @@ impl Timeline {
     /// result, only a read returning 0 counts as the EOF consumed.
     pub fn eof_unread_at(&self, ts_ns: u64, receive: &ReceiveState) -> bool {
         receive.fin_received
-            && !self.eof_read_ns.is_some_and(|read| read <= ts_ns)
+            && self.eof_read_ns.is_none_or(|read| read > ts_ns)
             && (self.recv_results_known || receive.eof_unread())
     }
 

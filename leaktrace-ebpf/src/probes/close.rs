@@ -8,9 +8,11 @@ use leaktrace_common::{RecordKind, NO_FD, OWNER_UNKNOWN};
 
 use super::syscall;
 use crate::{
+    config,
     emit::{self, current, emit, ensure_configured, owner_traced, sock_meta, Event},
     error::{ProbeError, ProbeResult},
     kernel,
+    maps::SEED_DUPS,
 };
 
 fn on_close(sk: u64, fd: i32) -> ProbeResult {
@@ -43,14 +45,17 @@ pub fn close_kprobe(ctx: ProbeContext) -> u32 {
     0
 }
 
+fn on_close_enter(ctx: &TracePointContext) -> ProbeResult {
+    ensure_configured()?;
+    let fd = syscall::arg0(ctx)? as i32;
+    if current().tgid == config!(seeder_tgid) && SEED_DUPS.remove(fd).is_ok() {
+        return Ok(());
+    }
+    on_close(kernel::tcp_sock_of_fd(fd)?, fd)
+}
+
 #[tracepoint]
 pub fn close_enter(ctx: TracePointContext) -> u32 {
-    if ensure_configured().is_ok() {
-        if let Ok(fd) = syscall::arg0(&ctx) {
-            if let Ok(sk) = kernel::tcp_sock_of_fd(fd as i32) {
-                let _ = on_close(sk, fd as i32);
-            }
-        }
-    }
+    let _ = on_close_enter(&ctx);
     0
 }

@@ -5,6 +5,7 @@ mod close;
 mod destroy;
 mod listen;
 mod receive;
+mod seed;
 mod shutdown;
 mod state;
 mod syscall;

@@ -2,7 +2,7 @@
 
 use leaktrace_common::tcp_state;
 
-use super::Verdict;
+use super::{Since, Verdict};
 use crate::timeline::Timeline;
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
@@ -13,7 +13,12 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
         return Verdict::Clear { how: "destroyed" };
     }
     match (timeline.state(), timeline.close_wait_since()) {
-        (Some(tcp_state::CLOSE_WAIT), Some(since)) => Verdict::Holds { since },
+        (Some(tcp_state::CLOSE_WAIT), Some(ns)) => Verdict::Holds {
+            since: Since {
+                ns,
+                before_trace: timeline.close_wait_before_trace(),
+            },
+        },
         // Left CLOSE_WAIT without a close: shutdown(SHUT_WR) moved it on to LAST_ACK.
         _ => Verdict::Clear { how: "shutdown" },
     }

@@ -33,10 +33,20 @@ impl LeakKind {
 /// What a detector says about one socket right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verdict {
-    /// The leak condition has held since this kernel time.
-    Holds { since: u64 },
+    /// The leak condition has held since then.
+    Holds { since: Since },
     /// It does not hold; `how` says what ended it, should a finding be open.
     Clear { how: &'static str },
+}
+
+/// When a leak condition began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Since {
+    /// Kernel time of the first event at which it held.
+    ns: u64,
+    /// It already held when tracing started: it began earlier, how much earlier is unknown, so
+    /// it is reported at once, its age marked "at least".
+    before_trace: bool,
 }
 
 /// What every detector file provides.
@@ -64,6 +74,8 @@ pub struct Finding {
     pub bytes_after_shutdown: u32,
     /// How long the condition has held.
     pub age: Duration,
+    /// The condition already held when tracing started: `age` is a lower bound.
+    pub age_at_least: bool,
     pub timeline: Vec<Event>,
     /// Reads and arrivals the timeline left out to bound memory.
     pub elided: u64,
@@ -87,7 +99,7 @@ pub enum Outcome {
 
 enum Tracked {
     /// Reported; kept so the resolution names the same pid/fd/addresses as the finding.
-    Reported { since: u64, finding: Finding },
+    Reported { since: Since, finding: Box<Finding> },
     /// Held long enough but no process is known to own the socket.
     Unattributed,
 }
@@ -120,7 +132,8 @@ impl Detectors {
                 match (check(timeline), self.tracked.get(&id)) {
                     (Verdict::Holds { .. }, Some(Tracked::Reported { .. })) => {}
                     (Verdict::Holds { since }, tracked)
-                        if now_ns.saturating_sub(since) >= self.leak_after_ns =>
+                        if since.before_trace
+                            || now_ns.saturating_sub(since.ns) >= self.leak_after_ns =>
                     {
                         // Reported ones matched above: tracked here means counted as
                         // unattributed.
@@ -161,8 +174,13 @@ impl Detectors {
         for (since, (key, kind)) in matured {
             if let Some(finding) = finding(store, key, kind, since, now_ns) {
                 outcomes.push(Outcome::Leak(finding.clone()));
-                self.tracked
-                    .insert((key, kind), Tracked::Reported { since, finding });
+                self.tracked.insert(
+                    (key, kind),
+                    Tracked::Reported {
+                        since,
+                        finding: Box::new(finding),
+                    },
+                );
             }
         }
 
@@ -182,7 +200,7 @@ impl Detectors {
             .filter_map(|(&(key, kind), tracked)| match tracked {
                 Tracked::Reported { since, finding } => Some(
                     self::finding(store, key, kind, *since, now_ns)
-                        .unwrap_or_else(|| finding.clone()),
+                        .unwrap_or_else(|| (**finding).clone()),
                 ),
                 Tracked::Unattributed => None,
             })
@@ -204,7 +222,7 @@ fn finding(
     store: &mut Store,
     key: SockKey,
     kind: LeakKind,
-    since: u64,
+    since: Since,
     now_ns: u64,
 ) -> Option<Finding> {
     let owner = store.get(&key)?.owner()?;
@@ -229,7 +247,8 @@ fn finding(
         unread_bytes: latest.map_or(0, |r| r.unread_bytes()),
         eof_unread: timeline.eof_unread(),
         bytes_after_shutdown,
-        age: Duration::from_nanos(now_ns.saturating_sub(since)),
+        age: Duration::from_nanos(now_ns.saturating_sub(since.ns)),
+        age_at_least: since.before_trace,
         timeline: timeline.entries().to_vec(),
         elided: timeline.elided(),
     })
@@ -579,6 +598,81 @@ mod tests {
         };
         assert_eq!(finding.kind, LeakKind::CloseWait);
         assert_eq!((finding.unread_bytes, finding.eof_unread), (0, false));
+    }
+
+    /// Found at `at` by the seeding when tracing started, as the kernel side records it.
+    fn present(at: u64, state: u8, send_shutdown: bool, rcv_nxt: u32, fin: bool) -> Event {
+        let kind = EventKind::Present {
+            fd: 7,
+            state,
+            send_shutdown,
+        };
+        let mut event = with_receive(event(SOCK, at, kind), rcv_nxt, 1000, fin);
+        // leaktrace's own context, not the owner's.
+        event.task.tgid = 999;
+        event.in_owner_context = false;
+        event
+    }
+
+    #[test]
+    fn close_wait_found_at_start_is_reported_at_once() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        store.insert(present(100 * MS, CLOSE_WAIT, false, 1001, true));
+        let outcomes = detectors.evaluate(&mut store, 150 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(finding.kind, LeakKind::CloseWait);
+        assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
+        assert!(finding.age_at_least);
+        assert_eq!(finding.age, Duration::from_millis(50));
+
+        // Its later transitions join the same timeline: the owner finally closes.
+        store.insert(event(SOCK, 200 * MS, EventKind::Close { fd: Some(7) }));
+        store.insert(event(SOCK, 200 * MS, state(CLOSE_WAIT, LAST_ACK)));
+        let outcomes = detectors.evaluate(&mut store, 300 * MS);
+        assert_eq!(resolutions(&outcomes), [(LeakKind::CloseWait, "closed")]);
+    }
+
+    #[test]
+    fn close_wait_entered_while_tracing_waits_for_the_grace_period() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        store.insert(present(100 * MS, ESTABLISHED, false, 1000, false));
+        store.insert(from_peer(event(
+            SOCK,
+            200 * MS,
+            state(ESTABLISHED, CLOSE_WAIT),
+        )));
+        assert!(detectors.evaluate(&mut store, 1199 * MS).is_empty());
+        let outcomes = detectors.evaluate(&mut store, 1200 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert!(!finding.age_at_least);
+    }
+
+    #[test]
+    fn shut_down_before_tracing_with_unread_data_is_reported_at_once() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        store.insert(present(100 * MS, CLOSE, true, 1013, true));
+        let outcomes = detectors.evaluate(&mut store, 100 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(finding.kind, LeakKind::ShutWrUnread);
+        assert_eq!((finding.unread_bytes, finding.eof_unread), (12, true));
+        assert!(finding.age_at_least);
+    }
+
+    #[test]
+    fn shut_down_before_tracing_and_drained_is_no_leak() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        store.insert(present(100 * MS, FIN_WAIT2, true, 1000, false));
+        assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
     }
 
     #[test]

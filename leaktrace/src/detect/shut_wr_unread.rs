@@ -1,7 +1,7 @@
 //! Incident 3: the owner shut down its write side, the peer sent more (data, its FIN or both)
 //! and the owner never consumed it, yet kept the fd, even after the connection itself finished.
 
-use super::Verdict;
+use super::{Since, Verdict};
 use crate::decoder::ReceiveState;
 use crate::timeline::Timeline;
 
@@ -16,11 +16,13 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
     let Some((shutdown_ns, baseline)) = baseline(timeline) else {
         return drained;
     };
+    let before_trace = timeline.write_shutdown().is_some_and(|s| s.before_trace);
     // The condition can come and go (data arrives, is read, more arrives); its start is the first
     // event of the stretch that still holds.
     let mut since = None;
     let mut track = |ts_ns: u64, now: &ReceiveState| {
-        if unconsumed_since_shutdown(&baseline, now, timeline.eof_unread_at(ts_ns, now)) {
+        let eof_unread = timeline.eof_unread_at(ts_ns, now);
+        if unconsumed_since_shutdown(&baseline, now, eof_unread, before_trace) {
             since.get_or_insert(ts_ns);
         } else {
             since = None;
@@ -33,7 +35,13 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
     if let Some(latest) = timeline.receive().filter(|r| r.ts_ns >= shutdown_ns) {
         track(latest.ts_ns, &latest.value);
     }
-    since.map_or(drained, |since| Verdict::Holds { since })
+    since.map_or(drained, |ns| Verdict::Holds {
+        since: Since {
+            ns,
+            // Held from the moment tracing found the socket shut down.
+            before_trace: before_trace && ns == shutdown_ns,
+        },
+    })
 }
 
 /// The shutdown's time and the receive side to measure later arrivals against: the one recorded
@@ -83,9 +91,12 @@ fn unconsumed_since_shutdown(
     at_shutdown: &ReceiveState,
     now: &ReceiveState,
     eof_unread: bool,
+    shutdown_before_trace: bool,
 ) -> bool {
-    let peer_sent =
-        bytes_after_shutdown(at_shutdown, now) > 0 || fin_since_shutdown(at_shutdown, now);
+    // For a shutdown that predates the trace, whatever is unread may well have arrived after it.
+    let peer_sent = shutdown_before_trace
+        || bytes_after_shutdown(at_shutdown, now) > 0
+        || fin_since_shutdown(at_shutdown, now);
     peer_sent && (now.unread_bytes() > 0 || eof_unread)
 }
 

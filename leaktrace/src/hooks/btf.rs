@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Btf, Type};
-use leaktrace_common::KernelOffsets;
+use leaktrace_common::{KernelOffsets, OFFSET_UNKNOWN};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -54,6 +54,9 @@ impl KernelBtf {
             tcp_rcv_nxt: off("tcp_sock", "rcv_nxt")?,
             tcp_copied_seq: off("tcp_sock", "copied_seq")?,
             sock_done_bit: self.enum_value("sock_flags", "SOCK_DONE")?,
+            // A bitfield before 5.x: then sockets shut down before the trace started are not
+            // recognized as such, everything else works.
+            sock_shutdown: off("sock", "sk_shutdown").unwrap_or(OFFSET_UNKNOWN),
         })
     }
 

@@ -5,6 +5,7 @@
 //! fallback that works on kernels without kprobes or where fentry is refused. Events only a
 //! syscall or a tracepoint can see have tracepoint candidates alone.
 mod btf;
+mod seed;
 mod tracefs;
 
 use std::{fmt, path::Path};
@@ -19,6 +20,7 @@ use leaktrace_common::Config;
 
 use crate::error::Failure;
 pub use btf::VMLINUX_BTF;
+pub use seed::seed_existing;
 
 /// Which hook family to use (`--hooks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -273,6 +275,18 @@ static EVENTS: &[EventHooks] = &[
         ],
     },
     EventHooks {
+        event: "present",
+        required: false,
+        candidates: &[Candidate {
+            family: TRACEPOINT,
+            attachments: &[Attachment {
+                program: "seed",
+                target: Target::Tracepoint("syscalls", "sys_enter_getsockname"),
+            }],
+            note: Some("leaktrace's own getsockname on pidfd_getfd duplicates"),
+        }],
+    },
+    EventHooks {
         event: "arrival",
         required: false,
         candidates: &[Candidate {
@@ -325,6 +339,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Attached, Failure> {
     let config = Config {
         ready: 1,
         filter_targets: options.filter_targets.into(),
+        seeder_tgid: std::process::id(),
         kernel: kernel_btf.offsets().map_err(Failure::Btf)?,
         tracepoints: tracefs.offsets().map_err(Failure::NoTracefs)?,
     };

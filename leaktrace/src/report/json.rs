@@ -81,6 +81,7 @@ fn leak(finding: &Finding) -> Value {
         "eof_unread": finding.eof_unread,
         "bytes_after_shutdown": finding.bytes_after_shutdown,
         "age_ms": u64::try_from(finding.age.as_millis()).unwrap_or(u64::MAX),
+        "age_at_least": finding.age_at_least,
         "sock": format!("{:#x}", finding.sock.addr),
         "sock_born_ns": finding.sock.born_ns,
         "timeline": finding.timeline.iter().map(entry).collect::<Vec<_>>(),
@@ -108,6 +109,16 @@ fn entry(event: &Event) -> Value {
         EventKind::Destroy => json!({"event": "destroy"}),
         EventKind::Recv { ret } => json!({"event": "recv", "ret": ret}),
         EventKind::Arrival => json!({"event": "arrival"}),
+        EventKind::Present {
+            fd,
+            state,
+            send_shutdown,
+        } => json!({
+            "event": "present",
+            "fd": fd,
+            "state": tcp_state::name(state),
+            "send_shutdown": send_shutdown,
+        }),
     };
     if let (Value::Object(entry), Value::Object(details)) = (&mut entry, details) {
         entry.extend(details);
@@ -187,6 +198,7 @@ mod tests {
                 "eof_unread": true,
                 "bytes_after_shutdown": 6,
                 "age_ms": 2300,
+                "age_at_least": false,
                 "sock": "0xffff888000001000",
                 "sock_born_ns": 7,
                 "timeline": null,

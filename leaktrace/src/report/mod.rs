@@ -137,6 +137,7 @@ mod tests {
             eof_unread: true,
             bytes_after_shutdown: 6,
             age: Duration::from_millis(2300),
+            age_at_least: false,
             timeline: vec![
                 from_peer(event(
                     SOCK,

@@ -149,16 +149,31 @@ fn unread(bytes: u32, eof: bool) -> String {
     }
 }
 
+/// The finding's age; "at least" for a condition that already held when tracing started.
+fn age(f: &Finding) -> String {
+    if f.age_at_least {
+        format!("at least {}", duration(f.age))
+    } else {
+        duration(f.age)
+    }
+}
+
 fn explanation(f: &Finding) -> String {
     match f.kind {
-        LeakKind::CloseWait => format!("{} for {}, never closed", f.state, duration(f.age)),
+        LeakKind::CloseWait => format!("{} for {}, never closed", f.state, age(f)),
+        LeakKind::ShutWrUnread if f.age_at_least => format!(
+            "{}, shut down for writing before tracing started, {} for {}, fd still open",
+            f.state,
+            unread(f.unread_bytes, f.eof_unread),
+            age(f)
+        ),
         LeakKind::ShutWrUnread => format!(
             "{}, shut down for writing; the peer then sent {} bytes{}, {} for {}, fd still open",
             f.state,
             f.bytes_after_shutdown,
             if f.eof_unread { " and its FIN" } else { "" },
             unread(f.unread_bytes, f.eof_unread),
-            duration(f.age)
+            age(f)
         ),
     }
 }
@@ -181,7 +196,7 @@ fn table(open: &[Finding]) -> Vec<String> {
                 f.state.to_owned(),
                 f.unread_bytes.to_string(),
                 if f.eof_unread { "unread" } else { "-" }.to_owned(),
-                duration(f.age),
+                age(f),
             ]
         })
         .collect();
@@ -243,6 +258,19 @@ fn describe(event: &Event) -> String {
         EventKind::Recv { ret: Some(ret) } => format!("read() = {ret}"),
         EventKind::Recv { ret: None } => "read()".to_owned(),
         EventKind::Arrival => "peer data or FIN arrived".to_owned(),
+        EventKind::Present {
+            fd,
+            state,
+            send_shutdown,
+        } => format!(
+            "already open when tracing started: fd {fd}, {}{}",
+            tcp_state::name(state),
+            if send_shutdown {
+                ", sending side shut down"
+            } else {
+                ""
+            }
+        ),
     };
     if let Some(receive) = event.receive {
         let _ = write!(

@@ -1,0 +1,122 @@
+//! Sockets that predate the trace: a process that has leaked for hours already holds its stuck
+//! sockets when leaktrace starts. Each socket fd of the traced processes is duplicated into
+//! leaktrace (pidfd_getfd) and named to the `seed` program through a `getsockname` on the
+//! duplicate; the program records the socket's present state and binds it to its owner in the
+//! kernel, so its later transitions join the same timeline. Unlike a sock_diag dump, this also
+//! finds sockets whose connection already finished (CLOSE) but whose fd is still held: exactly
+//! the shape of a half-close leak.
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{Array, MapData},
+    Ebpf,
+};
+use leaktrace_common::SeedRequest;
+use procfs::process::{FDTarget, Process};
+
+/// What seeding found, for the startup log.
+#[derive(Debug, Default)]
+pub struct Seeded {
+    /// Socket fds named to the kernel (TCP or not: the kernel tells).
+    pub sockets: usize,
+    /// Processes or fds that could not be inspected, with the first reason.
+    pub failed: usize,
+    pub first_failure: Option<String>,
+}
+
+pub fn seed_existing(ebpf: &mut Ebpf, pids: &[u32]) -> Result<Seeded> {
+    let mut request: Array<MapData, SeedRequest> = Array::try_from(
+        ebpf.take_map("SEED_REQUEST")
+            .ok_or_else(|| anyhow!("SEED_REQUEST map missing"))?,
+    )?;
+    let own = std::process::id();
+    let pids: Vec<u32> = if pids.is_empty() {
+        procfs::process::all_processes()
+            .context("listing processes")?
+            .filter_map(|p| p.ok().map(|p| p.pid as u32))
+            .collect()
+    } else {
+        pids.to_vec()
+    };
+    let mut seeded = Seeded::default();
+    for pid in pids.into_iter().filter(|&pid| pid != own) {
+        if let Err(e) = seed_process(&mut request, pid, &mut seeded) {
+            seeded.failed += 1;
+            seeded
+                .first_failure
+                .get_or_insert_with(|| format!("pid {pid}: {e:#}"));
+        }
+    }
+    Ok(seeded)
+}
+
+fn seed_process(
+    request: &mut Array<MapData, SeedRequest>,
+    pid: u32,
+    seeded: &mut Seeded,
+) -> Result<()> {
+    let process = Process::new(pid as i32)?;
+    let socket_fds: Vec<RawFd> = process
+        .fd()?
+        .filter_map(|fd| fd.ok())
+        .filter(|fd| matches!(fd.target, FDTarget::Socket(_)))
+        .map(|fd| fd.fd)
+        .collect();
+    if socket_fds.is_empty() {
+        return Ok(());
+    }
+    let pidfd = pidfd_open(pid)?;
+    for fd in socket_fds {
+        // The fd may have been closed since the listing: nothing to seed then.
+        let Ok(duplicate) = pidfd_getfd(&pidfd, fd) else {
+            continue;
+        };
+        request.set(
+            0,
+            SeedRequest {
+                owner_tgid: pid,
+                owner_fd: fd,
+            },
+            0,
+        )?;
+        trigger_seed(&duplicate);
+        seeded.sockets += 1;
+    }
+    Ok(())
+}
+
+/// The `seed` program runs on this syscall; its result does not matter.
+fn trigger_seed(duplicate: &OwnedFd) {
+    let mut address: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid fd, buffer and length for the duration of the call.
+    unsafe {
+        libc::getsockname(
+            duplicate.as_raw_fd(),
+            (&raw mut address).cast(),
+            &mut length,
+        )
+    };
+}
+
+fn pidfd_open(pid: u32) -> Result<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("pidfd_open");
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn pidfd_getfd(pidfd: &OwnedFd, fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new fd we own.
+    let duplicate = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if duplicate < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(duplicate as RawFd) })
+}
