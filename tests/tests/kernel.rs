@@ -373,6 +373,51 @@ fn close_wait_stuck_before_tracing() -> Result<()> {
     assert_close_wait_findings(&report, &server, Family::V4, &accepted, &client)
 }
 
+/// Incident 3 found at start: the connection finished long ago, the fd is still held with the
+/// peer's late bytes and FIN unread (lsof's "protocol: TCP"). No tool that lists connections
+/// (ss, sock_diag) sees this socket any more.
+#[test]
+fn shut_wr_unread_before_tracing() -> Result<()> {
+    let late = LATE_BYTES.to_string();
+    let mut server = Fixture::server(
+        FIXTURE,
+        &["shut-wr-server", "--mode", "never-read", "--expect", &late],
+    )?;
+    let port = server.port().to_string();
+    run_client(FIXTURE, &["--port", &port, "--wait-eof", "--send", &late])?;
+    let accepted = server.accepted(1)?.remove(0);
+    assert_eq!(
+        kernel_socket(server.pid(), accepted.fd)?,
+        (TCP_CLOSE, LATE_BYTES),
+        "the fixture did not reproduce incident 3"
+    );
+    let Some(mut leaktrace) =
+        Leaktrace::start("shut_wr_unread_before_tracing", &[server.pid()], RUN_LIMIT)?
+    else {
+        return Ok(());
+    };
+    // Found at once: the leak predates the trace, so there is no grace period to wait out.
+    leaktrace.wait_for_leaks(1, Duration::from_millis(LEAK_AFTER_MS))?;
+    let report = leaktrace.stop()?;
+    let leaks = report.leaks();
+    assert_eq!(leaks.len(), 1, "{report}");
+    let f = leaks[0];
+    assert_eq!(f["kind"], "shut_wr_unread", "{report}");
+    assert_eq!(f["pid"], server.pid(), "{report}");
+    assert_eq!(f["fd"], accepted.fd, "{report}");
+    assert_eq!(f["state"], "CLOSE", "{report}");
+    assert_eq!(f["unread_bytes"], LATE_BYTES, "{report}");
+    assert_eq!(f["eof_unread"], true, "{report}");
+    assert_eq!(f["age_at_least"], true, "{report}");
+    assert!(
+        timeline(f)
+            .iter()
+            .any(|e| e["event"] == "present" && e["send_shutdown"] == true),
+        "timeline does not say the socket was found shut down\n{report}"
+    );
+    Ok(())
+}
+
 /// A well-behaved server under churn: no false positives, and enough sockets seen to prove the
 /// probes were live (otherwise "no leaks" would hold trivially).
 #[test]
