@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask build | run | test | lint`. Each first makes sure the eBPF
 //! toolchain is installed (nightly rust-src, LLVM 22, bpf-linker), so a fresh machine needs
 //! nothing but rustup and root.
+mod test_summary;
 mod toolchain;
 
 use std::{
@@ -112,14 +113,15 @@ fn run(task: Task) -> Result<()> {
                 test.extend(args.iter().map(String::as_str));
             }
             let binary = root.join("target/debug/leaktrace");
-            let status = Command::new("cargo")
-                .current_dir(&root)
-                .args(&test)
-                .env("LEAKTRACE_BIN", &binary)
-                .envs(runner.map(|r| ("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", r)))
-                .status()
-                .context("running cargo test")?;
-            if !status.success() {
+            let (success, totals) = test_summary::run(
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .args(&test)
+                    .env("LEAKTRACE_BIN", &binary)
+                    .envs(runner.map(|r| ("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", r))),
+            )?;
+            println!("{}", totals.line("tests"));
+            if !success {
                 bail!("tests failed");
             }
             Ok(())
