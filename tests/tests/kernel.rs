@@ -418,6 +418,105 @@ fn shut_wr_unread_before_tracing() -> Result<()> {
     Ok(())
 }
 
+/// Findings clear when the owner mends the leak: a late close resolves a close_wait leak as
+/// "closed", reading to end-of-stream resolves a half-close leak as "drained" (the fd stays open).
+#[test]
+fn leaks_mended_later_are_resolved() -> Result<()> {
+    let mut close_wait = Fixture::server(
+        FIXTURE,
+        &[
+            "close-wait-server",
+            "--conns",
+            "1",
+            "--release-after-ms",
+            "1500",
+        ],
+    )?;
+    let late = LATE_BYTES.to_string();
+    let mut shut_wr = Fixture::server(
+        FIXTURE,
+        &[
+            "shut-wr-server",
+            "--mode",
+            "never-read",
+            "--expect",
+            &late,
+            "--release-after-ms",
+            "1500",
+        ],
+    )?;
+    let Some(mut leaktrace) = Leaktrace::start(
+        "leaks_mended_later_are_resolved",
+        &[close_wait.pid(), shut_wr.pid()],
+        RUN_LIMIT,
+    )?
+    else {
+        return Ok(());
+    };
+    close_wait_client(&close_wait, Family::V4, 1)?;
+    let port = shut_wr.port().to_string();
+    run_client(FIXTURE, &["--port", &port, "--wait-eof", "--send", &late])?;
+    let close_wait_fd = close_wait.accepted(1)?[0].fd;
+    let shut_wr_fd = shut_wr.accepted(1)?[0].fd;
+    close_wait.lines("RELEASED", 1)?;
+    shut_wr.lines("RELEASED", 1)?;
+    leaktrace.settle(SETTLE)?;
+    let report = leaktrace.stop()?;
+
+    let kinds: BTreeSet<&str> = report
+        .leaks()
+        .iter()
+        .filter_map(|f| f["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["close_wait", "shut_wr_unread"]),
+        "both leaks are reported before they are mended\n{report}"
+    );
+    let resolved: BTreeSet<(String, u64, i64)> = report
+        .lines
+        .iter()
+        .filter(|l| l["type"] == "resolved")
+        .map(|l| {
+            (
+                format!(
+                    "{}:{}",
+                    l["kind"].as_str().unwrap_or("?"),
+                    l["how"].as_str().unwrap_or("?")
+                ),
+                l["pid"].as_u64().unwrap_or(0),
+                l["fd"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(
+        resolved,
+        BTreeSet::from([
+            (
+                "close_wait:closed".to_owned(),
+                u64::from(close_wait.pid()),
+                close_wait_fd
+            ),
+            (
+                "shut_wr_unread:drained".to_owned(),
+                u64::from(shut_wr.pid()),
+                shut_wr_fd
+            ),
+        ]),
+        "{report}"
+    );
+    let summary = report.summary();
+    assert_eq!(
+        (
+            summary["leaks_open"].as_u64(),
+            summary["leaks_resolved"].as_u64()
+        ),
+        (Some(0), Some(2)),
+        "{report}"
+    );
+    Ok(())
+}
+
 /// A well-behaved server under churn: no false positives, and enough sockets seen to prove the
 /// probes were live (otherwise "no leaks" would hold trivially).
 #[test]

@@ -17,11 +17,15 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
-  close-wait-server --conns N        read each connection to EOF, never close it (incident 1)
+  close-wait-server --conns N [--release-after-ms MS]
+                                     read each connection to EOF, never close it (incident 1);
+                                     with --release-after-ms, close them all MS later
   shut-wr-server --mode never-read|read-then-stop --expect BYTES [--pause-ms MS]
+                 [--release-after-ms MS]
                                      reply, shutdown(SHUT_WR), then never read the peer's
                                      end-of-stream; keep the fd (incident 3). read-then-stop
-                                     waits MS, then reads exactly BYTES
+                                     waits MS, then reads exactly BYTES; with
+                                     --release-after-ms, read to end-of-stream MS later
   echo-server                        echo each connection until EOF, then close it
   client --port P [--send BYTES] [--wait-eof] [--echo] [--pause-ms MS]
          [--conns N] [--concurrency C]
@@ -66,6 +70,8 @@ struct Opts {
     pause: Duration,
     mode: Mode,
     expect: usize,
+    /// A leak that its owner finally mends, to check it is reported as resolved.
+    release_after: Option<Duration>,
 }
 
 impl Opts {
@@ -81,6 +87,7 @@ impl Opts {
             pause: Duration::ZERO,
             mode: Mode::NeverRead,
             expect: 0,
+            release_after: None,
         };
         while let Some(flag) = args.next() {
             let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -95,6 +102,9 @@ impl Opts {
                 "--pause-ms" => o.pause = Duration::from_millis(value()?.parse()?),
                 "--mode" => o.mode = value()?.parse()?,
                 "--expect" => o.expect = value()?.parse()?,
+                "--release-after-ms" => {
+                    o.release_after = Some(Duration::from_millis(value()?.parse()?));
+                }
                 _ => bail!("unknown argument {flag:?}"),
             }
         }
@@ -153,6 +163,12 @@ fn close_wait_server(o: &Opts) -> Result<()> {
         println!("EOF fd={}", stream.as_raw_fd());
         held.push(stream);
     }
+    if let Some(after) = o.release_after {
+        thread::sleep(after);
+        drop(held);
+        println!("RELEASED");
+        hold_forever(Vec::new())
+    }
     hold_forever(held)
 }
 
@@ -169,6 +185,11 @@ fn shut_wr_server(o: &Opts) -> Result<()> {
         thread::sleep(o.pause);
         stream.read_exact(&mut vec![0; o.expect]).context("read")?;
         println!("READ {}", o.expect);
+    }
+    if let Some(after) = o.release_after {
+        thread::sleep(after);
+        stream.read_to_end(&mut Vec::new()).context("draining")?;
+        println!("RELEASED");
     }
     hold_forever(vec![stream])
 }
