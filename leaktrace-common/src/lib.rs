@@ -25,6 +25,12 @@ pub enum RecordKind {
     Arrival = 7,
     /// The socket already existed when tracing started: its state and receive side now.
     Present = 8,
+    /// `connect(fd)` returned `ret`: the caller owns the socket.
+    Connect = 9,
+    /// A traced process (`tgid`) started a new process (`owner_tgid`), now traced too. No socket.
+    Fork = 10,
+    /// A traced process (`tgid`) exited. No socket.
+    Exit = 11,
 }
 
 impl RecordKind {
@@ -38,6 +44,9 @@ impl RecordKind {
             6 => Self::Recv,
             7 => Self::Arrival,
             8 => Self::Present,
+            9 => Self::Connect,
+            10 => Self::Fork,
+            11 => Self::Exit,
             _ => return None,
         })
     }
@@ -163,6 +172,10 @@ pub struct TracepointOffsets {
     pub syscall_arg1: u32,
     /// `ret` of a `syscalls:sys_exit_*` record.
     pub syscall_ret: u32,
+    pub newtask_pid: u32,
+    pub newtask_clone_flags: u32,
+    /// `sched:sched_process_exit`'s `group_dead`, or [`OFFSET_UNKNOWN`] on kernels without it.
+    pub process_exit_group_dead: u32,
 }
 
 /// Everything userspace tells the programs at load time, as the `CONFIG` global.
@@ -175,6 +188,8 @@ pub struct Config {
     pub filter_targets: u32,
     /// leaktrace's own tgid: only it may ask for sockets that predate the trace to be recorded.
     pub seeder_tgid: u32,
+    /// Non-zero: processes started by traced processes are traced too.
+    pub follow_children: u32,
     pub kernel: KernelOffsets,
     pub tracepoints: TracepointOffsets,
 }

@@ -90,25 +90,53 @@ impl Event {
     }
 }
 
-/// Writes one record for `sk`; a full ring buffer is counted in `LOST`, never silently dropped.
+/// Writes one record for `sk`.
 #[inline(always)]
 pub fn emit(sk: u64, meta: &SockMeta, event: &Event) -> ProbeResult {
+    let task = current();
+    let mut record = record(event, &task, meta.owner_tgid);
+    record.sock = sk;
+    record.sock_born_ns = meta.born_ns;
+    record.owner_fd = meta.owner_fd;
+    if meta.owner_tgid != OWNER_UNKNOWN && meta.owner_tgid == task.tgid {
+        record.flags |= FLAG_OWNER_CONTEXT;
+    }
+    kernel::fill_socket(&mut record, sk);
+    submit(record)
+}
+
+/// Writes one record about a process (`Fork`, `Exit`), which names no socket; `other_tgid` is
+/// the process it is about besides the current one.
+#[inline(always)]
+pub fn emit_process(event: &Event, other_tgid: u32) -> ProbeResult {
+    submit(record(event, &current(), other_tgid))
+}
+
+/// A full ring buffer is counted in `LOST`, never silently dropped.
+#[inline(always)]
+fn submit(record: Record) -> ProbeResult {
     let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
         if let Some(lost) = LOST.get_ptr_mut(0) {
             unsafe { *lost += 1 };
         }
         return Ok(());
     };
-    let task = current();
-    let mut record = Record {
+    entry.write(record);
+    entry.submit(0);
+    Ok(())
+}
+
+#[inline(always)]
+fn record(event: &Event, task: &Current, owner_tgid: u32) -> Record {
+    Record {
         ts_ns: event.ts_ns,
-        sock: sk,
-        sock_born_ns: meta.born_ns,
+        sock: 0,
+        sock_born_ns: 0,
         ret: event.ret,
         tgid: task.tgid,
         tid: task.tid,
-        owner_tgid: meta.owner_tgid,
-        owner_fd: meta.owner_fd,
+        owner_tgid,
+        owner_fd: NO_FD,
         fd: event.fd,
         how: event.how,
         rcv_nxt: 0,
@@ -125,14 +153,7 @@ pub fn emit(sk: u64, meta: &SockMeta, event: &Event) -> ProbeResult {
         saddr: [0; 16],
         daddr: [0; 16],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
-    if meta.owner_tgid != OWNER_UNKNOWN && meta.owner_tgid == task.tgid {
-        record.flags |= FLAG_OWNER_CONTEXT;
     }
-    kernel::fill_socket(&mut record, sk);
-    entry.write(record);
-    entry.submit(0);
-    Ok(())
 }
 
 #[inline(always)]

@@ -21,6 +21,7 @@ static CONFIG: Config = Config {
     ready: 0,
     filter_targets: 0,
     seeder_tgid: 0,
+    follow_children: 0,
     kernel: KernelOffsets {
         task_files: u32::MAX,
         files_fdt: 0,
@@ -59,6 +60,9 @@ static CONFIG: Config = Config {
         syscall_arg0: 0,
         syscall_arg1: 0,
         syscall_ret: 0,
+        newtask_pid: 0,
+        newtask_clone_flags: 0,
+        process_exit_group_dead: 0,
     },
 };
 

@@ -2,8 +2,10 @@
 //! their arguments and call that area's handler, so every family produces the same records.
 mod accept;
 mod close;
+mod connect;
 mod destroy;
 mod listen;
+mod process;
 mod receive;
 mod seed;
 mod shutdown;
