@@ -14,12 +14,16 @@ Leak classes:
 
 Examples:
   sudo leaktrace demo                       leaky servers in-process: see both classes
-  sudo leaktrace --pid 4242                 trace one process until Ctrl-C
+  sudo leaktrace --pid 4242                 trace one process until Ctrl-C (or until it exits)
   sudo leaktrace --pid 4242 --json --duration 1m --leak-after 2s
+  sudo leaktrace run --fail-on-leak -- ./run-tests.sh
+                                            trace a command and its children (CI use)
 
 Exit status:
   0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process,
-  5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook";
+  5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook;
+  run: the command's own status, 10 with --fail-on-leak when a leak was reported,
+  126/127 when the command cannot be executed / is not found";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,20 +49,47 @@ pub struct Cli {
 pub enum Command {
     /// Start small leaky servers in this process (incidents 1 and 3), trace them, and report.
     Demo(DemoArgs),
+    /// Run a command and trace it and every process it starts, from their first instruction;
+    /// the report goes to stderr, the command keeps stdin/stdout/stderr and its exit status.
+    Run(RunArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct TraceArgs {
-    /// Trace the sockets owned by this process (repeatable). Without it, every process.
-    #[arg(long = "pid", value_name = "PID")]
-    pub pids: Vec<u32>,
+pub struct RunArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub leaks: LeakArgs,
+    /// Exit with status 10 when any leak was reported, instead of the command's own status.
+    #[arg(long)]
+    pub fail_on_leak: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LeakArgs {
     /// How long a leak condition must last before it is reported (e.g. 500ms, 2s, 1m). Long
     /// enough for a server to answer after a client's half-close, short enough to see leaks
     /// while you watch.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub leak_after: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Trace the sockets owned by this process (repeatable). Without it, every process.
+    /// leaktrace stops when every traced process has exited.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Also trace the processes the traced ones start, from their first instruction.
+    #[arg(long, requires = "pids")]
+    pub follow_children: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub leaks: LeakArgs,
     /// Stop after this long and print the final report (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -120,5 +151,26 @@ mod tests {
         let cli = Cli::try_parse_from(["leaktrace", "demo"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Demo(_))));
         assert!(Cli::try_parse_from(["leaktrace", "--pid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["leaktrace", "--follow-children"]).is_err());
+    }
+
+    #[test]
+    fn run_takes_the_command_after_its_options() {
+        let cli = Cli::try_parse_from([
+            "leaktrace",
+            "run",
+            "--fail-on-leak",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .unwrap();
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("not run: {cli:?}");
+        };
+        assert!(run.fail_on_leak);
+        assert_eq!(run.command, ["sh", "-c", "exit 3"]);
+        assert!(Cli::try_parse_from(["leaktrace", "run"]).is_err());
     }
 }

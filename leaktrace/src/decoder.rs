@@ -90,6 +90,16 @@ pub enum EventKind {
         state: u8,
         send_shutdown: bool,
     },
+    Connect {
+        fd: i32,
+        ret: i64,
+    },
+    /// Not about a socket: the task's process started `child`, which is traced from now on.
+    Fork {
+        child: u32,
+    },
+    /// Not about a socket: the task's process exited.
+    Exit,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +197,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 ret: (record.ret != RESULT_UNKNOWN).then_some(record.ret),
             },
             RecordKind::Arrival => EventKind::Arrival,
+            RecordKind::Connect => EventKind::Connect {
+                fd: record.fd,
+                ret: record.ret,
+            },
+            RecordKind::Fork => EventKind::Fork {
+                child: record.owner_tgid,
+            },
+            RecordKind::Exit => EventKind::Exit,
             RecordKind::Present => EventKind::Present {
                 fd: record.fd,
                 state: record.new_state,

@@ -12,7 +12,7 @@ use std::{
 use crate::{
     cli::DemoArgs,
     error::Failure,
-    session::{self, SessionOptions},
+    session::{Scope, Session, SessionOptions},
 };
 
 const CLOSE_WAIT_CONNECTIONS: usize = 3;
@@ -35,21 +35,25 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         );
     }
     let options = SessionOptions {
-        pids: vec![std::process::id()],
+        scope: Scope::Pids(vec![std::process::id()]),
+        follow_children: false,
         json: args.common.json,
+        report_to_stderr: false,
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
         leak_after: LEAK_AFTER,
         duration: Some(DURATION),
     };
-    session::run(options, || {
-        thread::spawn(|| {
-            if let Err(e) = workload() {
-                eprintln!("leaktrace demo: the demo servers failed: {e}");
-            }
-        });
-    })
-    .await
+    let mut session = Session::start(&options)?;
+    // Only now: nothing the servers do may happen before tracing starts.
+    thread::spawn(|| {
+        if let Err(e) = workload() {
+            eprintln!("leaktrace demo: the demo servers failed: {e}");
+        }
+    });
+    session.run_until(std::future::pending()).await?;
+    session.finish()?;
+    Ok(())
 }
 
 fn workload() -> std::io::Result<()> {

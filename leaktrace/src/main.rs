@@ -2,7 +2,8 @@
 //!
 //! Data path, one module per stage: `hooks` (load and attach the eBPF programs) -> ring buffer
 //! records -> `decoder` -> `timeline` (per-socket store) -> `detect` (one detector per leak
-//! class) -> `report` (text, JSON Lines). `session` drives it; `demo` feeds it leaky servers.
+//! class) -> `report` (text, JSON Lines). `session` drives it; `demo` feeds it leaky servers;
+//! `run` traces a command it starts.
 mod cli;
 mod decoder;
 mod demo;
@@ -10,6 +11,7 @@ mod detect;
 mod error;
 mod hooks;
 mod report;
+mod run;
 mod session;
 mod timeline;
 
@@ -18,8 +20,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::{
-    cli::{Cli, Command},
-    session::SessionOptions,
+    cli::{Cli, Command, TraceArgs},
+    error::Failure,
+    session::{Scope, Session, SessionOptions},
 };
 
 fn main() -> ExitCode {
@@ -35,24 +38,36 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(Command::Demo(args)) => runtime.block_on(demo::run(args)),
-        None => {
-            let options = SessionOptions {
-                pids: cli.trace.pids,
-                json: cli.trace.common.json,
-                hooks: cli.trace.common.hooks,
-                ring_size: cli.trace.common.ring_size,
-                leak_after: cli.trace.leak_after,
-                duration: cli.trace.duration,
-            };
-            runtime.block_on(session::run(options, || {}))
-        }
+        Some(Command::Demo(args)) => runtime.block_on(demo::run(args)).map(|()| 0),
+        Some(Command::Run(args)) => runtime.block_on(run::run(args)),
+        None => runtime.block_on(trace(cli.trace)).map(|()| 0),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(failure) => {
             eprintln!("leaktrace: error: {failure}");
             ExitCode::from(failure.exit_code())
         }
     }
+}
+
+async fn trace(args: TraceArgs) -> Result<(), Failure> {
+    let options = SessionOptions {
+        scope: if args.pids.is_empty() {
+            Scope::All
+        } else {
+            Scope::Pids(args.pids)
+        },
+        follow_children: args.follow_children,
+        json: args.common.json,
+        report_to_stderr: false,
+        hooks: args.common.hooks,
+        ring_size: args.common.ring_size,
+        leak_after: args.leaks.leak_after,
+        duration: args.duration,
+    };
+    let mut session = Session::start(&options)?;
+    session.run_until(std::future::pending()).await?;
+    session.finish()?;
+    Ok(())
 }

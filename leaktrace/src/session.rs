@@ -1,6 +1,6 @@
 //! One trace session: attach the hooks, then move records from the ring buffer through the
 //! decoder, the timeline store and the detectors to a reporter until told to stop.
-use std::{io, path::Path, time::Duration};
+use std::{collections::BTreeSet, future::Future, io, path::Path, time::Duration};
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -11,11 +11,11 @@ use tokio::{
 };
 
 use crate::{
-    decoder,
+    decoder::{self, EventKind},
     detect::Detectors,
     error::Failure,
-    hooks::{self, HookFamily, LoadOptions},
-    report::{IngestCounts, JsonReporter, Reporter, StartInfo, TextReporter},
+    hooks::{self, Attached, HookFamily, LoadOptions},
+    report::{FinalReport, IngestCounts, JsonReporter, Reporter, StartInfo, TextReporter},
     timeline::Store,
 };
 
@@ -26,142 +26,268 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// it matured.
 const EVALUATE_EVERY: Duration = Duration::from_millis(100);
 
+/// Which processes to trace.
+pub enum Scope {
+    /// Every process.
+    All,
+    /// These processes (and, with `follow_children`, the processes they start).
+    Pids(Vec<u32>),
+    /// Processes the caller adds with [`Session::trace`] once the hooks are live (`run`).
+    Added,
+}
+
+impl Scope {
+    fn describe(&self, follow_children: bool) -> String {
+        let children = if follow_children {
+            " and the processes they start"
+        } else {
+            ""
+        };
+        match self {
+            Scope::All => "all processes".to_owned(),
+            Scope::Pids(pids) => {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!("pid {}{children}", pids.join(", "))
+            }
+            Scope::Added => "the command and the processes it starts".to_owned(),
+        }
+    }
+}
+
 pub struct SessionOptions {
-    /// Empty: every process.
-    pub pids: Vec<u32>,
+    pub scope: Scope,
+    pub follow_children: bool,
     pub json: bool,
+    /// Where the report goes: stdout, except under `run`, whose command owns stdout.
+    pub report_to_stderr: bool,
     pub hooks: HookFamily,
     pub ring_size: u32,
     pub leak_after: Duration,
     pub duration: Option<Duration>,
 }
 
+/// Why the main loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Duration,
+    Signal,
+    /// Every traced process exited.
+    NothingLeft,
+    /// The caller's own condition (e.g. `run`'s command exited).
+    Caller,
+}
+
+pub struct Session {
+    attached: Attached,
+    ring: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    reporter: Box<dyn Reporter>,
+    store: Store,
+    detectors: Detectors,
+    counts: IngestCounts,
+    /// Traced processes still alive; the session ends when the last one exits.
+    live: BTreeSet<u32>,
+    deadline: Option<Instant>,
+}
+
 /// Checks what can be checked before touching the kernel, so bad input gets its own message.
-pub fn preflight(options: &SessionOptions) -> Result<(), Failure> {
+fn preflight(options: &SessionOptions) -> Result<(), Failure> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Failure::NotRoot);
     }
-    if let Some(&pid) = options
-        .pids
-        .iter()
-        .find(|pid| **pid == 0 || !Path::new(&format!("/proc/{pid}")).exists())
-    {
-        return Err(Failure::NoSuchProcess(pid));
+    if let Scope::Pids(pids) = &options.scope {
+        if let Some(&pid) = pids
+            .iter()
+            .find(|pid| **pid == 0 || !Path::new(&format!("/proc/{pid}")).exists())
+        {
+            return Err(Failure::NoSuchProcess(pid));
+        }
     }
     Ok(())
 }
 
-/// Runs a session; `on_attached` runs once the hooks are live (the demo starts its servers
-/// there, so nothing they do happens before tracing starts).
-pub async fn run(options: SessionOptions, on_attached: impl FnOnce()) -> Result<(), Failure> {
-    preflight(&options)?;
-    let mut attached = hooks::load(&LoadOptions {
-        object: EBPF_OBJECT,
-        family: options.hooks,
-        filter_targets: !options.pids.is_empty(),
-        ring_size: options.ring_size,
-    })?;
-    {
-        let mut targets: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+impl Session {
+    /// Attaches the hooks, records the sockets the traced processes already hold, and prints the
+    /// start of the report. Tracing is live when this returns.
+    pub fn start(options: &SessionOptions) -> Result<Session, Failure> {
+        preflight(options)?;
+        let pids = match &options.scope {
+            Scope::Pids(pids) => pids.clone(),
+            Scope::All | Scope::Added => Vec::new(),
+        };
+        let mut attached = hooks::load(&LoadOptions {
+            object: EBPF_OBJECT,
+            family: options.hooks,
+            filter_targets: !matches!(options.scope, Scope::All),
+            follow_children: options.follow_children,
+            ring_size: options.ring_size,
+        })?;
+        if options.follow_children && !attached.serves("fork") {
+            return Err(Failure::HookRefused {
+                event: "fork",
+                reasons: vec![
+                    "following child processes needs tracepoint:task:task_newtask".into(),
+                ],
+            });
+        }
+        {
+            let mut targets = targets(&mut attached)?;
+            for &pid in &pids {
+                targets
+                    .insert(pid, 1, 0)
+                    .with_context(|| format!("tracing pid {pid}"))?;
+            }
+        }
+        if attached.serves("present") && !matches!(options.scope, Scope::Added) {
+            let seeded = hooks::seed_existing(&mut attached.ebpf, &pids)?;
+            if let Some(why) = &seeded.first_failure {
+                eprintln!(
+                    "leaktrace: warning: could not inspect the sockets of {} process(es) that predate the trace ({why})",
+                    seeded.failed
+                );
+            }
+        }
+        let lost = PerCpuArray::<MapData, u64>::try_from(
             attached
                 .ebpf
-                .map_mut("TARGETS")
-                .ok_or_else(|| anyhow!("TARGETS map missing"))?,
+                .take_map("LOST")
+                .ok_or_else(|| anyhow!("LOST map missing"))?,
         )
         .map_err(anyhow::Error::from)?;
-        for &pid in &options.pids {
-            targets.insert(pid, 1, 0).map_err(anyhow::Error::from)?;
-        }
-    }
-    if attached
-        .choices
-        .iter()
-        .any(|c| c.event == "present" && !c.hook.starts_with("unavailable"))
-    {
-        let seeded = hooks::seed_existing(&mut attached.ebpf, &options.pids)?;
-        if let Some(why) = &seeded.first_failure {
-            eprintln!(
-                "leaktrace: warning: could not inspect the sockets of {} process(es) that predate the trace ({why})",
-                seeded.failed
-            );
-        }
-    }
-    let lost = PerCpuArray::<MapData, u64>::try_from(
-        attached
-            .ebpf
-            .take_map("LOST")
-            .ok_or_else(|| anyhow!("LOST map missing"))?,
-    )
-    .map_err(anyhow::Error::from)?;
-    let ring = RingBuf::try_from(
-        attached
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or_else(|| anyhow!("EVENTS map missing"))?,
-    )
-    .map_err(anyhow::Error::from)?;
-    let mut ring = register(ring)?;
+        let ring = RingBuf::try_from(
+            attached
+                .ebpf
+                .take_map("EVENTS")
+                .ok_or_else(|| anyhow!("EVENTS map missing"))?,
+        )
+        .map_err(anyhow::Error::from)?;
+        let ring = register(ring)?;
 
-    let mut reporter: Box<dyn Reporter> = if options.json {
-        Box::new(JsonReporter::new(Box::new(io::stdout())))
-    } else {
-        Box::new(TextReporter::new(Box::new(io::stdout())))
-    };
-    for refused in &attached.refused {
-        eprintln!("leaktrace: hook not used: {refused}");
-    }
-    reporter
-        .start(&StartInfo {
-            hooks: attached
-                .choices
-                .iter()
-                .map(|c| (c.event.to_owned(), c.hook.clone()))
-                .collect(),
-            pids: options.pids.clone(),
-            leak_after: options.leak_after,
-            kernel: kernel_release(),
+        let out: Box<dyn io::Write + Send> = if options.report_to_stderr {
+            Box::new(io::stderr())
+        } else {
+            Box::new(io::stdout())
+        };
+        let mut reporter: Box<dyn Reporter> = if options.json {
+            Box::new(JsonReporter::new(out))
+        } else {
+            Box::new(TextReporter::new(out))
+        };
+        for refused in &attached.refused {
+            eprintln!("leaktrace: hook not used: {refused}");
+        }
+        reporter
+            .start(&StartInfo {
+                hooks: attached
+                    .choices
+                    .iter()
+                    .map(|c| (c.event.to_owned(), c.hook.clone()))
+                    .collect(),
+                pids: pids.clone(),
+                scope: options.scope.describe(options.follow_children),
+                leak_after: options.leak_after,
+                kernel: kernel_release(),
+            })
+            .context("writing output")?;
+        Ok(Session {
+            attached,
+            ring,
+            lost,
+            reporter,
+            store: Store::new(),
+            detectors: Detectors::new(options.leak_after),
+            counts: IngestCounts::default(),
+            live: pids.into_iter().collect(),
+            deadline: options.duration.map(|d| Instant::now() + d),
         })
-        .context("writing output")?;
-    on_attached();
+    }
 
-    let mut store = Store::new();
-    let mut detectors = Detectors::new(options.leak_after);
-    let mut counts = IngestCounts::default();
-    let mut tick = interval(EVALUATE_EVERY);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let deadline = options.duration.map(|d| Instant::now() + d);
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    /// Traces `pid` from now on (and, with `follow_children`, the processes it starts).
+    pub fn trace(&mut self, pid: u32) -> Result<(), Failure> {
+        targets(&mut self.attached)?
+            .insert(pid, 1, 0)
+            .with_context(|| format!("tracing pid {pid}"))?;
+        self.live.insert(pid);
+        Ok(())
+    }
 
-    loop {
-        tokio::select! {
-            readable = ring.readable_mut() => {
-                let mut guard = readable.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut store, &mut counts);
-                guard.clear_ready();
-            }
-            _ = tick.tick() => {
-                for outcome in detectors.evaluate(&mut store, monotonic_ns()) {
-                    reporter.outcome(&outcome).context("writing output")?;
+    pub fn untrace(&mut self, pid: u32) -> Result<(), Failure> {
+        targets(&mut self.attached)?
+            .remove(&pid)
+            .with_context(|| format!("untracing pid {pid}"))?;
+        self.live.remove(&pid);
+        Ok(())
+    }
+
+    /// Moves records through the pipeline and reports leaks as they mature, until the duration
+    /// elapses, SIGINT or SIGTERM arrives, every traced process has exited, or `until` resolves.
+    pub async fn run_until(&mut self, until: impl Future<Output = ()>) -> Result<Ended, Failure> {
+        let mut tick = interval(EVALUATE_EVERY);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let deadline = self.deadline;
+        let watching_processes = !self.live.is_empty();
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                readable = self.ring.readable_mut() => {
+                    let mut guard = readable.context("polling the ring buffer")?;
+                    drain(guard.get_inner_mut(), &mut self.store, &mut self.live, &mut self.counts);
+                    guard.clear_ready();
+                    if watching_processes && self.live.is_empty() {
+                        return Ok(Ended::NothingLeft);
+                    }
                 }
+                _ = tick.tick() => self.evaluate()?,
+                _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
+                    return Ok(Ended::Duration);
+                }
+                _ = interrupt.recv() => return Ok(Ended::Signal),
+                _ = terminate.recv() => return Ok(Ended::Signal),
+                () = &mut until => return Ok(Ended::Caller),
             }
-            _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => break,
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
         }
     }
 
-    // Records already in the ring belong to this session: read them before the last verdict.
-    drain(ring.get_mut(), &mut store, &mut counts);
-    let now = monotonic_ns();
-    for outcome in detectors.evaluate(&mut store, now) {
-        reporter.outcome(&outcome).context("writing output")?;
+    /// Reads what is left in the ring buffer, gives the detectors a last look, and prints the
+    /// final report.
+    pub fn finish(mut self) -> Result<FinalReport, Failure> {
+        drain(
+            self.ring.get_mut(),
+            &mut self.store,
+            &mut self.live,
+            &mut self.counts,
+        );
+        self.evaluate()?;
+        let per_cpu = self
+            .lost
+            .get(&0, 0)
+            .context("reading the lost-events counter")?;
+        self.counts.lost_events = per_cpu.iter().sum();
+        let report = self
+            .detectors
+            .summary(&mut self.store, monotonic_ns(), self.counts);
+        self.reporter.finish(&report).context("writing output")?;
+        Ok(report)
     }
-    counts.lost_events = lost_events(&lost)?;
-    let report = detectors.summary(&mut store, now, counts);
-    reporter.finish(&report).context("writing output")?;
-    Ok(())
+
+    fn evaluate(&mut self) -> Result<(), Failure> {
+        for outcome in self.detectors.evaluate(&mut self.store, monotonic_ns()) {
+            self.reporter.outcome(&outcome).context("writing output")?;
+        }
+        Ok(())
+    }
+}
+
+fn targets(attached: &mut Attached) -> Result<BpfHashMap<&mut MapData, u32, u8>, Failure> {
+    let map = attached
+        .ebpf
+        .map_mut("TARGETS")
+        .ok_or_else(|| anyhow!("TARGETS map missing"))?;
+    Ok(BpfHashMap::try_from(map).map_err(anyhow::Error::from)?)
 }
 
 fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, Failure> {
@@ -171,25 +297,38 @@ fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, Failure
         .map_err(|e| Failure::Runtime(anyhow!("polling the ring buffer: {e}")))
 }
 
-fn drain(ring: &mut RingBuf<MapData>, store: &mut Store, counts: &mut IngestCounts) {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    store: &mut Store,
+    live: &mut BTreeSet<u32>,
+    counts: &mut IngestCounts,
+) {
     while let Some(item) = ring.next() {
         counts.records += 1;
-        match decoder::decode(&item) {
-            Ok(event) => store.insert(event),
+        let event = match decoder::decode(&item) {
+            Ok(event) => event,
             Err(e) => {
                 if counts.decode_errors == 0 {
                     // Once is enough: a layout mismatch would repeat for every record.
-                    eprintln!("leaktrace: warning: undecodable record ({e}); counting the rest in the summary");
+                    eprintln!(
+                        "leaktrace: warning: undecodable record ({e}); counting the rest in the summary"
+                    );
                 }
                 counts.decode_errors += 1;
+                continue;
             }
+        };
+        match event.kind {
+            EventKind::Fork { child } => {
+                live.insert(child);
+            }
+            EventKind::Exit => {
+                live.remove(&event.task.tgid);
+                store.owner_exited(event.task.tgid, event.ts_ns);
+            }
+            _ => store.insert(event),
         }
     }
-}
-
-fn lost_events(lost: &PerCpuArray<MapData, u64>) -> Result<u64, Failure> {
-    let per_cpu = lost.get(&0, 0).context("reading the lost-events counter")?;
-    Ok(per_cpu.iter().sum())
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns` and so of every record.

@@ -67,6 +67,8 @@ pub struct Timeline {
     closed_ns: Option<u64>,
     destroyed_ns: Option<u64>,
     receive: Option<Stamped<ReceiveState>>,
+    /// When the owning process exited: every finding on the socket ends there.
+    owner_exited_ns: Option<u64>,
     /// When a read first returned 0: the owner saw end-of-stream.
     eof_read_ns: Option<u64>,
     /// The read hook reports results, so a missing 0-byte read means the owner never saw
@@ -147,7 +149,9 @@ impl Timeline {
 
     fn learn_owner(&mut self, event: &Event) {
         let learned = match event.kind {
-            EventKind::Accept { fd } | EventKind::Shutdown { fd, .. } => OwnerInfo {
+            EventKind::Accept { fd }
+            | EventKind::Connect { fd, .. }
+            | EventKind::Shutdown { fd, .. } => OwnerInfo {
                 tgid: event.task.tgid,
                 fd: Some(fd),
             },
@@ -226,6 +230,10 @@ impl Timeline {
         self.destroyed_ns.is_some()
     }
 
+    pub fn owner_exited(&self) -> bool {
+        self.owner_exited_ns.is_some()
+    }
+
     /// The receive side as of the latest record (by kernel time) that carried it.
     pub fn receive(&self) -> Option<Stamped<ReceiveState>> {
         self.receive
@@ -282,6 +290,15 @@ impl Store {
                 None => {
                     self.comms.insert(task.tgid, task.comm);
                 }
+            }
+        }
+    }
+
+    /// Process `tgid` exited at `ts_ns`: the sockets it owned have no owner left to blame.
+    pub fn owner_exited(&mut self, tgid: u32, ts_ns: u64) {
+        for timeline in self.timelines.values_mut() {
+            if timeline.owner().is_some_and(|o| o.tgid == tgid) {
+                timeline.owner_exited_ns.get_or_insert(ts_ns);
             }
         }
     }

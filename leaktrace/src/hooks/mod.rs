@@ -173,6 +173,24 @@ static EVENTS: &[EventHooks] = &[
         }],
     },
     EventHooks {
+        event: "connect",
+        required: true,
+        candidates: &[Candidate {
+            family: TRACEPOINT,
+            attachments: &[
+                Attachment {
+                    program: "connect_enter",
+                    target: Target::Tracepoint("syscalls", "sys_enter_connect"),
+                },
+                Attachment {
+                    program: "connect_exit",
+                    target: Target::Tracepoint("syscalls", "sys_exit_connect"),
+                },
+            ],
+            note: None,
+        }],
+    },
+    EventHooks {
         event: "close",
         required: true,
         candidates: &[
@@ -287,6 +305,30 @@ static EVENTS: &[EventHooks] = &[
         }],
     },
     EventHooks {
+        event: "fork",
+        required: false,
+        candidates: &[Candidate {
+            family: TRACEPOINT,
+            attachments: &[Attachment {
+                program: "newtask",
+                target: Target::Tracepoint("task", "task_newtask"),
+            }],
+            note: None,
+        }],
+    },
+    EventHooks {
+        event: "exit",
+        required: true,
+        candidates: &[Candidate {
+            family: TRACEPOINT,
+            attachments: &[Attachment {
+                program: "process_exit",
+                target: Target::Tracepoint("sched", "sched_process_exit"),
+            }],
+            note: None,
+        }],
+    },
+    EventHooks {
         event: "arrival",
         required: false,
         candidates: &[Candidate {
@@ -316,11 +358,23 @@ pub struct Attached {
     pub refused: Vec<String>,
 }
 
+impl Attached {
+    /// Whether some hook serves `event` on this kernel.
+    pub fn serves(&self, event: &str) -> bool {
+        self.choices
+            .iter()
+            .any(|c| c.event == event && !c.hook.starts_with(UNAVAILABLE))
+    }
+}
+
+const UNAVAILABLE: &str = "unavailable";
+
 /// What the kernel side needs to know before it is loaded.
 pub struct LoadOptions<'a> {
     pub object: &'a [u8],
     pub family: HookFamily,
     pub filter_targets: bool,
+    pub follow_children: bool,
     pub ring_size: u32,
 }
 
@@ -340,6 +394,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Attached, Failure> {
         ready: 1,
         filter_targets: options.filter_targets.into(),
         seeder_tgid: std::process::id(),
+        follow_children: options.follow_children.into(),
         kernel: kernel_btf.offsets().map_err(Failure::Btf)?,
         tracepoints: tracefs.offsets().map_err(Failure::NoTracefs)?,
     };
@@ -409,7 +464,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Attached, Failure> {
             }
             None => choices.push(HookChoice {
                 event: event.event,
-                hook: format!("unavailable ({})", reasons.join("; ")),
+                hook: format!("{UNAVAILABLE} ({})", reasons.join("; ")),
             }),
         }
     }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use leaktrace_common::TracepointOffsets;
+use leaktrace_common::{TracepointOffsets, OFFSET_UNKNOWN};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -74,6 +74,12 @@ impl Tracefs {
             syscall_arg0: self.field_offset("syscalls", "sys_enter_shutdown", "fd")?,
             syscall_arg1: self.field_offset("syscalls", "sys_enter_shutdown", "how")?,
             syscall_ret: self.field_offset("syscalls", "sys_exit_shutdown", "ret")?,
+            newtask_pid: optional("task", "task_newtask", "pid")?,
+            newtask_clone_flags: optional("task", "task_newtask", "clone_flags")?,
+            // Added in 6.x; before it the group leader's exit stands in for the process's.
+            process_exit_group_dead: self
+                .field_offset("sched", "sched_process_exit", "group_dead")
+                .unwrap_or(OFFSET_UNKNOWN),
         })
     }
 }

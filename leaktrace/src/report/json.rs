@@ -109,6 +109,9 @@ fn entry(event: &Event) -> Value {
         EventKind::Destroy => json!({"event": "destroy"}),
         EventKind::Recv { ret } => json!({"event": "recv", "ret": ret}),
         EventKind::Arrival => json!({"event": "arrival"}),
+        EventKind::Connect { fd, ret } => json!({"event": "connect", "fd": fd, "ret": ret}),
+        EventKind::Fork { child } => json!({"event": "fork", "child": child}),
+        EventKind::Exit => json!({"event": "exit"}),
         EventKind::Present {
             fd,
             state,

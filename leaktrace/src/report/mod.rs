@@ -17,6 +17,8 @@ pub struct StartInfo {
     pub hooks: Vec<(String, String)>,
     /// Empty when every process is traced.
     pub pids: Vec<u32>,
+    /// What is traced, for people: "pid 4242", "all processes", ...
+    pub scope: String,
     pub leak_after: Duration,
     pub kernel: String,
 }
@@ -107,6 +109,7 @@ mod tests {
                 ),
             ],
             pids: vec![4242],
+            scope: "pid 4242".into(),
             leak_after: Duration::from_millis(1500),
             kernel: "6.8.0-test".into(),
         }

@@ -28,14 +28,9 @@ impl TextReporter {
 
 impl Reporter for TextReporter {
     fn start(&mut self, info: &StartInfo) -> io::Result<()> {
-        let pids = if info.pids.is_empty() {
-            "all processes".to_owned()
-        } else {
-            let pids: Vec<String> = info.pids.iter().map(u32::to_string).collect();
-            format!("pid {}", pids.join(", "))
-        };
         self.line(&format!(
-            "leaktrace: tracing {pids} on kernel {}; a socket counts as leaked after {}",
+            "leaktrace: tracing {} on kernel {}; a socket counts as leaked after {}",
+            info.scope,
             info.kernel,
             duration(info.leak_after)
         ))?;
@@ -258,6 +253,9 @@ fn describe(event: &Event) -> String {
         EventKind::Recv { ret: Some(ret) } => format!("read() = {ret}"),
         EventKind::Recv { ret: None } => "read()".to_owned(),
         EventKind::Arrival => "peer data or FIN arrived".to_owned(),
+        EventKind::Connect { fd, ret } => format!("connect(fd {fd}) = {ret}"),
+        EventKind::Fork { child } => format!("started process {child}"),
+        EventKind::Exit => "process exited".to_owned(),
         EventKind::Present {
             fd,
             state,
