@@ -48,7 +48,8 @@ fn privileged_required() -> bool {
         || std::env::var("LEAKTRACE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
 }
 
-fn skip(test: &str, reason: &str) {
+/// Says why a privileged test cannot run here, or fails it where it must run (CI).
+pub fn skip(test: &str, reason: &str) {
     if privileged_required() {
         panic!("{test} must run here (CI=true or LEAKTRACE_REQUIRE_PRIVILEGED=1): {reason}");
     }

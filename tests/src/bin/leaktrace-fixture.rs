@@ -27,6 +27,11 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
                                      waits MS, then reads exactly BYTES; with
                                      --release-after-ms, read to end-of-stream MS later
   echo-server                        echo each connection until EOF, then close it
+  pool-leak --conns N --pause-ms MS --exit-code C
+                                     a client pool (incident 4): connects N times to its own
+                                     listener, whose side closes at once; the pool never closes
+                                     its end (CLOSE_WAIT on the connect side), holds it MS, exits C
+  clean-exit --exit-code C           connects, exchanges bytes, closes both ends, exits C
   client --port P [--send BYTES] [--wait-eof] [--echo] [--pause-ms MS]
          [--conns N] [--concurrency C]
                                      per connection: connect, [read to EOF], send BYTES,
@@ -72,6 +77,7 @@ struct Opts {
     expect: usize,
     /// A leak that its owner finally mends, to check it is reported as resolved.
     release_after: Option<Duration>,
+    exit_code: i32,
 }
 
 impl Opts {
@@ -88,6 +94,7 @@ impl Opts {
             mode: Mode::NeverRead,
             expect: 0,
             release_after: None,
+            exit_code: 0,
         };
         while let Some(flag) = args.next() {
             let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -102,6 +109,7 @@ impl Opts {
                 "--pause-ms" => o.pause = Duration::from_millis(value()?.parse()?),
                 "--mode" => o.mode = value()?.parse()?,
                 "--expect" => o.expect = value()?.parse()?,
+                "--exit-code" => o.exit_code = value()?.parse()?,
                 "--release-after-ms" => {
                     o.release_after = Some(Duration::from_millis(value()?.parse()?));
                 }
@@ -136,6 +144,8 @@ fn main() -> Result<()> {
         "shut-wr-server" => shut_wr_server(&opts),
         "echo-server" => echo_server(&opts),
         "client" => client(&opts),
+        "pool-leak" => pool_leak(&opts),
+        "clean-exit" => clean_exit(&opts),
         _ => bail!("unknown command {command:?}\n{USAGE}"),
     }
 }
@@ -256,4 +266,38 @@ fn connection(o: &Opts) -> Result<()> {
     }
     thread::sleep(o.pause);
     Ok(())
+}
+
+/// Incident 4's pool: the server end of each connection closes (an idle timeout), the pool never
+/// notices, and its connected sockets sit in CLOSE_WAIT until the process exits.
+fn pool_leak(o: &Opts) -> Result<()> {
+    let listener = TcpListener::bind(o.addr(0)).context("bind")?;
+    let port = listener.local_addr()?.port();
+    let mut pool = Vec::with_capacity(o.conns);
+    for _ in 0..o.conns {
+        let stream = TcpStream::connect(o.addr(port)).context("connect")?;
+        println!(
+            "CONNECTED fd={} local={}",
+            stream.as_raw_fd(),
+            stream.local_addr()?
+        );
+        drop(listener.accept().context("accept")?);
+        pool.push(stream);
+    }
+    thread::sleep(o.pause);
+    std::process::exit(o.exit_code)
+}
+
+/// Everything closed as it should be, then the given status: `run` must pass it through.
+fn clean_exit(o: &Opts) -> Result<()> {
+    let listener = TcpListener::bind(o.addr(0)).context("bind")?;
+    let mut client = TcpStream::connect(listener.local_addr()?).context("connect")?;
+    let (mut server, _) = listener.accept().context("accept")?;
+    client.write_all(PAYLOAD)?;
+    client.shutdown(Shutdown::Write)?;
+    server.read_to_end(&mut Vec::new())?;
+    drop(server);
+    client.read_to_end(&mut Vec::new())?;
+    drop(client);
+    std::process::exit(o.exit_code)
 }

@@ -1,0 +1,170 @@
+//! Processes as leaktrace follows them: `leaktrace run` wrapping a command (its children traced
+//! from their first instruction, its exit status passed through, --fail-on-leak), and owners
+//! that exit. Privileged like kernel.rs: SKIPPED without root unless CI=true.
+
+use anyhow::Result;
+use leaktrace_tests::{is_root, run_client, run_leaktrace, skip, Fixture, Leaktrace};
+use serde_json::Value;
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
+
+/// JSON lines a `run` printed on stderr (which it shares with the hook log).
+fn json_lines(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+fn of_type<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["type"] == kind).collect()
+}
+
+/// Connect-side CLOSE_WAIT in a client pool, under `run`: reported with the pool's fds, resolved
+/// when the process exits, and the run fails with 10 only when asked to.
+#[test]
+fn run_reports_a_pool_leak_and_fails_on_request() -> Result<()> {
+    if !is_root() {
+        skip(
+            "run_reports_a_pool_leak_and_fails_on_request",
+            "leaktrace needs root",
+        );
+        return Ok(());
+    }
+    for (fail_on_leak, expected_status) in [(true, 10), (false, 0)] {
+        let mut args = vec!["run", "--json", "--leak-after", "300ms"];
+        if fail_on_leak {
+            args.push("--fail-on-leak");
+        }
+        args.extend([
+            "--",
+            FIXTURE,
+            "pool-leak",
+            "--conns",
+            "2",
+            "--pause-ms",
+            "1500",
+        ]);
+        let run = run_leaktrace(&args)?;
+        let lines = json_lines(&run.stderr);
+        let context = format!(
+            "status {}\nstdout:\n{}\nstderr:\n{}",
+            run.status,
+            run.stdout.join("\n"),
+            run.stderr
+        );
+        assert_eq!(run.status.code(), Some(expected_status), "{context}");
+        // The command's stdout passed through untouched: its own lines, none of leaktrace's.
+        let fds: Vec<i64> = run
+            .stdout
+            .iter()
+            .filter_map(|l| {
+                l.strip_prefix("CONNECTED fd=")?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(fds.len(), 2, "{context}");
+        let leaks = of_type(&lines, "leak");
+        assert_eq!(leaks.len(), 2, "{context}");
+        let pool_pid = leaks[0]["pid"].clone();
+        let mut leaked_fds: Vec<i64> = leaks.iter().filter_map(|l| l["fd"].as_i64()).collect();
+        leaked_fds.sort_unstable();
+        assert_eq!(leaked_fds, fds, "{context}");
+        for leak in &leaks {
+            assert_eq!(leak["kind"], "close_wait", "{context}");
+            assert_eq!(leak["pid"], pool_pid, "{context}");
+            assert_eq!(leak["comm"], "leaktrace-fixtu", "{context}");
+            assert!(
+                leak["timeline"].as_array().is_some_and(|t| t
+                    .iter()
+                    .any(|e| e["event"] == "connect" && e["fd"] == leak["fd"])),
+                "the timeline shows the connect that made the socket: {context}"
+            );
+        }
+        let resolved = of_type(&lines, "resolved");
+        assert_eq!(resolved.len(), 2, "{context}");
+        assert!(
+            resolved.iter().all(|r| r["how"] == "owner exited"),
+            "{context}"
+        );
+        assert_eq!(of_type(&lines, "summary").len(), 1, "{context}");
+    }
+    Ok(())
+}
+
+/// A well-behaved command: no leak, and its own exit status, with or without --fail-on-leak.
+#[test]
+fn run_passes_a_clean_command_status_through() -> Result<()> {
+    if !is_root() {
+        skip(
+            "run_passes_a_clean_command_status_through",
+            "leaktrace needs root",
+        );
+        return Ok(());
+    }
+    let run = run_leaktrace(&[
+        "run",
+        "--json",
+        "--leak-after",
+        "300ms",
+        "--fail-on-leak",
+        "--",
+        FIXTURE,
+        "clean-exit",
+        "--exit-code",
+        "7",
+    ])?;
+    let lines = json_lines(&run.stderr);
+    assert_eq!(run.status.code(), Some(7), "{}", run.stderr);
+    assert!(of_type(&lines, "leak").is_empty(), "{}", run.stderr);
+    let summary = of_type(&lines, "summary");
+    assert_eq!(summary.len(), 1, "{}", run.stderr);
+    // The sockets were seen, so "no leak" is a finding, not a blind spot.
+    assert!(
+        summary[0]["sockets_seen"].as_u64().is_some_and(|n| n >= 2),
+        "{}",
+        run.stderr
+    );
+
+    let missing = run_leaktrace(&["run", "--", "/nonexistent/command"])?;
+    assert_eq!(missing.status.code(), Some(127), "{}", missing.stderr);
+    Ok(())
+}
+
+/// With --pid, the owner's exit resolves its leaks and, nothing being left to trace, ends the
+/// run with its final report.
+#[test]
+fn owner_exit_resolves_and_ends_the_trace() -> Result<()> {
+    let mut server = Fixture::server(FIXTURE, &["close-wait-server", "--conns", "1"])?;
+    let Some(mut leaktrace) = Leaktrace::start(
+        "owner_exit_resolves_and_ends_the_trace",
+        &[server.pid()],
+        "60s",
+    )?
+    else {
+        return Ok(());
+    };
+    let port = server.port().to_string();
+    run_client(
+        FIXTURE,
+        &["--port", &port, "--send", "5", "--pause-ms", "100"],
+    )?;
+    server.accepted(1)?;
+    leaktrace.wait_for_leaks(1, std::time::Duration::from_secs(10))?;
+    let server_pid = server.pid();
+    drop(server);
+    let report = leaktrace.finish(std::time::Duration::from_secs(10))?;
+    let resolved: Vec<&Value> = report
+        .lines
+        .iter()
+        .filter(|l| l["type"] == "resolved")
+        .collect();
+    assert_eq!(resolved.len(), 1, "{report}");
+    assert_eq!(resolved[0]["how"], "owner exited", "{report}");
+    assert_eq!(resolved[0]["pid"], server_pid, "{report}");
+    assert_eq!(report.summary()["leaks_open"], 0, "{report}");
+    Ok(())
+}
