@@ -61,6 +61,9 @@ pub const FLAG_FIN_RECEIVED: u8 = 1 << 1;
 pub const FLAG_HAS_RECEIVE_STATE: u8 = 1 << 2;
 /// `Record::flags` of a `Present` record: the socket's sending side was already shut down.
 pub const FLAG_SEND_SHUTDOWN: u8 = 1 << 3;
+/// `Record::flags` of a `Close` record: another fd (a dup, a forked child's copy, one passed over
+/// a unix socket) still refers to the socket, so this close did not release it.
+pub const FLAG_STILL_HELD: u8 = 1 << 4;
 
 /// `Record::ret` of a `Recv` whose hook cannot see the read's result.
 pub const RESULT_UNKNOWN: i64 = i64::MIN;
@@ -111,6 +114,9 @@ pub struct Record {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub comm: [u8; COMM_LEN],
+    /// Inode of the socket's file where the hook went through an fd (0 otherwise): what
+    /// /proc/<pid>/fd shows as `socket:[ino]`, to find every process holding it.
+    pub ino: u64,
 }
 
 impl Record {
@@ -128,7 +134,12 @@ pub struct KernelOffsets {
     pub fdtable_fd: u32,
     pub file_private_data: u32,
     pub file_inode: u32,
+    /// `file.f_ref` (6.13+) or `file.f_count`: references to the open file.
+    pub file_count: u32,
+    /// The value of that counter for exactly one reference (`f_ref` stores references - 1).
+    pub file_count_one: u32,
     pub inode_mode: u32,
+    pub inode_ino: u32,
     pub socket_sk: u32,
     pub sock_family: u32,
     pub sock_state: u32,

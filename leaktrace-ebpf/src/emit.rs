@@ -72,6 +72,8 @@ pub struct Event {
     pub ret: i64,
     /// Extra `Record::flags` the hook knows of.
     pub flags: u8,
+    /// The socket file's inode, where the hook went through an fd.
+    pub ino: u64,
 }
 
 impl Event {
@@ -86,6 +88,7 @@ impl Event {
             how: 0,
             ret: 0,
             flags: 0,
+            ino: 0,
         }
     }
 }
@@ -153,6 +156,7 @@ fn record(event: &Event, task: &Current, owner_tgid: u32) -> Record {
         saddr: [0; 16],
         daddr: [0; 16],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ino: event.ino,
     }
 }
 

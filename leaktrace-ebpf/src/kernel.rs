@@ -17,10 +17,29 @@ pub fn read<T>(base: u64, offset: u32) -> Result<T, ProbeError> {
         .map_err(|_| ProbeError::Read)
 }
 
-/// The TCP `struct sock` behind `fd` in the current task's fd table:
+/// A TCP socket reached through an fd.
+pub struct FdSocket {
+    pub sk: u64,
+    /// The `struct file` the fd points to.
+    pub file: u64,
+    /// Its inode number: `socket:[ino]` in /proc/<pid>/fd.
+    pub ino: u64,
+}
+
+impl FdSocket {
+    /// Whether references other than this fd's keep the file open (a dup, a forked child's
+    /// copy, an fd passed over a unix socket): closing this fd then releases nothing.
+    #[inline(always)]
+    pub fn shared(&self) -> Result<bool, ProbeError> {
+        let count: i64 = read(self.file, config!(kernel.file_count))?;
+        Ok(count > config!(kernel.file_count_one) as i64)
+    }
+}
+
+/// The TCP socket behind `fd` in the current task's fd table:
 /// task->files->fdt->fd[fd]->private_data (a `struct socket`)->sk.
 #[inline(always)]
-pub fn tcp_sock_of_fd(fd: i32) -> Result<u64, ProbeError> {
+pub fn tcp_sock_of_fd(fd: i32) -> Result<FdSocket, ProbeError> {
     if fd < 0 {
         return Err(ProbeError::NotTcpSocket);
     }
@@ -46,7 +65,8 @@ pub fn tcp_sock_of_fd(fd: i32) -> Result<u64, ProbeError> {
     if sk == 0 || !is_tcp(sk)? {
         return Err(ProbeError::NotTcpSocket);
     }
-    Ok(sk)
+    let ino = read(inode, config!(kernel.inode_ino))?;
+    Ok(FdSocket { sk, file, ino })
 }
 
 #[inline(always)]

@@ -59,4 +59,6 @@ pub struct PendingCall {
     pub sock: u64,
     pub fd: i32,
     pub how: i32,
+    /// The socket file's inode, when the call named an fd.
+    pub ino: u64,
 }

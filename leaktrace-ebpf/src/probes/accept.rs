@@ -24,6 +24,7 @@ fn stash_accepted(sk: u64) {
         sock: sk,
         fd: -1,
         how: 0,
+        ino: 0,
     };
     let _ = PENDING.insert(current().tid, call, 0);
 }
@@ -54,9 +55,12 @@ fn on_accept_exit(ret: i64) -> ProbeResult {
         return Ok(());
     }
     let fd = ret as i32;
-    let sk = match stashed {
-        Some(sk) if sk != 0 => sk,
-        _ => kernel::tcp_sock_of_fd(fd)?,
+    let (sk, ino) = match stashed {
+        Some(sk) if sk != 0 => (sk, 0),
+        _ => {
+            let socket = kernel::tcp_sock_of_fd(fd)?;
+            (socket.sk, socket.ino)
+        }
     };
     let now = emit::now();
     let meta = unsafe { &mut *sock_meta(sk, now)? };
@@ -68,6 +72,7 @@ fn on_accept_exit(ret: i64) -> ProbeResult {
     let mut event = Event::new(RecordKind::Accept, now);
     event.fd = fd;
     event.ret = ret;
+    event.ino = ino;
     emit(sk, meta, &event)
 }
 

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::{fentry, kprobe, tracepoint},
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
-use leaktrace_common::{RecordKind, NO_FD, OWNER_UNKNOWN};
+use leaktrace_common::{RecordKind, FLAG_STILL_HELD, NO_FD, OWNER_UNKNOWN};
 
 use super::syscall;
 use crate::{
@@ -15,7 +15,8 @@ use crate::{
     maps::SEED_DUPS,
 };
 
-fn on_close(sk: u64, fd: i32) -> ProbeResult {
+/// `still_held`: other references keep the socket's file open after this close.
+fn on_close(sk: u64, fd: i32, still_held: bool, ino: u64) -> ProbeResult {
     ensure_configured()?;
     let now = emit::now();
     let meta = unsafe { &mut *sock_meta(sk, now)? };
@@ -28,19 +29,24 @@ fn on_close(sk: u64, fd: i32) -> ProbeResult {
     }
     let mut event = Event::new(RecordKind::Close, now);
     event.fd = fd;
+    event.ino = ino;
+    if still_held {
+        event.flags = FLAG_STILL_HELD;
+    }
     emit(sk, meta, &event)
 }
 
 #[fentry(function = "tcp_close")]
 pub fn close_fentry(ctx: FEntryContext) -> i32 {
-    let _ = on_close(ctx.arg(0), NO_FD);
+    // tcp_close runs only once the last reference is gone.
+    let _ = on_close(ctx.arg(0), NO_FD, false, 0);
     0
 }
 
 #[kprobe]
 pub fn close_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {
-        let _ = on_close(sk, NO_FD);
+        let _ = on_close(sk, NO_FD, false, 0);
     }
     0
 }
@@ -51,7 +57,8 @@ fn on_close_enter(ctx: &TracePointContext) -> ProbeResult {
     if current().tgid == config!(seeder_tgid) && SEED_DUPS.remove(fd).is_ok() {
         return Ok(());
     }
-    on_close(kernel::tcp_sock_of_fd(fd)?, fd)
+    let socket = kernel::tcp_sock_of_fd(fd)?;
+    on_close(socket.sk, fd, socket.shared()?, socket.ino)
 }
 
 #[tracepoint]

@@ -14,12 +14,13 @@ use crate::{
 fn on_connect_enter(ctx: &TracePointContext) -> ProbeResult {
     ensure_configured()?;
     let fd = syscall::arg0(ctx)? as i32;
-    let sk = kernel::tcp_sock_of_fd(fd)?;
+    let socket = kernel::tcp_sock_of_fd(fd)?;
     let call = PendingCall {
         ts_ns: emit::now(),
-        sock: sk,
+        sock: socket.sk,
         fd,
         how: 0,
+        ino: socket.ino,
     };
     let _ = PENDING.insert(current().tid, call, 0);
     Ok(())
@@ -46,6 +47,7 @@ fn on_connect_exit(ret: i64) -> ProbeResult {
     let mut event = Event::new(RecordKind::Connect, call.ts_ns);
     event.fd = call.fd;
     event.ret = ret;
+    event.ino = call.ino;
     emit(call.sock, meta, &event)
 }
 

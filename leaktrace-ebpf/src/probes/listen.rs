@@ -20,6 +20,7 @@ pub fn listen_enter(ctx: TracePointContext) -> u32 {
                 sock: 0,
                 fd: fd as i32,
                 how: 0,
+                ino: 0,
             };
             let _ = PENDING.insert(current().tid, call, 0);
         }
@@ -36,7 +37,7 @@ fn on_listen_exit(ret: i64) -> ProbeResult {
     if ret != 0 {
         return Ok(());
     }
-    let sk = kernel::tcp_sock_of_fd(call.fd)?;
+    let sk = kernel::tcp_sock_of_fd(call.fd)?.sk;
     let meta = unsafe { &mut *sock_meta(sk, emit::now())? };
     meta.owner_tgid = task.tgid;
     meta.owner_fd = call.fd;

@@ -21,7 +21,8 @@ fn on_seed(ctx: &TracePointContext) -> ProbeResult {
         return Ok(());
     }
     let fd = syscall::arg0(ctx)? as i32;
-    let sk = kernel::tcp_sock_of_fd(fd)?;
+    let socket = kernel::tcp_sock_of_fd(fd)?;
+    let sk = socket.sk;
     let request = SEED_REQUEST
         .get(0)
         .copied()
@@ -49,6 +50,7 @@ fn on_seed(ctx: &TracePointContext) -> ProbeResult {
     event.old_state = state;
     event.new_state = state;
     event.fd = request.owner_fd;
+    event.ino = socket.ino;
     if send_shutdown {
         event.flags = FLAG_SEND_SHUTDOWN;
     }

@@ -16,12 +16,13 @@ fn on_shutdown_enter(ctx: &TracePointContext) -> ProbeResult {
     ensure_configured()?;
     let fd = syscall::arg0(ctx)? as i32;
     let how = syscall::arg1(ctx)? as i32;
-    let sk = kernel::tcp_sock_of_fd(fd)?;
+    let socket = kernel::tcp_sock_of_fd(fd)?;
     let call = PendingCall {
         ts_ns: emit::now(),
-        sock: sk,
+        sock: socket.sk,
         fd,
         how,
+        ino: socket.ino,
     };
     let _ = PENDING.insert(current().tid, call, 0);
     Ok(())
@@ -55,6 +56,7 @@ fn on_shutdown_exit(ret: i64) -> ProbeResult {
     event.fd = call.fd;
     event.how = call.how;
     event.ret = ret;
+    event.ino = call.ino;
     emit(call.sock, meta, &event)
 }
 

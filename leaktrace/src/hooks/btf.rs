@@ -28,6 +28,11 @@ impl KernelBtf {
         let off = |ty: &str, path: &str| self.field(ty, path).map(|f| f.offset);
         let protocol = self.field("sock", "sk_protocol")?;
         let receive_queue = off("sock", "sk_receive_queue")?;
+        // 6.13 replaced the plain counter `f_count` with `f_ref`, which stores references - 1.
+        let (file_count, file_count_one) = match off("file", "f_ref") {
+            Ok(offset) => (offset, 0),
+            Err(_) => (off("file", "f_count")?, 1),
+        };
         Ok(KernelOffsets {
             task_files: off("task_struct", "files")?,
             files_fdt: off("files_struct", "fdt")?,
@@ -35,7 +40,10 @@ impl KernelBtf {
             fdtable_fd: off("fdtable", "fd")?,
             file_private_data: off("file", "private_data")?,
             file_inode: off("file", "f_inode")?,
+            file_count,
+            file_count_one,
             inode_mode: off("inode", "i_mode")?,
+            inode_ino: off("inode", "i_ino")?,
             socket_sk: off("socket", "sk")?,
             sock_family: off("sock", "__sk_common.skc_family")?,
             sock_state: off("sock", "__sk_common.skc_state")?,
