@@ -269,6 +269,7 @@ mod tests {
             saddr,
             daddr,
             comm,
+            ino: 0,
         }
     }
 

@@ -1,5 +1,8 @@
 //! Per-socket timelines: every decoded event lands here, ordered by kernel time, together with the
-//! facts the detectors ask about (state, owner, shutdown, close, receive side).
+//! facts the detectors ask about (state, owner, shutdown, close, receive side), and the counts
+//! per process and per remote endpoint that outlive the timelines.
+
+mod stats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,6 +10,7 @@ use std::net::SocketAddr;
 use leaktrace_common::{shutdown_how, tcp_state};
 
 use crate::decoder::{Event, EventKind, ReceiveState, SockKey};
+pub use stats::{Counts, Remote};
 
 /// Entries one timeline keeps. Only reads and arrivals on a shut-down socket can repeat without
 /// bound (a peer streaming into a half-closed connection); past this many entries those are
@@ -35,6 +39,14 @@ impl<T> Stamped<T> {
     }
 }
 
+/// A TCP state and how it was learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SeenState {
+    state: u8,
+    /// From a `Present` record: the socket was already in it when tracing started.
+    found_at_start: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OwnerInfo {
     pub tgid: u32,
@@ -56,7 +68,7 @@ pub struct WriteShutdown {
 pub struct Timeline {
     entries: Vec<Event>,
     elided: u64,
-    state: Option<Stamped<u8>>,
+    state: Option<Stamped<SeenState>>,
     close_wait_since: Option<u64>,
     /// A transition into CLOSE_WAIT was recorded (as opposed to finding it there at start).
     close_wait_entered: bool,
@@ -74,6 +86,7 @@ pub struct Timeline {
     /// The read hook reports results, so a missing 0-byte read means the owner never saw
     /// end-of-stream, whatever the kernel's counters say (see [`Self::eof_unread_at`]).
     recv_results_known: bool,
+    tally: stats::Tally,
 }
 
 impl Timeline {
@@ -91,7 +104,11 @@ impl Timeline {
         }
         match event.kind {
             EventKind::State { new, .. } => {
-                Stamped::update(&mut self.state, ts, new);
+                let seen = SeenState {
+                    state: new,
+                    found_at_start: false,
+                };
+                Stamped::update(&mut self.state, ts, seen);
                 if new == tcp_state::CLOSE_WAIT {
                     self.close_wait_since = Some(self.close_wait_since.map_or(ts, |t| t.min(ts)));
                     self.close_wait_entered = true;
@@ -102,11 +119,21 @@ impl Timeline {
                 send_shutdown,
                 ..
             } => {
-                Stamped::update(&mut self.state, ts, state);
+                let seen = SeenState {
+                    state,
+                    found_at_start: true,
+                };
+                Stamped::update(&mut self.state, ts, seen);
                 if state == tcp_state::CLOSE_WAIT {
                     self.close_wait_since = Some(self.close_wait_since.map_or(ts, |t| t.min(ts)));
                 }
-                if send_shutdown && self.write_shutdown.is_none() {
+                // The kernel marks the sending side shut down itself when a connection reaches
+                // CLOSE (tcp_done), so there the flag tells of the owner's shutdown only with the
+                // peer's FIN: a connection that ended with FINs both ways while the fd stays
+                // open sent ours through shutdown(2); without the peer's FIN it was reset.
+                let owner_shut_down = send_shutdown
+                    && (state != tcp_state::CLOSE || event.receive.is_some_and(|r| r.fin_received));
+                if owner_shut_down && self.write_shutdown.is_none() {
                     self.write_shutdown = Some(WriteShutdown {
                         ts_ns: ts,
                         receive: event.receive,
@@ -191,7 +218,13 @@ impl Timeline {
 
     /// The TCP state of the latest state change by kernel time.
     pub fn state(&self) -> Option<u8> {
-        self.state.map(|s| s.value)
+        self.state.map(|s| s.value.state)
+    }
+
+    /// When the socket entered its current state, and whether that state was found when tracing
+    /// started (`true`: the time is when it was found; it entered earlier, how much is unknown).
+    pub fn state_entered(&self) -> Option<(u64, bool)> {
+        self.state.map(|s| (s.ts_ns, s.value.found_at_start))
     }
 
     /// When the peer's FIN moved the socket into CLOSE_WAIT (or when a socket already there was
@@ -256,6 +289,19 @@ impl Timeline {
         self.receive
             .is_some_and(|r| self.eof_unread_at(r.ts_ns, &r.value))
     }
+
+    /// Where the per-remote counts put this socket's connection, once its direction is known.
+    pub fn remote_key(&self) -> Option<Remote> {
+        self.tally.remote()
+    }
+
+    /// The process holding the socket and the socket's state, while a process holds it.
+    fn held(&self) -> Option<(u32, u8)> {
+        if self.closed() || self.destroyed() || self.owner_exited() {
+            return None;
+        }
+        Some((self.owner()?.tgid, self.state()?))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -265,6 +311,7 @@ pub struct Store {
     comms: HashMap<u32, String>,
     sockets_seen: u64,
     latest_ns: u64,
+    counts: Counts,
 }
 
 impl Store {
@@ -279,7 +326,11 @@ impl Store {
             Timeline::default()
         });
         let task = event.task.clone();
+        let held = timeline.held();
+        let remote = timeline.remote();
+        self.counts.observe(&mut timeline.tally, &event, remote);
         timeline.insert(event);
+        self.counts.move_held(held, timeline.held());
         if timeline.owner().is_some_and(|o| o.tgid == task.tgid) {
             // A thread's comm can differ from its process's; the main thread's is the one
             // `ps` shows, so it wins over another thread's.
@@ -298,13 +349,19 @@ impl Store {
     pub fn owner_exited(&mut self, tgid: u32, ts_ns: u64) {
         for timeline in self.timelines.values_mut() {
             if timeline.owner().is_some_and(|o| o.tgid == tgid) {
+                let held = timeline.held();
                 timeline.owner_exited_ns.get_or_insert(ts_ns);
+                self.counts.move_held(held, None);
             }
         }
     }
 
     pub fn sockets_seen(&self) -> u64 {
         self.sockets_seen
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     pub fn get(&self, key: &SockKey) -> Option<&Timeline> {

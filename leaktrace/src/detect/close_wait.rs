@@ -19,7 +19,12 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
                 before_trace: timeline.close_wait_before_trace(),
             },
         },
-        // Left CLOSE_WAIT without a close: shutdown(SHUT_WR) moved it on to LAST_ACK.
+        // Left CLOSE_WAIT without a close: straight to CLOSE, the peer reset the connection
+        // (the fd is still held: fd_after_close takes over); else shutdown(SHUT_WR) moved it on
+        // to LAST_ACK.
+        (Some(tcp_state::CLOSE), _) if timeline.write_shutdown().is_none() => {
+            Verdict::Clear { how: "reset" }
+        }
         _ => Verdict::Clear { how: "shutdown" },
     }
 }

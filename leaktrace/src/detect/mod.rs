@@ -3,22 +3,25 @@
 //! resolutions reported once when the condition stops holding.
 
 mod close_wait;
+mod fd_after_close;
 mod shut_wr_unread;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
 use crate::decoder::{Event, SockKey};
-use crate::report::{FinalReport, IngestCounts};
-use crate::timeline::{Store, Timeline};
+use crate::report::{FinalReport, IngestCounts, PidStats, RemoteStats, Stats};
+use crate::timeline::{Remote, Store, Timeline};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LeakKind {
     CloseWait,
     ShutWrUnread,
+    FdAfterClose,
 }
 
 impl LeakKind {
@@ -26,6 +29,7 @@ impl LeakKind {
         match self {
             Self::CloseWait => "close_wait",
             Self::ShutWrUnread => "shut_wr_unread",
+            Self::FdAfterClose => "fd_after_close",
         }
     }
 }
@@ -52,10 +56,13 @@ struct Since {
 /// What every detector file provides.
 type Check = fn(&Timeline) -> Verdict;
 
-/// Adding a leak class: a new file with a `check`, a `LeakKind` variant, one line here.
-const DETECTORS: [(LeakKind, Check); 2] = [
+/// Adding a leak class: a new file with a `check`, a `LeakKind` variant, one line here. The
+/// detectors know nothing of each other here: where two classes could describe one socket, the
+/// more general one's condition excludes the more specific one's (see `fd_after_close`).
+const DETECTORS: [(LeakKind, Check); 3] = [
     (LeakKind::CloseWait, close_wait::check),
     (LeakKind::ShutWrUnread, shut_wr_unread::check),
+    (LeakKind::FdAfterClose, fd_after_close::check),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +116,10 @@ pub struct Detectors {
     tracked: HashMap<(SockKey, LeakKind), Tracked>,
     resolved: u64,
     unattributed: u64,
+    /// The first evaluation, right as tracing starts: what leak rates are measured from.
+    started_ns: Option<u64>,
+    /// Per pid: findings whose condition began while tracing.
+    new_leaks: HashMap<u32, u64>,
 }
 
 impl Detectors {
@@ -118,12 +129,15 @@ impl Detectors {
             tracked: HashMap::new(),
             resolved: 0,
             unattributed: 0,
+            started_ns: None,
+            new_leaks: HashMap::new(),
         }
     }
 
     /// Runs every detector over every socket. `now_ns` is CLOCK_MONOTONIC, the records' clock.
     /// Also drops timelines nothing needs any more.
     pub fn evaluate(&mut self, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
+        self.started_ns.get_or_insert(now_ns);
         let mut matured = Vec::new();
         let mut resolved = Vec::new();
         for (key, timeline) in store.iter() {
@@ -181,6 +195,9 @@ impl Detectors {
         matured.sort_unstable();
         for (since, (key, kind)) in matured {
             if let Some(finding) = finding(store, key, kind, since, now_ns) {
+                if !since.before_trace {
+                    *self.new_leaks.entry(finding.pid).or_default() += 1;
+                }
                 outcomes.push(Outcome::Leak(finding.clone()));
                 self.tracked.insert(
                     (key, kind),
@@ -214,12 +231,74 @@ impl Detectors {
             })
             .collect();
         open.sort_unstable_by_key(|f| (f.pid, f.fd, f.kind, f.sock));
+        let stats = self.stats(store, &open, now_ns);
         FinalReport {
             open,
             leaks_resolved: self.resolved,
             sockets_seen: store.sockets_seen(),
             unattributed: self.unattributed,
             ingest,
+            stats,
+        }
+    }
+
+    /// The store's counts joined with the findings, per process and per remote endpoint.
+    fn stats(&self, store: &mut Store, open: &[Finding], now_ns: u64) -> Stats {
+        #[derive(Default)]
+        struct PerPid {
+            states: Vec<(u8, u64)>,
+            leaks_open: u64,
+            leaks_new: u64,
+        }
+        let mut per_pid: BTreeMap<u32, PerPid> = BTreeMap::new();
+        for (pid, states) in store.counts().held() {
+            per_pid.entry(pid).or_default().states =
+                states.iter().map(|(&state, &n)| (state, n)).collect();
+        }
+        for (&pid, &n) in &self.new_leaks {
+            per_pid.entry(pid).or_default().leaks_new = n;
+        }
+        let mut per_remote: BTreeMap<Remote, RemoteStats> = store
+            .counts()
+            .remotes()
+            .map(|(remote, counts)| {
+                let stats = RemoteStats {
+                    remote,
+                    connections: counts.connections,
+                    time_wait: counts.time_wait,
+                    leaks_open: 0,
+                };
+                (remote, stats)
+            })
+            .collect();
+        for finding in open {
+            per_pid.entry(finding.pid).or_default().leaks_open += 1;
+            let remote = store.get(&finding.sock).and_then(Timeline::remote_key);
+            if let Some(stats) = remote.and_then(|remote| per_remote.get_mut(&remote)) {
+                stats.leaks_open += 1;
+            }
+        }
+
+        let mut per_pid: Vec<PidStats> = per_pid
+            .into_iter()
+            .map(|(pid, p)| PidStats {
+                pid,
+                comm: store.comm(pid).unwrap_or_else(|| "?".into()),
+                states: p.states,
+                leaks_open: p.leaks_open,
+                leaks_new: p.leaks_new,
+            })
+            .collect();
+        per_pid.sort_by_key(|p| {
+            let held: u64 = p.states.iter().map(|(_, n)| n).sum();
+            (Reverse(p.leaks_open), Reverse(held))
+        });
+        let mut per_remote: Vec<RemoteStats> = per_remote.into_values().collect();
+        per_remote.sort_by_key(|r| (Reverse(r.leaks_open), Reverse(r.connections)));
+        Stats {
+            elapsed: Duration::from_nanos(now_ns.saturating_sub(self.started_ns.unwrap_or(now_ns))),
+            per_pid,
+            per_remote,
         }
     }
 }
@@ -289,6 +368,10 @@ mod tests {
                 Outcome::Resolved(_) => None,
             })
             .collect()
+    }
+
+    fn kinds(outcomes: &[Outcome]) -> Vec<LeakKind> {
+        leaks(outcomes).iter().map(|f| f.kind).collect()
     }
 
     fn resolutions(outcomes: &[Outcome]) -> Vec<(LeakKind, &'static str)> {
@@ -585,7 +668,10 @@ mod tests {
             1007,
             true,
         ));
-        assert!(leaks(&detectors.evaluate(&mut store, 5000 * MS)).is_empty());
+        // Drained, so no shut_wr_unread; the fd still held after the connection ended is
+        // fd_after_close's.
+        let outcomes = detectors.evaluate(&mut store, 5000 * MS);
+        assert_eq!(kinds(&outcomes), [LeakKind::FdAfterClose]);
     }
 
     #[test]
@@ -710,13 +796,18 @@ mod tests {
 
     #[test]
     fn shut_rdwr_counts_shut_rd_does_not() {
-        for (how, expected) in [(SHUT_RDWR, 1), (SHUT_RD, 0)] {
+        // Without a write shutdown, the unread bytes of a finished connection whose fd is held
+        // are no shut_wr_unread: just the held fd.
+        for (how, expected) in [
+            (SHUT_RDWR, LeakKind::ShutWrUnread),
+            (SHUT_RD, LeakKind::FdAfterClose),
+        ] {
             let mut store = Store::new();
             let mut detectors = detectors();
             shut_down(&mut store, how);
             peer_sends_and_closes(&mut store, 6);
             let outcomes = detectors.evaluate(&mut store, 5000 * MS);
-            assert_eq!(leaks(&outcomes).len(), expected, "how {how}");
+            assert_eq!(kinds(&outcomes), [expected], "how {how}");
         }
     }
 
@@ -844,5 +935,308 @@ mod tests {
         let outcomes = detectors.evaluate(&mut store, 3000 * MS);
         assert_eq!(resolutions(&outcomes), [(LeakKind::CloseWait, "destroyed")]);
         assert!(store.get(&SOCK).is_none());
+    }
+
+    /// An accepted connection whose peer sent 5 bytes the owner never read, then reset it at
+    /// `reset_ms`: the socket is in CLOSE, the owner still holds fd 7.
+    fn reset(store: &mut Store, sock: SockKey, reset_ms: u64) {
+        let mut established = from_peer(event(
+            sock,
+            reset_ms - 50 * MS,
+            state(SYN_RECV, ESTABLISHED),
+        ));
+        established.owner = None;
+        store.insert(established);
+        store.insert(event(sock, reset_ms - 49 * MS, EventKind::Accept { fd: 7 }));
+        let mut reset = from_peer(with_receive(
+            event(sock, reset_ms, state(ESTABLISHED, CLOSE)),
+            1005,
+            1000,
+            false,
+        ));
+        // The kernel released the local port with the connection.
+        reset.local = None;
+        store.insert(reset);
+    }
+
+    #[test]
+    fn fd_after_close_reset_while_held() {
+        for (end, how) in [
+            (EventKind::Close { fd: Some(7) }, "closed"),
+            (EventKind::Destroy, "destroyed"),
+        ] {
+            let mut store = Store::new();
+            let mut detectors = detectors();
+            reset(&mut store, SOCK, 100 * MS);
+
+            assert!(detectors.evaluate(&mut store, 1099 * MS).is_empty());
+            let outcomes = detectors.evaluate(&mut store, 1100 * MS);
+            let [finding] = leaks(&outcomes)[..] else {
+                panic!("expected one leak: {outcomes:?}");
+            };
+            assert_eq!(finding.kind, LeakKind::FdAfterClose);
+            assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
+            assert_eq!(finding.state, "CLOSE");
+            assert_eq!(finding.local, Some("127.0.0.1:8080".parse().unwrap()));
+            assert_eq!(finding.remote, Some("127.0.0.1:50412".parse().unwrap()));
+            assert_eq!((finding.unread_bytes, finding.eof_unread), (5, false));
+            assert_eq!(finding.age, Duration::from_secs(1));
+            assert!(!finding.age_at_least);
+            assert_eq!(
+                finding.timeline.last().map(|e| e.kind),
+                Some(state(ESTABLISHED, CLOSE))
+            );
+            assert!(detectors.evaluate(&mut store, 2000 * MS).is_empty());
+
+            store.insert(event(SOCK, 2100 * MS, end));
+            let outcomes = detectors.evaluate(&mut store, 2200 * MS);
+            assert_eq!(resolutions(&outcomes), [(LeakKind::FdAfterClose, how)]);
+        }
+    }
+
+    #[test]
+    fn fd_after_close_closed_within_grace_is_no_leak() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        reset(&mut store, SOCK, 100 * MS);
+        store.insert(event(SOCK, 1099 * MS, EventKind::Close { fd: Some(7) }));
+        store.insert(event(SOCK, 1099 * MS, EventKind::Destroy));
+        assert!(detectors.evaluate(&mut store, 1100 * MS).is_empty());
+        assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
+    }
+
+    #[test]
+    fn fd_after_close_waits_while_shut_wr_unread_holds() {
+        // Incident 3's socket is in CLOSE with its fd held too: one socket, one finding, the
+        // more specific one. Once the owner reads the end-of-stream but keeps the fd, the held
+        // fd is all that is left, and it gets its own grace period from that read.
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 6);
+        let outcomes = detectors.evaluate(&mut store, 1200 * MS);
+        assert_eq!(kinds(&outcomes), [LeakKind::ShutWrUnread]);
+        assert!(detectors.evaluate(&mut store, 5000 * MS).is_empty());
+
+        recv(&mut store, 5100 * MS, 6, 1006, 1007);
+        recv(&mut store, 5200 * MS, 0, 1007, 1007);
+        let outcomes = detectors.evaluate(&mut store, 5300 * MS);
+        assert_eq!(
+            resolutions(&outcomes),
+            [(LeakKind::ShutWrUnread, "drained")]
+        );
+        assert!(leaks(&outcomes).is_empty());
+        assert!(detectors.evaluate(&mut store, 6199 * MS).is_empty());
+        let outcomes = detectors.evaluate(&mut store, 6200 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(finding.kind, LeakKind::FdAfterClose);
+        assert_eq!(finding.age, Duration::from_secs(1));
+        assert_eq!((finding.unread_bytes, finding.eof_unread), (0, false));
+    }
+
+    #[test]
+    fn fd_after_close_not_between_reading_eof_and_closing() {
+        // The connection ended long ago, but the owner only now reads the end-of-stream and
+        // closes right after: no instant in between is a leak.
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 0);
+        assert_eq!(
+            kinds(&detectors.evaluate(&mut store, 5000 * MS)),
+            [LeakKind::ShutWrUnread]
+        );
+        recv(&mut store, 5100 * MS, 0, 1001, 1001);
+        let outcomes = detectors.evaluate(&mut store, 5150 * MS);
+        assert!(leaks(&outcomes).is_empty(), "{outcomes:?}");
+        store.insert(event(SOCK, 5160 * MS, EventKind::Close { fd: Some(7) }));
+        assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
+    }
+
+    #[test]
+    fn fd_after_close_found_at_start_is_reported_at_once() {
+        // Reset before tracing started (the kernel marks a socket in CLOSE as shut down itself,
+        // and no FIN came from the peer), the data it sent still unread; and a connection that
+        // ended with FINs both ways, everything read, fd kept.
+        for (rcv_nxt, fin, unread) in [(1005, false, 5), (1000, true, 0)] {
+            let mut store = Store::new();
+            let mut detectors = detectors();
+            store.insert(present(100 * MS, CLOSE, true, rcv_nxt, fin));
+            let outcomes = detectors.evaluate(&mut store, 150 * MS);
+            let [finding] = leaks(&outcomes)[..] else {
+                panic!("expected one leak: {outcomes:?}");
+            };
+            assert_eq!(finding.kind, LeakKind::FdAfterClose);
+            assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
+            assert_eq!(finding.state, "CLOSE");
+            assert_eq!(finding.unread_bytes, unread);
+            assert!(finding.age_at_least);
+            assert_eq!(finding.age, Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn sockets_without_a_peer_are_no_leak() {
+        // Created and never connected, or a listener shut down: CLOSE, but no connection ended.
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        let mut fresh = present(100 * MS, CLOSE, false, 0, false);
+        fresh.remote = None;
+        store.insert(fresh);
+        let listener = key(0x2000, 1);
+        let mut shut = event(listener, 200 * MS, state(LISTEN, CLOSE));
+        shut.remote = None;
+        store.insert(shut);
+        assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
+    }
+
+    #[test]
+    fn close_wait_reset_by_the_peer_becomes_fd_after_close() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        close_wait(&mut store, SOCK, 100 * MS);
+        assert_eq!(
+            kinds(&detectors.evaluate(&mut store, 1100 * MS)),
+            [LeakKind::CloseWait]
+        );
+        store.insert(from_peer(event(SOCK, 2000 * MS, state(CLOSE_WAIT, CLOSE))));
+        let outcomes = detectors.evaluate(&mut store, 2100 * MS);
+        assert_eq!(resolutions(&outcomes), [(LeakKind::CloseWait, "reset")]);
+        assert!(leaks(&outcomes).is_empty());
+        assert_eq!(
+            kinds(&detectors.evaluate(&mut store, 3000 * MS)),
+            [LeakKind::FdAfterClose]
+        );
+    }
+
+    #[test]
+    fn fd_after_close_failed_connect_until_reconnected() {
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        store.insert(event(SOCK, 100 * MS, state(CLOSE, SYN_SENT)));
+        // Refused: the peer's reset, processed in softirq.
+        store.insert(from_peer(event(SOCK, 101 * MS, state(SYN_SENT, CLOSE))));
+        assert_eq!(
+            kinds(&detectors.evaluate(&mut store, 1101 * MS)),
+            [LeakKind::FdAfterClose]
+        );
+        store.insert(event(SOCK, 5000 * MS, state(CLOSE, SYN_SENT)));
+        let outcomes = detectors.evaluate(&mut store, 5100 * MS);
+        assert_eq!(
+            resolutions(&outcomes),
+            [(LeakKind::FdAfterClose, "reconnected")]
+        );
+    }
+
+    /// An outbound connection of `pid` from local port `port` to the database at 10.0.0.5:5432,
+    /// made at `at`.
+    fn pool_connection(store: &mut Store, sock: SockKey, pid: u32, port: u16, at: u64) {
+        let mut connect = event(sock, at, state(CLOSE, SYN_SENT));
+        let mut established = from_peer(event(sock, at + MS, state(SYN_SENT, ESTABLISHED)));
+        for e in [&mut connect, &mut established] {
+            e.local = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+            e.remote = Some("10.0.0.5:5432".parse().unwrap());
+            e.owner = Some(crate::decoder::Owner {
+                tgid: pid,
+                fd: None,
+            });
+        }
+        connect.task.tgid = pid;
+        store.insert(connect);
+        store.insert(established);
+    }
+
+    /// Closes a connection first, as a pool retiring it does: it leaves a TIME_WAIT behind.
+    fn close_actively(store: &mut Store, sock: SockKey, at: u64) {
+        store.insert(event(sock, at, EventKind::Close { fd: Some(7) }));
+        store.insert(event(sock, at, state(ESTABLISHED, FIN_WAIT1)));
+        store.insert(from_peer(event(sock, at + MS, state(FIN_WAIT1, FIN_WAIT2))));
+        store.insert(from_peer(event(sock, at + MS, state(FIN_WAIT2, CLOSE))));
+        store.insert(from_peer(event(sock, at + MS, EventKind::Destroy)));
+    }
+
+    #[test]
+    fn summary_counts_per_process_and_per_remote() {
+        // Incident 4 in small: a service with a CLOSE_WAIT socket stuck from before the trace
+        // and one reset while tracing, its connection pool churning to a database, and a
+        // busier process that leaks nothing.
+        let mut store = Store::new();
+        let mut detectors = detectors();
+        detectors.evaluate(&mut store, 0);
+        let listener = key(0x10, 1);
+        let mut listening = present(10 * MS, LISTEN, false, 0, false);
+        (listening.sock, listening.remote) = (listener, None);
+        store.insert(listening);
+        let stuck = key(0x20, 1);
+        let mut found = present(20 * MS, CLOSE_WAIT, false, 1001, true);
+        found.sock = stuck;
+        store.insert(found);
+        reset(&mut store, SOCK, 1000 * MS);
+        for i in 0..4 {
+            let sock = key(0x100 + i, 1);
+            pool_connection(&mut store, sock, OWNER, 40000 + i as u16, 3000 * MS);
+            if i < 3 {
+                close_actively(&mut store, sock, 4000 * MS);
+            }
+        }
+        for i in 0..5 {
+            pool_connection(
+                &mut store,
+                key(0x200 + i, 1),
+                77,
+                41000 + i as u16,
+                3000 * MS,
+            );
+        }
+        // Far enough on for the pool's destroyed timelines to be swept.
+        store.insert(event(key(0x100, 9), 59_000 * MS, EventKind::Arrival));
+        detectors.evaluate(&mut store, 30_000 * MS);
+        assert!(store.get(&key(0x100, 1)).is_none(), "not swept");
+
+        let report = detectors.summary(&mut store, 60_000 * MS, Default::default());
+        let stats = report.stats;
+        assert_eq!(stats.elapsed, Duration::from_secs(60));
+        let rows: Vec<_> = stats
+            .per_pid
+            .iter()
+            .map(|p| (p.pid, p.states.clone(), p.leaks_open, p.leaks_new))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    OWNER,
+                    vec![(ESTABLISHED, 1), (CLOSE, 1), (CLOSE_WAIT, 1), (LISTEN, 1)],
+                    2,
+                    1
+                ),
+                (77, vec![(ESTABLISHED, 5)], 0, 0),
+            ]
+        );
+        assert_eq!(stats.per_pid[0].comm, "mailer");
+        // The leak found at start is not one the process made at this rate.
+        assert_eq!(stats.per_minute(stats.per_pid[0].leaks_new), 1.0);
+        let rows: Vec<_> = stats
+            .per_remote
+            .iter()
+            .map(|r| {
+                (
+                    r.remote.to_string(),
+                    r.remote.direction(),
+                    r.connections,
+                    r.time_wait,
+                    r.leaks_open,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("127.0.0.1".to_owned(), Some("in"), 2, 0, 2),
+                ("10.0.0.5:5432".to_owned(), Some("out"), 9, 3, 0),
+            ]
+        );
     }
 }

@@ -12,20 +12,46 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
     if timeline.destroyed() {
         return Verdict::Clear { how: "destroyed" };
     }
-    let drained = Verdict::Clear { how: "drained" };
+    match unconsumed(timeline) {
+        Unconsumed::Since(ns) => Verdict::Holds {
+            since: Since {
+                ns,
+                // Held from the moment tracing found the socket shut down.
+                before_trace: timeline
+                    .write_shutdown()
+                    .is_some_and(|s| s.before_trace && s.ts_ns == ns),
+            },
+        },
+        Unconsumed::Never | Unconsumed::Until(_) => Verdict::Clear { how: "drained" },
+    }
+}
+
+/// Whether what the peer sent after the owner's write shutdown lies unconsumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unconsumed {
+    /// No write shutdown, or nothing sent after it was ever left unconsumed.
+    Never,
+    /// Unconsumed since this kernel time, and still.
+    Since(u64),
+    /// It was, until the owner consumed it at this kernel time.
+    Until(u64),
+}
+
+pub(super) fn unconsumed(timeline: &Timeline) -> Unconsumed {
     let Some((shutdown_ns, baseline)) = baseline(timeline) else {
-        return drained;
+        return Unconsumed::Never;
     };
     let before_trace = timeline.write_shutdown().is_some_and(|s| s.before_trace);
     // The condition can come and go (data arrives, is read, more arrives); its start is the first
-    // event of the stretch that still holds.
+    // event of the stretch that still holds, its end the event that cleared the last stretch.
     let mut since = None;
+    let mut until = None;
     let mut track = |ts_ns: u64, now: &ReceiveState| {
         let eof_unread = timeline.eof_unread_at(ts_ns, now);
         if unconsumed_since_shutdown(&baseline, now, eof_unread, before_trace) {
             since.get_or_insert(ts_ns);
-        } else {
-            since = None;
+        } else if since.take().is_some() {
+            until = Some(ts_ns);
         }
     };
     for (ts_ns, receive) in receive_states(timeline).filter(|(ts, _)| *ts >= shutdown_ns) {
@@ -35,13 +61,11 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
     if let Some(latest) = timeline.receive().filter(|r| r.ts_ns >= shutdown_ns) {
         track(latest.ts_ns, &latest.value);
     }
-    since.map_or(drained, |ns| Verdict::Holds {
-        since: Since {
-            ns,
-            // Held from the moment tracing found the socket shut down.
-            before_trace: before_trace && ns == shutdown_ns,
-        },
-    })
+    match (since, until) {
+        (Some(ns), _) => Unconsumed::Since(ns),
+        (None, Some(ns)) => Unconsumed::Until(ns),
+        (None, None) => Unconsumed::Never,
+    }
 }
 
 /// The shutdown's time and the receive side to measure later arrivals against: the one recorded

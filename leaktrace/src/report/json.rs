@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use leaktrace_common::tcp_state;
 use serde_json::{json, Map, Value};
 
-use super::{write_line, FinalReport, Reporter, StartInfo};
+use super::{write_line, FinalReport, Reporter, StartInfo, Stats};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::detect::{Finding, Outcome, Resolved};
 
@@ -48,8 +48,9 @@ impl Reporter for JsonReporter {
         }
     }
 
-    /// Findings were printed as they were found; only the summary is left.
+    /// Findings were printed as they were found; the counts are left, and the summary, last.
     fn finish(&mut self, report: &FinalReport) -> io::Result<()> {
+        self.emit(&stats(&report.stats))?;
         self.emit(&json!({
             "type": "summary",
             "leaks_open": report.open.len(),
@@ -134,6 +135,47 @@ fn entry(event: &Event) -> Value {
     entry
 }
 
+fn stats(stats: &Stats) -> Value {
+    let per_pid: Vec<Value> = stats
+        .per_pid
+        .iter()
+        .map(|p| {
+            let states: Map<String, Value> = p
+                .states
+                .iter()
+                .map(|&(state, n)| (tcp_state::name(state).to_owned(), n.into()))
+                .collect();
+            json!({
+                "pid": p.pid,
+                "comm": p.comm,
+                "states": states,
+                "leaks_open": p.leaks_open,
+                "leaks_new": p.leaks_new,
+                "leaks_per_min": stats.per_minute(p.leaks_new),
+            })
+        })
+        .collect();
+    let per_remote: Vec<Value> = stats
+        .per_remote
+        .iter()
+        .map(|r| {
+            json!({
+                "remote": r.remote.to_string(),
+                "direction": r.remote.direction(),
+                "connections": r.connections,
+                "time_wait": r.time_wait,
+                "leaks_open": r.leaks_open,
+            })
+        })
+        .collect();
+    json!({
+        "type": "stats",
+        "elapsed_ms": u64::try_from(stats.elapsed.as_millis()).unwrap_or(u64::MAX),
+        "per_pid": per_pid,
+        "per_remote": per_remote,
+    })
+}
+
 fn resolution(resolved: &Resolved) -> Value {
     json!({
         "type": "resolved",
@@ -148,7 +190,7 @@ fn resolution(resolved: &Resolved) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{final_report, finding, resolved, start_info, Captured};
+    use super::super::tests::{final_report, finding, resolved, start_info, stats, Captured};
     use super::*;
 
     fn parse(line: &str) -> Value {
@@ -249,10 +291,10 @@ mod tests {
         let captured = Captured::default();
         let mut reporter = JsonReporter::new(captured.writer());
         reporter.outcome(&Outcome::Resolved(resolved())).unwrap();
-        // The summary is all `finish` prints, even with findings open.
+        // The counts and the summary are all `finish` prints, even with findings open.
         reporter.finish(&final_report(vec![finding()], 5)).unwrap();
         let lines = captured.lines();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         assert_eq!(
             parse(&lines[0]),
             json!({
@@ -267,6 +309,10 @@ mod tests {
         );
         assert_eq!(
             parse(&lines[1]),
+            json!({"type": "stats", "elapsed_ms": 0, "per_pid": [], "per_remote": []})
+        );
+        assert_eq!(
+            parse(&lines[2]),
             json!({
                 "type": "summary",
                 "leaks_open": 1,
@@ -276,6 +322,40 @@ mod tests {
                 "unattributed": 2,
                 "records": 120,
                 "decode_errors": 3,
+            })
+        );
+    }
+
+    #[test]
+    fn stats_line_comes_just_before_the_summary() {
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        let mut report = final_report(Vec::new(), 0);
+        report.stats = stats();
+        reporter.finish(&report).unwrap();
+        let lines: Vec<Value> = captured.lines().iter().map(|l| parse(l)).collect();
+        let [stats, summary] = &lines[..] else {
+            panic!("expected a stats and a summary line: {lines:?}");
+        };
+        assert_eq!(summary["type"], "summary");
+        assert_eq!(
+            *stats,
+            json!({
+                "type": "stats",
+                "elapsed_ms": 90_000,
+                "per_pid": [
+                    {"pid": 4242, "comm": "mailer",
+                     "states": {"ESTABLISHED": 12, "CLOSE": 1, "CLOSE_WAIT": 3, "LISTEN": 1},
+                     "leaks_open": 4, "leaks_new": 3, "leaks_per_min": 2.0},
+                    {"pid": 77, "comm": "cron", "states": {}, "leaks_open": 0, "leaks_new": 0,
+                     "leaks_per_min": 0.0},
+                ],
+                "per_remote": [
+                    {"remote": "10.0.0.2", "direction": "in", "connections": 40, "time_wait": 0,
+                     "leaks_open": 4},
+                    {"remote": "[2001:db8::5]:5432", "direction": "out", "connections": 1200,
+                     "time_wait": 1188, "leaks_open": 0},
+                ],
             })
         );
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
-use super::{write_line, FinalReport, Reporter, StartInfo};
+use super::{write_line, FinalReport, Reporter, StartInfo, Stats};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::detect::{Finding, LeakKind, Outcome};
 
@@ -68,9 +68,13 @@ impl Reporter for TextReporter {
     }
 
     fn finish(&mut self, report: &FinalReport) -> io::Result<()> {
+        let sections = stats_sections(&report.stats);
         self.line("")?;
         if report.open.is_empty() {
             self.line("No leaked sockets found.")?;
+            if !sections.is_empty() {
+                self.line("")?;
+            }
         } else {
             self.line(&format!("Open leaks: {}", report.open.len()))?;
             for row in table(&report.open) {
@@ -81,6 +85,12 @@ impl Reporter for TextReporter {
                 for line in timeline(finding) {
                     self.line(&line)?;
                 }
+            }
+            self.line("")?;
+        }
+        for section in sections {
+            for line in section {
+                self.line(&line)?;
             }
             self.line("")?;
         }
@@ -170,17 +180,22 @@ fn explanation(f: &Finding) -> String {
             unread(f.unread_bytes, f.eof_unread),
             age(f)
         ),
+        LeakKind::FdAfterClose => format!(
+            "{}, the connection is over, {}, fd still open for {}",
+            f.state,
+            unread(f.unread_bytes, f.eof_unread),
+            age(f)
+        ),
     }
 }
 
 fn table(open: &[Finding]) -> Vec<String> {
     let header = [
         "KIND", "PID", "COMM", "FD", "LOCAL", "REMOTE", "STATE", "UNREAD", "EOF", "AGE",
-    ]
-    .map(str::to_owned);
-    let rows: Vec<[String; 10]> = open
-        .iter()
-        .map(|f| {
+    ];
+    aligned(
+        header,
+        open.iter().map(|f| {
             [
                 f.kind.as_str().to_owned(),
                 f.pid.to_string(),
@@ -193,16 +208,101 @@ fn table(open: &[Finding]) -> Vec<String> {
                 if f.eof_unread { "unread" } else { "-" }.to_owned(),
                 age(f),
             ]
-        })
+        }),
+    )
+}
+
+/// Rows of a stats section; more than this are summed up in one line.
+const TOP: usize = 10;
+
+/// The "Per process" and "Per remote" sections, each a title and a table; none when the
+/// session saw no socket.
+fn stats_sections(stats: &Stats) -> Vec<Vec<String>> {
+    let mut sections = Vec::new();
+    if !stats.per_pid.is_empty() {
+        let rows = stats.per_pid.iter().take(TOP).map(|p| {
+            let held: u64 = p.states.iter().map(|(_, n)| n).sum();
+            let states: Vec<String> = p
+                .states
+                .iter()
+                .map(|&(state, n)| format!("{} {n}", tcp_state::name(state)))
+                .collect();
+            [
+                p.pid.to_string(),
+                p.comm.clone(),
+                p.leaks_open.to_string(),
+                p.leaks_new.to_string(),
+                format!("{:.1}", stats.per_minute(p.leaks_new)),
+                held.to_string(),
+                if states.is_empty() {
+                    "-".to_owned()
+                } else {
+                    states.join(", ")
+                },
+            ]
+        });
+        let header = [
+            "PID",
+            "COMM",
+            "LEAKS_OPEN",
+            "LEAKS_NEW",
+            "LEAKS/MIN",
+            "HELD",
+            "STATES",
+        ];
+        sections.push(section(
+            "Per process (by open leaks, then sockets held; HELD, STATES: sockets held now)",
+            aligned(header, rows),
+            stats.per_pid.len(),
+            "processes",
+        ));
+    }
+    if !stats.per_remote.is_empty() {
+        let rows = stats.per_remote.iter().take(TOP).map(|r| {
+            [
+                r.remote.to_string(),
+                r.remote.direction().unwrap_or("-").to_owned(),
+                r.connections.to_string(),
+                r.time_wait.to_string(),
+                r.leaks_open.to_string(),
+            ]
+        });
+        let header = ["REMOTE", "DIR", "CONNECTIONS", "TIME_WAIT", "LEAKS_OPEN"];
+        sections.push(section(
+            "Per remote (by open leaks, then connections; DIR out: connected to, in: accepted \
+             from)",
+            aligned(header, rows),
+            stats.per_remote.len(),
+            "remotes",
+        ));
+    }
+    sections
+}
+
+fn section(title: &str, table: Vec<String>, total: usize, what: &str) -> Vec<String> {
+    let mut lines = vec![format!("{title}:")];
+    lines.extend(table);
+    if total > TOP {
+        lines.push(format!("... and {} more {what}", total - TOP));
+    }
+    lines
+}
+
+/// A header and rows in columns, each as wide as its widest cell.
+fn aligned<const N: usize>(
+    header: [&str; N],
+    rows: impl Iterator<Item = [String; N]>,
+) -> Vec<String> {
+    let rows: Vec<[String; N]> = std::iter::once(header.map(str::to_owned))
+        .chain(rows)
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
+    let mut widths = [0; N];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    std::iter::once(&header)
-        .chain(&rows)
+    rows.iter()
         .map(|row| {
             let mut line = String::new();
             for (cell, width) in row.iter().zip(widths) {
@@ -291,7 +391,7 @@ fn describe(event: &Event) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{final_report, finding, resolved, start_info, Captured};
+    use super::super::tests::{final_report, finding, resolved, start_info, stats, Captured};
     use super::*;
 
     fn reporter() -> (Captured, TextReporter) {
@@ -324,6 +424,11 @@ mod tests {
         close_wait.age = Duration::from_millis(1200);
         reporter.outcome(&Outcome::Leak(close_wait)).unwrap();
         reporter.outcome(&Outcome::Leak(finding())).unwrap();
+        let mut fd_after_close = finding();
+        fd_after_close.kind = LeakKind::FdAfterClose;
+        (fd_after_close.local, fd_after_close.unread_bytes) = (None, 5);
+        (fd_after_close.eof_unread, fd_after_close.age_at_least) = (false, true);
+        reporter.outcome(&Outcome::Leak(fd_after_close)).unwrap();
         reporter.outcome(&Outcome::Resolved(resolved())).unwrap();
         assert_eq!(
             captured.lines(),
@@ -333,6 +438,8 @@ mod tests {
                 "LEAK  shut_wr_unread  pid 4242 (mailer) fd 7  127.0.0.1:8080 <- 127.0.0.1:50412  \
                  CLOSE, shut down for writing; the peer then sent 6 bytes and its FIN, \
                  unread 0 + EOF for 2.3s, fd still open",
+                "LEAK  fd_after_close  pid 4242 (mailer) fd 7  ? <- 127.0.0.1:50412  \
+                 CLOSE, the connection is over, unread 5, fd still open for at least 2.3s",
                 "RESOLVED close_wait pid 4242 fd ?  [::1]:8080 <- [::1]:50412  (closed)",
             ]
         );
@@ -386,6 +493,51 @@ mod tests {
                  errors 3, lost events 0, unattributed 0",
             ]
         );
+    }
+
+    #[test]
+    fn final_report_with_stats() {
+        let (captured, mut reporter) = reporter();
+        let mut report = final_report(Vec::new(), 0);
+        report.unattributed = 0;
+        report.stats = stats();
+        reporter.finish(&report).unwrap();
+        assert_eq!(
+            captured.lines(),
+            [
+                "",
+                "No leaked sockets found.",
+                "",
+                "Per process (by open leaks, then sockets held; HELD, STATES: sockets held now):",
+                "PID   COMM    LEAKS_OPEN  LEAKS_NEW  LEAKS/MIN  HELD  STATES",
+                "4242  mailer  4           3          2.0        17    ESTABLISHED 12, CLOSE 1, \
+                 CLOSE_WAIT 3, LISTEN 1",
+                "77    cron    0           0          0.0        0     -",
+                "",
+                "Per remote (by open leaks, then connections; DIR out: connected to, in: accepted \
+                 from):",
+                "REMOTE              DIR  CONNECTIONS  TIME_WAIT  LEAKS_OPEN",
+                "10.0.0.2            in   40           0          4",
+                "[2001:db8::5]:5432  out  1200         1188       0",
+                "",
+                "summary: leaks open 0, resolved 1; sockets seen 34, records 120, decode \
+                 errors 3, lost events 0, unattributed 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn stats_sections_show_the_top_rows() {
+        let mut stats = stats();
+        let remote = stats.per_remote[1].clone();
+        stats.per_remote = vec![remote; TOP + 4];
+        let sections = stats_sections(&stats);
+        let [_, remotes] = &sections[..] else {
+            panic!("expected two sections: {sections:?}");
+        };
+        // Title, header, the top rows, then what was left out.
+        assert_eq!(remotes.len(), 2 + TOP + 1);
+        assert_eq!(remotes.last().unwrap(), "... and 4 more remotes");
     }
 
     #[test]
