@@ -1,6 +1,7 @@
 //! Privileged end-to-end tests: the acceptance incidents of shared/INCIDENTS.md (1: CLOSE_WAIT
-//! after an unhandled error, 3: half-close with unread data) reproduced by `leaktrace-fixture`
-//! and traced by the real leaktrace binary. Without root or eBPF they print `SKIPPED`, unless
+//! after an unhandled error, 3: half-close with unread data, 4: fds held after the connection
+//! ended, and the per-process and per-remote counts) reproduced by `leaktrace-fixture` and
+//! traced by the real leaktrace binary. Without root or eBPF they print `SKIPPED`, unless
 //! CI=true or LEAKTRACE_REQUIRE_PRIVILEGED=1 turns that into a failure.
 
 use std::collections::BTreeSet;
@@ -11,7 +12,7 @@ use leaktrace_tests::{
     comm, kernel_socket, kernel_sockets, run_client, Accepted, ClientRun, Fixture, Leaktrace,
     Report, LEAK_AFTER_MS, TCP_CLOSE, TCP_CLOSE_WAIT,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
 
@@ -75,6 +76,32 @@ fn close_wait_client(server: &Fixture, family: Family, conns: usize) -> Result<C
         &conns,
     ];
     run_client(FIXTURE, &[&args, family.flags()].concat())
+}
+
+/// The `stats` line, which must come right before the summary.
+fn stats(report: &Report) -> &Value {
+    let n = report.lines.len();
+    let stats = report.lines.get(n.wrapping_sub(2));
+    match stats {
+        Some(stats) if stats["type"] == "stats" => stats,
+        _ => panic!("no stats line just before the summary\n{report}"),
+    }
+}
+
+/// The `per_pid` row of `pid`.
+fn pid_stats(report: &Report, pid: u32) -> &Value {
+    let rows = stats(report)["per_pid"].as_array();
+    rows.and_then(|rows| rows.iter().find(|row| row["pid"] == pid))
+        .unwrap_or_else(|| panic!("no per_pid row for pid {pid}\n{report}"))
+}
+
+/// The `per_remote` rows, which must be exactly one: every fixture client connects from
+/// 127.0.0.1.
+fn only_remote(report: &Report) -> &Value {
+    match stats(report)["per_remote"].as_array().map(Vec::as_slice) {
+        Some([row]) => row,
+        _ => panic!("expected one per_remote row\n{report}"),
+    }
 }
 
 fn timeline(finding: &Value) -> &[Value] {
@@ -419,7 +446,8 @@ fn shut_wr_unread_before_tracing() -> Result<()> {
 }
 
 /// Findings clear when the owner mends the leak: a late close resolves a close_wait leak as
-/// "closed", reading to end-of-stream resolves a half-close leak as "drained" (the fd stays open).
+/// "closed", reading to end-of-stream resolves a half-close leak as "drained". That fixture then
+/// keeps the fd of its finished connection, which is the one leak left: fd_after_close.
 #[test]
 fn leaks_mended_later_are_resolved() -> Result<()> {
     let mut close_wait = Fixture::server(
@@ -463,15 +491,26 @@ fn leaks_mended_later_are_resolved() -> Result<()> {
     leaktrace.settle(SETTLE)?;
     let report = leaktrace.stop()?;
 
-    let kinds: BTreeSet<&str> = report
+    let kinds: BTreeSet<(&str, u64, i64)> = report
         .leaks()
         .iter()
-        .filter_map(|f| f["kind"].as_str())
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap_or("?"),
+                f["pid"].as_u64().unwrap_or(0),
+                f["fd"].as_i64().unwrap_or(-1),
+            )
+        })
         .collect();
     assert_eq!(
         kinds,
-        BTreeSet::from(["close_wait", "shut_wr_unread"]),
-        "both leaks are reported before they are mended\n{report}"
+        BTreeSet::from([
+            ("close_wait", u64::from(close_wait.pid()), close_wait_fd),
+            ("shut_wr_unread", u64::from(shut_wr.pid()), shut_wr_fd),
+            ("fd_after_close", u64::from(shut_wr.pid()), shut_wr_fd),
+        ]),
+        "both leaks are reported before they are mended, and the drained fd still held after\n\
+         {report}"
     );
     let resolved: BTreeSet<(String, u64, i64)> = report
         .lines
@@ -511,7 +550,7 @@ fn leaks_mended_later_are_resolved() -> Result<()> {
             summary["leaks_open"].as_u64(),
             summary["leaks_resolved"].as_u64()
         ),
-        (Some(0), Some(2)),
+        (Some(1), Some(2)),
         "{report}"
     );
     Ok(())
@@ -563,7 +602,228 @@ fn echo_churn_reports_no_leak() -> Result<()> {
         summary["lost_events"], 0,
         "a run that lost events cannot vouch for zero leaks\n{report}"
     );
+    // Every connection counted once, none left held; the clients closed first, so the TIME_WAIT
+    // churn is theirs, not the server's.
+    let remote = only_remote(&report);
+    assert_eq!(
+        (
+            remote["remote"].as_str(),
+            remote["direction"].as_str(),
+            remote["connections"].as_u64(),
+            remote["time_wait"].as_u64(),
+            remote["leaks_open"].as_u64(),
+        ),
+        (
+            Some("127.0.0.1"),
+            Some("in"),
+            Some(CONNS as u64),
+            Some(0),
+            Some(0)
+        ),
+        "{report}"
+    );
+    let server_stats = pid_stats(&report, server.pid());
+    assert_eq!(
+        server_stats["states"],
+        json!({"LISTEN": 1}),
+        "the server still holds connections it closed\n{report}"
+    );
+    assert_eq!(server_stats["leaks_open"], 0, "{report}");
     Ok(())
+}
+
+/// Incident 4's TIME_WAIT noise: a server that closes each connection first leaves one TIME_WAIT
+/// per connection, counted per remote host, and none of it is a leak.
+#[test]
+fn time_wait_churn_is_counted_per_remote() -> Result<()> {
+    const CONNS: usize = 200;
+    let server = Fixture::server(FIXTURE, &["echo-server", "--close-first"])?;
+    let Some(mut leaktrace) = Leaktrace::start(
+        "time_wait_churn_is_counted_per_remote",
+        &[server.pid()],
+        RUN_LIMIT,
+    )?
+    else {
+        return Ok(());
+    };
+    let (port, conns) = (server.port().to_string(), CONNS.to_string());
+    run_client(
+        FIXTURE,
+        &[
+            "--port",
+            &port,
+            "--send",
+            "64",
+            "--echo",
+            "--wait-close",
+            "--conns",
+            &conns,
+            "--concurrency",
+            "4",
+        ],
+    )?;
+    leaktrace.settle(SETTLE)?;
+    let report = leaktrace.stop()?;
+
+    assert!(report.leaks().is_empty(), "TIME_WAIT is no leak\n{report}");
+    assert_eq!(report.summary()["lost_events"], 0, "{report}");
+    let remote = only_remote(&report);
+    assert_eq!(
+        (
+            remote["remote"].as_str(),
+            remote["direction"].as_str(),
+            remote["connections"].as_u64(),
+            remote["time_wait"].as_u64(),
+        ),
+        (
+            Some("127.0.0.1"),
+            Some("in"),
+            Some(CONNS as u64),
+            Some(CONNS as u64)
+        ),
+        "{report}"
+    );
+    assert_eq!(
+        pid_stats(&report, server.pid())["states"],
+        json!({"LISTEN": 1}),
+        "{report}"
+    );
+    Ok(())
+}
+
+/// Incident 4's "can't identify protocol" fds: the client aborts with a RST while the server
+/// holds the connection's fd without reading; the connection is over, the fd stays.
+#[test]
+fn fd_after_close_reset_while_held() -> Result<()> {
+    const SENT: usize = 5;
+    let mut server = Fixture::server(FIXTURE, &["hold-server"])?;
+    let Some(mut leaktrace) = Leaktrace::start(
+        "fd_after_close_reset_while_held",
+        &[server.pid()],
+        RUN_LIMIT,
+    )?
+    else {
+        return Ok(());
+    };
+    let client = reset_client(&server, SENT)?;
+    let accepted = server.accepted(1)?.remove(0);
+    leaktrace.wait_for_leaks(1, FINDING_TIMEOUT)?;
+    leaktrace.settle(SETTLE)?;
+    let report = leaktrace.stop()?;
+
+    // Control: the kernel agrees the connection is over with the client's bytes still queued.
+    assert_eq!(
+        kernel_socket(server.pid(), accepted.fd)?,
+        (TCP_CLOSE, SENT),
+        "the fixture did not leave a reset connection's fd held"
+    );
+    let f = assert_fd_after_close(&report, &server, &accepted, SENT)?;
+    assert_live_finding(f, &report);
+    assert_eq!(f["age_at_least"], false, "{report}");
+    assert_eq!(
+        client.local_addrs,
+        std::slice::from_ref(&accepted.peer),
+        "the fixture server's peer is not the fixture client"
+    );
+    let reset = state_events(f)
+        .into_iter()
+        .find(|e| e["old"] == "ESTABLISHED" && e["new"] == "CLOSE");
+    assert!(
+        reset.is_some(),
+        "timeline lacks the reset's ESTABLISHED -> CLOSE\n{report}"
+    );
+    assert!(
+        !timeline(f).iter().any(|e| e["event"] == "close"),
+        "the server never closed the fd\n{report}"
+    );
+
+    let server_stats = pid_stats(&report, server.pid());
+    assert_eq!(
+        server_stats["states"],
+        json!({"CLOSE": 1, "LISTEN": 1}),
+        "{report}"
+    );
+    assert_eq!(
+        (
+            server_stats["leaks_open"].as_u64(),
+            server_stats["leaks_new"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    let remote = only_remote(&report);
+    assert_eq!(
+        (
+            remote["remote"].as_str(),
+            remote["connections"].as_u64(),
+            remote["time_wait"].as_u64(),
+            remote["leaks_open"].as_u64(),
+        ),
+        (Some("127.0.0.1"), Some(1), Some(0), Some(1)),
+        "{report}"
+    );
+    Ok(())
+}
+
+/// The same held fd, its connection reset before tracing started: found at once, "at least" old.
+/// (A reset socket looks shut down to the kernel; it must not pass for incident 3's.)
+#[test]
+fn fd_after_close_before_tracing() -> Result<()> {
+    const SENT: usize = 5;
+    let mut server = Fixture::server(FIXTURE, &["hold-server"])?;
+    reset_client(&server, SENT)?;
+    let accepted = server.accepted(1)?.remove(0);
+    assert_eq!(
+        kernel_socket(server.pid(), accepted.fd)?,
+        (TCP_CLOSE, SENT),
+        "the fixture did not leave a reset connection's fd held"
+    );
+    let Some(mut leaktrace) =
+        Leaktrace::start("fd_after_close_before_tracing", &[server.pid()], RUN_LIMIT)?
+    else {
+        return Ok(());
+    };
+    leaktrace.wait_for_leaks(1, Duration::from_millis(LEAK_AFTER_MS))?;
+    let report = leaktrace.stop()?;
+    let f = assert_fd_after_close(&report, &server, &accepted, SENT)?;
+    assert_eq!(f["age_at_least"], true, "{report}");
+    assert!(
+        timeline(f)
+            .iter()
+            .any(|e| e["event"] == "present" && e["state"] == "CLOSE"),
+        "timeline does not say the socket was found in CLOSE\n{report}"
+    );
+    Ok(())
+}
+
+/// Connects to a `hold-server`, waits to be accepted, sends `sent` bytes and aborts with a RST.
+fn reset_client(server: &Fixture, sent: usize) -> Result<ClientRun> {
+    let (port, sent) = (server.port().to_string(), sent.to_string());
+    let args = ["--port", &port, "--read-line", "--send", &sent, "--reset"];
+    run_client(FIXTURE, &args)
+}
+
+/// The one finding of a held fd whose connection was reset: what `lsof` cannot say, the owner,
+/// its fd, the peer and the bytes left unread.
+fn assert_fd_after_close<'a>(
+    report: &'a Report,
+    server: &Fixture,
+    accepted: &Accepted,
+    unread: usize,
+) -> Result<&'a Value> {
+    let leaks = report.leaks();
+    assert_eq!(leaks.len(), 1, "one held fd\n{report}");
+    let f = leaks[0];
+    assert_eq!(f["kind"], "fd_after_close", "{report}");
+    assert_eq!(f["pid"], server.pid(), "{report}");
+    assert_eq!(f["comm"], comm(server.pid())?.as_str(), "{report}");
+    assert_eq!(f["fd"], accepted.fd, "{report}");
+    assert_eq!(f["remote"], accepted.peer.as_str(), "{report}");
+    assert_eq!(f["state"], "CLOSE", "{report}");
+    assert_eq!(f["unread_bytes"], unread, "{report}");
+    assert_eq!(f["eof_unread"], false, "a reset carries no FIN\n{report}");
+    assert_eq!(report.summary()["leaks_open"], 1, "{report}");
+    Ok(f)
 }
 
 /// (e) `--pid` restricts findings to the traced process, although another one leaks alongside.

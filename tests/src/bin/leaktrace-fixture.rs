@@ -6,7 +6,7 @@
 //! accepted socket as `ACCEPTED fd=<fd> peer=<addr>`, and never exit by themselves, so their
 //! sockets stay held until the test kills them.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::str::FromStr;
@@ -26,22 +26,32 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
                                      end-of-stream; keep the fd (incident 3). read-then-stop
                                      waits MS, then reads exactly BYTES; with
                                      --release-after-ms, read to end-of-stream MS later
-  echo-server                        echo each connection until EOF, then close it
+  hold-server                        greet each connection with a line, then neither read nor
+                                     close it: its fd stays held after the connection ends
+                                     (incident 4)
+  echo-server [--close-first]        echo each connection until EOF, then close it; with
+                                     --close-first, echo one read and close first (this side
+                                     then goes through TIME_WAIT)
   pool-leak --conns N --pause-ms MS --exit-code C
                                      a client pool (incident 4): connects N times to its own
                                      listener, whose side closes at once; the pool never closes
                                      its end (CLOSE_WAIT on the connect side), holds it MS, exits C
   clean-exit --exit-code C           connects, exchanges bytes, closes both ends, exits C
-  client --port P [--send BYTES] [--wait-eof] [--echo] [--pause-ms MS]
-         [--conns N] [--concurrency C]
-                                     per connection: connect, [read to EOF], send BYTES,
-                                     [read them back], wait MS, close";
+  client --port P [--read-line] [--send BYTES] [--wait-eof] [--echo] [--wait-close]
+         [--pause-ms MS] [--reset] [--conns N] [--concurrency C]
+                                     per connection: connect, [read the server's first line],
+                                     [read to EOF], send BYTES, [read them back], [read to
+                                     EOF], wait MS, close (--reset: abort with a RST instead
+                                     of a FIN)";
 
 /// What an SMTP client sends after the server rejected it (incident 3); repeated to any length.
 const PAYLOAD: &[u8] = b"RSET\r\nQUIT\r\n";
 
 /// The incident 3 server's rejection, sent before it half-closes.
 const REPLY: &[u8] = b"554 5.7.1 rejected\r\n";
+
+/// What the hold server greets each connection with, which tells the client it was accepted.
+const GREETING: &[u8] = b"220 ready\r\n";
 
 /// Bounds every client read, so a server that never answers fails the run instead of hanging it.
 const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,6 +82,10 @@ struct Opts {
     send: usize,
     wait_eof: bool,
     echo: bool,
+    read_line: bool,
+    wait_close: bool,
+    reset: bool,
+    close_first: bool,
     pause: Duration,
     mode: Mode,
     expect: usize,
@@ -90,6 +104,10 @@ impl Opts {
             send: 0,
             wait_eof: false,
             echo: false,
+            read_line: false,
+            wait_close: false,
+            reset: false,
+            close_first: false,
             pause: Duration::ZERO,
             mode: Mode::NeverRead,
             expect: 0,
@@ -102,6 +120,10 @@ impl Opts {
                 "--ipv6" => o.ipv6 = true,
                 "--wait-eof" => o.wait_eof = true,
                 "--echo" => o.echo = true,
+                "--read-line" => o.read_line = true,
+                "--wait-close" => o.wait_close = true,
+                "--reset" => o.reset = true,
+                "--close-first" => o.close_first = true,
                 "--conns" => o.conns = value()?.parse()?,
                 "--concurrency" => o.concurrency = value()?.parse()?,
                 "--port" => o.port = value()?.parse()?,
@@ -142,6 +164,7 @@ fn main() -> Result<()> {
     match command.as_str() {
         "close-wait-server" => close_wait_server(&opts),
         "shut-wr-server" => shut_wr_server(&opts),
+        "hold-server" => hold_server(&opts),
         "echo-server" => echo_server(&opts),
         "client" => client(&opts),
         "pool-leak" => pool_leak(&opts),
@@ -204,24 +227,40 @@ fn shut_wr_server(o: &Opts) -> Result<()> {
     hold_forever(vec![stream])
 }
 
+/// Incident 4's "can't identify protocol" fds: the server keeps every connection's fd without
+/// ever reading, so when the peer ends the connection (a reset, here) the fd outlives it.
+fn hold_server(o: &Opts) -> Result<()> {
+    let listener = o.listen()?;
+    let mut held = Vec::new();
+    loop {
+        let mut stream = accept(&listener)?;
+        stream.write_all(GREETING).context("write")?;
+        held.push(stream);
+    }
+}
+
 fn echo_server(o: &Opts) -> Result<()> {
     let listener = o.listen()?;
+    let close_first = o.close_first;
     loop {
         let (stream, _) = listener.accept().context("accept")?;
         thread::spawn(move || {
-            if let Err(e) = echo(stream) {
+            if let Err(e) = echo(stream, close_first) {
                 eprintln!("echo: {e}");
             }
         });
     }
 }
 
-fn echo(mut stream: TcpStream) -> io::Result<()> {
+fn echo(mut stream: TcpStream, close_first: bool) -> io::Result<()> {
     let mut buf = [0; 4096];
     loop {
         match stream.read(&mut buf)? {
             0 => return Ok(()),
             n => stream.write_all(&buf[..n])?,
+        }
+        if close_first {
+            return Ok(());
         }
     }
 }
@@ -252,6 +291,11 @@ fn connection(o: &Opts) -> Result<()> {
     let mut stream = TcpStream::connect(o.addr(o.port)).context("connect")?;
     stream.set_read_timeout(Some(CLIENT_IO_TIMEOUT))?;
     println!("CONNECTED local={}", stream.local_addr()?);
+    if o.read_line {
+        BufReader::new(&stream)
+            .read_line(&mut String::new())
+            .context("reading the server's first line")?;
+    }
     if o.wait_eof {
         stream
             .read_to_end(&mut Vec::new())
@@ -264,7 +308,37 @@ fn connection(o: &Opts) -> Result<()> {
         stream.read_exact(&mut back).context("reading the echo")?;
         ensure!(back == payload, "echo differs from what was sent");
     }
+    if o.wait_close {
+        // The server then closed first, for sure.
+        stream
+            .read_to_end(&mut Vec::new())
+            .context("waiting for the server to close")?;
+    }
     thread::sleep(o.pause);
+    if o.reset {
+        abort(&stream)?;
+    }
+    Ok(())
+}
+
+/// Makes the close that follows send a RST instead of a FIN: `SO_LINGER` on with a zero timeout.
+fn abort(stream: &TcpStream) -> Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let len = libc::socklen_t::try_from(std::mem::size_of_val(&linger))?;
+    // SAFETY: the fd is open for the call's duration and the kernel reads `len` bytes of `linger`.
+    let ret = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            len,
+        )
+    };
+    ensure!(ret == 0, "SO_LINGER: {}", io::Error::last_os_error());
     Ok(())
 }
 
