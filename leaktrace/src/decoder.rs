@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use leaktrace_common::{
     shutdown_how, Record, RecordKind, AF_INET, AF_INET6, FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE,
-    FLAG_OWNER_CONTEXT, FLAG_SEND_SHUTDOWN, NO_FD, OWNER_UNKNOWN, RESULT_UNKNOWN,
+    FLAG_OWNER_CONTEXT, FLAG_SEND_SHUTDOWN, FLAG_STILL_HELD, NO_FD, OWNER_UNKNOWN, RESULT_UNKNOWN,
 };
 
 /// One socket over its lifetime: the kernel reuses `struct sock` addresses, so the address alone
@@ -77,6 +77,11 @@ pub enum EventKind {
     Close {
         fd: Option<i32>,
     },
+    /// `close(fd)` that released nothing: another fd (a dup, a forked child's copy, one passed
+    /// over a unix socket) still holds the socket.
+    FdClosed {
+        fd: i32,
+    },
     Destroy,
     /// `ret` is `None` where the hook cannot see the read's result.
     Recv {
@@ -113,6 +118,8 @@ pub struct Event {
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub receive: Option<ReceiveState>,
+    /// The socket file's inode (`socket:[ino]` in /proc/<pid>/fd), where the hook knew it.
+    pub ino: Option<u64>,
     pub kind: EventKind,
 }
 
@@ -180,6 +187,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             fin_received: record.flags & FLAG_FIN_RECEIVED != 0,
             queue_len: record.rcv_qlen,
         }),
+        ino: (record.ino != 0).then_some(record.ino),
         kind: match kind {
             RecordKind::State => EventKind::State {
                 old: record.old_state,
@@ -191,6 +199,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 how: record.how,
                 ret: record.ret,
             },
+            RecordKind::Close if record.flags & FLAG_STILL_HELD != 0 => {
+                EventKind::FdClosed { fd: record.fd }
+            }
             RecordKind::Close => EventKind::Close { fd: fd(record.fd) },
             RecordKind::Destroy => EventKind::Destroy,
             RecordKind::Recv => EventKind::Recv {

@@ -9,6 +9,7 @@ mod decoder;
 mod demo;
 mod detect;
 mod error;
+mod holders;
 mod hooks;
 mod report;
 mod run;

@@ -4,12 +4,13 @@
 
 mod stats;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use leaktrace_common::{shutdown_how, tcp_state};
 
 use crate::decoder::{Event, EventKind, ReceiveState, SockKey};
+use crate::holders;
 pub use stats::{Counts, Remote};
 
 /// Entries one timeline keeps. Only reads and arrivals on a shut-down socket can repeat without
@@ -79,8 +80,18 @@ pub struct Timeline {
     closed_ns: Option<u64>,
     destroyed_ns: Option<u64>,
     receive: Option<Stamped<ReceiveState>>,
-    /// When the owning process exited: every finding on the socket ends there.
+    /// When the owning process exited: every finding on the socket ends there, unless another
+    /// process still holds it (see [`Store::reattribute`]).
     owner_exited_ns: Option<u64>,
+    /// When the owner closed its fd while other fds still held the socket.
+    owner_released_ns: Option<u64>,
+    /// The owner was found by looking for who holds the socket, not from a record: later
+    /// records, which carry the kernel's first idea of the owner, must not undo it.
+    reattributed: bool,
+    /// Latest known inode of the socket's file.
+    ino: Option<u64>,
+    /// When the holders of this socket were last looked for, to look at most once a second.
+    holders_scanned_ns: Option<u64>,
     /// When a read first returned 0: the owner saw end-of-stream.
     eof_read_ns: Option<u64>,
     /// The read hook reports results, so a missing 0-byte read means the owner never saw
@@ -155,6 +166,13 @@ impl Timeline {
                 self.closed_ns = Some(self.closed_ns.map_or(ts, |t| t.min(ts)));
             }
             EventKind::Destroy => self.destroyed_ns = Some(ts),
+            EventKind::FdClosed { fd }
+                if self
+                    .owner()
+                    .is_some_and(|o| o.tgid == event.task.tgid && o.fd == Some(fd)) =>
+            {
+                self.owner_released_ns.get_or_insert(ts);
+            }
             EventKind::Recv { ret: Some(ret) } => {
                 self.recv_results_known = true;
                 if ret == 0 {
@@ -175,6 +193,9 @@ impl Timeline {
     }
 
     fn learn_owner(&mut self, event: &Event) {
+        if let Some(ino) = event.ino {
+            self.ino = Some(ino);
+        }
         let learned = match event.kind {
             EventKind::Accept { fd }
             | EventKind::Connect { fd, .. }
@@ -182,6 +203,7 @@ impl Timeline {
                 tgid: event.task.tgid,
                 fd: Some(fd),
             },
+            _ if self.reattributed => return,
             _ => match event.owner {
                 Some(owner) => OwnerInfo {
                     tgid: owner.tgid,
@@ -296,6 +318,13 @@ impl Timeline {
     }
 
     /// The process holding the socket and the socket's state, while a process holds it.
+    /// The inode to look for holders of, when the recorded owner let go of the socket (closed
+    /// its fd while others held it, or exited) and the socket may live on elsewhere.
+    fn orphan_inode(&self) -> Option<u64> {
+        let let_go = self.owner_released_ns.is_some() || self.owner_exited_ns.is_some();
+        (let_go && !self.closed() && !self.destroyed()).then_some(self.ino?)
+    }
+
     fn held(&self) -> Option<(u32, u8)> {
         if self.closed() || self.destroyed() || self.owner_exited() {
             return None;
@@ -353,6 +382,46 @@ impl Store {
                 timeline.owner_exited_ns.get_or_insert(ts_ns);
                 self.counts.move_held(held, None);
             }
+        }
+    }
+
+    /// Sockets whose owner let go of them while other fds still hold them (fork, dup,
+    /// SCM_RIGHTS) get whoever holds them now as their owner: the one to blame for a leak.
+    pub fn reattribute(&mut self, now_ns: u64) {
+        const RESCAN_NS: u64 = 1_000_000_000;
+        let wanted: BTreeSet<u64> = self
+            .timelines
+            .values()
+            .filter(|t| {
+                t.holders_scanned_ns
+                    .is_none_or(|at| now_ns.saturating_sub(at) >= RESCAN_NS)
+            })
+            .filter_map(Timeline::orphan_inode)
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let found = holders::find(&wanted);
+        for timeline in self.timelines.values_mut() {
+            let Some(ino) = timeline.orphan_inode().filter(|ino| wanted.contains(ino)) else {
+                continue;
+            };
+            timeline.holders_scanned_ns = Some(now_ns);
+            let Some(holder) = found.get(&ino).and_then(|h| h.first()) else {
+                continue;
+            };
+            let held = timeline.held();
+            timeline.owner = Some(Stamped {
+                ts_ns: timeline.owner.map_or(0, |o| o.ts_ns),
+                value: OwnerInfo {
+                    tgid: holder.pid,
+                    fd: Some(holder.fd),
+                },
+            });
+            timeline.reattributed = true;
+            timeline.owner_released_ns = None;
+            timeline.owner_exited_ns = None;
+            self.counts.move_held(held, timeline.held());
         }
     }
 
@@ -422,6 +491,7 @@ pub(crate) mod tests {
             local: Some("127.0.0.1:8080".parse().unwrap()),
             remote: Some("127.0.0.1:50412".parse().unwrap()),
             receive: None,
+            ino: None,
             kind,
         }
     }

@@ -55,10 +55,11 @@ fn on_accept_exit(ret: i64) -> ProbeResult {
         return Ok(());
     }
     let fd = ret as i32;
-    let (sk, ino) = match stashed {
-        Some(sk) if sk != 0 => (sk, 0),
-        _ => {
-            let socket = kernel::tcp_sock_of_fd(fd)?;
+    // The fd table walk also yields the inode, which finds the socket's holders later.
+    let (sk, ino) = match (stashed, kernel::tcp_sock_of_fd(fd)) {
+        (Some(sk), socket) if sk != 0 => (sk, socket.map_or(0, |s| s.ino)),
+        (_, socket) => {
+            let socket = socket?;
             (socket.sk, socket.ino)
         }
     };

@@ -138,6 +138,7 @@ impl Detectors {
     /// Also drops timelines nothing needs any more.
     pub fn evaluate(&mut self, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
         self.started_ns.get_or_insert(now_ns);
+        store.reattribute(now_ns);
         let mut matured = Vec::new();
         let mut resolved = Vec::new();
         for (key, timeline) in store.iter() {

@@ -107,6 +107,7 @@ fn entry(event: &Event) -> Value {
             json!({"event": "shutdown", "fd": fd, "how": shutdown_how_name(how), "ret": ret})
         }
         EventKind::Close { fd } => json!({"event": "close", "fd": fd}),
+        EventKind::FdClosed { fd } => json!({"event": "close", "fd": fd, "still_held": true}),
         EventKind::Destroy => json!({"event": "destroy"}),
         EventKind::Recv { ret } => json!({"event": "recv", "ret": ret}),
         EventKind::Arrival => json!({"event": "arrival"}),

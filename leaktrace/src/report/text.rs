@@ -348,6 +348,9 @@ fn describe(event: &Event) -> String {
             format!("shutdown(fd {fd}, {}) = {ret}", shutdown_how_name(how))
         }
         EventKind::Close { fd: Some(fd) } => format!("close(fd {fd})"),
+        EventKind::FdClosed { fd } => {
+            format!("close(fd {fd}), but another fd still holds the socket")
+        }
         EventKind::Close { fd: None } => "released (tcp_close)".to_owned(),
         EventKind::Destroy => "destroyed".to_owned(),
         EventKind::Recv { ret: Some(ret) } => format!("read() = {ret}"),
