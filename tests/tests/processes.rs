@@ -168,3 +168,67 @@ fn owner_exit_resolves_and_ends_the_trace() -> Result<()> {
     assert_eq!(report.summary()["leaks_open"], 0, "{report}");
     Ok(())
 }
+
+/// Kills a process the test started indirectly (a fixture's own child) when the test ends.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// The socket's owner is whoever holds an fd for it: the accepting process handed the
+/// connection to a child (inherited across exec) and closed its copy; the child leaks it.
+#[test]
+fn a_leak_is_blamed_on_the_process_that_holds_the_fd() -> Result<()> {
+    let mut server = Fixture::server(FIXTURE, &["handoff-server"])?;
+    let Some(mut leaktrace) = Leaktrace::start(
+        "a_leak_is_blamed_on_the_process_that_holds_the_fd",
+        &[server.pid()],
+        "60s",
+    )?
+    else {
+        return Ok(());
+    };
+    let port = server.port().to_string();
+    let client = std::thread::spawn(move || {
+        run_client(
+            FIXTURE,
+            &["--port", &port, "--send", "5", "--pause-ms", "300"],
+        )
+    });
+    let handed = server.lines("HANDED ", 1)?.remove(0);
+    let (fd, child): (i64, i32) = {
+        let mut words = handed.split_whitespace().skip(1);
+        let mut value = |key: &str| -> Result<String> {
+            let word = words.next().unwrap_or_default();
+            Ok(word
+                .strip_prefix(key)
+                .ok_or_else(|| anyhow::anyhow!("unexpected {handed:?}"))?
+                .to_owned())
+        };
+        (value("fd=")?.parse()?, value("child=")?.parse()?)
+    };
+    let _child = KillOnDrop(child);
+    client.join().expect("client thread")?;
+    leaktrace.wait_for_leaks(1, std::time::Duration::from_secs(10))?;
+    let report = leaktrace.stop()?;
+    let leaks = report.leaks();
+    assert_eq!(leaks.len(), 1, "{report}");
+    let leak = leaks[0];
+    assert_eq!(leak["kind"], "close_wait", "{report}");
+    assert_eq!(
+        leak["pid"], child,
+        "not blamed on the holder (child {child})\n{report}"
+    );
+    assert_eq!(leak["fd"], fd, "{report}");
+    assert!(
+        leak["timeline"].as_array().is_some_and(|t| t
+            .iter()
+            .any(|e| e["event"] == "close" && e["still_held"] == true && e["pid"] == server.pid())),
+        "the timeline shows the accepting process closing its copy\n{report}"
+    );
+    Ok(())
+}

@@ -37,6 +37,10 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
                                      listener, whose side closes at once; the pool never closes
                                      its end (CLOSE_WAIT on the connect side), holds it MS, exits C
   clean-exit --exit-code C           connects, exchanges bytes, closes both ends, exits C
+  handoff-server                     accepts one connection, hands its fd to a child process
+                                     (inherited across exec), closes its own copy; the child
+                                     never closes it
+  hold-fd --fd N                     holds an inherited fd forever
   client --port P [--read-line] [--send BYTES] [--wait-eof] [--echo] [--wait-close]
          [--pause-ms MS] [--reset] [--conns N] [--concurrency C]
                                      per connection: connect, [read the server's first line],
@@ -92,6 +96,7 @@ struct Opts {
     /// A leak that its owner finally mends, to check it is reported as resolved.
     release_after: Option<Duration>,
     exit_code: i32,
+    fd: i32,
 }
 
 impl Opts {
@@ -113,6 +118,7 @@ impl Opts {
             expect: 0,
             release_after: None,
             exit_code: 0,
+            fd: -1,
         };
         while let Some(flag) = args.next() {
             let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -132,6 +138,7 @@ impl Opts {
                 "--mode" => o.mode = value()?.parse()?,
                 "--expect" => o.expect = value()?.parse()?,
                 "--exit-code" => o.exit_code = value()?.parse()?,
+                "--fd" => o.fd = value()?.parse()?,
                 "--release-after-ms" => {
                     o.release_after = Some(Duration::from_millis(value()?.parse()?));
                 }
@@ -169,6 +176,11 @@ fn main() -> Result<()> {
         "client" => client(&opts),
         "pool-leak" => pool_leak(&opts),
         "clean-exit" => clean_exit(&opts),
+        "handoff-server" => handoff_server(&opts),
+        "hold-fd" => {
+            println!("HOLDING fd={}", opts.fd);
+            hold_forever(Vec::new())
+        }
         _ => bail!("unknown command {command:?}\n{USAGE}"),
     }
 }
@@ -374,4 +386,26 @@ fn clean_exit(o: &Opts) -> Result<()> {
     client.read_to_end(&mut Vec::new())?;
     drop(client);
     std::process::exit(o.exit_code)
+}
+
+/// The owner is whoever holds an fd: the accepting process passes the connection to a child
+/// (as a pre-fork server or a supervisor does), drops its own copy, and the child leaks it.
+fn handoff_server(o: &Opts) -> Result<()> {
+    let listener = o.listen()?;
+    let stream = accept(&listener)?;
+    let fd = stream.as_raw_fd();
+    // SAFETY: fcntl on an fd this process owns; only the close-on-exec flag changes.
+    ensure!(
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == 0,
+        "clearing FD_CLOEXEC: {}",
+        io::Error::last_os_error()
+    );
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["hold-fd", "--fd", &fd.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting the child")?;
+    println!("HANDED fd={fd} child={}", child.id());
+    drop(stream);
+    hold_forever(vec![])
 }
