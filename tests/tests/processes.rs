@@ -179,17 +179,12 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The socket's owner is whoever holds an fd for it: the accepting process handed the
-/// connection to a child (inherited across exec) and closed its copy; the child leaks it.
-#[test]
-fn a_leak_is_blamed_on_the_process_that_holds_the_fd() -> Result<()> {
-    let mut server = Fixture::server(FIXTURE, &["handoff-server"])?;
-    let Some(mut leaktrace) = Leaktrace::start(
-        "a_leak_is_blamed_on_the_process_that_holds_the_fd",
-        &[server.pid()],
-        "60s",
-    )?
-    else {
+/// The socket's owner is whoever holds an fd for it. The accepting process hands the connection
+/// to a child (`mode`: inherited across exec, or sent over a unix socket with SCM_RIGHTS) and
+/// closes its own copy; the child leaks it, and the finding must name the child and its fd.
+fn leak_blamed_on_holder(test: &str, mode: &str) -> Result<()> {
+    let mut server = Fixture::server(FIXTURE, &[mode])?;
+    let Some(mut leaktrace) = Leaktrace::start(test, &[server.pid()], "60s")? else {
         return Ok(());
     };
     let port = server.port().to_string();
@@ -231,4 +226,20 @@ fn a_leak_is_blamed_on_the_process_that_holds_the_fd() -> Result<()> {
         "the timeline shows the accepting process closing its copy\n{report}"
     );
     Ok(())
+}
+
+#[test]
+fn a_leak_is_blamed_on_the_child_that_inherited_the_fd() -> Result<()> {
+    leak_blamed_on_holder(
+        "a_leak_is_blamed_on_the_child_that_inherited_the_fd",
+        "handoff-server",
+    )
+}
+
+#[test]
+fn a_leak_is_blamed_on_the_process_the_fd_was_sent_to() -> Result<()> {
+    leak_blamed_on_holder(
+        "a_leak_is_blamed_on_the_process_the_fd_was_sent_to",
+        "scm-server",
+    )
 }

@@ -8,7 +8,8 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -41,6 +42,9 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
                                      (inherited across exec), closes its own copy; the child
                                      never closes it
   hold-fd --fd N                     holds an inherited fd forever
+  scm-server                         accepts one connection, passes its fd over a unix socket
+                                     (SCM_RIGHTS) to a child process, closes its own copy
+  scm-receiver --fd N                receives an fd over the unix socket N and holds it forever
   client --port P [--read-line] [--send BYTES] [--wait-eof] [--echo] [--wait-close]
          [--pause-ms MS] [--reset] [--conns N] [--concurrency C]
                                      per connection: connect, [read the server's first line],
@@ -177,6 +181,8 @@ fn main() -> Result<()> {
         "pool-leak" => pool_leak(&opts),
         "clean-exit" => clean_exit(&opts),
         "handoff-server" => handoff_server(&opts),
+        "scm-server" => scm_server(&opts),
+        "scm-receiver" => scm_receiver(&opts),
         "hold-fd" => {
             println!("HOLDING fd={}", opts.fd);
             hold_forever(Vec::new())
@@ -394,6 +400,14 @@ fn handoff_server(o: &Opts) -> Result<()> {
     let listener = o.listen()?;
     let stream = accept(&listener)?;
     let fd = stream.as_raw_fd();
+    let child = spawn_inheriting("hold-fd", fd)?;
+    println!("HANDED fd={fd} child={child}");
+    drop(stream);
+    hold_forever(vec![])
+}
+
+/// Starts this fixture as `command --fd <fd>`, the child inheriting `fd` across exec.
+fn spawn_inheriting(command: &str, fd: RawFd) -> Result<u32> {
     // SAFETY: fcntl on an fd this process owns; only the close-on-exec flag changes.
     ensure!(
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == 0,
@@ -401,11 +415,98 @@ fn handoff_server(o: &Opts) -> Result<()> {
         io::Error::last_os_error()
     );
     let child = std::process::Command::new(std::env::current_exe()?)
-        .args(["hold-fd", "--fd", &fd.to_string()])
+        .args([command, "--fd", &fd.to_string()])
         .stdout(std::process::Stdio::null())
         .spawn()
         .context("starting the child")?;
-    println!("HANDED fd={fd} child={}", child.id());
+    Ok(child.id())
+}
+
+/// The connection travels to another process as an fd in a unix socket message (SCM_RIGHTS),
+/// as a connection-passing supervisor or a zero-downtime handover does.
+fn scm_server(o: &Opts) -> Result<()> {
+    let listener = o.listen()?;
+    let stream = accept(&listener)?;
+    let (ours, theirs) = UnixStream::pair().context("socketpair")?;
+    let child = spawn_inheriting("scm-receiver", theirs.as_raw_fd())?;
+    drop(theirs);
+    send_fd(&ours, stream.as_raw_fd())?;
+    let mut ack = [0u8; 32];
+    let n = (&ours).read(&mut ack).context("waiting for the receiver")?;
+    // The receiver's fd number, as it holds the socket now.
+    println!(
+        "HANDED {} child={child}",
+        String::from_utf8_lossy(&ack[..n]).trim()
+    );
     drop(stream);
     hold_forever(vec![])
+}
+
+fn scm_receiver(o: &Opts) -> Result<()> {
+    // SAFETY: the parent passed this fd to us across exec for exactly this use.
+    let channel = unsafe { UnixStream::from_raw_fd(o.fd) };
+    let fd = receive_fd(&channel)?;
+    (&channel).write_all(format!("fd={fd}\n").as_bytes())?;
+    hold_forever(vec![])
+}
+
+fn send_fd(channel: &UnixStream, fd: RawFd) -> Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_* compute sizes and positions inside `control`, which is large enough for
+    // one fd; the message points at live buffers for the duration of sendmsg.
+    unsafe {
+        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let mut control = vec![0u8; space];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        ensure!(
+            libc::sendmsg(channel.as_raw_fd(), &msg, 0) == 1,
+            "sendmsg: {}",
+            io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn receive_fd(channel: &UnixStream) -> Result<RawFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: as in send_fd; the kernel fills `control` with at most `space` bytes.
+    unsafe {
+        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let mut control = vec![0u8; space];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        ensure!(
+            libc::recvmsg(channel.as_raw_fd(), &mut msg, 0) == 1,
+            "recvmsg: {}",
+            io::Error::last_os_error()
+        );
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        ensure!(
+            !cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS,
+            "no fd in the message"
+        );
+        Ok(std::ptr::read_unaligned(
+            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+        ))
+    }
 }
