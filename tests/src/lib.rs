@@ -353,6 +353,16 @@ impl Leaktrace {
     /// Starts `leaktrace --json --leak-after 500ms --duration <duration> --pid <pid>...` and waits
     /// for its `start` line. `None` means the test was skipped: this machine cannot trace.
     pub fn start(test: &str, pids: &[u32], duration: &str) -> Result<Option<Leaktrace>> {
+        Self::start_with(test, pids, duration, &[])
+    }
+
+    /// [`Self::start`] with more leaktrace options.
+    pub fn start_with(
+        test: &str,
+        pids: &[u32],
+        duration: &str,
+        extra: &[&str],
+    ) -> Result<Option<Leaktrace>> {
         if !is_root() {
             skip(test, "leaktrace needs root");
             return Ok(None);
@@ -369,6 +379,7 @@ impl Leaktrace {
         for pid in &pid_args {
             args.extend(["--pid", pid]);
         }
+        args.extend(extra);
         let mut run = Running::spawn(&leaktrace_bin()?, &args)?;
         match run
             .stdout
@@ -438,6 +449,17 @@ impl Leaktrace {
                 self.run.stderr()
             ),
         }
+    }
+
+    /// Sends `signal` to leaktrace (SIGSTOP/SIGCONT: a reader that falls behind).
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.run.child.id())?;
+        // SAFETY: as in `stop`.
+        ensure!(
+            unsafe { libc::kill(pid, signal) } == 0,
+            "cannot signal leaktrace"
+        );
+        Ok(())
     }
 
     /// Ends the run the way an operator does, with SIGTERM, and returns everything it printed.

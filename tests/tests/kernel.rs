@@ -556,6 +556,41 @@ fn leaks_mended_later_are_resolved() -> Result<()> {
     Ok(())
 }
 
+/// Records the ring buffer cannot take are counted in the kernel and reported, never silently
+/// dropped: a reader stopped while a burst of connections fills a one-page ring.
+#[test]
+fn lost_events_are_counted_and_reported() -> Result<()> {
+    let server = Fixture::server(FIXTURE, &["echo-server"])?;
+    let Some(leaktrace) = Leaktrace::start_with(
+        "lost_events_are_counted_and_reported",
+        &[server.pid()],
+        RUN_LIMIT,
+        &["--ring-size", "4096"],
+    )?
+    else {
+        return Ok(());
+    };
+    leaktrace.signal(libc::SIGSTOP)?;
+    let port = server.port().to_string();
+    let churn = run_client(
+        FIXTURE,
+        &["--port", &port, "--send", "8", "--echo", "--conns", "200"],
+    );
+    leaktrace.signal(libc::SIGCONT)?;
+    churn?;
+    let report = leaktrace.stop()?;
+    let summary = report.summary();
+    assert!(
+        summary["lost_events"].as_u64().is_some_and(|n| n > 0),
+        "200 connections cannot fit in 4 KiB with nobody reading\n{report}"
+    );
+    assert!(
+        summary["records"].as_u64().is_some_and(|n| n > 0),
+        "what fitted was delivered\n{report}"
+    );
+    Ok(())
+}
+
 /// A well-behaved server under churn: no false positives, and enough sockets seen to prove the
 /// probes were live (otherwise "no leaks" would hold trivially).
 #[test]
