@@ -12,21 +12,20 @@ use crate::{
     emit::{self, current, emit, ensure_configured, owner_traced, sock_meta, Event},
     error::{ProbeError, ProbeResult},
     kernel,
-    maps::{PendingCall, PENDING},
+    maps::PendingCall,
 };
 
 fn stash_accepted(sk: u64) {
     if sk == 0 {
         return;
     }
-    let call = PendingCall {
+    syscall::remember(PendingCall {
         ts_ns: emit::now(),
         sock: sk,
         fd: -1,
         how: 0,
         ino: 0,
-    };
-    let _ = PENDING.insert(current().tid, call, 0);
+    });
 }
 
 #[fexit(function = "inet_csk_accept")]
@@ -47,10 +46,7 @@ fn on_accept_exit(ret: i64) -> ProbeResult {
     ensure_configured()?;
     let task = current();
     // Present only where `inet_csk_accept` is hooked; otherwise the fd table tells.
-    let stashed = unsafe { PENDING.get(task.tid) }.map(|call| call.sock);
-    if stashed.is_some() {
-        let _ = PENDING.remove(task.tid);
-    }
+    let stashed = syscall::recall().ok().map(|call| call.sock);
     if ret < 0 {
         return Ok(());
     }

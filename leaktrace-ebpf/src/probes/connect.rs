@@ -5,25 +5,13 @@ use leaktrace_common::RecordKind;
 
 use super::syscall;
 use crate::{
-    emit::{self, current, emit, ensure_configured, owner_traced, sock_meta, Event},
+    emit::{current, emit, ensure_configured, owner_traced, sock_meta, Event},
     error::{ProbeError, ProbeResult},
-    kernel,
-    maps::{PendingCall, PENDING},
 };
 
 fn on_connect_enter(ctx: &TracePointContext) -> ProbeResult {
     ensure_configured()?;
-    let fd = syscall::arg0(ctx)? as i32;
-    let socket = kernel::tcp_sock_of_fd(fd)?;
-    let call = PendingCall {
-        ts_ns: emit::now(),
-        sock: socket.sk,
-        fd,
-        how: 0,
-        ino: socket.ino,
-    };
-    let _ = PENDING.insert(current().tid, call, 0);
-    Ok(())
+    syscall::remember_socket_call(syscall::arg0(ctx)? as i32, 0)
 }
 
 #[tracepoint]
@@ -34,10 +22,7 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
 
 fn on_connect_exit(ret: i64) -> ProbeResult {
     let task = current();
-    let call = unsafe { PENDING.get(task.tid) }
-        .copied()
-        .ok_or(ProbeError::NoPendingCall)?;
-    let _ = PENDING.remove(task.tid);
+    let call = syscall::recall()?;
     let meta = unsafe { &mut *sock_meta(call.sock, call.ts_ns)? };
     meta.owner_tgid = task.tgid;
     meta.owner_fd = call.fd;
