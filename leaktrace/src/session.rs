@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     time::{interval, sleep_until, Instant, MissedTickBehavior},
 };
 
@@ -88,6 +88,8 @@ pub struct Session {
     /// Traced processes still alive; the session ends when the last one exits.
     live: BTreeSet<u32>,
     deadline: Option<Instant>,
+    interrupt: Signal,
+    terminate: Signal,
 }
 
 /// Checks what can be checked before touching the kernel, so bad input gets its own message.
@@ -163,6 +165,10 @@ impl Session {
         )
         .map_err(anyhow::Error::from)?;
         let ring = register(ring)?;
+        // Before the start line: whoever reads it may stop leaktrace at once, and must get the
+        // final report, not a process killed by a signal's default action.
+        let interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
 
         let out: Box<dyn io::Write + Send> = if options.report_to_stderr {
             Box::new(io::stderr())
@@ -200,6 +206,8 @@ impl Session {
             counts: IngestCounts::default(),
             live: pids.into_iter().collect(),
             deadline: options.duration.map(|d| Instant::now() + d),
+            interrupt,
+            terminate,
         })
     }
 
@@ -225,9 +233,6 @@ impl Session {
     pub async fn run_until(&mut self, until: impl Future<Output = ()>) -> Result<Ended, Failure> {
         let mut tick = interval(EVALUATE_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut terminate =
-            signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let deadline = self.deadline;
         let watching_processes = !self.live.is_empty();
         tokio::pin!(until);
@@ -245,8 +250,8 @@ impl Session {
                 _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                     return Ok(Ended::Duration);
                 }
-                _ = interrupt.recv() => return Ok(Ended::Signal),
-                _ = terminate.recv() => return Ok(Ended::Signal),
+                _ = self.interrupt.recv() => return Ok(Ended::Signal),
+                _ = self.terminate.recv() => return Ok(Ended::Signal),
                 () = &mut until => return Ok(Ended::Caller),
             }
         }
