@@ -212,13 +212,24 @@ static EVENTS: &[EventHooks] = &[
             },
             Candidate {
                 family: TRACEPOINT,
-                attachments: &[Attachment {
-                    program: "close_enter",
-                    target: Target::Tracepoint("syscalls", "sys_enter_close"),
-                }],
-                note: None,
+                attachments: &[],
+                note: Some("close(2) on a TCP fd (see close_fd)"),
             },
         ],
+    },
+    EventHooks {
+        // Every family: tcp_close only sees the last reference go, while ownership follows
+        // the fds (a close of a shared fd hands the socket to whoever else holds it).
+        event: "close_fd",
+        required: true,
+        candidates: &[Candidate {
+            family: TRACEPOINT,
+            attachments: &[Attachment {
+                program: "close_enter",
+                target: Target::Tracepoint("syscalls", "sys_enter_close"),
+            }],
+            note: None,
+        }],
     },
     EventHooks {
         event: "shutdown",
