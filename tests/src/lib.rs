@@ -3,6 +3,10 @@
 //! The tests drive the real `leaktrace` binary and the `leaktrace-fixture` socket programs as
 //! separate processes, the way a user would. Every process started here is killed when its
 //! handle drops, so a failing test leaves no server or tracer (and so no eBPF program) behind.
+//!
+//! `cargo xtask vm-test` runs these binaries on other kernels and steers them with
+//! `LEAKTRACE_BIN`, `LEAKTRACE_HOOKS` (`--hooks` for every leaktrace started) and
+//! `LEAKTRACE_EXPECT_HOOKS` (the hook family every traced run must have attached).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -56,6 +60,34 @@ pub fn skip(test: &str, reason: &str) {
     // Straight to the stderr handle: libtest captures eprintln! of passing tests, and a skip
     // that nobody sees looks like a pass. One write, so parallel tests don't interleave lines.
     let _ = io::stderr().write_all(format!("SKIPPED {test}: {reason}\n").as_bytes());
+}
+
+/// The events whose hook depends on the family; the others are tracepoints in every family.
+pub const FAMILY_EVENTS: [&str; 3] = ["state", "accept", "close"];
+
+/// The hook family (`fentry`, `kprobe` or `tracepoint`, as `--hooks` names them) serving the
+/// family-specific events of a leaktrace `start` record; an error if they are served by a mix.
+pub fn hook_family(start: &Value) -> Result<&'static str> {
+    let mut hooks = Vec::new();
+    let mut families = Vec::new();
+    for event in FAMILY_EVENTS {
+        let hook = start["hooks"][event]
+            .as_str()
+            .with_context(|| format!("the start record names no {event} hook: {start}"))?;
+        families.push(match hook.split_once(':').map(|(kind, _)| kind) {
+            Some("fentry" | "fexit") => "fentry",
+            Some("kprobe" | "kretprobe") => "kprobe",
+            // tp_btf, classic tracepoints, and the accept syscall's fd table lookup.
+            _ => "tracepoint",
+        });
+        hooks.push(format!("{event}={hook}"));
+    }
+    ensure!(
+        families.iter().all(|f| *f == families[0]),
+        "hooks of different families: {}",
+        hooks.join(", ")
+    );
+    Ok(families[0])
 }
 
 /// `$LEAKTRACE_BIN`, else the `leaktrace` built in the same target profile as this test.
@@ -335,13 +367,25 @@ pub struct Finished {
 }
 
 pub fn run_leaktrace(args: &[&str]) -> Result<Finished> {
-    let mut run = Running::spawn(&leaktrace_bin()?, args)?;
+    let mut run = spawn_leaktrace(args)?;
     let status = run.exit(EXIT_TIMEOUT)?;
     Ok(Finished {
         status,
         stdout: std::mem::take(&mut run.stdout.seen),
         stderr: run.stderr(),
     })
+}
+
+/// Starts leaktrace, with `--hooks $LEAKTRACE_HOOKS` when that is set.
+fn spawn_leaktrace(args: &[&str]) -> Result<Running> {
+    let hooks = std::env::var("LEAKTRACE_HOOKS");
+    let mut args = args.to_vec();
+    if let Ok(family) = &hooks {
+        // Options belong to the subcommand, when there is one.
+        let at = usize::from(matches!(args.first(), Some(&("run" | "demo"))));
+        args.splice(at..at, ["--hooks", family.as_str()]);
+    }
+    Running::spawn(&leaktrace_bin()?, &args)
 }
 
 /// A `leaktrace --json` run whose probes are attached.
@@ -380,7 +424,7 @@ impl Leaktrace {
             args.extend(["--pid", pid]);
         }
         args.extend(extra);
-        let mut run = Running::spawn(&leaktrace_bin()?, &args)?;
+        let mut run = spawn_leaktrace(&args)?;
         match run
             .stdout
             .wait_for(START_TIMEOUT, |lines| !lines.is_empty())
@@ -417,6 +461,21 @@ impl Leaktrace {
                 && start["leak_after_ms"] == LEAK_AFTER_MS,
             "unexpected start line for --pid {pids:?} --leak-after {leak_after}: {first}"
         );
+        if let Some(expected) = std::env::var("LEAKTRACE_EXPECT_HOOKS")
+            .ok()
+            .filter(|e| !e.is_empty())
+        {
+            // The refusals leaktrace printed say why a preferred hook was not used.
+            let why = || format!("{first}\nstderr:\n{}", run.stderr());
+            let family = hook_family(&start)
+                .with_context(|| format!("LEAKTRACE_EXPECT_HOOKS={expected}: {}", why()))?;
+            ensure!(
+                family == expected,
+                "LEAKTRACE_EXPECT_HOOKS={expected} but {} attached the {family} family: {}",
+                run.name,
+                why()
+            );
+        }
         Ok(Some(Leaktrace { run }))
     }
 

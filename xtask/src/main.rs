@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask build | run | test | lint`. Each first makes sure the eBPF
-//! toolchain is installed (nightly rust-src, LLVM 22, bpf-linker), so a fresh machine needs
+//! Project tasks: `cargo xtask build | run | test | lint | vm-test`. Each first makes sure the
+//! eBPF toolchain is installed (nightly rust-src, LLVM 22, bpf-linker), so a fresh machine needs
 //! nothing but rustup and root.
 mod test_summary;
 mod toolchain;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -38,6 +39,12 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Run the kernel tests on each kernel of the matrix (Debian 6.1 and 6.12 under qemu, and
+    /// the host), with `--hooks auto` and with tracepoints forced.
+    VmTest {
+        /// Kernels to test: `6.1`, `6.12`, `host` (default: all).
+        kernels: Vec<String>,
     },
     /// rustfmt check and clippy on the whole workspace (the eBPF crate for its own target).
     Lint,
@@ -126,6 +133,7 @@ fn run(task: Task) -> Result<()> {
             }
             Ok(())
         }
+        Task::VmTest { kernels } => vm::run(&root, &kernels),
         Task::Lint => {
             cargo(&root, &["fmt", "--all", "--check"])?;
             cargo(

@@ -14,9 +14,69 @@ const LLVM_CONFIG: &str = "/usr/lib/llvm-22/bin/llvm-config";
 const LLVM_PACKAGE: &str = "llvm-22-dev";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Static test binaries for the guests' initramfs.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// What `vm-test` boots and packs guests with, by the Debian package that brings it.
+const VM_PACKAGES: [(&str, &str); 3] = [
+    ("qemu-system-x86", "qemu (boots the test kernels)"),
+    ("busybox-static", "busybox (the guests' shell and mount)"),
+    ("cpio", "cpio (packs the initramfs)"),
+];
+
 pub fn ensure() -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()
+}
+
+/// What `vm-test` needs on top of [`ensure`]; only that task pays for it.
+pub fn ensure_vm() -> Result<()> {
+    let sysroot = output("rustc", &["--print", "sysroot"])?;
+    let musl = Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(MUSL_TARGET);
+    if !musl.is_dir() {
+        install(
+            "the musl target (static binaries for the test VMs)",
+            "rustup",
+            &["target", "add", MUSL_TARGET],
+            &[],
+        )?;
+    }
+    let missing: Vec<(&str, &str)> = VM_PACKAGES
+        .into_iter()
+        .filter(|(package, _)| !is_installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|(package, _)| *package).collect();
+    let what: Vec<&str> = missing.iter().map(|(_, what)| *what).collect();
+    apt_install(&what.join(", "), &names)
+}
+
+fn is_installed(package: &str) -> bool {
+    output("dpkg-query", &["--show", "--showformat=${Status}", package])
+        .is_ok_and(|status| status == "install ok installed")
+}
+
+/// A fresh machine may have no package index at all.
+pub fn apt_update() -> Result<()> {
+    install("the package index", "apt-get", &["update", "-q"], &[])
+}
+
+/// `apt-get install`, after refreshing the package index.
+fn apt_install(what: &str, packages: &[&str]) -> Result<()> {
+    apt_update()?;
+    install(
+        what,
+        "apt-get",
+        &[
+            &["install", "-y", "-q", "--no-install-recommends"],
+            packages,
+        ]
+        .concat(),
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )
 }
 
 fn ensure_rust_src() -> Result<()> {
@@ -52,13 +112,7 @@ fn ensure_bpf_linker() -> Result<()> {
         return Ok(());
     }
     if !Path::new(LLVM_CONFIG).exists() {
-        install("the package index", "apt-get", &["update", "-q"], &[])?;
-        install(
-            "LLVM 22 (bpf-linker links against it)",
-            "apt-get",
-            &["install", "-y", "-q", LLVM_PACKAGE],
-            &[("DEBIAN_FRONTEND", "noninteractive")],
-        )?;
+        apt_install("LLVM 22 (bpf-linker links against it)", &[LLVM_PACKAGE])?;
     }
     // bpf-linker's build finds LLVM through the llvm-config first on PATH.
     let llvm_bin = Path::new(LLVM_CONFIG).parent().unwrap_or(Path::new("/"));

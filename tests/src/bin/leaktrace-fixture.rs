@@ -465,11 +465,12 @@ fn send_fd(channel: &UnixStream, fd: RawFd) -> Result<()> {
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
+        // These lengths are size_t in glibc and socklen_t in musl (the VM tests' build).
+        msg.msg_controllen = space as _;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
         ensure!(
             libc::sendmsg(channel.as_raw_fd(), &msg, 0) == 1,
@@ -494,7 +495,7 @@ fn receive_fd(channel: &UnixStream) -> Result<RawFd> {
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
+        msg.msg_controllen = space as _;
         ensure!(
             libc::recvmsg(channel.as_raw_fd(), &mut msg, 0) == 1,
             "recvmsg: {}",

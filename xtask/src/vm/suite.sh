@@ -1,0 +1,33 @@
+# The privileged test suite once per hook family, on whatever kernel runs it: a test guest's
+# /init runs it, and `cargo xtask vm-test` runs it on the host. `sh suite.sh DIR`, where DIR
+# holds leaktrace and tests/*. Settings, from the environment:
+#   SUITE_FAMILIES     the `--hooks` of each run, comma-separated (auto,tracepoint)
+#   SUITE_EXPECT_AUTO  the family `--hooks auto` must pick here; empty: whatever it picks
+# The lines starting with LEAKTRACE-SUITE are what vm-test reads; the rest is for a human.
+exec 2>&1
+dir=$1
+overall=PASS
+# A test that cannot load eBPF fails instead of printing SKIPPED.
+export LEAKTRACE_REQUIRE_PRIVILEGED=1
+export LEAKTRACE_BIN="$dir/leaktrace"
+for family in $(echo "$SUITE_FAMILIES" | tr , ' '); do
+    expect=$family
+    [ "$family" = auto ] && expect=$SUITE_EXPECT_AUTO
+    # What this family attaches here, for the report; leaktrace's stderr says what it refused.
+    start=$("$LEAKTRACE_BIN" --json --hooks "$family" --duration 1s | sed -n 1p)
+    echo "LEAKTRACE-SUITE family=$family start=$start"
+    result=PASS
+    # One test at a time: each starts its own leaktrace, and ten loading at once on two
+    # emulated CPUs miss the harness's timeouts (and soft-locked a 6.1 guest).
+    for test in "$dir"/tests/*; do
+        if LEAKTRACE_HOOKS=$family LEAKTRACE_EXPECT_HOOKS=$expect "$test" --test-threads=1; then
+            echo "LEAKTRACE-SUITE family=$family test=${test##*/} result=PASS"
+        else
+            echo "LEAKTRACE-SUITE family=$family test=${test##*/} result=FAIL"
+            result=FAIL
+            overall=FAIL
+        fi
+    done
+    echo "LEAKTRACE-SUITE family=$family result=$result"
+done
+echo "LEAKTRACE-SUITE finished result=$overall"
