@@ -552,6 +552,17 @@ pub struct Report {
 }
 
 impl Report {
+    /// Whether this kernel lets leaktrace see reads return end-of-stream
+    /// (`sock:sock_recv_length`, 6.3+). Before that only data reads are seen, so a socket
+    /// whose owner read the EOF still looks like its EOF is unread, and a shut-down socket
+    /// drained to the end never shows as drained: tests check those claims where the kernel
+    /// can back them.
+    pub fn sees_end_of_stream_reads(&self) -> bool {
+        self.lines[0]["hooks"]["recv"]
+            .as_str()
+            .is_some_and(|hook| hook.starts_with("tracepoint:sock:sock_recv_length"))
+    }
+
     fn parse(lines: &[String], stderr: String) -> Result<Report> {
         let parsed: Result<Vec<Value>, _> = lines.iter().map(|l| serde_json::from_str(l)).collect();
         let dump = || format!("stdout:\n{}\nstderr:\n{stderr}", lines.join("\n"));

@@ -162,7 +162,9 @@ fn assert_close_wait_findings(
         // The fixture read up to and including the FIN (it printed `EOF fd=..`): the leak is
         // the missing close, and the finding must not claim anything is left unread.
         assert_eq!(f["unread_bytes"], 0, "{f}\n{report}");
-        assert_eq!(f["eof_unread"], false, "{f}\n{report}");
+        if report.sees_end_of_stream_reads() {
+            assert_eq!(f["eof_unread"], false, "{f}\n{report}");
+        }
     }
     let found: BTreeSet<Accepted> = leaks
         .iter()
@@ -491,6 +493,22 @@ fn leaks_mended_later_are_resolved() -> Result<()> {
     leaktrace.settle(SETTLE)?;
     let report = leaktrace.stop()?;
 
+    if !report.sees_end_of_stream_reads() {
+        // Without end-of-stream reads in view the drain cannot be seen: check the close alone.
+        eprintln!("NOTE leaks_mended_later_are_resolved: this kernel's read hook does not see end-of-stream; the drained case is not checked");
+        let closed = report.lines.iter().any(|l| {
+            l["type"] == "resolved"
+                && l["kind"] == "close_wait"
+                && l["how"] == "closed"
+                && l["pid"] == close_wait.pid()
+                && l["fd"] == close_wait_fd
+        });
+        assert!(
+            closed,
+            "the close_wait leak is resolved as closed\n{report}"
+        );
+        return Ok(());
+    }
     let kinds: BTreeSet<(&str, u64, i64)> = report
         .leaks()
         .iter()
