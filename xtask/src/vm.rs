@@ -17,7 +17,10 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
 
-use crate::toolchain::{self, MUSL_TARGET};
+use crate::{
+    test_summary::Totals,
+    toolchain::{self, MUSL_TARGET},
+};
 
 struct Kernel {
     /// How the command line and the report name it.
@@ -676,6 +679,16 @@ fn summarize(outcomes: &[Outcome]) -> (String, Vec<String>) {
             row.kernel, row.family, row.result, row.hooks
         );
     }
+    // One kernel x family run is one test here: the run's closing line counts them.
+    let mut totals = Totals::default();
+    for row in outcomes.iter().flat_map(|o| &o.rows) {
+        match row.result {
+            "PASS" => totals.passed += 1,
+            "FAIL" => totals.failed += 1,
+            _ => totals.ignored += 1,
+        }
+    }
+    table.push_str(&totals.line("vm-test"));
     let failures = outcomes.iter().flat_map(|o| o.failures.clone()).collect();
     (table, failures)
 }
