@@ -601,58 +601,38 @@ mod tests {
     #[test]
     fn shut_wr_late_bytes_read_but_not_eof() {
         // Incident 3: the runtime pulled the bytes into its own buffer, never read the EOF.
-        let mut store = Store::new();
-        let mut detectors = detectors();
-        shut_down(&mut store, SHUT_WR);
-        peer_sends_and_closes(&mut store, 6);
-        recv(&mut store, 220 * MS, 6, 1006, 1007);
+        // Whether the FIN came in a segment of its own (copied_seq stops before it) or with the
+        // bytes (reading them moves copied_seq past it), the read returned 6, never 0: the owner
+        // never learned of the end of the stream.
+        for copied_after_read in [1006, 1007] {
+            let mut store = Store::new();
+            let mut detectors = detectors();
+            shut_down(&mut store, SHUT_WR);
+            peer_sends_and_closes(&mut store, 6);
+            recv(&mut store, 220 * MS, 6, copied_after_read, 1007);
 
-        let outcomes = detectors.evaluate(&mut store, 1200 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
-        assert_eq!(finding.unread_bytes, 0);
-        assert!(finding.eof_unread);
-        assert_eq!(finding.bytes_after_shutdown, 6);
+            let outcomes = detectors.evaluate(&mut store, 1200 * MS);
+            let [finding] = leaks(&outcomes)[..] else {
+                panic!("expected one leak: {outcomes:?}");
+            };
+            assert_eq!(
+                (
+                    finding.unread_bytes,
+                    finding.eof_unread,
+                    finding.bytes_after_shutdown
+                ),
+                (0, true, 6),
+                "copied_seq {copied_after_read}"
+            );
 
-        // Reading the EOF drains it.
-        recv(&mut store, 1300 * MS, 0, 1007, 1007);
-        let outcomes = detectors.evaluate(&mut store, 1400 * MS);
-        assert_eq!(
-            resolutions(&outcomes),
-            [(LeakKind::ShutWrUnread, "drained")]
-        );
-    }
-
-    #[test]
-    fn shut_wr_fin_consumed_with_the_data_is_still_unread() {
-        // The late bytes and the FIN came in one segment: reading exactly the bytes moves
-        // copied_seq past the FIN too, but the read returned 6, never 0, so the owner never
-        // learned of the end of the stream.
-        let mut store = Store::new();
-        let mut detectors = detectors();
-        shut_down(&mut store, SHUT_WR);
-        peer_sends_and_closes(&mut store, 6);
-        recv(&mut store, 220 * MS, 6, 1007, 1007);
-
-        let outcomes = detectors.evaluate(&mut store, 1200 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
-        assert_eq!(
-            (
-                finding.unread_bytes,
-                finding.eof_unread,
-                finding.bytes_after_shutdown
-            ),
-            (0, true, 6)
-        );
-        recv(&mut store, 1300 * MS, 0, 1007, 1007);
-        let outcomes = detectors.evaluate(&mut store, 1400 * MS);
-        assert_eq!(
-            resolutions(&outcomes),
-            [(LeakKind::ShutWrUnread, "drained")]
-        );
+            // Reading the EOF drains it.
+            recv(&mut store, 1300 * MS, 0, 1007, 1007);
+            let outcomes = detectors.evaluate(&mut store, 1400 * MS);
+            assert_eq!(
+                resolutions(&outcomes),
+                [(LeakKind::ShutWrUnread, "drained")]
+            );
+        }
     }
 
     #[test]
