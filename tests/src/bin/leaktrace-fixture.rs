@@ -450,64 +450,63 @@ fn scm_receiver(o: &Opts) -> Result<()> {
     hold_forever(vec![])
 }
 
-fn send_fd(channel: &UnixStream, fd: RawFd) -> Result<()> {
+/// A one-byte message with room for one fd in its control data, handed to `use_message` while
+/// its buffers live: sendmsg and recvmsg need the same setup.
+fn with_fd_message<T>(use_message: impl FnOnce(&mut libc::msghdr) -> Result<T>) -> Result<T> {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    // SAFETY: CMSG_* compute sizes and positions inside `control`, which is large enough for
-    // one fd; the message points at live buffers for the duration of sendmsg.
-    unsafe {
-        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
-        let mut control = vec![0u8; space];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        // These lengths are size_t in glibc and socklen_t in musl (the VM tests' build).
-        msg.msg_controllen = space as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-        ensure!(
-            libc::sendmsg(channel.as_raw_fd(), &msg, 0) == 1,
-            "sendmsg: {}",
-            io::Error::last_os_error()
-        );
-    }
-    Ok(())
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: an all-zero msghdr is valid; its pointers are set to the live buffers above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // These lengths are size_t in glibc and socklen_t in musl (the VM tests' build).
+    msg.msg_controllen = space as _;
+    use_message(&mut msg)
+}
+
+fn send_fd(channel: &UnixStream, fd: RawFd) -> Result<()> {
+    with_fd_message(|msg| {
+        // SAFETY: the control buffer has room for one fd's header and data.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+            ensure!(
+                libc::sendmsg(channel.as_raw_fd(), msg, 0) == 1,
+                "sendmsg: {}",
+                io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    })
 }
 
 fn receive_fd(channel: &UnixStream) -> Result<RawFd> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: as in send_fd; the kernel fills `control` with at most `space` bytes.
-    unsafe {
-        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
-        let mut control = vec![0u8; space];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        ensure!(
-            libc::recvmsg(channel.as_raw_fd(), &mut msg, 0) == 1,
-            "recvmsg: {}",
-            io::Error::last_os_error()
-        );
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        ensure!(
-            !cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS,
-            "no fd in the message"
-        );
-        Ok(std::ptr::read_unaligned(
-            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
-        ))
-    }
+    with_fd_message(|msg| {
+        // SAFETY: the kernel fills the control buffer with at most its length.
+        unsafe {
+            ensure!(
+                libc::recvmsg(channel.as_raw_fd(), msg, 0) == 1,
+                "recvmsg: {}",
+                io::Error::last_os_error()
+            );
+            let cmsg = libc::CMSG_FIRSTHDR(msg);
+            ensure!(
+                !cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS,
+                "no fd in the message"
+            );
+            Ok(std::ptr::read_unaligned(
+                libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+            ))
+        }
+    })
 }
