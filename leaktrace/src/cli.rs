@@ -1,9 +1,10 @@
 //! Command line: `leaktrace [--pid PID]...` traces; `leaktrace demo` shows what it finds.
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{builder::RangedU64ValueParser, Args, Parser, Subcommand};
 
 use crate::hooks::HookFamily;
+use crate::timeline::DEFAULT_MAX_SOCKETS;
 
 const AFTER_HELP: &str = "\
 Leak classes:
@@ -113,6 +114,16 @@ pub struct CommonArgs {
     /// Raise it if the summary reports lost events.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_size: u32,
+    /// Also print a one-line summary this often (open leaks by class, sockets tracked, records,
+    /// lost events), e.g. 1m: for sessions that run for hours.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Keep at most this many socket timelines in memory. Finished sockets are forgotten on
+    /// their own; past the cap, the least recently active ones without an open leak are dropped,
+    /// and the summary says how many.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_sockets: usize,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

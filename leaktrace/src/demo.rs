@@ -41,6 +41,8 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         report_to_stderr: false,
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
+        interval: args.common.interval,
+        max_sockets: args.common.max_sockets,
         leak_after: LEAK_AFTER,
         duration: Some(DURATION),
     };

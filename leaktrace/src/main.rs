@@ -64,6 +64,8 @@ async fn trace(args: TraceArgs) -> Result<(), Failure> {
         report_to_stderr: false,
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
+        interval: args.common.interval,
+        max_sockets: args.common.max_sockets,
         leak_after: args.leaks.leak_after,
         duration: args.duration,
     };

@@ -30,6 +30,8 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         report_to_stderr: true,
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
+        interval: args.common.interval,
+        max_sockets: args.common.max_sockets,
         leak_after: args.leaks.leak_after,
         duration: None,
     };

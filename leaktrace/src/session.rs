@@ -7,7 +7,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, Signal, SignalKind},
-    time::{interval, sleep_until, Instant, MissedTickBehavior},
+    time::{interval, interval_at, sleep_until, Instant, MissedTickBehavior},
 };
 
 use crate::{
@@ -64,6 +64,10 @@ pub struct SessionOptions {
     pub ring_size: u32,
     pub leak_after: Duration,
     pub duration: Option<Duration>,
+    /// Print a summary line this often while running.
+    pub interval: Option<Duration>,
+    /// Timelines kept in memory at most.
+    pub max_sockets: usize,
 }
 
 /// Why the main loop ended.
@@ -88,6 +92,7 @@ pub struct Session {
     /// Traced processes still alive; the session ends when the last one exits.
     live: BTreeSet<u32>,
     deadline: Option<Instant>,
+    interval: Option<Duration>,
     interrupt: Signal,
     terminate: Signal,
 }
@@ -201,11 +206,12 @@ impl Session {
             ring,
             lost,
             reporter,
-            store: Store::new(),
+            store: Store::with_capacity_limit(options.max_sockets),
             detectors: Detectors::new(options.leak_after),
             counts: IngestCounts::default(),
             live: pids.into_iter().collect(),
             deadline: options.duration.map(|d| Instant::now() + d),
+            interval: options.interval,
             interrupt,
             terminate,
         })
@@ -233,6 +239,10 @@ impl Session {
     pub async fn run_until(&mut self, until: impl Future<Output = ()>) -> Result<Ended, Failure> {
         let mut tick = interval(EVALUATE_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The first tick of an interval fires at once; a summary is due only after a period.
+        let mut progress = self
+            .interval
+            .map(|period| interval_at(Instant::now() + period, period));
         let deadline = self.deadline;
         let watching_processes = !self.live.is_empty();
         tokio::pin!(until);
@@ -247,6 +257,12 @@ impl Session {
                     }
                 }
                 _ = tick.tick() => self.evaluate()?,
+                _ = async {
+                    match progress.as_mut() {
+                        Some(progress) => progress.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.progress()?,
                 _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                     return Ok(Ended::Duration);
                 }
@@ -267,16 +283,32 @@ impl Session {
             &mut self.counts,
         );
         self.evaluate()?;
-        let per_cpu = self
-            .lost
-            .get(&0, 0)
-            .context("reading the lost-events counter")?;
-        self.counts.lost_events = per_cpu.iter().sum();
+        self.counts.lost_events = self.lost_events()?;
         let report = self
             .detectors
             .summary(&mut self.store, monotonic_ns(), self.counts);
         self.reporter.finish(&report).context("writing output")?;
         Ok(report)
+    }
+
+    /// Events the kernel side could not write because the ring buffer was full, all CPUs.
+    fn lost_events(&self) -> Result<u64, Failure> {
+        let per_cpu = self
+            .lost
+            .get(&0, 0)
+            .context("reading the lost-events counter")?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    fn progress(&mut self) -> Result<(), Failure> {
+        self.counts.lost_events = self.lost_events()?;
+        let progress = self
+            .detectors
+            .progress(&self.store, monotonic_ns(), self.counts);
+        self.reporter
+            .progress(&progress)
+            .context("writing output")?;
+        Ok(())
     }
 
     fn evaluate(&mut self) -> Result<(), Failure> {

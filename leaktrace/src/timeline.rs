@@ -4,7 +4,7 @@
 
 mod stats;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use leaktrace_common::{shutdown_how, tcp_state};
@@ -18,10 +18,23 @@ pub use stats::{Counts, Remote};
 /// counted instead of stored, so one busy socket cannot grow memory without limit.
 const MAX_ENTRIES: usize = 1000;
 
-/// How long after its destruction a timeline stays, measured in kernel time of later records:
-/// records from other CPUs can still arrive slightly out of order, and one arriving after the
-/// timeline was dropped would start a bogus new timeline for a dead socket.
-const DESTROYED_GRACE_NS: u64 = 1_000_000_000;
+/// How long a dropped timeline's socket is remembered, in kernel time of later records: records
+/// from other CPUs can still arrive slightly out of order, and one arriving after the timeline was
+/// dropped must not start a bogus new timeline for a dead socket.
+const RETIRED_GRACE_NS: u64 = 2_000_000_000;
+
+/// How long a timeline stays after its owner closed the socket without the kernel destroying it
+/// yet. Every leak class ends with the owner's close, so the rest of the socket's life (FIN_WAIT2
+/// waits up to a minute by default, LAST_ACK retransmits) only adds detail no finding will show.
+const CLOSED_RETENTION_NS: u64 = 60_000_000_000;
+
+/// Timelines kept by default, whatever the churn: at a few hundred bytes to a few KiB each, tens
+/// of MiB. Past it, the least recently active sockets without an open finding are dropped.
+pub const DEFAULT_MAX_SOCKETS: usize = 100_000;
+
+/// Past the cap, this share of the cap is dropped at once, so that one scan for the least
+/// recently active pays for many new sockets.
+const EVICT_BATCH_DIVISOR: usize = 10;
 
 /// A value together with the kernel time it was observed at, so out-of-order arrivals cannot
 /// overwrite newer facts with older ones.
@@ -98,11 +111,14 @@ pub struct Timeline {
     /// end-of-stream, whatever the kernel's counters say (see [`Self::eof_unread_at`]).
     recv_results_known: bool,
     tally: stats::Tally,
+    /// Kernel time of the latest record, for dropping the least recently active first.
+    last_ns: u64,
 }
 
 impl Timeline {
     fn insert(&mut self, event: Event) {
         let ts = event.ts_ns;
+        self.last_ns = self.last_ns.max(ts);
         self.learn_owner(&event);
         if let Some(addr) = event.local {
             Stamped::update(&mut self.local, ts, addr);
@@ -333,7 +349,19 @@ impl Timeline {
     }
 }
 
-#[derive(Debug, Default)]
+/// What the store let go of to bound its memory, for the summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Timelines of sockets that were destroyed, or closed for [`CLOSED_RETENTION_NS`], with no
+    /// open finding: forgotten as planned.
+    pub finished: u64,
+    /// Timelines dropped, least recently active first, because the store held `max_sockets`.
+    pub evicted: u64,
+    /// Records for sockets whose timeline had just been dropped, ignored.
+    pub late_records: u64,
+}
+
+#[derive(Debug)]
 pub struct Store {
     timelines: HashMap<SockKey, Timeline>,
     /// Process names by tgid, learned from records the owner itself produced or from /proc.
@@ -341,15 +369,56 @@ pub struct Store {
     sockets_seen: u64,
     latest_ns: u64,
     counts: Counts,
+    /// Sockets destroyed, then sockets closed by their owner, in the order it happened (kernel
+    /// time): the candidates for dropping, so a sweep looks at them only, not at every timeline.
+    destroyed: VecDeque<(u64, SockKey)>,
+    closed: VecDeque<(u64, SockKey)>,
+    /// Dropped timelines' sockets, with when they were dropped, for [`RETIRED_GRACE_NS`].
+    retired: HashMap<SockKey, u64>,
+    retired_order: VecDeque<(u64, SockKey)>,
+    /// Exits not yet applied to the timelines: one pass over them per evaluation, not per exit,
+    /// as on a busy host every process's exit is a record.
+    exits: HashMap<u32, u64>,
+    max_sockets: usize,
+    dropped: Dropped,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::with_capacity_limit(DEFAULT_MAX_SOCKETS)
+    }
 }
 
 impl Store {
-    pub fn new() -> Self {
-        Self::default()
+    /// A store that keeps at most `max_sockets` timelines (at least one).
+    pub fn with_capacity_limit(max_sockets: usize) -> Self {
+        Self {
+            timelines: HashMap::new(),
+            comms: HashMap::new(),
+            sockets_seen: 0,
+            latest_ns: 0,
+            counts: Counts::default(),
+            destroyed: VecDeque::new(),
+            closed: VecDeque::new(),
+            retired: HashMap::new(),
+            retired_order: VecDeque::new(),
+            exits: HashMap::new(),
+            max_sockets: max_sockets.max(1),
+            dropped: Dropped::default(),
+        }
     }
 
     pub fn insert(&mut self, event: Event) {
         self.latest_ns = self.latest_ns.max(event.ts_ns);
+        if self.retired.contains_key(&event.sock) {
+            self.dropped.late_records += 1;
+            return;
+        }
+        match event.kind {
+            EventKind::Destroy => self.destroyed.push_back((event.ts_ns, event.sock)),
+            EventKind::Close { .. } => self.closed.push_back((event.ts_ns, event.sock)),
+            _ => {}
+        }
         let timeline = self.timelines.entry(event.sock).or_insert_with(|| {
             self.sockets_seen += 1;
             Timeline::default()
@@ -374,15 +443,31 @@ impl Store {
         }
     }
 
-    /// Process `tgid` exited at `ts_ns`: the sockets it owned have no owner left to blame.
+    /// Process `tgid` exited at `ts_ns`: the sockets it owned have no owner left to blame. Takes
+    /// effect at the next [`Self::apply_exits`].
     pub fn owner_exited(&mut self, tgid: u32, ts_ns: u64) {
-        for timeline in self.timelines.values_mut() {
-            if timeline.owner().is_some_and(|o| o.tgid == tgid) {
-                let held = timeline.held();
-                timeline.owner_exited_ns.get_or_insert(ts_ns);
-                self.counts.move_held(held, None);
-            }
+        self.exits.entry(tgid).or_insert(ts_ns);
+    }
+
+    /// Marks the sockets of the processes that exited since the last call as owner-less.
+    pub fn apply_exits(&mut self) {
+        if self.exits.is_empty() {
+            return;
         }
+        for timeline in self.timelines.values_mut() {
+            let Some(&ts_ns) = timeline.owner().and_then(|o| self.exits.get(&o.tgid)) else {
+                continue;
+            };
+            let held = timeline.held();
+            timeline.owner_exited_ns.get_or_insert(ts_ns);
+            self.counts.move_held(held, None);
+        }
+        // Findings keep the names they were reported with; a name kept past its process's exit
+        // would only grow memory on a host that starts processes all day.
+        for tgid in self.exits.keys() {
+            self.comms.remove(tgid);
+        }
+        self.exits.clear();
     }
 
     /// Sockets whose owner let go of them while other fds still hold them (fork, dup,
@@ -453,11 +538,87 @@ impl Store {
         Some(comm)
     }
 
-    /// Drops timelines of sockets destroyed a while ago, unless `keep` still needs them.
+    /// Timelines in memory.
+    pub fn len(&self) -> usize {
+        self.timelines.len()
+    }
+
+    pub fn dropped(&self) -> Dropped {
+        self.dropped
+    }
+
+    /// Drops the timelines nothing needs any more, unless `keep` (the detectors' open findings)
+    /// still does: destroyed sockets', owner-closed sockets' after [`CLOSED_RETENTION_NS`], and
+    /// past `max_sockets`, the least recently active.
     pub fn sweep(&mut self, keep: impl Fn(&SockKey) -> bool) {
-        let horizon = self.latest_ns.saturating_sub(DESTROYED_GRACE_NS);
-        self.timelines
-            .retain(|key, timeline| timeline.destroyed_ns.is_none_or(|t| t > horizon) || keep(key));
+        let now = self.latest_ns;
+        while let Some(&(at, key)) = self.retired_order.front() {
+            if now.saturating_sub(at) < RETIRED_GRACE_NS {
+                break;
+            }
+            self.retired_order.pop_front();
+            self.retired.remove(&key);
+        }
+        let mut kept = Vec::new();
+        while let Some((_, key)) = self.destroyed.pop_front() {
+            if keep(&key) {
+                kept.push((now, key));
+            } else if self.retire(key) {
+                self.dropped.finished += 1;
+            }
+        }
+        self.destroyed.extend(kept);
+        while let Some(&(at, key)) = self.closed.front() {
+            if now.saturating_sub(at) < CLOSED_RETENTION_NS {
+                break;
+            }
+            self.closed.pop_front();
+            if keep(&key) {
+                self.closed.push_back((now, key));
+            } else if self.retire(key) {
+                self.dropped.finished += 1;
+            }
+        }
+        if self.timelines.len() > self.max_sockets {
+            self.evict(&keep);
+        }
+    }
+
+    /// Drops the least recently active timelines that `keep` does not need, down to 90% of the
+    /// cap.
+    fn evict(&mut self, keep: &impl Fn(&SockKey) -> bool) {
+        let target = self.max_sockets - self.max_sockets / EVICT_BATCH_DIVISOR;
+        let mut candidates: Vec<(u64, SockKey)> = self
+            .timelines
+            .iter()
+            .filter(|(key, _)| !keep(key))
+            .map(|(key, timeline)| (timeline.last_ns, *key))
+            .collect();
+        let excess = self
+            .timelines
+            .len()
+            .saturating_sub(target)
+            .min(candidates.len());
+        if excess == 0 {
+            return;
+        }
+        candidates.select_nth_unstable(excess - 1);
+        for &(_, key) in &candidates[..excess] {
+            if self.retire(key) {
+                self.dropped.evicted += 1;
+            }
+        }
+    }
+
+    /// Forgets `key`'s timeline; its late records are ignored for [`RETIRED_GRACE_NS`].
+    fn retire(&mut self, key: SockKey) -> bool {
+        let Some(timeline) = self.timelines.remove(&key) else {
+            return false;
+        };
+        self.counts.move_held(timeline.held(), None);
+        self.retired.insert(key, self.latest_ns);
+        self.retired_order.push_back((self.latest_ns, key));
+        true
     }
 }
 
@@ -528,7 +689,7 @@ pub(crate) mod tests {
 
     #[test]
     fn address_reuse_makes_two_timelines() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let first = key(0x1000, 10);
         let second = key(0x1000, 500);
         store.insert(event(
@@ -562,7 +723,7 @@ pub(crate) mod tests {
 
     #[test]
     fn out_of_order_cpus_sort_by_time() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let sock = key(0x2000, 1);
         // CPU 1's later transitions reach userspace before CPU 0's earlier one.
         store.insert(event(
@@ -600,7 +761,7 @@ pub(crate) mod tests {
 
     #[test]
     fn equal_times_keep_arrival_order() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let sock = key(1, 1);
         store.insert(event(sock, 5, EventKind::Accept { fd: 3 }));
         store.insert(event(sock, 5, EventKind::Arrival));
@@ -616,7 +777,7 @@ pub(crate) mod tests {
 
     #[test]
     fn owner_from_accept_and_shutdown() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let sock = key(1, 1);
         let mut accept = event(sock, 10, EventKind::Accept { fd: 9 });
         accept.owner = None;
@@ -673,7 +834,7 @@ pub(crate) mod tests {
 
     #[test]
     fn first_successful_write_shutdown() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let sock = key(1, 1);
         let shutdown = |how, ret| EventKind::Shutdown { fd: 7, how, ret };
         store.insert(event(sock, 10, shutdown(shutdown_how::SHUT_RD, 0)));
@@ -698,7 +859,7 @@ pub(crate) mod tests {
 
     #[test]
     fn busy_sockets_stay_bounded() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let sock = key(1, 1);
         for ts in 0..(MAX_ENTRIES as u64 + 50) {
             store.insert(with_receive(
@@ -720,22 +881,97 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn sweep_waits_for_stragglers_and_respects_keep() {
-        let mut store = Store::new();
+    fn sweep_drops_destroyed_at_once_ignores_stragglers_and_respects_keep() {
+        let mut store = Store::default();
         let dead = key(1, 1);
         let kept = key(2, 2);
         let alive = key(3, 3);
-        store.insert(event(dead, 100, EventKind::Destroy));
+        store.insert(event(dead, 100, EventKind::Accept { fd: 7 }));
+        store.insert(event(dead, 150, EventKind::Destroy));
         store.insert(event(kept, 100, EventKind::Destroy));
         store.insert(event(alive, 200, EventKind::Arrival));
-        store.sweep(|_| false);
-        assert_eq!(store.iter().count(), 3, "destroyed too recently to drop");
-
-        store.insert(event(alive, 100 + DESTROYED_GRACE_NS, EventKind::Arrival));
         store.sweep(|k| *k == kept);
         assert!(store.get(&dead).is_none());
         assert!(store.get(&kept).is_some());
         assert!(store.get(&alive).is_some());
-        assert_eq!(store.sockets_seen(), 3);
+
+        // A straggler from another CPU does not bring the dead socket back...
+        store.insert(event(dead, 140, EventKind::Arrival));
+        assert!(store.get(&dead).is_none());
+        assert_eq!(store.dropped().late_records, 1);
+        // ...until the grace period is over: the address may belong to a new socket by then.
+        store.insert(event(alive, 200 + RETIRED_GRACE_NS, EventKind::Arrival));
+        store.sweep(|_| false);
+        assert!(store.get(&kept).is_none(), "dropped once no longer kept");
+        store.insert(event(dead, 300 + RETIRED_GRACE_NS, EventKind::Arrival));
+        assert!(store.get(&dead).is_some());
+        assert_eq!(store.sockets_seen(), 4);
+        assert_eq!(
+            store.dropped(),
+            Dropped {
+                finished: 2,
+                evicted: 0,
+                late_records: 1
+            }
+        );
+    }
+
+    #[test]
+    fn closed_sockets_stay_for_the_retention_window() {
+        let mut store = Store::default();
+        let sock = key(1, 1);
+        store.insert(event(sock, 100, EventKind::Close { fd: Some(7) }));
+        store.insert(event(
+            sock,
+            200,
+            state(tcp_state::FIN_WAIT1, tcp_state::FIN_WAIT2),
+        ));
+        store.sweep(|_| false);
+        assert!(store.get(&sock).is_some());
+        store.insert(event(
+            key(2, 2),
+            100 + CLOSED_RETENTION_NS,
+            EventKind::Arrival,
+        ));
+        store.sweep(|_| false);
+        assert!(store.get(&sock).is_none());
+        assert_eq!(store.dropped().finished, 1);
+    }
+
+    #[test]
+    fn past_the_cap_the_least_recently_active_go_first() {
+        let mut store = Store::with_capacity_limit(10);
+        let leak = key(100, 100);
+        store.insert(event(leak, 1, EventKind::Accept { fd: 7 }));
+        for n in 0..10 {
+            store.insert(event(key(n, n), 10 + n, EventKind::Accept { fd: 8 }));
+        }
+        assert_eq!(store.len(), 11);
+        store.sweep(|k| *k == leak);
+        // Down to 90% of the cap, the oldest first, but never what the detectors still need.
+        assert_eq!(store.len(), 9);
+        assert!(store.get(&leak).is_some());
+        assert!(store.get(&key(0, 0)).is_none());
+        assert!(store.get(&key(1, 1)).is_none());
+        assert!(store.get(&key(2, 2)).is_some());
+        assert_eq!(store.dropped().evicted, 2);
+        assert!(
+            store
+                .counts()
+                .held()
+                .all(|(_, states)| states.values().sum::<u64>() <= 9),
+            "evicted sockets leave the held counts"
+        );
+    }
+
+    #[test]
+    fn exits_apply_at_the_next_evaluation() {
+        let mut store = Store::default();
+        let sock = key(1, 1);
+        store.insert(event(sock, 10, EventKind::Accept { fd: 7 }));
+        store.owner_exited(OWNER, 20);
+        assert!(!store.get(&sock).unwrap().owner_exited());
+        store.apply_exits();
+        assert!(store.get(&sock).unwrap().owner_exited());
     }
 }

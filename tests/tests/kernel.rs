@@ -193,7 +193,9 @@ fn assert_close_wait_findings(
 fn close_wait(test: &str, family: Family) -> Result<()> {
     const CONNS: usize = 3;
     let mut server = close_wait_server(family, CONNS)?;
-    let Some(mut leaktrace) = Leaktrace::start(test, &[server.pid()], RUN_LIMIT)? else {
+    let Some(mut leaktrace) =
+        Leaktrace::start_with(test, &[server.pid()], RUN_LIMIT, &["--interval", "1s"])?
+    else {
         return Ok(());
     };
     let client = close_wait_client(&server, family, CONNS)?;
@@ -204,6 +206,26 @@ fn close_wait(test: &str, family: Family) -> Result<()> {
     let report = leaktrace.stop()?;
 
     assert_close_wait_findings(&report, &server, family, &accepted, &client)?;
+    // SETTLE outlasts the interval: the last periodic summary came after the three findings.
+    let last_interval = report
+        .lines
+        .iter()
+        .rfind(|l| l["type"] == "interval")
+        .unwrap_or_else(|| panic!("no interval line with --interval 1s\n{report}"));
+    assert_eq!(
+        (
+            &last_interval["leaks_open"],
+            &last_interval["leaks_reported"]
+        ),
+        (&json!({"close_wait": CONNS}), &json!(CONNS)),
+        "{report}"
+    );
+    let trend = report.summary()["leaks_open_over_time"].as_array();
+    assert_eq!(
+        trend.and_then(|t| t.last()).map(|p| &p["open"]),
+        Some(&json!(CONNS)),
+        "the trend ends with the open leaks\n{report}"
+    );
     for f in report.leaks() {
         assert_live_finding(f, &report);
         let entered = state_events(f)
@@ -615,8 +637,12 @@ fn lost_events_are_counted_and_reported() -> Result<()> {
 fn echo_churn_reports_no_leak() -> Result<()> {
     const CONNS: usize = 1000;
     let server = Fixture::server(FIXTURE, &["echo-server"])?;
-    let Some(mut leaktrace) =
-        Leaktrace::start("echo_churn_reports_no_leak", &[server.pid()], RUN_LIMIT)?
+    let Some(mut leaktrace) = Leaktrace::start_with(
+        "echo_churn_reports_no_leak",
+        &[server.pid()],
+        RUN_LIMIT,
+        &["--interval", "1s"],
+    )?
     else {
         return Ok(());
     };
@@ -654,6 +680,26 @@ fn echo_churn_reports_no_leak() -> Result<()> {
     assert_eq!(
         summary["lost_events"], 0,
         "a run that lost events cannot vouch for zero leaks\n{report}"
+    );
+    // Memory follows the sockets open, not the connections seen: each server socket's timeline
+    // went when the kernel destroyed it.
+    assert!(
+        summary["dropped"]["finished"]
+            .as_u64()
+            .is_some_and(|n| n >= CONNS as u64),
+        "finished sockets were kept\n{report}"
+    );
+    assert_eq!(summary["dropped"]["evicted"], 0, "{report}");
+    let last_interval = report
+        .lines
+        .iter()
+        .rfind(|l| l["type"] == "interval")
+        .unwrap_or_else(|| panic!("no interval line with --interval 1s\n{report}"));
+    assert!(
+        last_interval["sockets_tracked"]
+            .as_u64()
+            .is_some_and(|n| n < 10),
+        "only the listener (and stragglers) should be left after the churn\n{report}"
     );
     // Every connection counted once, none left held; the clients closed first, so the TIME_WAIT
     // churn is theirs, not the server's.

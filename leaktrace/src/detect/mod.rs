@@ -4,6 +4,7 @@
 
 mod close_wait;
 mod fd_after_close;
+mod history;
 mod shut_wr_unread;
 
 use std::cmp::Reverse;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use leaktrace_common::tcp_state;
 
 use crate::decoder::{Event, SockKey};
-use crate::report::{FinalReport, IngestCounts, PidStats, RemoteStats, Stats};
+use crate::report::{FinalReport, IngestCounts, PidStats, Progress, RemoteStats, Stats};
 use crate::timeline::{Remote, Store, Timeline};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -118,8 +119,11 @@ pub struct Detectors {
     unattributed: u64,
     /// The first evaluation, right as tracing starts: what leak rates are measured from.
     started_ns: Option<u64>,
-    /// Per pid: findings whose condition began while tracing.
-    new_leaks: HashMap<u32, u64>,
+    /// Per pid: findings whose condition began while tracing, and the process's name, which the
+    /// store forgets when the process exits.
+    new_leaks: HashMap<u32, (u64, String)>,
+    reported: u64,
+    history: history::History,
 }
 
 impl Detectors {
@@ -131,6 +135,8 @@ impl Detectors {
             unattributed: 0,
             started_ns: None,
             new_leaks: HashMap::new(),
+            reported: 0,
+            history: history::History::default(),
         }
     }
 
@@ -138,6 +144,7 @@ impl Detectors {
     /// Also drops timelines nothing needs any more.
     pub fn evaluate(&mut self, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
         self.started_ns.get_or_insert(now_ns);
+        store.apply_exits();
         store.reattribute(now_ns);
         let mut matured = Vec::new();
         let mut resolved = Vec::new();
@@ -197,8 +204,11 @@ impl Detectors {
         for (since, (key, kind)) in matured {
             if let Some(finding) = finding(store, key, kind, since, now_ns) {
                 if !since.before_trace {
-                    *self.new_leaks.entry(finding.pid).or_default() += 1;
+                    let (n, comm) = self.new_leaks.entry(finding.pid).or_default();
+                    *n += 1;
+                    comm.clone_from(&finding.comm);
                 }
+                self.reported += 1;
                 outcomes.push(Outcome::Leak(finding.clone()));
                 self.tracked.insert(
                     (key, kind),
@@ -215,7 +225,38 @@ impl Detectors {
                 .iter()
                 .any(|(kind, _)| self.tracked.contains_key(&(*key, *kind)))
         });
+        let open = self.open_by_kind().values().sum();
+        self.history.record(self.elapsed_ns(now_ns), open);
         outcomes
+    }
+
+    /// Findings reported and not resolved, by class.
+    fn open_by_kind(&self) -> BTreeMap<LeakKind, u64> {
+        let mut open = BTreeMap::new();
+        for ((_, kind), tracked) in &self.tracked {
+            if let Tracked::Reported { .. } = tracked {
+                *open.entry(*kind).or_default() += 1;
+            }
+        }
+        open
+    }
+
+    fn elapsed_ns(&self, now_ns: u64) -> u64 {
+        now_ns.saturating_sub(self.started_ns.unwrap_or(now_ns))
+    }
+
+    /// Where the session stands, for the periodic summaries.
+    pub fn progress(&self, store: &Store, now_ns: u64, ingest: IngestCounts) -> Progress {
+        Progress {
+            elapsed: Duration::from_nanos(self.elapsed_ns(now_ns)),
+            open: self.open_by_kind(),
+            leaks_reported: self.reported,
+            leaks_resolved: self.resolved,
+            sockets_tracked: store.len(),
+            sockets_seen: store.sockets_seen(),
+            ingest,
+            dropped: store.dropped(),
+        }
     }
 
     /// The final report: findings still open, with their timelines as of `now_ns`, and counts.
@@ -233,6 +274,9 @@ impl Detectors {
             .collect();
         open.sort_unstable_by_key(|f| (f.pid, f.fd, f.kind, f.sock));
         let stats = self.stats(store, &open, now_ns);
+        let open_over_time = self
+            .history
+            .series(self.elapsed_ns(now_ns), open.len() as u64);
         FinalReport {
             open,
             leaks_resolved: self.resolved,
@@ -240,6 +284,8 @@ impl Detectors {
             unattributed: self.unattributed,
             ingest,
             stats,
+            dropped: store.dropped(),
+            open_over_time,
         }
     }
 
@@ -256,8 +302,8 @@ impl Detectors {
             per_pid.entry(pid).or_default().states =
                 states.iter().map(|(&state, &n)| (state, n)).collect();
         }
-        for (&pid, &n) in &self.new_leaks {
-            per_pid.entry(pid).or_default().leaks_new = n;
+        for (&pid, (n, _)) in &self.new_leaks {
+            per_pid.entry(pid).or_default().leaks_new = *n;
         }
         let mut per_remote: BTreeMap<Remote, RemoteStats> = store
             .counts()
@@ -284,7 +330,10 @@ impl Detectors {
             .into_iter()
             .map(|(pid, p)| PidStats {
                 pid,
-                comm: store.comm(pid).unwrap_or_else(|| "?".into()),
+                comm: store
+                    .comm(pid)
+                    .or_else(|| self.new_leaks.get(&pid).map(|(_, comm)| comm.clone()))
+                    .unwrap_or_else(|| "?".into()),
                 states: p.states,
                 leaks_open: p.leaks_open,
                 leaks_new: p.leaks_new,
@@ -297,7 +346,7 @@ impl Detectors {
         let mut per_remote: Vec<RemoteStats> = per_remote.into_values().collect();
         per_remote.sort_by_key(|r| (Reverse(r.leaks_open), Reverse(r.connections)));
         Stats {
-            elapsed: Duration::from_nanos(now_ns.saturating_sub(self.started_ns.unwrap_or(now_ns))),
+            elapsed: Duration::from_nanos(self.elapsed_ns(now_ns)),
             per_pid,
             per_remote,
         }
@@ -407,7 +456,7 @@ mod tests {
 
     #[test]
     fn close_wait_reported_after_grace_then_resolved_by_close() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         close_wait(&mut store, SOCK, 100 * MS);
 
@@ -444,7 +493,7 @@ mod tests {
 
     #[test]
     fn close_wait_closed_within_grace_is_no_leak() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         close_wait(&mut store, SOCK, 100 * MS);
         close(&mut store, SOCK, 1099 * MS);
@@ -454,7 +503,7 @@ mod tests {
 
     #[test]
     fn close_wait_late_records_from_another_cpu() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         // The close and LAST_ACK reach userspace before the CLOSE_WAIT transition that preceded
         // them.
@@ -465,7 +514,7 @@ mod tests {
 
     #[test]
     fn close_wait_resolved_by_shutdown_or_destroy() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         let other = key(0x2000, 1);
         close_wait(&mut store, SOCK, 100 * MS);
@@ -493,7 +542,7 @@ mod tests {
 
     #[test]
     fn unknown_owner_is_counted_not_reported() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         for ts in [50 * MS, 100 * MS] {
             let mut unowned = from_peer(event(SOCK, ts, state(ESTABLISHED, CLOSE_WAIT)));
@@ -515,7 +564,7 @@ mod tests {
 
     #[test]
     fn address_reuse_gives_independent_results() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         let first = key(0x1000, 1);
         let second = key(0x1000, 400 * MS);
@@ -579,7 +628,7 @@ mod tests {
 
     #[test]
     fn shut_wr_late_bytes_never_read() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         shut_down(&mut store, SHUT_WR);
         peer_sends_and_closes(&mut store, 6);
@@ -605,7 +654,7 @@ mod tests {
         // bytes (reading them moves copied_seq past it), the read returned 6, never 0: the owner
         // never learned of the end of the stream.
         for copied_after_read in [1006, 1007] {
-            let mut store = Store::new();
+            let mut store = Store::default();
             let mut detectors = detectors();
             shut_down(&mut store, SHUT_WR);
             peer_sends_and_closes(&mut store, 6);
@@ -639,7 +688,7 @@ mod tests {
     fn shut_wr_without_read_results_trusts_the_counters() {
         // Kernels before 6.3 only report data reads, without their result: there the kernel's
         // counters are all there is, and counters past the FIN mean drained.
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         shut_down(&mut store, SHUT_WR);
         peer_sends_and_closes(&mut store, 6);
@@ -657,7 +706,7 @@ mod tests {
 
     #[test]
     fn close_wait_reports_whether_the_owner_read_the_eof() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         store.insert(event(SOCK, MS, EventKind::Accept { fd: 7 }));
         store.insert(from_peer(with_receive(
@@ -691,7 +740,7 @@ mod tests {
 
     #[test]
     fn close_wait_found_at_start_is_reported_at_once() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         store.insert(present(100 * MS, CLOSE_WAIT, false, 1001, true));
         let outcomes = detectors.evaluate(&mut store, 150 * MS);
@@ -712,7 +761,7 @@ mod tests {
 
     #[test]
     fn close_wait_entered_while_tracing_waits_for_the_grace_period() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         store.insert(present(100 * MS, ESTABLISHED, false, 1000, false));
         store.insert(from_peer(event(
@@ -730,7 +779,7 @@ mod tests {
 
     #[test]
     fn shut_down_before_tracing_with_unread_data_is_reported_at_once() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         store.insert(present(100 * MS, CLOSE, true, 1013, true));
         let outcomes = detectors.evaluate(&mut store, 100 * MS);
@@ -744,7 +793,7 @@ mod tests {
 
     #[test]
     fn shut_down_before_tracing_and_drained_is_no_leak() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         store.insert(present(100 * MS, FIN_WAIT2, true, 1000, false));
         assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
@@ -752,7 +801,7 @@ mod tests {
 
     #[test]
     fn shut_wr_baseline_from_before_the_shutdown() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         store.insert(with_receive(
             event(SOCK, 50 * MS, EventKind::Accept { fd: 7 }),
@@ -783,7 +832,7 @@ mod tests {
             (SHUT_RDWR, LeakKind::ShutWrUnread),
             (SHUT_RD, LeakKind::FdAfterClose),
         ] {
-            let mut store = Store::new();
+            let mut store = Store::default();
             let mut detectors = detectors();
             shut_down(&mut store, how);
             peer_sends_and_closes(&mut store, 6);
@@ -794,7 +843,7 @@ mod tests {
 
     #[test]
     fn shut_wr_well_behaved_is_no_leak() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         shut_down(&mut store, SHUT_WR);
         peer_sends_and_closes(&mut store, 6);
@@ -807,7 +856,7 @@ mod tests {
 
     #[test]
     fn shut_wr_only_fin_after_shutdown() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         shut_down(&mut store, SHUT_WR);
         peer_sends_and_closes(&mut store, 0);
@@ -829,7 +878,7 @@ mod tests {
 
     #[test]
     fn shut_wr_condition_restarts_after_a_drain() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         shut_down(&mut store, SHUT_WR);
         let arrival = |ts, rcv_nxt, fin| {
@@ -871,7 +920,7 @@ mod tests {
             (EventKind::Close { fd: Some(7) }, "closed"),
             (EventKind::Destroy, "destroyed"),
         ] {
-            let mut store = Store::new();
+            let mut store = Store::default();
             let mut detectors = detectors();
             shut_down(&mut store, SHUT_WR);
             peer_sends_and_closes(&mut store, 6);
@@ -884,7 +933,7 @@ mod tests {
 
     #[test]
     fn summary_refreshes_open_findings() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         close_wait(&mut store, SOCK, 100 * MS);
         detectors.evaluate(&mut store, 1100 * MS);
@@ -906,7 +955,7 @@ mod tests {
 
     #[test]
     fn destroyed_timelines_are_swept_once_resolved() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         close_wait(&mut store, SOCK, 100 * MS);
         assert_eq!(leaks(&detectors.evaluate(&mut store, 1100 * MS)).len(), 1);
@@ -946,7 +995,7 @@ mod tests {
             (EventKind::Close { fd: Some(7) }, "closed"),
             (EventKind::Destroy, "destroyed"),
         ] {
-            let mut store = Store::new();
+            let mut store = Store::default();
             let mut detectors = detectors();
             reset(&mut store, SOCK, 100 * MS);
 
@@ -977,7 +1026,7 @@ mod tests {
 
     #[test]
     fn fd_after_close_closed_within_grace_is_no_leak() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         reset(&mut store, SOCK, 100 * MS);
         store.insert(event(SOCK, 1099 * MS, EventKind::Close { fd: Some(7) }));
@@ -991,7 +1040,7 @@ mod tests {
         // Incident 3's socket is in CLOSE with its fd held too: one socket, one finding, the
         // more specific one. Once the owner reads the end-of-stream but keeps the fd, the held
         // fd is all that is left, and it gets its own grace period from that read.
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         shut_down(&mut store, SHUT_WR);
         peer_sends_and_closes(&mut store, 6);
@@ -1021,7 +1070,7 @@ mod tests {
     fn fd_after_close_not_between_reading_eof_and_closing() {
         // The connection ended long ago, but the owner only now reads the end-of-stream and
         // closes right after: no instant in between is a leak.
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         shut_down(&mut store, SHUT_WR);
         peer_sends_and_closes(&mut store, 0);
@@ -1042,7 +1091,7 @@ mod tests {
         // and no FIN came from the peer), the data it sent still unread; and a connection that
         // ended with FINs both ways, everything read, fd kept.
         for (rcv_nxt, fin, unread) in [(1005, false, 5), (1000, true, 0)] {
-            let mut store = Store::new();
+            let mut store = Store::default();
             let mut detectors = detectors();
             store.insert(present(100 * MS, CLOSE, true, rcv_nxt, fin));
             let outcomes = detectors.evaluate(&mut store, 150 * MS);
@@ -1061,7 +1110,7 @@ mod tests {
     #[test]
     fn sockets_without_a_peer_are_no_leak() {
         // Created and never connected, or a listener shut down: CLOSE, but no connection ended.
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         let mut fresh = present(100 * MS, CLOSE, false, 0, false);
         fresh.remote = None;
@@ -1075,7 +1124,7 @@ mod tests {
 
     #[test]
     fn close_wait_reset_by_the_peer_becomes_fd_after_close() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         close_wait(&mut store, SOCK, 100 * MS);
         assert_eq!(
@@ -1094,7 +1143,7 @@ mod tests {
 
     #[test]
     fn fd_after_close_failed_connect_until_reconnected() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         store.insert(event(SOCK, 100 * MS, state(CLOSE, SYN_SENT)));
         // Refused: the peer's reset, processed in softirq.
@@ -1143,7 +1192,7 @@ mod tests {
         // Incident 4 in small: a service with a CLOSE_WAIT socket stuck from before the trace
         // and one reset while tracing, its connection pool churning to a database, and a
         // busier process that leaks nothing.
-        let mut store = Store::new();
+        let mut store = Store::default();
         let mut detectors = detectors();
         detectors.evaluate(&mut store, 0);
         let listener = key(0x10, 1);

@@ -3,13 +3,15 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 use serde_json::{json, Map, Value};
 
-use super::{write_line, FinalReport, Reporter, StartInfo, Stats};
+use super::{write_line, FinalReport, Progress, Reporter, StartInfo, Stats};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::detect::{Finding, Outcome, Resolved};
+use crate::timeline::Dropped;
 
 pub struct JsonReporter {
     out: Box<dyn Write + Send>,
@@ -36,7 +38,7 @@ impl Reporter for JsonReporter {
             "type": "start",
             "hooks": hooks,
             "pids": info.pids,
-            "leak_after_ms": u64::try_from(info.leak_after.as_millis()).unwrap_or(u64::MAX),
+            "leak_after_ms": millis(info.leak_after),
             "kernel": info.kernel,
         }))
     }
@@ -48,9 +50,35 @@ impl Reporter for JsonReporter {
         }
     }
 
+    fn progress(&mut self, progress: &Progress) -> io::Result<()> {
+        let open: Map<String, Value> = progress
+            .open
+            .iter()
+            .map(|(kind, n)| (kind.as_str().to_owned(), Value::from(*n)))
+            .collect();
+        self.emit(&json!({
+            "type": "interval",
+            "elapsed_ms": millis(progress.elapsed),
+            "leaks_open": open,
+            "leaks_reported": progress.leaks_reported,
+            "leaks_resolved": progress.leaks_resolved,
+            "sockets_tracked": progress.sockets_tracked,
+            "sockets_seen": progress.sockets_seen,
+            "records": progress.ingest.records,
+            "decode_errors": progress.ingest.decode_errors,
+            "lost_events": progress.ingest.lost_events,
+            "dropped": dropped(&progress.dropped),
+        }))
+    }
+
     /// Findings were printed as they were found; the counts are left, and the summary, last.
     fn finish(&mut self, report: &FinalReport) -> io::Result<()> {
         self.emit(&stats(&report.stats))?;
+        let over_time: Vec<Value> = report
+            .open_over_time
+            .iter()
+            .map(|&(at, open)| json!({"elapsed_ms": millis(at), "open": open}))
+            .collect();
         self.emit(&json!({
             "type": "summary",
             "leaks_open": report.open.len(),
@@ -60,8 +88,22 @@ impl Reporter for JsonReporter {
             "unattributed": report.unattributed,
             "records": report.ingest.records,
             "decode_errors": report.ingest.decode_errors,
+            "dropped": dropped(&report.dropped),
+            "leaks_open_over_time": over_time,
         }))
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn dropped(dropped: &Dropped) -> Value {
+    json!({
+        "finished": dropped.finished,
+        "evicted": dropped.evicted,
+        "late_records": dropped.late_records,
+    })
 }
 
 fn addr(addr: Option<SocketAddr>) -> Value {
@@ -171,7 +213,7 @@ fn stats(stats: &Stats) -> Value {
         .collect();
     json!({
         "type": "stats",
-        "elapsed_ms": u64::try_from(stats.elapsed.as_millis()).unwrap_or(u64::MAX),
+        "elapsed_ms": millis(stats.elapsed),
         "per_pid": per_pid,
         "per_remote": per_remote,
     })
@@ -193,6 +235,7 @@ fn resolution(resolved: &Resolved) -> Value {
 mod tests {
     use super::super::tests::{final_report, finding, resolved, start_info, stats, Captured};
     use super::*;
+    use crate::detect::LeakKind;
 
     fn parse(line: &str) -> Value {
         serde_json::from_str(line).unwrap()
@@ -323,7 +366,51 @@ mod tests {
                 "unattributed": 2,
                 "records": 120,
                 "decode_errors": 3,
+                "dropped": {"finished": 0, "evicted": 0, "late_records": 0},
+                "leaks_open_over_time": [],
             })
+        );
+    }
+
+    #[test]
+    fn interval_line_and_trend() {
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        let mut progress = Progress {
+            elapsed: Duration::from_secs(60),
+            leaks_reported: 4,
+            leaks_resolved: 1,
+            sockets_tracked: 120,
+            sockets_seen: 1234,
+            ..Progress::default()
+        };
+        progress.open.insert(LeakKind::CloseWait, 2);
+        progress.ingest.records = 45678;
+        progress.dropped.evicted = 7;
+        reporter.progress(&progress).unwrap();
+        let mut report = final_report(Vec::new(), 0);
+        report.open_over_time = vec![(Duration::ZERO, 0), (Duration::from_secs(10), 2)];
+        reporter.finish(&report).unwrap();
+        let lines = captured.lines();
+        assert_eq!(
+            parse(&lines[0]),
+            json!({
+                "type": "interval",
+                "elapsed_ms": 60000,
+                "leaks_open": {"close_wait": 2},
+                "leaks_reported": 4,
+                "leaks_resolved": 1,
+                "sockets_tracked": 120,
+                "sockets_seen": 1234,
+                "records": 45678,
+                "decode_errors": 0,
+                "lost_events": 0,
+                "dropped": {"finished": 0, "evicted": 7, "late_records": 0},
+            })
+        );
+        assert_eq!(
+            parse(lines.last().unwrap())["leaks_open_over_time"],
+            json!([{"elapsed_ms": 0, "open": 0}, {"elapsed_ms": 10000, "open": 2}])
         );
     }
 

@@ -4,14 +4,15 @@
 mod json;
 mod text;
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::Duration;
 
 pub use json::JsonReporter;
 pub use text::TextReporter;
 
-use crate::detect::{Finding, Outcome};
-use crate::timeline::Remote;
+use crate::detect::{Finding, LeakKind, Outcome};
+use crate::timeline::{Dropped, Remote};
 
 pub struct StartInfo {
     /// (event, hook) pairs, e.g. ("state", "tracepoint:sock:inet_sock_set_state").
@@ -42,6 +43,25 @@ pub struct FinalReport {
     pub unattributed: u64,
     pub ingest: IngestCounts,
     pub stats: Stats,
+    /// Timelines let go of to bound memory.
+    pub dropped: Dropped,
+    /// (time since the start, open leaks then), ending with the final count.
+    pub open_over_time: Vec<(Duration, u64)>,
+}
+
+/// Where a running session stands: what `--interval` prints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub elapsed: Duration,
+    /// Open findings by class; classes with none are absent.
+    pub open: BTreeMap<LeakKind, u64>,
+    pub leaks_reported: u64,
+    pub leaks_resolved: u64,
+    /// Timelines in memory now.
+    pub sockets_tracked: usize,
+    pub sockets_seen: u64,
+    pub ingest: IngestCounts,
+    pub dropped: Dropped,
 }
 
 /// Counts per process and per remote endpoint over the whole session.
@@ -91,6 +111,8 @@ pub trait Reporter: Send {
     fn start(&mut self, info: &StartInfo) -> io::Result<()>;
     /// A leak or resolution, as the detectors find it.
     fn outcome(&mut self, outcome: &Outcome) -> io::Result<()>;
+    /// A periodic summary while the session runs (`--interval`).
+    fn progress(&mut self, progress: &Progress) -> io::Result<()>;
     fn finish(&mut self, report: &FinalReport) -> io::Result<()>;
 }
 
@@ -236,6 +258,8 @@ mod tests {
                 lost_events,
             },
             stats: Stats::default(),
+            dropped: Dropped::default(),
+            open_over_time: Vec::new(),
         }
     }
 

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
-use super::{write_line, FinalReport, Reporter, StartInfo, Stats};
+use super::{write_line, FinalReport, Progress, Reporter, StartInfo, Stats};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::detect::{Finding, LeakKind, Outcome};
+use crate::timeline::Dropped;
 
 pub struct TextReporter {
     out: Box<dyn Write + Send>,
@@ -67,6 +68,32 @@ impl Reporter for TextReporter {
         self.line(&line)
     }
 
+    fn progress(&mut self, p: &Progress) -> io::Result<()> {
+        let open: u64 = p.open.values().sum();
+        let by_kind: Vec<String> = p
+            .open
+            .iter()
+            .map(|(kind, n)| format!("{} {n}", kind.as_str()))
+            .collect();
+        let by_kind = if by_kind.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", by_kind.join(", "))
+        };
+        self.line(&format!(
+            "[{}] leaks open {open}{by_kind}, reported {}, resolved {}; sockets tracked {}, \
+             seen {}; records {}, lost events {}; {}",
+            duration(p.elapsed),
+            p.leaks_reported,
+            p.leaks_resolved,
+            p.sockets_tracked,
+            p.sockets_seen,
+            p.ingest.records,
+            p.ingest.lost_events,
+            dropped(&p.dropped)
+        ))
+    }
+
     fn finish(&mut self, report: &FinalReport) -> io::Result<()> {
         let sections = stats_sections(&report.stats);
         self.line("")?;
@@ -94,18 +121,35 @@ impl Reporter for TextReporter {
             }
             self.line("")?;
         }
+        // Only a session long enough to have a trend gets the series.
+        if report.open_over_time.len() > 2 {
+            let points: Vec<String> = report
+                .open_over_time
+                .iter()
+                .map(|&(at, open)| format!("{} {open}", duration(at)))
+                .collect();
+            self.line(&format!("leaks open over time: {}", points.join(", ")))?;
+        }
         let ingest = &report.ingest;
         self.line(&format!(
             "summary: leaks open {}, resolved {}; sockets seen {}, records {}, decode errors {}, \
-             lost events {}, unattributed {}",
+             lost events {}, unattributed {}; {}",
             report.open.len(),
             report.leaks_resolved,
             report.sockets_seen,
             ingest.records,
             ingest.decode_errors,
             ingest.lost_events,
-            report.unattributed
+            report.unattributed,
+            dropped(&report.dropped)
         ))?;
+        if report.dropped.evicted > 0 {
+            self.line(&format!(
+                "warning: {} sockets were forgotten because leaktrace held --max-sockets \
+                 timelines: leaks among them may be missed; raise --max-sockets",
+                report.dropped.evicted
+            ))?;
+        }
         if report.unattributed > 0 {
             self.line(&format!(
                 "note: {} sockets met a leak condition but no owning process was known, so they \
@@ -144,6 +188,15 @@ fn duration(d: Duration) -> String {
         60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
         _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
     }
+}
+
+/// What the store let go of: finished sockets as planned, and any dropped over the cap.
+fn dropped(d: &Dropped) -> String {
+    let mut text = format!("timelines forgotten: {} finished", d.finished);
+    if d.evicted > 0 {
+        write!(text, ", {} over the cap", d.evicted).unwrap_or_default();
+    }
+    text
 }
 
 fn unread(bytes: u32, eof: bool) -> String {
@@ -472,7 +525,7 @@ mod tests {
             "  +0.800000s  destroyed",
             "",
             "summary: leaks open 1, resolved 1; sockets seen 34, records 120, decode errors 3, \
-             lost events 5, unattributed 2",
+             lost events 5, unattributed 2; timelines forgotten: 0 finished",
             "note: 2 sockets met a leak condition but no owning process was known, so they are \
              not reported",
             "warning: 5 events were lost (ring buffer full): timelines may be incomplete and \
@@ -493,7 +546,7 @@ mod tests {
                 "",
                 "No leaked sockets found.",
                 "summary: leaks open 0, resolved 1; sockets seen 34, records 120, decode \
-                 errors 3, lost events 0, unattributed 0",
+                 errors 3, lost events 0, unattributed 0; timelines forgotten: 0 finished",
             ]
         );
     }
@@ -524,7 +577,68 @@ mod tests {
                 "[2001:db8::5]:5432  out  1200         1188       0",
                 "",
                 "summary: leaks open 0, resolved 1; sockets seen 34, records 120, decode \
-                 errors 3, lost events 0, unattributed 0",
+                 errors 3, lost events 0, unattributed 0; timelines forgotten: 0 finished",
+            ]
+        );
+    }
+
+    #[test]
+    fn long_session_trend_and_forgotten_timelines() {
+        let captured = Captured::default();
+        let mut reporter = TextReporter::new(captured.writer());
+        let mut report = final_report(Vec::new(), 0);
+        report.unattributed = 0;
+        report.dropped = Dropped {
+            finished: 5000,
+            evicted: 12,
+            late_records: 3,
+        };
+        report.open_over_time = vec![
+            (Duration::ZERO, 0),
+            (Duration::from_secs(10), 2),
+            (Duration::from_secs(75), 3),
+        ];
+        reporter.finish(&report).unwrap();
+        let lines = captured.lines();
+        assert_eq!(
+            lines[lines.len() - 3..],
+            [
+                "leaks open over time: 0.0s 0, 10.0s 2, 1m15s 3",
+                "summary: leaks open 0, resolved 1; sockets seen 34, records 120, decode \
+                 errors 3, lost events 0, unattributed 0; timelines forgotten: 5000 finished, 12 \
+                 over the cap",
+                "warning: 12 sockets were forgotten because leaktrace held --max-sockets \
+                 timelines: leaks among them may be missed; raise --max-sockets",
+            ]
+        );
+    }
+
+    #[test]
+    fn progress_line() {
+        let captured = Captured::default();
+        let mut reporter = TextReporter::new(captured.writer());
+        let mut progress = Progress {
+            elapsed: Duration::from_secs(60),
+            leaks_reported: 4,
+            leaks_resolved: 1,
+            sockets_tracked: 120,
+            sockets_seen: 1234,
+            ..Progress::default()
+        };
+        progress.ingest.records = 45678;
+        progress.dropped.finished = 1000;
+        reporter.progress(&progress).unwrap();
+        progress.open.insert(LeakKind::CloseWait, 2);
+        progress.open.insert(LeakKind::FdAfterClose, 1);
+        reporter.progress(&progress).unwrap();
+        assert_eq!(
+            captured.lines(),
+            [
+                "[1m00s] leaks open 0, reported 4, resolved 1; sockets tracked 120, seen 1234; \
+                 records 45678, lost events 0; timelines forgotten: 1000 finished",
+                "[1m00s] leaks open 3 (close_wait 2, fd_after_close 1), reported 4, resolved 1; \
+                 sockets tracked 120, seen 1234; records 45678, lost events 0; timelines \
+                 forgotten: 1000 finished",
             ]
         );
     }

@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn connections_by_service_made_and_by_client_host_accepted() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         // Two clients' connections from one host, each from its own ephemeral port.
         opened(&mut store, key(1, 1), "10.0.0.2:50412", false);
         opened(&mut store, key(2, 1), "10.0.0.2:50413", false);
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn time_wait_is_counted_where_this_side_closed_first() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let endings: [&[(u8, u8)]; 6] = [
             // Closed first: FIN_WAIT2 handed over to a timewait socket.
             &[
@@ -332,7 +332,7 @@ mod tests {
 
     #[test]
     fn counts_survive_the_sweep_and_late_direction() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let sock = key(1, 1);
         // The end of the connection reaches userspace before its start (another CPU's record).
         ended(&mut store, sock, &[(FIN_WAIT2, CLOSE)]);
@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn found_at_start_accepted_when_on_a_listening_port() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         let present = |sock, state, local: &str, remote: Option<&str>| {
             let mut e = event(
                 sock,
@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn remotes_past_the_limit_count_as_other() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         for i in 0..MAX_REMOTES as u64 + 2 {
             let remote = format!("10.0.{}.{}:443", i / 256, i % 256);
             opened(&mut store, key(i, 1), &remote, true);
@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn held_sockets_by_process_and_state() {
-        let mut store = Store::new();
+        let mut store = Store::default();
         for i in 0..3 {
             opened(&mut store, key(i, 1), DB, true);
         }
@@ -449,6 +449,7 @@ mod tests {
 
         // The exit releases every fd, whether or not the close is seen.
         store.owner_exited(77, 50);
+        store.apply_exits();
         assert_eq!(held(&store), []);
     }
 }
