@@ -155,6 +155,7 @@ impl Session {
                 );
             }
         }
+        release_startup_memory();
         let lost = PerCpuArray::<MapData, u64>::try_from(
             attached
                 .ebpf
@@ -365,6 +366,16 @@ fn drain(
             }
             _ => store.insert(event),
         }
+    }
+}
+
+/// Hands the memory that parsing the kernel's BTF took back to the system: glibc keeps freed
+/// heap for reuse, and a session that runs for hours would hold those tens of MiB for nothing.
+fn release_startup_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -8,7 +8,7 @@ mod btf;
 mod seed;
 mod tracefs;
 
-use std::{fmt, path::Path};
+use std::{collections::BTreeSet, fmt, path::Path};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -409,6 +409,10 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Attached, Failure> {
         kernel: kernel_btf.offsets().map_err(Failure::Btf)?,
         tracepoints: tracefs.offsets().map_err(Failure::NoTracefs)?,
     };
+    let functions = kernel_functions(&kernel_btf);
+    // Two parsed copies of the kernel's BTF at once would double leaktrace's peak memory: the
+    // offsets and the functions are all that is needed of this one.
+    drop(kernel_btf);
     let aya_btf = Btf::from_sys_fs().map_err(|e| Failure::Btf(e.into()))?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
@@ -435,7 +439,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Attached, Failure> {
                     Target::Fentry(f)
                     | Target::Fexit(f)
                     | Target::Kprobe(f)
-                    | Target::Kretprobe(f) => kernel_btf.has_function(f),
+                    | Target::Kretprobe(f) => functions.contains(f),
                     Target::BtfTracepoint(_) => true,
                 };
                 if !available {
@@ -484,6 +488,22 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Attached, Failure> {
         choices,
         refused,
     })
+}
+
+/// The kernel functions some candidate hooks that this kernel has.
+fn kernel_functions(btf: &btf::KernelBtf) -> BTreeSet<&'static str> {
+    EVENTS
+        .iter()
+        .flat_map(|event| event.candidates)
+        .flat_map(|candidate| candidate.attachments)
+        .filter_map(|attachment| match attachment.target {
+            Target::Fentry(f) | Target::Fexit(f) | Target::Kprobe(f) | Target::Kretprobe(f) => {
+                Some(f)
+            }
+            Target::Tracepoint(..) | Target::BtfTracepoint(_) => None,
+        })
+        .filter(|f| btf.has_function(f))
+        .collect()
 }
 
 /// With an explicit family, an event that family can serve must be served by it; events only
