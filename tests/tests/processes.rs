@@ -180,8 +180,9 @@ impl Drop for KillOnDrop {
 }
 
 /// The socket's owner is whoever holds an fd for it. The accepting process hands the connection
-/// to a child (`mode`: inherited across exec, or sent over a unix socket with SCM_RIGHTS) and
-/// closes its own copy; the child leaks it, and the finding must name the child and its fd.
+/// to another fd (`mode`: a child inheriting it across exec, a process it sends it to over a
+/// unix socket with SCM_RIGHTS, or its own copy from fcntl/dup) and closes the accepted fd; the
+/// holder leaks it, and the finding must name the holder and its fd.
 fn leak_blamed_on_holder(test: &str, mode: &str) -> Result<()> {
     let mut server = Fixture::server(FIXTURE, &[mode])?;
     let Some(mut leaktrace) = Leaktrace::start(test, &[server.pid()], "60s")? else {
@@ -195,7 +196,7 @@ fn leak_blamed_on_holder(test: &str, mode: &str) -> Result<()> {
         )
     });
     let handed = server.lines("HANDED ", 1)?.remove(0);
-    let (fd, child): (i64, i32) = {
+    let (fd, holder): (i64, i32) = {
         let mut words = handed.split_whitespace().skip(1);
         let mut value = |key: &str| -> Result<String> {
             let word = words.next().unwrap_or_default();
@@ -204,9 +205,10 @@ fn leak_blamed_on_holder(test: &str, mode: &str) -> Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("unexpected {handed:?}"))?
                 .to_owned())
         };
-        (value("fd=")?.parse()?, value("child=")?.parse()?)
+        (value("fd=")?.parse()?, value("holder=")?.parse()?)
     };
-    let _child = KillOnDrop(child);
+    // The holder may be the server itself, which its Fixture ends anyway.
+    let _holder = (u32::try_from(holder)? != server.pid()).then(|| KillOnDrop(holder));
     client.join().expect("client thread")?;
     leaktrace.wait_for_leaks(1, std::time::Duration::from_secs(10))?;
     let report = leaktrace.stop()?;
@@ -215,8 +217,8 @@ fn leak_blamed_on_holder(test: &str, mode: &str) -> Result<()> {
     let leak = leaks[0];
     assert_eq!(leak["kind"], "close_wait", "{report}");
     assert_eq!(
-        leak["pid"], child,
-        "not blamed on the holder (child {child})\n{report}"
+        leak["pid"], holder,
+        "not blamed on the holder (pid {holder})\n{report}"
     );
     assert_eq!(leak["fd"], fd, "{report}");
     assert!(
@@ -241,5 +243,13 @@ fn a_leak_is_blamed_on_the_process_the_fd_was_sent_to() -> Result<()> {
     leak_blamed_on_holder(
         "a_leak_is_blamed_on_the_process_the_fd_was_sent_to",
         "scm-server",
+    )
+}
+
+#[test]
+fn a_leak_is_blamed_on_the_fd_it_was_duplicated_to() -> Result<()> {
+    leak_blamed_on_holder(
+        "a_leak_is_blamed_on_the_fd_it_was_duplicated_to",
+        "dup-server",
     )
 }

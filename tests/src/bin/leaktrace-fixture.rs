@@ -41,6 +41,9 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
   handoff-server                     accepts one connection, hands its fd to a child process
                                      (inherited across exec), closes its own copy; the child
                                      never closes it
+  dup-server                         accepts one connection, copies its fd to 100 or above
+                                     (fcntl F_DUPFD_CLOEXEC), closes the accepted fd, never
+                                     closes the copy
   hold-fd --fd N                     holds an inherited fd forever
   scm-server                         accepts one connection, passes its fd over a unix socket
                                      (SCM_RIGHTS) to a child process, closes its own copy
@@ -181,6 +184,7 @@ fn main() -> Result<()> {
         "pool-leak" => pool_leak(&opts),
         "clean-exit" => clean_exit(&opts),
         "handoff-server" => handoff_server(&opts),
+        "dup-server" => dup_server(&opts),
         "scm-server" => scm_server(&opts),
         "scm-receiver" => scm_receiver(&opts),
         "hold-fd" => {
@@ -401,9 +405,29 @@ fn handoff_server(o: &Opts) -> Result<()> {
     let stream = accept(&listener)?;
     let fd = stream.as_raw_fd();
     let child = spawn_inheriting("hold-fd", fd)?;
-    println!("HANDED fd={fd} child={child}");
+    println!("HANDED fd={fd} holder={child}");
     drop(stream);
     hold_forever(vec![])
+}
+
+/// The owner moves to another fd of the same process: `fcntl(F_DUPFD_CLOEXEC)` (what `dup`
+/// and `dup2` amount to) copies the connection's fd to 100 or above, then the accepted fd is
+/// closed, and the copy is leaked.
+fn dup_server(o: &Opts) -> Result<()> {
+    let listener = o.listen()?;
+    let stream = accept(&listener)?;
+    // SAFETY: fcntl on an fd this process owns; the new fd is owned by `copy` below.
+    let copy = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+    ensure!(copy >= 0, "F_DUPFD_CLOEXEC: {}", io::Error::last_os_error());
+    // SAFETY: `copy` is a fresh fd nobody else owns.
+    let copy = unsafe { TcpStream::from_raw_fd(copy) };
+    println!(
+        "HANDED fd={} holder={}",
+        copy.as_raw_fd(),
+        std::process::id()
+    );
+    drop(stream);
+    hold_forever(vec![copy])
 }
 
 /// Starts this fixture as `command --fd <fd>`, the child inheriting `fd` across exec.
@@ -435,7 +459,7 @@ fn scm_server(o: &Opts) -> Result<()> {
     let n = (&ours).read(&mut ack).context("waiting for the receiver")?;
     // The receiver's fd number, as it holds the socket now.
     println!(
-        "HANDED {} child={child}",
+        "HANDED {} holder={child}",
         String::from_utf8_lossy(&ack[..n]).trim()
     );
     drop(stream);
