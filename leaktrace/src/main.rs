@@ -14,6 +14,7 @@ mod hooks;
 mod report;
 mod run;
 mod session;
+mod stop;
 mod timeline;
 
 use std::process::ExitCode;

@@ -6,7 +6,6 @@ use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{signal, Signal, SignalKind},
     time::{interval, sleep_until, Instant, MissedTickBehavior},
 };
 
@@ -16,6 +15,7 @@ use crate::{
     error::Failure,
     hooks::{self, Attached, HookFamily, LoadOptions},
     report::{FinalReport, IngestCounts, JsonReporter, Reporter, StartInfo, TextReporter},
+    stop::StopSignals,
     timeline::Store,
 };
 
@@ -70,7 +70,8 @@ pub struct SessionOptions {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
     Duration,
-    Signal,
+    /// SIGINT, SIGTERM or SIGHUP, by number.
+    Signal(libc::c_int),
     /// Every traced process exited.
     NothingLeft,
     /// The caller's own condition (e.g. `run`'s command exited).
@@ -88,8 +89,7 @@ pub struct Session {
     /// Traced processes still alive; the session ends when the last one exits.
     live: BTreeSet<u32>,
     deadline: Option<Instant>,
-    interrupt: Signal,
-    terminate: Signal,
+    stops: StopSignals,
 }
 
 /// Checks what can be checked before touching the kernel, so bad input gets its own message.
@@ -167,8 +167,7 @@ impl Session {
         let ring = register(ring)?;
         // Before the start line: whoever reads it may stop leaktrace at once, and must get the
         // final report, not a process killed by a signal's default action.
-        let interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let stops = StopSignals::install()?;
 
         let out: Box<dyn io::Write + Send> = if options.report_to_stderr {
             Box::new(io::stderr())
@@ -206,8 +205,7 @@ impl Session {
             counts: IngestCounts::default(),
             live: pids.into_iter().collect(),
             deadline: options.duration.map(|d| Instant::now() + d),
-            interrupt,
-            terminate,
+            stops,
         })
     }
 
@@ -229,7 +227,7 @@ impl Session {
     }
 
     /// Moves records through the pipeline and reports leaks as they mature, until the duration
-    /// elapses, SIGINT or SIGTERM arrives, every traced process has exited, or `until` resolves.
+    /// elapses, a stop signal arrives, every traced process has exited, or `until` resolves.
     pub async fn run_until(&mut self, until: impl Future<Output = ()>) -> Result<Ended, Failure> {
         let mut tick = interval(EVALUATE_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -250,8 +248,7 @@ impl Session {
                 _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                     return Ok(Ended::Duration);
                 }
-                _ = self.interrupt.recv() => return Ok(Ended::Signal),
-                _ = self.terminate.recv() => return Ok(Ended::Signal),
+                signal = self.stops.recv() => return Ok(Ended::Signal(signal)),
                 () = &mut until => return Ok(Ended::Caller),
             }
         }
