@@ -26,7 +26,8 @@ Stopping:
 
 Exit status:
   0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process,
-  5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook;
+  5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook,
+  8 the report's reader closed it (e.g. `leaktrace --json | head -1`);
   run: the command's own status, 10 with --fail-on-leak when a leak was reported,
   126/127 when the command cannot be executed / is not found";
 

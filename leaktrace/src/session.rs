@@ -1,6 +1,6 @@
 //! One trace session: attach the hooks, then move records from the ring buffer through the
 //! decoder, the timeline store and the detectors to a reporter until told to stop.
-use std::{collections::BTreeSet, future::Future, io, path::Path, time::Duration};
+use std::{collections::BTreeSet, future::Future, io, os::fd::RawFd, path::Path, time::Duration};
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -15,7 +15,7 @@ use crate::{
     error::Failure,
     hooks::{self, Attached, HookFamily, LoadOptions},
     report::{FinalReport, IngestCounts, JsonReporter, Reporter, StartInfo, TextReporter},
-    stop::StopSignals,
+    stop::{self, StopSignals},
     timeline::Store,
 };
 
@@ -25,6 +25,10 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// How often the detectors look at the timelines: a leak is reported at most this long after
 /// it matured.
 const EVALUATE_EVERY: Duration = Duration::from_millis(100);
+
+/// How often the session looks for a reader that went away: soon enough for a pipeline to end,
+/// at no cost worth measuring.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Which processes to trace.
 pub enum Scope {
@@ -90,6 +94,8 @@ pub struct Session {
     live: BTreeSet<u32>,
     deadline: Option<Instant>,
     stops: StopSignals,
+    /// Where the report goes (stdout or stderr), watched for its reader going away.
+    report_fd: RawFd,
 }
 
 /// Checks what can be checked before touching the kernel, so bad input gets its own message.
@@ -169,10 +175,10 @@ impl Session {
         // final report, not a process killed by a signal's default action.
         let stops = StopSignals::install()?;
 
-        let out: Box<dyn io::Write + Send> = if options.report_to_stderr {
-            Box::new(io::stderr())
+        let (out, report_fd): (Box<dyn io::Write + Send>, RawFd) = if options.report_to_stderr {
+            (Box::new(io::stderr()), libc::STDERR_FILENO)
         } else {
-            Box::new(io::stdout())
+            (Box::new(io::stdout()), libc::STDOUT_FILENO)
         };
         let mut reporter: Box<dyn Reporter> = if options.json {
             Box::new(JsonReporter::new(out))
@@ -194,7 +200,7 @@ impl Session {
                 leak_after: options.leak_after,
                 kernel: kernel_release(),
             })
-            .context("writing output")?;
+            .map_err(Failure::writing)?;
         Ok(Session {
             attached,
             ring,
@@ -206,6 +212,7 @@ impl Session {
             live: pids.into_iter().collect(),
             deadline: options.duration.map(|d| Instant::now() + d),
             stops,
+            report_fd,
         })
     }
 
@@ -231,6 +238,8 @@ impl Session {
     pub async fn run_until(&mut self, until: impl Future<Output = ()>) -> Result<Ended, Failure> {
         let mut tick = interval(EVALUATE_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut watch = interval(WATCH_EVERY);
+        watch.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let deadline = self.deadline;
         let watching_processes = !self.live.is_empty();
         tokio::pin!(until);
@@ -245,6 +254,7 @@ impl Session {
                     }
                 }
                 _ = tick.tick() => self.evaluate()?,
+                _ = watch.tick() => self.watch()?,
                 _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                     return Ok(Ended::Duration);
                 }
@@ -272,13 +282,21 @@ impl Session {
         let report = self
             .detectors
             .summary(&mut self.store, monotonic_ns(), self.counts);
-        self.reporter.finish(&report).context("writing output")?;
+        self.reporter.finish(&report).map_err(Failure::writing)?;
         Ok(report)
     }
 
     fn evaluate(&mut self) -> Result<(), Failure> {
         for outcome in self.detectors.evaluate(&mut self.store, monotonic_ns()) {
-            self.reporter.outcome(&outcome).context("writing output")?;
+            self.reporter.outcome(&outcome).map_err(Failure::writing)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the session once nobody reads the report.
+    fn watch(&mut self) -> Result<(), Failure> {
+        if stop::reader_gone(self.report_fd) {
+            return Err(Failure::OutputClosed);
         }
         Ok(())
     }

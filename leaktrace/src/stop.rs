@@ -1,4 +1,6 @@
-//! What ends a session from outside: the stop signals.
+//! What ends a session from outside: the stop signals, and a report whose reader went away.
+use std::os::fd::RawFd;
+
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -27,5 +29,44 @@ impl StopSignals {
             _ = self.terminate.recv() => libc::SIGTERM,
             _ = self.hangup.recv() => libc::SIGHUP,
         }
+    }
+}
+
+/// Whether `fd` is a pipe whose read end is closed (`leaktrace | head -1` once head is done).
+/// A write would fail with EPIPE, but leaktrace may have nothing to write for a long time, and
+/// the pipeline should not wait for that.
+pub fn reader_gone(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, and a zero timeout: poll only reports, it never blocks.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    // The kernel reports POLLERR on a pipe's write end once no reader is left; ttys and files
+    // never do.
+    ready == 1 && poll.revents & libc::POLLERR != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use super::*;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two fds into the array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both fds were just created and nothing else owns them.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn a_pipe_without_reader_is_noticed() {
+        let (read, write) = pipe();
+        assert!(!reader_gone(write.as_raw_fd()));
+        drop(read);
+        assert!(reader_gone(write.as_raw_fd()));
     }
 }
