@@ -14,7 +14,9 @@ use crate::{
     detect::Detectors,
     error::Failure,
     hooks::{self, Attached, HookFamily, LoadOptions},
-    report::{FinalReport, IngestCounts, JsonReporter, Reporter, StartInfo, TextReporter},
+    report::{
+        ring_size_hint, FinalReport, IngestCounts, JsonReporter, Reporter, StartInfo, TextReporter,
+    },
     stop::{self, StopSignals},
     timeline::Store,
 };
@@ -26,8 +28,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// it matured.
 const EVALUATE_EVERY: Duration = Duration::from_millis(100);
 
-/// How often the session looks for a reader that went away: soon enough for a pipeline to end,
-/// at no cost worth measuring.
+/// How often the session looks for lost records and for a reader that went away: soon enough
+/// to warn while the burst is on, and for a pipeline to end, at no cost worth measuring.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Which processes to trace.
@@ -208,7 +210,10 @@ impl Session {
             reporter,
             store: Store::new(),
             detectors: Detectors::new(options.leak_after),
-            counts: IngestCounts::default(),
+            counts: IngestCounts {
+                ring_size: options.ring_size,
+                ..IngestCounts::default()
+            },
             live: pids.into_iter().collect(),
             deadline: options.duration.map(|d| Instant::now() + d),
             stops,
@@ -274,11 +279,7 @@ impl Session {
             &mut self.counts,
         );
         self.evaluate()?;
-        let per_cpu = self
-            .lost
-            .get(&0, 0)
-            .context("reading the lost-events counter")?;
-        self.counts.lost_events = per_cpu.iter().sum();
+        self.counts.lost_events = self.lost_events()?;
         let report = self
             .detectors
             .summary(&mut self.store, monotonic_ns(), self.counts);
@@ -293,12 +294,31 @@ impl Session {
         Ok(())
     }
 
-    /// Ends the session once nobody reads the report.
+    /// Ends the session once nobody reads the report; warns the first time records are lost,
+    /// while the burst that overflowed the ring buffer can still be matched to what the user
+    /// sees, rather than only in the summary.
     fn watch(&mut self) -> Result<(), Failure> {
         if stop::reader_gone(self.report_fd) {
             return Err(Failure::OutputClosed);
         }
+        let lost = self.lost_events()?;
+        if lost > 0 && self.counts.lost_events == 0 {
+            eprintln!(
+                "leaktrace: warning: {lost} events lost so far (ring buffer full): {}",
+                ring_size_hint(self.counts.ring_size)
+            );
+        }
+        self.counts.lost_events = lost;
         Ok(())
+    }
+
+    /// Records that did not fit in the ring buffer, counted per CPU by the kernel side.
+    fn lost_events(&self) -> Result<u64, Failure> {
+        let per_cpu = self
+            .lost
+            .get(&0, 0)
+            .context("reading the lost-events counter")?;
+        Ok(per_cpu.iter().sum())
     }
 }
 

@@ -498,6 +498,20 @@ impl Leaktrace {
         }
     }
 
+    /// Waits until leaktrace has printed a line containing `text` on stderr.
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.run.stderr().lines().any(|l| l.contains(text)) {
+            ensure!(
+                Instant::now() < deadline,
+                "no stderr line with {text:?} within {timeout:?}; stderr:\n{}",
+                self.run.stderr()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Keeps tracing for `period`, long enough for findings that should not exist to show up.
     pub fn settle(&mut self, period: Duration) -> Result<()> {
         match self.run.stdout.wait_for(period, |_| false) {
