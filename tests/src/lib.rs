@@ -262,6 +262,21 @@ impl Running {
         self.stderr.lock().expect("stderr lock").clone()
     }
 
+    /// Waits until the process has printed a line containing `text` on stderr.
+    fn wait_for_stderr(&self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().lines().any(|l| l.contains(text)) {
+            ensure!(
+                Instant::now() < deadline,
+                "{} printed no stderr line with {text:?} within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Waits until at least `n` stdout lines start with `prefix`, and returns them.
     fn lines_starting(&mut self, prefix: &str, n: usize, timeout: Duration) -> Result<Vec<String>> {
         let count = |lines: &[String]| lines.iter().filter(|l| l.starts_with(prefix)).count();
@@ -286,6 +301,16 @@ impl Running {
                 self.stderr()
             ),
         }
+    }
+
+    /// [`Self::exit`], with all the process printed.
+    fn finished(&mut self, timeout: Duration) -> Result<Finished> {
+        let status = self.exit(timeout)?;
+        Ok(Finished {
+            status,
+            stdout: std::mem::take(&mut self.stdout.seen),
+            stderr: self.stderr(),
+        })
     }
 
     /// Waits for the process to end on its own, reading all it prints.
@@ -419,13 +444,27 @@ pub struct Finished {
 }
 
 pub fn run_leaktrace(args: &[&str]) -> Result<Finished> {
-    let mut run = spawn_leaktrace(args)?;
-    let status = run.exit(EXIT_TIMEOUT)?;
-    Ok(Finished {
-        status,
-        stdout: std::mem::take(&mut run.stdout.seen),
-        stderr: run.stderr(),
-    })
+    spawn_leaktrace(args)?.finished(EXIT_TIMEOUT)
+}
+
+/// Starts `leaktrace run --json ... -- CMD...` (`args` from `--json` on), sends it `signal` once
+/// it has attached, and waits for it to end. `None` means the test was skipped: not root.
+pub fn signal_run(test: &str, args: &[&str], signal: i32) -> Result<Option<Finished>> {
+    if !is_root() {
+        skip(test, "leaktrace needs root");
+        return Ok(None);
+    }
+    let mut run = spawn_leaktrace(&[&["run", "--json"], args].concat())?;
+    // Under run the report, start line included, goes to stderr.
+    run.wait_for_stderr(r#"{"type":"start""#, START_TIMEOUT)?;
+    let pid = libc::pid_t::try_from(run.child.id())?;
+    // SAFETY: kill has no memory-safety preconditions; the child is not reaped before
+    // `finished`, so the pid cannot have been reused.
+    ensure!(
+        unsafe { libc::kill(pid, signal) } == 0,
+        "cannot signal leaktrace"
+    );
+    run.finished(EXIT_TIMEOUT).map(Some)
 }
 
 /// Starts leaktrace, with `--hooks $LEAKTRACE_HOOKS` when that is set.
@@ -552,16 +591,7 @@ impl Leaktrace {
 
     /// Waits until leaktrace has printed a line containing `text` on stderr.
     pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        while !self.run.stderr().lines().any(|l| l.contains(text)) {
-            ensure!(
-                Instant::now() < deadline,
-                "no stderr line with {text:?} within {timeout:?}; stderr:\n{}",
-                self.run.stderr()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        self.run.wait_for_stderr(text, timeout)
     }
 
     /// Keeps tracing for `period`, long enough for findings that should not exist to show up.
@@ -629,12 +659,7 @@ impl Leaktrace {
 
     /// Waits for the run to end, however it ends, and returns what it printed.
     pub fn exited(mut self, timeout: Duration) -> Result<Finished> {
-        let status = self.run.exit(timeout)?;
-        Ok(Finished {
-            status,
-            stdout: std::mem::take(&mut self.run.stdout.seen),
-            stderr: self.run.stderr(),
-        })
+        self.run.finished(timeout)
     }
 }
 
@@ -809,7 +834,7 @@ pub struct BpfObjects {
 }
 
 /// The kernel frees BPF objects after an RCU grace period and from work queues, not at close.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl BpfObjects {
     /// The programs, maps and links behind the fds `pid` holds now. A link's fdinfo also names

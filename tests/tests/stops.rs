@@ -1,13 +1,15 @@
 //! How leaktrace ends from outside: each stop signal brings the final report and exit 0,
 //! SIGKILL leaves the cleanup to the kernel, a closed stdout ends it with status 8; and in
-//! every case none of the BPF programs, maps or links it loaded outlives it. Privileged like
+//! every case none of the BPF programs, maps or links it loaded outlives it. Under `run`,
+//! SIGTERM and SIGHUP reach the command too. Privileged like
 //! kernel.rs: SKIPPED without root unless CI=true.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use leaktrace_tests::{run_client, BpfObjects, Fixture, Leaktrace};
+use leaktrace_tests::{run_client, signal_run, BpfObjects, Fixture, Leaktrace};
+use serde_json::Value;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
 
@@ -114,4 +116,31 @@ fn closed_stdout_ends_the_run() -> Result<()> {
         run.stderr
     );
     held.wait_released()
+}
+
+/// Under `run`, SIGTERM and SIGHUP reach leaktrace alone (a CI timeout, a supervisor) and are
+/// passed on: the command ends by them, and leaktrace reports and exits with its status.
+#[test]
+fn run_passes_sigterm_and_sighup_on() -> Result<()> {
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        // A server that waits for a connection forever: only the signal ends it.
+        let args = ["--", FIXTURE, "close-wait-server", "--conns", "1"];
+        let Some(run) = signal_run("run_passes_sigterm_and_sighup_on", &args, signal)? else {
+            return Ok(());
+        };
+        let lines: Vec<Value> = run
+            .stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        ensure!(
+            run.status.code() == Some(128 + signal)
+                && lines.last().is_some_and(|l| l["type"] == "summary"),
+            "signal {signal}: expected the report and exit {}, got {}; stderr:\n{}",
+            128 + signal,
+            run.status,
+            run.stderr
+        );
+    }
+    Ok(())
 }
