@@ -20,9 +20,15 @@ Examples:
   sudo leaktrace run --fail-on-leak -- ./run-tests.sh
                                             trace a command and its children (CI use)
 
+Stopping:
+  Ctrl-C (SIGINT), SIGTERM and SIGHUP print the final report and exit 0. run passes SIGTERM
+  and SIGHUP on to the command (Ctrl-C reaches it from the terminal), traces until it exits,
+  then reports and exits with its status.
+
 Exit status:
   0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process,
-  5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook;
+  5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook,
+  8 the report's reader closed it (e.g. `leaktrace --json | head -1`);
   run: the command's own status, 10 with --fail-on-leak when a leak was reported,
   126/127 when the command cannot be executed / is not found";
 
@@ -35,7 +41,7 @@ Exit status:
         leaktrace follows every TCP socket of the traced processes through the kernel (state \
         transitions, accept, shutdown, reads after shutdown, close, destruction) with eBPF, prints \
         each leak as soon as it has lasted --leak-after, and prints the leaking sockets' timelines \
-        in a final report when it stops (--duration, Ctrl-C or SIGTERM).",
+        in a final report when it stops (--duration, Ctrl-C, SIGTERM or SIGHUP).",
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true
 )]
@@ -91,7 +97,8 @@ pub struct TraceArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub leaks: LeakArgs,
-    /// Stop after this long and print the final report (default: until Ctrl-C or SIGTERM).
+    /// Stop after this long and print the final report (default: until Ctrl-C, SIGTERM or
+    /// SIGHUP).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 }

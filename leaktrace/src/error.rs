@@ -1,6 +1,6 @@
 //! Why leaktrace could not do its job, each with its own exit status so scripts can tell a
 //! missing privilege from a kernel that lacks what leaktrace needs.
-use std::fmt;
+use std::{fmt, io};
 
 /// Exit statuses, documented in `--help` and the README. Usage errors exit with 2, clap's status.
 pub mod exit_code {
@@ -10,6 +10,7 @@ pub mod exit_code {
     pub const NO_BTF: u8 = 5;
     pub const NO_TRACEFS: u8 = 6;
     pub const HOOK_REFUSED: u8 = 7;
+    pub const OUTPUT_CLOSED: u8 = 8;
 }
 
 #[derive(Debug)]
@@ -24,6 +25,8 @@ pub enum Failure {
         event: &'static str,
         reasons: Vec<String>,
     },
+    /// Whoever read the report closed it (`leaktrace | head -1`): nobody is left to tell.
+    OutputClosed,
     Runtime(anyhow::Error),
 }
 
@@ -35,7 +38,17 @@ impl Failure {
             Self::NoBtf | Self::Btf(_) => exit_code::NO_BTF,
             Self::NoTracefs(_) => exit_code::NO_TRACEFS,
             Self::HookRefused { .. } => exit_code::HOOK_REFUSED,
+            Self::OutputClosed => exit_code::OUTPUT_CLOSED,
             Self::Runtime(_) => exit_code::RUNTIME,
+        }
+    }
+
+    /// A failed write of the report.
+    pub fn writing(e: io::Error) -> Failure {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            Self::OutputClosed
+        } else {
+            Self::Runtime(anyhow::Error::new(e).context("writing output"))
         }
     }
 }
@@ -60,6 +73,10 @@ impl fmt::Display for Failure {
                 "the kernel refused every hook for the {event} event: {}",
                 reasons.join("; ")
             ),
+            Self::OutputClosed => write!(
+                f,
+                "the report's reader closed it (broken pipe): stopped tracing"
+            ),
             Self::Runtime(e) => write!(f, "{e:#}"),
         }
     }
@@ -68,5 +85,19 @@ impl fmt::Display for Failure {
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         Self::Runtime(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_output_has_its_own_status() {
+        let closed = Failure::writing(io::ErrorKind::BrokenPipe.into());
+        assert_eq!(closed.exit_code(), exit_code::OUTPUT_CLOSED);
+        let full = Failure::writing(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(full.exit_code(), exit_code::RUNTIME);
+        assert!(full.to_string().starts_with("writing output: "), "{full}");
     }
 }

@@ -14,9 +14,13 @@ mod hooks;
 mod report;
 mod run;
 mod session;
+mod stop;
 mod timeline;
 
-use std::process::ExitCode;
+use std::{
+    io::{self, Write as _},
+    process::ExitCode,
+};
 
 use clap::Parser;
 
@@ -46,7 +50,8 @@ fn main() -> ExitCode {
     match result {
         Ok(status) => ExitCode::from(status),
         Err(failure) => {
-            eprintln!("leaktrace: error: {failure}");
+            // Not eprintln!, which panics when stderr is closed too (`2>&1 | head`).
+            let _ = writeln!(io::stderr(), "leaktrace: error: {failure}");
             ExitCode::from(failure.exit_code())
         }
     }

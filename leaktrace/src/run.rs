@@ -62,12 +62,20 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     session.trace(pid)?;
 
     let mut status = None;
-    let ended = session
-        .run_until(async { status = Some(child.wait().await) })
-        .await?;
-    if ended != Ended::Caller {
-        // Interrupted (the command got the same Ctrl-C from the terminal): report once it is gone.
-        status = Some(child.wait().await);
+    {
+        let exited = async { status = Some(child.wait().await) };
+        tokio::pin!(exited);
+        // Tracing goes on until the command is gone, whatever stops leaktrace: what the command
+        // does while it shuts down belongs in the report.
+        loop {
+            match session.run_until(exited.as_mut()).await? {
+                Ended::Caller => break,
+                // Ctrl-C reaches the command from the terminal already (one process group):
+                // passing it on would deliver it twice, and a second Ctrl-C often means "now".
+                Ended::Signal(signal) if signal != libc::SIGINT => pass_on(pid, signal)?,
+                Ended::Signal(_) | Ended::NothingLeft | Ended::Duration => {}
+            }
+        }
     }
     let status = status
         .ok_or_else(|| anyhow!("the command's status is unknown"))?
@@ -79,6 +87,22 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     } else {
         exit_status(status)
     })
+}
+
+/// SIGTERM and SIGHUP are usually sent to leaktrace alone (a supervisor, `timeout`, a closed
+/// ssh session): the command must stop too, or leaktrace would wait for it forever.
+fn pass_on(pid: u32, signal: libc::c_int) -> Result<(), Failure> {
+    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
+    // SAFETY: kill has no memory-safety preconditions. The command is not reaped until its wait
+    // completes, which ends the loop, so the pid is still the command's.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        let e = io::Error::last_os_error();
+        // ESRCH: the command exited meanwhile, which is what the signal asked for.
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(anyhow!("passing signal {signal} on to the command: {e}").into());
+        }
+    }
+    Ok(())
 }
 
 /// The shell's convention: the exit code, or 128 + the signal that killed it.

@@ -1,12 +1,11 @@
 //! One trace session: attach the hooks, then move records from the ring buffer through the
 //! decoder, the timeline store and the detectors to a reporter until told to stop.
-use std::{collections::BTreeSet, future::Future, io, path::Path, time::Duration};
+use std::{collections::BTreeSet, future::Future, io, os::fd::RawFd, path::Path, time::Duration};
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{signal, Signal, SignalKind},
     time::{interval, interval_at, sleep_until, Instant, MissedTickBehavior},
 };
 
@@ -15,7 +14,10 @@ use crate::{
     detect::Detectors,
     error::Failure,
     hooks::{self, Attached, HookFamily, LoadOptions},
-    report::{FinalReport, IngestCounts, JsonReporter, Reporter, StartInfo, TextReporter},
+    report::{
+        ring_size_hint, FinalReport, IngestCounts, JsonReporter, Reporter, StartInfo, TextReporter,
+    },
+    stop::{self, StopSignals},
     timeline::Store,
 };
 
@@ -31,6 +33,10 @@ const EVALUATE_EVERY: Duration = Duration::from_millis(100);
 /// proportionally less, so they fill no sooner.
 const BATCH_RECORDS_FOR: Duration = Duration::from_millis(10);
 const BATCH_RING_SIZE: u32 = 4 << 20;
+
+/// How often the session looks for lost records and for a reader that went away: soon enough
+/// to warn while the burst is on, and for a pipeline to end, at no cost worth measuring.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Which processes to trace.
 pub enum Scope {
@@ -80,7 +86,8 @@ pub struct SessionOptions {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
     Duration,
-    Signal,
+    /// SIGINT, SIGTERM or SIGHUP, by number.
+    Signal(libc::c_int),
     /// Every traced process exited.
     NothingLeft,
     /// The caller's own condition (e.g. `run`'s command exited).
@@ -100,8 +107,9 @@ pub struct Session {
     deadline: Option<Instant>,
     interval: Option<Duration>,
     batch_pause: Duration,
-    interrupt: Signal,
-    terminate: Signal,
+    stops: StopSignals,
+    /// Where the report goes (stdout or stderr), watched for its reader going away.
+    report_fd: RawFd,
 }
 
 /// Checks what can be checked before touching the kernel, so bad input gets its own message.
@@ -180,13 +188,12 @@ impl Session {
         let ring = register(ring)?;
         // Before the start line: whoever reads it may stop leaktrace at once, and must get the
         // final report, not a process killed by a signal's default action.
-        let interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let stops = StopSignals::install()?;
 
-        let out: Box<dyn io::Write + Send> = if options.report_to_stderr {
-            Box::new(io::stderr())
+        let (out, report_fd): (Box<dyn io::Write + Send>, RawFd) = if options.report_to_stderr {
+            (Box::new(io::stderr()), libc::STDERR_FILENO)
         } else {
-            Box::new(io::stdout())
+            (Box::new(io::stdout()), libc::STDOUT_FILENO)
         };
         let mut reporter: Box<dyn Reporter> = if options.json {
             Box::new(JsonReporter::new(out))
@@ -208,7 +215,7 @@ impl Session {
                 leak_after: options.leak_after,
                 kernel: kernel_release(),
             })
-            .context("writing output")?;
+            .map_err(Failure::writing)?;
         Ok(Session {
             attached,
             ring,
@@ -216,14 +223,17 @@ impl Session {
             reporter,
             store: Store::with_capacity_limit(options.max_sockets),
             detectors: Detectors::new(options.leak_after),
-            counts: IngestCounts::default(),
+            counts: IngestCounts {
+                ring_size: options.ring_size,
+                ..IngestCounts::default()
+            },
             live: pids.into_iter().collect(),
             deadline: options.duration.map(|d| Instant::now() + d),
             interval: options.interval,
             batch_pause: BATCH_RECORDS_FOR
                 .mul_f64((f64::from(options.ring_size) / f64::from(BATCH_RING_SIZE)).min(1.0)),
-            interrupt,
-            terminate,
+            stops,
+            report_fd,
         })
     }
 
@@ -245,7 +255,7 @@ impl Session {
     }
 
     /// Moves records through the pipeline and reports leaks as they mature, until the duration
-    /// elapses, SIGINT or SIGTERM arrives, every traced process has exited, or `until` resolves.
+    /// elapses, a stop signal arrives, every traced process has exited, or `until` resolves.
     pub async fn run_until(&mut self, until: impl Future<Output = ()>) -> Result<Ended, Failure> {
         let mut tick = interval(EVALUATE_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -253,6 +263,8 @@ impl Session {
         let mut progress = self
             .interval
             .map(|period| interval_at(Instant::now() + period, period));
+        let mut watch = interval(WATCH_EVERY);
+        watch.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let deadline = self.deadline;
         let watching_processes = !self.live.is_empty();
         tokio::pin!(until);
@@ -278,11 +290,11 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 } => self.progress()?,
+                _ = watch.tick() => self.watch()?,
                 _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                     return Ok(Ended::Duration);
                 }
-                _ = self.interrupt.recv() => return Ok(Ended::Signal),
-                _ = self.terminate.recv() => return Ok(Ended::Signal),
+                signal = self.stops.recv() => return Ok(Ended::Signal(signal)),
                 () = &mut until => return Ok(Ended::Caller),
             }
         }
@@ -302,17 +314,8 @@ impl Session {
         let report = self
             .detectors
             .summary(&mut self.store, monotonic_ns(), self.counts);
-        self.reporter.finish(&report).context("writing output")?;
+        self.reporter.finish(&report).map_err(Failure::writing)?;
         Ok(report)
-    }
-
-    /// Events the kernel side could not write because the ring buffer was full, all CPUs.
-    fn lost_events(&self) -> Result<u64, Failure> {
-        let per_cpu = self
-            .lost
-            .get(&0, 0)
-            .context("reading the lost-events counter")?;
-        Ok(per_cpu.iter().sum())
     }
 
     fn progress(&mut self) -> Result<(), Failure> {
@@ -322,15 +325,42 @@ impl Session {
             .progress(&self.store, monotonic_ns(), self.counts);
         self.reporter
             .progress(&progress)
-            .context("writing output")?;
+            .map_err(Failure::writing)?;
         Ok(())
     }
 
     fn evaluate(&mut self) -> Result<(), Failure> {
         for outcome in self.detectors.evaluate(&mut self.store, monotonic_ns()) {
-            self.reporter.outcome(&outcome).context("writing output")?;
+            self.reporter.outcome(&outcome).map_err(Failure::writing)?;
         }
         Ok(())
+    }
+
+    /// Ends the session once nobody reads the report; warns the first time records are lost,
+    /// while the burst that overflowed the ring buffer can still be matched to what the user
+    /// sees, rather than only in the summary.
+    fn watch(&mut self) -> Result<(), Failure> {
+        if stop::reader_gone(self.report_fd) {
+            return Err(Failure::OutputClosed);
+        }
+        let lost = self.lost_events()?;
+        if lost > 0 && self.counts.lost_events == 0 {
+            eprintln!(
+                "leaktrace: warning: {lost} events lost so far (ring buffer full): {}",
+                ring_size_hint(self.counts.ring_size)
+            );
+        }
+        self.counts.lost_events = lost;
+        Ok(())
+    }
+
+    /// Records that did not fit in the ring buffer, counted per CPU by the kernel side.
+    fn lost_events(&self) -> Result<u64, Failure> {
+        let per_cpu = self
+            .lost
+            .get(&0, 0)
+            .context("reading the lost-events counter")?;
+        Ok(per_cpu.iter().sum())
     }
 }
 

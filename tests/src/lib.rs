@@ -8,12 +8,14 @@
 //! `LEAKTRACE_BIN`, `LEAKTRACE_HOOKS` (`--hooks` for every leaktrace started) and
 //! `LEAKTRACE_EXPECT_HOOKS` (the hook family every traced run must have attached).
 
+use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -122,15 +124,36 @@ struct Lines {
     rx: Receiver<String>,
     seen: Vec<String>,
     closed: bool,
+    /// Asks the reader thread to stop reading and close its end of the pipe.
+    hang_up: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
 }
 
+/// How often a reader waiting for output checks whether it should hang up.
+const HANG_UP_POLL_MS: libc::c_int = 50;
+
 impl Lines {
-    fn read(source: impl Read + Send + 'static) -> Lines {
+    fn read(source: impl Read + AsRawFd + Send + 'static) -> Lines {
         let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(source).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
+        let hang_up = Arc::new(AtomicBool::new(false));
+        let asked = Arc::clone(&hang_up);
+        let reader = thread::spawn(move || {
+            let fd = source.as_raw_fd();
+            let mut source = BufReader::new(source);
+            loop {
+                // A blocked read would keep the pipe open until the child writes again: wait for
+                // data in short polls instead, so a hang-up takes effect at once.
+                if source.buffer().is_empty() && !readable_unless(fd, &asked) {
+                    return;
+                }
+                let mut line = String::new();
+                if !matches!(source.read_line(&mut line), Ok(1..)) {
+                    return;
+                }
+                let line = line.strip_suffix('\n').unwrap_or(&line);
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                if tx.send(line.to_owned()).is_err() {
+                    return;
                 }
             }
         });
@@ -138,7 +161,19 @@ impl Lines {
             rx,
             seen: Vec::new(),
             closed: false,
+            hang_up,
+            reader: Some(reader),
         }
+    }
+
+    /// Closes the read end, as `head -1` does once it has its line: the child's next write fails
+    /// with EPIPE. Lines not read yet are lost.
+    fn hang_up(&mut self) {
+        self.hang_up.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("stdout reader panicked");
+        }
+        self.closed = true;
     }
 
     fn wait_for(&mut self, timeout: Duration, met: impl Fn(&[String]) -> bool) -> Wait {
@@ -160,6 +195,23 @@ impl Lines {
             }
         }
     }
+}
+
+/// Waits until `fd` has something to read (or an error to report), or `hang_up` is set (false).
+fn readable_unless(fd: RawFd, hang_up: &AtomicBool) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    while !hang_up.load(Ordering::Relaxed) {
+        // SAFETY: one valid pollfd; the fd stays open while its owner, the caller, runs.
+        if unsafe { libc::poll(&mut poll, 1, HANG_UP_POLL_MS) } != 0 {
+            // Readable, at the end, or an error (EINTR included) that the read will report.
+            return true;
+        }
+    }
+    false
 }
 
 /// A child process, killed and reaped on drop.
@@ -210,6 +262,21 @@ impl Running {
         self.stderr.lock().expect("stderr lock").clone()
     }
 
+    /// Waits until the process has printed a line containing `text` on stderr.
+    fn wait_for_stderr(&self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().lines().any(|l| l.contains(text)) {
+            ensure!(
+                Instant::now() < deadline,
+                "{} printed no stderr line with {text:?} within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Waits until at least `n` stdout lines start with `prefix`, and returns them.
     fn lines_starting(&mut self, prefix: &str, n: usize, timeout: Duration) -> Result<Vec<String>> {
         let count = |lines: &[String]| lines.iter().filter(|l| l.starts_with(prefix)).count();
@@ -234,6 +301,16 @@ impl Running {
                 self.stderr()
             ),
         }
+    }
+
+    /// [`Self::exit`], with all the process printed.
+    fn finished(&mut self, timeout: Duration) -> Result<Finished> {
+        let status = self.exit(timeout)?;
+        Ok(Finished {
+            status,
+            stdout: std::mem::take(&mut self.stdout.seen),
+            stderr: self.stderr(),
+        })
     }
 
     /// Waits for the process to end on its own, reading all it prints.
@@ -359,7 +436,7 @@ pub fn run_client(fixture: &str, args: &[&str]) -> Result<ClientRun> {
     })
 }
 
-/// A finished leaktrace run that did not need to trace anything (usage errors, `--help`).
+/// A finished leaktrace run, whatever its end: a usage error, `--help`, SIGKILL, a closed stdout.
 pub struct Finished {
     pub status: ExitStatus,
     pub stdout: Vec<String>,
@@ -367,13 +444,27 @@ pub struct Finished {
 }
 
 pub fn run_leaktrace(args: &[&str]) -> Result<Finished> {
-    let mut run = spawn_leaktrace(args)?;
-    let status = run.exit(EXIT_TIMEOUT)?;
-    Ok(Finished {
-        status,
-        stdout: std::mem::take(&mut run.stdout.seen),
-        stderr: run.stderr(),
-    })
+    spawn_leaktrace(args)?.finished(EXIT_TIMEOUT)
+}
+
+/// Starts `leaktrace run --json ... -- CMD...` (`args` from `--json` on), sends it `signal` once
+/// it has attached, and waits for it to end. `None` means the test was skipped: not root.
+pub fn signal_run(test: &str, args: &[&str], signal: i32) -> Result<Option<Finished>> {
+    if !is_root() {
+        skip(test, "leaktrace needs root");
+        return Ok(None);
+    }
+    let mut run = spawn_leaktrace(&[&["run", "--json"], args].concat())?;
+    // Under run the report, start line included, goes to stderr.
+    run.wait_for_stderr(r#"{"type":"start""#, START_TIMEOUT)?;
+    let pid = libc::pid_t::try_from(run.child.id())?;
+    // SAFETY: kill has no memory-safety preconditions; the child is not reaped before
+    // `finished`, so the pid cannot have been reused.
+    ensure!(
+        unsafe { libc::kill(pid, signal) } == 0,
+        "cannot signal leaktrace"
+    );
+    run.finished(EXIT_TIMEOUT).map(Some)
 }
 
 /// Starts leaktrace, with `--hooks $LEAKTRACE_HOOKS` when that is set.
@@ -498,6 +589,11 @@ impl Leaktrace {
         }
     }
 
+    /// Waits until leaktrace has printed a line containing `text` on stderr.
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> Result<()> {
+        self.run.wait_for_stderr(text, timeout)
+    }
+
     /// Keeps tracing for `period`, long enough for findings that should not exist to show up.
     pub fn settle(&mut self, period: Duration) -> Result<()> {
         match self.run.stdout.wait_for(period, |_| false) {
@@ -513,7 +609,8 @@ impl Leaktrace {
     /// Sends `signal` to leaktrace (SIGSTOP/SIGCONT: a reader that falls behind).
     pub fn signal(&self, signal: i32) -> Result<()> {
         let pid = libc::pid_t::try_from(self.run.child.id())?;
-        // SAFETY: as in `stop`.
+        // SAFETY: kill has no memory-safety preconditions; the child is not reaped before
+        // `finish` or `exited`, which consume self, so the pid cannot have been reused.
         ensure!(
             unsafe { libc::kill(pid, signal) } == 0,
             "cannot signal leaktrace"
@@ -521,27 +618,48 @@ impl Leaktrace {
         Ok(())
     }
 
+    pub fn pid(&self) -> u32 {
+        self.run.child.id()
+    }
+
     /// Ends the run the way an operator does, with SIGTERM, and returns everything it printed.
     pub fn stop(self) -> Result<Report> {
-        let pid = libc::pid_t::try_from(self.run.child.id())?;
-        // SAFETY: kill has no memory-safety preconditions; the child is not reaped before
-        // `finish`, so the pid cannot have been reused.
-        ensure!(
-            unsafe { libc::kill(pid, libc::SIGTERM) } == 0,
-            "cannot signal leaktrace"
-        );
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Ends the run with `signal` (SIGINT, SIGTERM or SIGHUP), which must bring the final report
+    /// and exit 0.
+    pub fn stop_with(self, signal: i32) -> Result<Report> {
+        self.signal(signal)?;
         self.finish(EXIT_TIMEOUT)
     }
 
+    /// SIGKILL: no report, the kernel cleans up alone.
+    pub fn kill(self) -> Result<Finished> {
+        self.signal(libc::SIGKILL)?;
+        self.exited(EXIT_TIMEOUT)
+    }
+
+    /// Closes leaktrace's stdout, as a reader that has seen enough does (`| head -1`).
+    pub fn close_stdout(&mut self) {
+        self.run.stdout.hang_up();
+    }
+
     /// Waits for the run to end by itself (`--duration`) and returns everything it printed.
-    pub fn finish(mut self, timeout: Duration) -> Result<Report> {
-        let status = self.run.exit(timeout)?;
-        let report = Report::parse(&self.run.stdout.seen, self.run.stderr())?;
+    pub fn finish(self, timeout: Duration) -> Result<Report> {
+        let run = self.exited(timeout)?;
+        let report = Report::parse(&run.stdout, run.stderr)?;
         ensure!(
-            status.code() == Some(0),
-            "leaktrace exited with {status}\n{report}"
+            run.status.code() == Some(0),
+            "leaktrace exited with {}\n{report}",
+            run.status
         );
         Ok(report)
+    }
+
+    /// Waits for the run to end, however it ends, and returns what it printed.
+    pub fn exited(mut self, timeout: Duration) -> Result<Finished> {
+        self.run.finished(timeout)
     }
 }
 
@@ -673,4 +791,198 @@ pub fn kernel_socket(pid: u32, fd: i64) -> Result<(u8, usize)> {
     };
     ensure!(ret == 0, "TCP_INFO: {}", io::Error::last_os_error());
     Ok((info.tcpi_state, usize::try_from(unread)?))
+}
+
+/// A kind of BPF object, as `/proc/<pid>/fdinfo` names its id and as `bpf(2)` looks it up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BpfKind {
+    Prog,
+    Map,
+    Link,
+}
+
+impl BpfKind {
+    const ALL: [BpfKind; 3] = [BpfKind::Prog, BpfKind::Map, BpfKind::Link];
+
+    fn fdinfo_key(self) -> &'static str {
+        match self {
+            BpfKind::Prog => "prog_id:",
+            BpfKind::Map => "map_id:",
+            BpfKind::Link => "link_id:",
+        }
+    }
+
+    /// `BPF_{PROG,MAP,LINK}_GET_FD_BY_ID` of uapi/linux/bpf.h.
+    fn get_fd_by_id(self) -> libc::c_long {
+        match self {
+            BpfKind::Prog => 13,
+            BpfKind::Map => 14,
+            BpfKind::Link => 30,
+        }
+    }
+}
+
+/// `BPF_OBJ_GET` of uapi/linux/bpf.h: opens a pinned object.
+const BPF_OBJ_GET: libc::c_long = 7;
+
+/// The BPF objects one process holds: ids the kernel never reuses soon, so unlike names they
+/// tell one leaktrace's programs from those of the leaktraces other tests run at the same time.
+#[derive(Debug)]
+pub struct BpfObjects {
+    pid: u32,
+    ids: BTreeSet<(BpfKind, u32)>,
+}
+
+/// The kernel frees BPF objects after an RCU grace period and from work queues, not at close.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl BpfObjects {
+    /// The programs, maps and links behind the fds `pid` holds now. A link's fdinfo also names
+    /// its program.
+    pub fn held_by(pid: u32) -> Result<BpfObjects> {
+        let dir = format!("/proc/{pid}/fdinfo");
+        let mut ids = BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
+            // An fd closed since the listing has no fdinfo any more, and held nothing that stays.
+            let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+                continue;
+            };
+            ids.extend(fdinfo_ids(&info));
+        }
+        let objects = BpfObjects { pid, ids };
+        ensure!(
+            [BpfKind::Prog, BpfKind::Map]
+                .iter()
+                .all(|kind| objects.ids.iter().any(|(k, _)| k == kind)),
+            "pid {pid} holds no BPF program or no map: {objects:?}"
+        );
+        Ok(objects)
+    }
+
+    /// Waits until the kernel has freed every object, now that their holder has exited.
+    pub fn wait_released(&self) -> Result<()> {
+        let deadline = Instant::now() + RELEASE_TIMEOUT;
+        loop {
+            let mut alive = Vec::new();
+            for &(kind, id) in &self.ids {
+                if bpf_object_exists(kind, id)? {
+                    alive.push((kind, id));
+                }
+            }
+            if alive.is_empty() {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{RELEASE_TIMEOUT:?} after pid {} exited, the kernel still has its BPF objects {alive:?}",
+                self.pid
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Fails if any of these objects is pinned in the BPF filesystem under `root`, where it
+    /// would outlive its process.
+    pub fn check_not_pinned(&self, root: &Path) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            // Not mounted, or no such directory: nothing can be pinned there.
+            return Ok(());
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                self.check_not_pinned(&path)?;
+                continue;
+            }
+            let Some(fd) = bpf_obj_get(&path)? else {
+                continue;
+            };
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+            let pinned: BTreeSet<_> = fdinfo_ids(&info).collect();
+            ensure!(
+                pinned.is_disjoint(&self.ids),
+                "{} pins BPF objects {pinned:?} of pid {}",
+                path.display(),
+                self.pid
+            );
+        }
+        Ok(())
+    }
+}
+
+fn fdinfo_ids(info: &str) -> impl Iterator<Item = (BpfKind, u32)> + '_ {
+    info.lines().filter_map(|line| {
+        BpfKind::ALL.into_iter().find_map(|kind| {
+            let id = line.strip_prefix(kind.fdinfo_key())?.trim().parse().ok()?;
+            Some((kind, id))
+        })
+    })
+}
+
+/// Whether the kernel still has BPF object `id` of `kind`, asked with `bpf(2)` directly: the
+/// tests do not link aya.
+fn bpf_object_exists(kind: BpfKind, id: u32) -> Result<bool> {
+    // The leading fields of `union bpf_attr` for the GET_FD_BY_ID commands.
+    #[repr(C)]
+    struct GetFdById {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let attr = GetFdById {
+        id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: the kernel reads `size_of::<GetFdById>()` bytes of `attr`, which all exist.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            kind.get_fd_by_id(),
+            &raw const attr,
+            std::mem::size_of::<GetFdById>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: the kernel just returned this fd and nothing else owns it.
+        drop(unsafe { OwnedFd::from_raw_fd(RawFd::try_from(fd)?) });
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    ensure!(
+        e.raw_os_error() == Some(libc::ENOENT),
+        "bpf GET_FD_BY_ID for {kind:?} {id}: {e}"
+    );
+    Ok(false)
+}
+
+/// Opens the object pinned at `path`; `None` when `path` is not a BPF object.
+fn bpf_obj_get(path: &Path) -> Result<Option<OwnedFd>> {
+    // The leading fields of `union bpf_attr` for BPF_OBJ_GET.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let attr = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: the kernel reads `attr` and the NUL-terminated path it points to, both alive.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &raw const attr,
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        return Ok(None);
+    }
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(RawFd::try_from(fd)?) }))
 }

@@ -618,6 +618,9 @@ fn lost_events_are_counted_and_reported() -> Result<()> {
     );
     leaktrace.signal(libc::SIGCONT)?;
     churn?;
+    // The live warning, while the run goes on, tells what to do about it.
+    let hint = "raise --ring-size (now 4096 bytes)";
+    leaktrace.wait_for_stderr(hint, Duration::from_secs(5))?;
     let report = leaktrace.stop()?;
     let summary = report.summary();
     assert!(
@@ -628,6 +631,8 @@ fn lost_events_are_counted_and_reported() -> Result<()> {
         summary["records"].as_u64().is_some_and(|n| n > 0),
         "what fitted was delivered\n{report}"
     );
+    assert_eq!(summary["ring_size"], 4096, "{report}");
+    assert_eq!(summary["hint"], hint, "{report}");
     Ok(())
 }
 

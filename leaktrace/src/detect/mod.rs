@@ -942,6 +942,7 @@ mod tests {
             records: 5,
             decode_errors: 1,
             lost_events: 2,
+            ring_size: 4096,
         };
         let report = detectors.summary(&mut store, 5100 * MS, ingest);
         let [finding] = &report.open[..] else {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use leaktrace_common::tcp_state;
 use serde_json::{json, Map, Value};
 
-use super::{write_line, FinalReport, Progress, Reporter, StartInfo, Stats};
+use super::{ring_size_hint, write_line, FinalReport, Progress, Reporter, StartInfo, Stats};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::detect::{Finding, Outcome, Resolved};
 use crate::timeline::Dropped;
@@ -73,6 +73,8 @@ impl Reporter for JsonReporter {
 
     /// Findings were printed as they were found; the counts are left, and the summary, last.
     fn finish(&mut self, report: &FinalReport) -> io::Result<()> {
+        let ingest = &report.ingest;
+        let hint = (ingest.lost_events > 0).then(|| ring_size_hint(ingest.ring_size));
         self.emit(&stats(&report.stats))?;
         let over_time: Vec<Value> = report
             .open_over_time
@@ -84,10 +86,12 @@ impl Reporter for JsonReporter {
             "leaks_open": report.open.len(),
             "leaks_resolved": report.leaks_resolved,
             "sockets_seen": report.sockets_seen,
-            "lost_events": report.ingest.lost_events,
+            "lost_events": ingest.lost_events,
             "unattributed": report.unattributed,
-            "records": report.ingest.records,
-            "decode_errors": report.ingest.decode_errors,
+            "records": ingest.records,
+            "decode_errors": ingest.decode_errors,
+            "ring_size": ingest.ring_size,
+            "hint": hint,
             "dropped": dropped(&report.dropped),
             "leaks_open_over_time": over_time,
         }))
@@ -366,6 +370,8 @@ mod tests {
                 "unattributed": 2,
                 "records": 120,
                 "decode_errors": 3,
+                "ring_size": 4096,
+                "hint": "raise --ring-size (now 4096 bytes)",
                 "dropped": {"finished": 0, "evicted": 0, "late_records": 0},
                 "leaks_open_over_time": [],
             })

@@ -31,6 +31,13 @@ pub struct IngestCounts {
     pub records: u64,
     pub decode_errors: u64,
     pub lost_events: u64,
+    /// `--ring-size`, what to raise when records were lost.
+    pub ring_size: u32,
+}
+
+/// What to do about lost records, for the live warning and both summaries.
+pub fn ring_size_hint(ring_size: u32) -> String {
+    format!("raise --ring-size (now {ring_size} bytes)")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -256,6 +263,7 @@ mod tests {
                 records: 120,
                 decode_errors: 3,
                 lost_events,
+                ring_size: 4096,
             },
             stats: Stats::default(),
             dropped: Dropped::default(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
-use super::{write_line, FinalReport, Progress, Reporter, StartInfo, Stats};
+use super::{ring_size_hint, write_line, FinalReport, Progress, Reporter, StartInfo, Stats};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::detect::{Finding, LeakKind, Outcome};
 use crate::timeline::Dropped;
@@ -160,8 +160,9 @@ impl Reporter for TextReporter {
         if ingest.lost_events > 0 {
             self.line(&format!(
                 "warning: {} events were lost (ring buffer full): timelines may be incomplete \
-                 and leaks missed",
-                ingest.lost_events
+                 and leaks missed; {}",
+                ingest.lost_events,
+                ring_size_hint(ingest.ring_size)
             ))?;
         }
         Ok(())
@@ -529,7 +530,7 @@ mod tests {
             "note: 2 sockets met a leak condition but no owning process was known, so they are \
              not reported",
             "warning: 5 events were lost (ring buffer full): timelines may be incomplete and \
-             leaks missed",
+             leaks missed; raise --ring-size (now 4096 bytes)",
         ];
         assert_eq!(lines, expected);
     }

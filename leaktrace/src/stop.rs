@@ -1,0 +1,72 @@
+//! What ends a session from outside: the stop signals, and a report whose reader went away.
+use std::os::fd::RawFd;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// SIGINT (Ctrl-C), SIGTERM (kill, service managers) and SIGHUP (the terminal or ssh session
+/// closed): each ends the session with its final report, where the default action would kill
+/// leaktrace with nothing printed.
+pub struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            hangup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+
+    /// The next stop signal's number, so that `run` can pass it on to its command.
+    pub async fn recv(&mut self) -> libc::c_int {
+        tokio::select! {
+            _ = self.interrupt.recv() => libc::SIGINT,
+            _ = self.terminate.recv() => libc::SIGTERM,
+            _ = self.hangup.recv() => libc::SIGHUP,
+        }
+    }
+}
+
+/// Whether `fd` is a pipe whose read end is closed (`leaktrace | head -1` once head is done).
+/// A write would fail with EPIPE, but leaktrace may have nothing to write for a long time, and
+/// the pipeline should not wait for that.
+pub fn reader_gone(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, and a zero timeout: poll only reports, it never blocks.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    // The kernel reports POLLERR on a pipe's write end once no reader is left; ttys and files
+    // never do.
+    ready == 1 && poll.revents & libc::POLLERR != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use super::*;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two fds into the array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both fds were just created and nothing else owns them.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn a_pipe_without_reader_is_noticed() {
+        let (read, write) = pipe();
+        assert!(!reader_gone(write.as_raw_fd()));
+        drop(read);
+        assert!(reader_gone(write.as_raw_fd()));
+    }
+}

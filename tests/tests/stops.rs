@@ -1,0 +1,146 @@
+//! How leaktrace ends from outside: each stop signal brings the final report and exit 0,
+//! SIGKILL leaves the cleanup to the kernel, a closed stdout ends it with status 8; and in
+//! every case none of the BPF programs, maps or links it loaded outlives it. Under `run`,
+//! SIGTERM and SIGHUP reach the command too. Privileged like
+//! kernel.rs: SKIPPED without root unless CI=true.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use leaktrace_tests::{run_client, signal_run, BpfObjects, Fixture, Leaktrace};
+use serde_json::Value;
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
+
+/// --leak-after plus slack for tests running in parallel on two cores.
+const FINDING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Only a safety net: every run here ends by a signal or a closed stdout.
+const RUN_LIMIT: &str = "60s";
+
+/// leaktrace's status when its stdout was closed (`--help`, README).
+const OUTPUT_CLOSED: i32 = 8;
+
+/// leaktrace's one-second watch, with slack for two busy (or emulated) cores.
+const CLOSED_STDOUT_EXIT: Duration = Duration::from_secs(10);
+
+/// Where the BPF filesystem is mounted, by convention.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// A server holding one connection in CLOSE_WAIT, and leaktrace, started on it, reporting it.
+fn traced_leak(test: &str) -> Result<Option<(Fixture, Leaktrace, BpfObjects)>> {
+    let mut server = Fixture::server(FIXTURE, &["close-wait-server", "--conns", "1"])?;
+    let Some(mut leaktrace) = Leaktrace::start(test, &[server.pid()], RUN_LIMIT)? else {
+        return Ok(None);
+    };
+    // Once the start line is out, everything is loaded and attached.
+    let held = BpfObjects::held_by(leaktrace.pid())?;
+    let port = server.port().to_string();
+    run_client(FIXTURE, &["--port", &port, "--send", "5", "--conns", "1"])?;
+    server.lines("EOF ", 1)?;
+    leaktrace.wait_for_leaks(1, FINDING_TIMEOUT)?;
+    Ok(Some((server, leaktrace, held)))
+}
+
+fn stop_signal_reports_and_releases(test: &str, signal: i32) -> Result<()> {
+    let Some((server, leaktrace, held)) = traced_leak(test)? else {
+        return Ok(());
+    };
+    // Exit 0, every line JSON, from the start line to the summary.
+    let report = leaktrace.stop_with(signal)?;
+    ensure!(report.summary()["leaks_open"] == 1, "{report}");
+    let leaks = report.leaks();
+    ensure!(
+        matches!(&leaks[..], [leak] if leak["pid"] == server.pid() && leak["kind"] == "close_wait"),
+        "expected the server's close_wait leak\n{report}"
+    );
+    held.wait_released()
+}
+
+#[test]
+fn sigint_reports_and_releases() -> Result<()> {
+    stop_signal_reports_and_releases("sigint_reports_and_releases", libc::SIGINT)
+}
+
+#[test]
+fn sigterm_reports_and_releases() -> Result<()> {
+    stop_signal_reports_and_releases("sigterm_reports_and_releases", libc::SIGTERM)
+}
+
+#[test]
+fn sighup_reports_and_releases() -> Result<()> {
+    stop_signal_reports_and_releases("sighup_reports_and_releases", libc::SIGHUP)
+}
+
+/// leaktrace pins nothing, so when it is killed with no chance to clean up, closing its fds is
+/// enough for the kernel to free everything.
+#[test]
+fn sigkill_leaves_nothing_loaded() -> Result<()> {
+    let Some((_server, leaktrace, held)) = traced_leak("sigkill_leaves_nothing_loaded")? else {
+        return Ok(());
+    };
+    let run = leaktrace.kill()?;
+    ensure!(
+        run.status.code().is_none(),
+        "leaktrace survived SIGKILL?! {}",
+        run.status
+    );
+    held.check_not_pinned(Path::new(BPFFS))?;
+    held.wait_released()
+}
+
+/// `leaktrace --json | head -1`: once the reader is gone leaktrace stops by itself, within its
+/// one-second watch even with nothing to print, with one line on stderr and no panic.
+#[test]
+fn closed_stdout_ends_the_run() -> Result<()> {
+    let Some((_server, mut leaktrace, held)) = traced_leak("closed_stdout_ends_the_run")? else {
+        return Ok(());
+    };
+    leaktrace.close_stdout();
+    let run = leaktrace.exited(CLOSED_STDOUT_EXIT)?;
+    ensure!(
+        run.status.code() == Some(OUTPUT_CLOSED),
+        "expected exit {OUTPUT_CLOSED}, got {}; stderr:\n{}",
+        run.status,
+        run.stderr
+    );
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("leaktrace: error: "))
+        .collect();
+    ensure!(
+        errors.len() == 1 && errors[0].contains("broken pipe") && !run.stderr.contains("panic"),
+        "expected one error line about the closed output, no panic:\n{}",
+        run.stderr
+    );
+    held.wait_released()
+}
+
+/// Under `run`, SIGTERM and SIGHUP reach leaktrace alone (a CI timeout, a supervisor) and are
+/// passed on: the command ends by them, and leaktrace reports and exits with its status.
+#[test]
+fn run_passes_sigterm_and_sighup_on() -> Result<()> {
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        // A server that waits for a connection forever: only the signal ends it.
+        let args = ["--", FIXTURE, "close-wait-server", "--conns", "1"];
+        let Some(run) = signal_run("run_passes_sigterm_and_sighup_on", &args, signal)? else {
+            return Ok(());
+        };
+        let lines: Vec<Value> = run
+            .stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        ensure!(
+            run.status.code() == Some(128 + signal)
+                && lines.last().is_some_and(|l| l["type"] == "summary"),
+            "signal {signal}: expected the report and exit {}, got {}; stderr:\n{}",
+            128 + signal,
+            run.status,
+            run.stderr
+        );
+    }
+    Ok(())
+}
