@@ -42,6 +42,8 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
         leak_after: LEAK_AFTER,
+        // The demo has no proxy: nothing of it is ever idle_half_closed.
+        idle_after: LEAK_AFTER,
         duration: Some(DURATION),
     };
     let mut session = Session::start(&options)?;

@@ -4,6 +4,7 @@
 //! records -> `decoder` -> `timeline` (per-socket store) -> `detect` (one detector per leak
 //! class) -> `report` (text, JSON Lines). `session` drives it; `demo` feeds it leaky servers;
 //! `run` traces a command it starts.
+mod activity;
 mod cli;
 mod decoder;
 mod demo;
@@ -65,6 +66,7 @@ async fn trace(args: TraceArgs) -> Result<(), Failure> {
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
         leak_after: args.leaks.leak_after,
+        idle_after: args.leaks.idle_after,
         duration: args.duration,
     };
     let mut session = Session::start(&options)?;

@@ -31,6 +31,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
         leak_after: args.leaks.leak_after,
+        idle_after: args.leaks.idle_after,
         duration: None,
     };
     let mut session = Session::start(&options)?;

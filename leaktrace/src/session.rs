@@ -63,6 +63,7 @@ pub struct SessionOptions {
     pub hooks: HookFamily,
     pub ring_size: u32,
     pub leak_after: Duration,
+    pub idle_after: Duration,
     pub duration: Option<Duration>,
 }
 
@@ -193,6 +194,7 @@ impl Session {
                 pids: pids.clone(),
                 scope: options.scope.describe(options.follow_children),
                 leak_after: options.leak_after,
+                idle_after: options.idle_after,
                 kernel: kernel_release(),
             })
             .context("writing output")?;
@@ -202,7 +204,7 @@ impl Session {
             lost,
             reporter,
             store: Store::new(),
-            detectors: Detectors::new(options.leak_after),
+            detectors: Detectors::new(options.leak_after, options.idle_after),
             counts: IngestCounts::default(),
             live: pids.into_iter().collect(),
             deadline: options.duration.map(|d| Instant::now() + d),
