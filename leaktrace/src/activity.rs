@@ -4,9 +4,14 @@
 //! keepalive (or a retransmission) is pending; an idle socket with SO_KEEPALIVE always has its
 //! keepalive timer armed. One dump answers for every socket, and sock_diag has been stable since
 //! long before the oldest kernel leaktrace supports.
+//!
+//! Its TCP part (inet_diag, tcp_diag) is a loadable module on many distributions' kernels, Debian's
+//! among them; where it is neither loaded nor loadable, each socket of interest is read through a
+//! duplicate of its owner's fd instead (`TCP_INFO`, `SO_KEEPALIVE`).
 use std::io;
 use std::mem::offset_of;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -40,12 +45,43 @@ pub struct Sample {
     pub timer: Option<KernelTimer>,
 }
 
+/// A socket whose traffic is wanted: where its owner holds it, and what the timeline knows of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub pid: u32,
+    pub fd: i32,
+    pub ino: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
 /// Where samples come from: [`sample`], or what a test makes up.
-pub type Sampler = dyn FnMut() -> io::Result<Vec<Sample>> + Send;
+pub type Sampler = dyn FnMut(&[Wanted]) -> io::Result<Vec<Sample>> + Send;
+
+/// The wanted sockets' samples, and maybe others': from sock_diag, else through their fds.
+pub fn sample(wanted: &[Wanted]) -> io::Result<Vec<Sample>> {
+    sock_diag().or_else(|diag_error| {
+        let mut samples = Vec::with_capacity(wanted.len());
+        for socket in wanted {
+            match through_fd(socket) {
+                Ok(Some(sample)) => samples.push(sample),
+                // The owner closed the fd or exited since: nothing left to sample.
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(io::Error::other(format!(
+                        "sock_diag: {diag_error}; through pid {} fd {}: {e}",
+                        socket.pid, socket.fd
+                    )))
+                }
+            }
+        }
+        Ok(samples)
+    })
+}
 
 /// Every TCP connection of this network namespace in ESTABLISHED or FIN_WAIT2, the states in
 /// which a connection can sit idle with no end in sight (CLOSE_WAIT is `close_wait`'s).
-pub fn sample() -> io::Result<Vec<Sample>> {
+fn sock_diag() -> io::Result<Vec<Sample>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
@@ -130,6 +166,84 @@ fn parse(response: &InetResponse) -> Option<Sample> {
     })
 }
 
+/// One socket read through a duplicate of its owner's fd; `None` if that fd no longer holds it.
+/// The duplicate lives for a few syscalls only: a close(2) by the owner meanwhile would find the
+/// socket still referenced and release nothing, its release then coming from leaktrace's own
+/// close of the duplicate.
+fn through_fd(socket: &Wanted) -> io::Result<Option<Sample>> {
+    let gone = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ESRCH | libc::EBADF));
+    let pidfd = match crate::hooks::pidfd_open(socket.pid) {
+        Ok(pidfd) => pidfd,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let duplicate = match crate::hooks::pidfd_getfd(&pidfd, socket.fd) {
+        Ok(duplicate) => duplicate,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: an all-zero stat is valid; fstat fills it for an open fd.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and pointer for the call's duration.
+    if unsafe { libc::fstat(duplicate.as_raw_fd(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The fd number was reused for another file since.
+    if stat.st_ino != socket.ino {
+        return Ok(None);
+    }
+    // SAFETY: tcp_info is plain integers, for which all-zero is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    get_option(&duplicate, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)?;
+    let mut keepalive: libc::c_int = 0;
+    get_option(
+        &duplicate,
+        libc::SOL_SOCKET,
+        libc::SO_KEEPALIVE,
+        &mut keepalive,
+    )?;
+    let timer = if keepalive != 0 {
+        Some(KernelTimer::Keepalive)
+    } else if info.tcpi_unacked > 0 {
+        // Unacknowledged data: the retransmission timer runs.
+        Some(KernelTimer::Other)
+    } else {
+        None
+    };
+    let last = info.tcpi_last_data_sent.min(info.tcpi_last_data_recv);
+    Ok(Some(Sample {
+        ino: socket.ino,
+        local: socket.local,
+        remote: socket.remote,
+        idle: Duration::from_millis(u64::from(last)),
+        timer,
+    }))
+}
+
+/// `getsockopt(level, name)` into `value`; the kernel writes at most its size.
+fn get_option<T>(
+    fd: impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &mut T,
+) -> io::Result<()> {
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<T>()).map_err(io::Error::other)?;
+    // SAFETY: valid fd, and `value` has room for `len` bytes for the call's duration.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            level,
+            name,
+            (value as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Since the last data sent or received, from `tcp_info`. Read at the uapi struct's offsets
 /// rather than as a whole struct: its length grows with every kernel, and these fields sit in
 /// the part every kernel has.
@@ -184,18 +298,49 @@ mod tests {
         server.read_exact(&mut [0; 4]).unwrap();
         std::thread::sleep(Duration::from_millis(300));
 
-        let samples = sample().unwrap();
-        let quiet = find(&samples, &client);
-        let guarded = find(&samples, &server);
-        assert_eq!(quiet.timer, None);
-        assert_eq!(guarded.timer, Some(KernelTimer::Keepalive));
-        for s in [quiet, guarded] {
-            assert!(
-                s.idle >= Duration::from_millis(250) && s.idle < Duration::from_secs(10),
-                "{s:?}"
-            );
-            assert_ne!(s.ino, 0);
+        let diag = sock_diag().unwrap();
+        let wanted: Vec<Wanted> = [&client, &server]
+            .iter()
+            .map(|stream| Wanted {
+                pid: std::process::id(),
+                fd: stream.as_raw_fd(),
+                ino: inode_of(stream),
+                local: stream.local_addr().unwrap(),
+                remote: stream.peer_addr().unwrap(),
+            })
+            .collect();
+        let by_fd: Vec<Sample> = wanted
+            .iter()
+            .map(|w| through_fd(w).unwrap().expect("the fd holds the socket"))
+            .collect();
+        // Both ways tell the same.
+        for samples in [diag, by_fd] {
+            let quiet = find(&samples, &client);
+            let guarded = find(&samples, &server);
+            assert_eq!(quiet.timer, None);
+            assert_eq!(guarded.timer, Some(KernelTimer::Keepalive));
+            for (s, stream) in [(quiet, &client), (guarded, &server)] {
+                assert!(
+                    s.idle >= Duration::from_millis(250) && s.idle < Duration::from_secs(10),
+                    "{s:?}"
+                );
+                assert_eq!(s.ino, inode_of(stream));
+            }
         }
+        // An fd that now holds another file is not the socket wanted.
+        let reused = Wanted {
+            ino: wanted[0].ino + 1,
+            ..wanted[0]
+        };
+        assert_eq!(through_fd(&reused).unwrap(), None);
+    }
+
+    fn inode_of(stream: &TcpStream) -> u64 {
+        // SAFETY: an all-zero stat is valid; fstat fills it for an open fd.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and pointer for the call's duration.
+        assert_eq!(unsafe { libc::fstat(stream.as_raw_fd(), &mut stat) }, 0);
+        stat.st_ino
     }
 
     #[test]

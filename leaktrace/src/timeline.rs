@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use leaktrace_common::{shutdown_how, tcp_state};
 
-use crate::activity::{KernelTimer, Sample, Sampler};
+use crate::activity::{KernelTimer, Sample, Sampler, Wanted};
 use crate::decoder::{Event, EventKind, ReceiveState, SockKey};
 use crate::holders;
 pub use stats::{Counts, Remote};
@@ -551,12 +551,27 @@ impl Store {
             return;
         }
         self.activity_sampled_ns = Some(now_ns);
-        match sample() {
+        let wanted: Vec<Wanted> = self
+            .timelines
+            .values()
+            .filter(|t| Self::wants_activity(t))
+            .filter_map(|t| {
+                let owner = t.owner()?;
+                Some(Wanted {
+                    pid: owner.tgid,
+                    fd: owner.fd?,
+                    ino: t.ino?,
+                    local: t.local()?,
+                    remote: t.remote()?,
+                })
+            })
+            .collect();
+        match sample(&wanted) {
             Ok(samples) => self.record_activity(&samples, now_ns),
             Err(e) if !self.activity_failed => {
                 self.activity_failed = true;
                 eprintln!(
-                    "leaktrace: warning: cannot read the kernel's socket table (sock_diag: {e}); \
+                    "leaktrace: warning: cannot read the traffic of connections ({e}); \
                      idle_half_closed cannot be detected"
                 );
             }

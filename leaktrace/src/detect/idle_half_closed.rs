@@ -70,7 +70,7 @@ mod tests {
     use leaktrace_common::tcp_state::*;
 
     use super::super::{Detectors, LeakKind, Outcome};
-    use crate::activity::{KernelTimer, Sample};
+    use crate::activity::{KernelTimer, Sample, Wanted};
     use crate::decoder::{Event, EventKind, Owner, SockKey};
     use crate::timeline::tests::{event, from_peer, key, state, OWNER};
     use crate::timeline::Store;
@@ -119,7 +119,7 @@ mod tests {
     fn detectors(kernel: &Kernel) -> Detectors {
         let mut detectors = Detectors::new(Duration::from_secs(1), Duration::from_secs(3));
         let kernel = kernel.clone();
-        detectors.sample_activity = Box::new(move || -> io::Result<Vec<Sample>> {
+        detectors.sample_activity = Box::new(move |_: &[Wanted]| -> io::Result<Vec<Sample>> {
             *kernel.reads.lock().unwrap() += 1;
             Ok(kernel.upstream.lock().unwrap().iter().copied().collect())
         });
