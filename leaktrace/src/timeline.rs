@@ -115,6 +115,9 @@ pub struct Timeline {
     paired: bool,
     /// Traffic and timers, as last sampled while the socket had a half-closed partner.
     activity: Option<Activity>,
+    /// The accept or connect that made the socket, if tracing saw it: a socket found at start
+    /// has no opening time to pair it by.
+    opened: Option<Opened>,
 }
 
 /// The other socket of a proxied pair (accepted and connected by one process about together),
@@ -206,6 +209,14 @@ impl Timeline {
                     ts_ns: ts,
                     receive: event.receive,
                     before_trace: false,
+                });
+            }
+            EventKind::Accept { .. } | EventKind::Connect { .. }
+                if self.opened.is_none_or(|o| ts < o.ts_ns) =>
+            {
+                self.opened = Some(Opened {
+                    ts_ns: ts,
+                    accepted: matches!(event.kind, EventKind::Accept { .. }),
                 });
             }
             EventKind::Close { .. } => {
@@ -369,22 +380,6 @@ impl Timeline {
 
     pub fn activity(&self) -> Option<Activity> {
         self.activity
-    }
-
-    /// The accept or connect that made the socket, if tracing saw it: a socket found at start
-    /// has no opening time to pair it by.
-    fn opened(&self) -> Option<Opened> {
-        self.entries.iter().find_map(|e| match e.kind {
-            EventKind::Accept { .. } => Some(Opened {
-                ts_ns: e.ts_ns,
-                accepted: true,
-            }),
-            EventKind::Connect { .. } => Some(Opened {
-                ts_ns: e.ts_ns,
-                accepted: false,
-            }),
-            _ => None,
-        })
     }
 
     fn live(&self) -> bool {
@@ -602,7 +597,7 @@ impl Store {
                     remote: t.remote(),
                     half_closed_ns,
                 };
-                Some((*key, owner.tgid, t.opened()?, partner))
+                Some((*key, owner.tgid, t.opened?, partner))
             })
             .collect();
         for (key, pid, opened, partner) in half_closed {
@@ -616,7 +611,7 @@ impl Store {
                         && t.owner().is_some_and(|o| o.tgid == pid)
                 })
                 .filter_map(|(other, t)| {
-                    let theirs = t.opened().filter(|o| o.accepted != opened.accepted)?;
+                    let theirs = t.opened.filter(|o| o.accepted != opened.accepted)?;
                     let apart = theirs.ts_ns.abs_diff(opened.ts_ns);
                     (apart <= PAIR_WINDOW_NS).then_some((apart, *other))
                 })
