@@ -138,8 +138,12 @@ mod tests {
     }
 
     /// The proxy accepts its client as fd 5 at 100 ms and connects upstream as fd 6 at
-    /// `upstream_ms`.
+    /// `upstream_ms`, the connect's record naming the socket's inode.
     fn proxied_pair(store: &mut Store, upstream_ms: u64) {
+        proxied_pair_with(store, upstream_ms, Some(UPSTREAM_INO));
+    }
+
+    fn proxied_pair_with(store: &mut Store, upstream_ms: u64, ino: Option<u64>) {
         let (proxy, client) = ("127.0.0.1:8080", "127.0.0.1:50400");
         let mut established =
             from_peer(on(CLIENT, 99, state(SYN_RECV, ESTABLISHED), proxy, client));
@@ -154,7 +158,7 @@ mod tests {
             ours,
             upstream,
         );
-        connect.ino = Some(UPSTREAM_INO);
+        connect.ino = ino;
         store.insert(connect);
         store.insert(on(
             UPSTREAM,
@@ -249,6 +253,30 @@ mod tests {
             (resolved.kind, resolved.how),
             (LeakKind::IdleHalfClosed, "traffic")
         );
+    }
+
+    #[test]
+    fn without_an_inode_the_sample_is_found_by_addresses() {
+        let kernel = Kernel::default();
+        let mut store = Store::new();
+        let mut detectors = detectors(&kernel);
+        proxied_pair_with(&mut store, 110, None);
+        client_half_closes(&mut store, 500);
+        kernel.quiet_since(505, 3600, None);
+        let outcomes = detectors.evaluate(&mut store, 3600 * MS);
+        assert_eq!(leaks(&outcomes)[0].fd, Some(6));
+    }
+
+    #[test]
+    fn with_an_inode_only_the_inode_matches() {
+        // A sample of another inode is not this socket's, whatever the addresses say.
+        let kernel = Kernel::default();
+        let mut store = Store::new();
+        let mut detectors = detectors(&kernel);
+        proxied_pair_with(&mut store, 110, Some(UPSTREAM_INO + 1));
+        client_half_closes(&mut store, 500);
+        kernel.quiet_since(505, 3600, None);
+        assert!(detectors.evaluate(&mut store, 3600 * MS).is_empty());
     }
 
     #[test]
