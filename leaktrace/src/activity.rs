@@ -55,28 +55,49 @@ pub struct Wanted {
     pub remote: SocketAddr,
 }
 
-/// Where samples come from: [`sample`], or what a test makes up.
+/// Where samples come from: [`sampler`], or what a test makes up.
 pub type Sampler = dyn FnMut(&[Wanted]) -> io::Result<Vec<Sample>> + Send;
 
-/// The wanted sockets' samples, and maybe others': from sock_diag, else through their fds.
-pub fn sample(wanted: &[Wanted]) -> io::Result<Vec<Sample>> {
-    sock_diag().or_else(|diag_error| {
-        let mut samples = Vec::with_capacity(wanted.len());
-        for socket in wanted {
-            match through_fd(socket) {
-                Ok(Some(sample)) => samples.push(sample),
-                // The owner closed the fd or exited since: nothing left to sample.
-                Ok(None) => {}
+/// The wanted sockets' samples, and maybe others': from sock_diag, else through their fds. Once
+/// the kernel said it has no TCP part of sock_diag (ENOENT: the module is not loaded and could
+/// not be), it is not asked again, nor made to try its module loader every second.
+pub fn sampler() -> Box<Sampler> {
+    let mut diag_missing = false;
+    Box::new(move |wanted: &[Wanted]| {
+        let diag_error = if diag_missing {
+            None
+        } else {
+            match sock_diag() {
+                Ok(samples) => return Ok(samples),
                 Err(e) => {
-                    return Err(io::Error::other(format!(
-                        "sock_diag: {diag_error}; through pid {} fd {}: {e}",
-                        socket.pid, socket.fd
-                    )))
+                    diag_missing = e.raw_os_error() == Some(libc::ENOENT);
+                    Some(e)
                 }
             }
-        }
-        Ok(samples)
+        };
+        through_fds(wanted).map_err(|e| match diag_error {
+            Some(diag_error) => io::Error::other(format!("sock_diag: {diag_error}; {e}")),
+            None => e,
+        })
     })
+}
+
+fn through_fds(wanted: &[Wanted]) -> io::Result<Vec<Sample>> {
+    let mut samples = Vec::with_capacity(wanted.len());
+    for socket in wanted {
+        match through_fd(socket) {
+            Ok(Some(sample)) => samples.push(sample),
+            // The owner closed the fd or exited since: nothing left to sample.
+            Ok(None) => {}
+            Err(e) => {
+                return Err(io::Error::other(format!(
+                    "through pid {} fd {}: {e}",
+                    socket.pid, socket.fd
+                )))
+            }
+        }
+    }
+    Ok(samples)
 }
 
 /// Every TCP connection of this network namespace in ESTABLISHED or FIN_WAIT2, the states in

@@ -145,7 +145,7 @@ impl Detectors {
             unattributed: 0,
             started_ns: None,
             new_leaks: HashMap::new(),
-            sample_activity: Box::new(activity::sample),
+            sample_activity: activity::sampler(),
         }
     }
 
