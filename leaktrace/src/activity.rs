@@ -8,6 +8,7 @@
 //! Its TCP part (inet_diag, tcp_diag) is a loadable module on many distributions' kernels, Debian's
 //! among them; where it is neither loaded nor loadable, each socket of interest is read through a
 //! duplicate of its owner's fd instead (`TCP_INFO`, `SO_KEEPALIVE`).
+use std::collections::HashSet;
 use std::io;
 use std::mem::offset_of;
 use std::net::SocketAddr;
@@ -58,9 +59,11 @@ pub struct Wanted {
 /// Where samples come from: [`sampler`], or what a test makes up.
 pub type Sampler = dyn FnMut(&[Wanted]) -> io::Result<Vec<Sample>> + Send;
 
-/// The wanted sockets' samples, and maybe others': from sock_diag, else through their fds. Once
-/// the kernel said it has no TCP part of sock_diag (ENOENT: the module is not loaded and could
-/// not be), it is not asked again, nor made to try its module loader every second.
+/// The wanted sockets' samples, and maybe others': from sock_diag, else through their fds. The
+/// dump covers leaktrace's network namespace only, so the wanted sockets it lacks (a traced
+/// process in a container's namespace) are read through their fds too. Once the kernel said it
+/// has no TCP part of sock_diag (ENOENT: the module is not loaded and could not be), it is not
+/// asked again, nor made to try its module loader every second.
 pub fn sampler() -> Box<Sampler> {
     let mut diag_missing = false;
     Box::new(move |wanted: &[Wanted]| {
@@ -68,7 +71,16 @@ pub fn sampler() -> Box<Sampler> {
             None
         } else {
             match sock_diag() {
-                Ok(samples) => return Ok(samples),
+                Ok(mut samples) => {
+                    let dumped: HashSet<u64> = samples.iter().map(|s| s.ino).collect();
+                    let elsewhere: Vec<Wanted> = wanted
+                        .iter()
+                        .filter(|w| !dumped.contains(&w.ino))
+                        .copied()
+                        .collect();
+                    samples.extend(through_fds(&elsewhere)?);
+                    return Ok(samples);
+                }
                 Err(e) => {
                     diag_missing = e.raw_os_error() == Some(libc::ENOENT);
                     Some(e)
@@ -354,6 +366,28 @@ mod tests {
             ..wanted[0]
         };
         assert_eq!(through_fd(&reused).unwrap(), None);
+    }
+
+    #[test]
+    fn sockets_the_dump_lacks_are_read_through_their_fds() {
+        // Stands in for a socket in another network namespace: one in CLOSE_WAIT, a state the
+        // dump leaves out.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let wanted = Wanted {
+            pid: std::process::id(),
+            fd: server.as_raw_fd(),
+            ino: inode_of(&server),
+            local: server.local_addr().unwrap(),
+            remote: server.peer_addr().unwrap(),
+        };
+        let samples = sampler()(&[wanted]).unwrap();
+        let found: Vec<&Sample> = samples.iter().filter(|s| s.ino == wanted.ino).collect();
+        assert_eq!(found.len(), 1, "{samples:?}");
+        assert_eq!((found[0].local, found[0].timer), (wanted.local, None));
     }
 
     fn inode_of(stream: &TcpStream) -> u64 {
