@@ -12,6 +12,12 @@ Leak classes:
                   closed or shut down its side
   shut_wr_unread  the owner called shutdown(SHUT_WR or SHUT_RDWR), the peer then sent data or
                   its FIN, and the owner never consumed it while keeping the fd open
+  fd_after_close  the connection is over (FINs both ways, a reset, a refused connect) and the
+                  owner still holds the fd
+  idle_half_closed
+                  a proxied pair's one peer half-closed and the other socket (accepted and
+                  connected together) stays ESTABLISHED or FIN_WAIT2 with no data either way and
+                  no keepalive for --idle-after: the end-of-stream was never passed on
 
 Examples:
   sudo leaktrace demo                       leaky servers in-process: see both classes
@@ -82,6 +88,12 @@ pub struct LeakArgs {
     /// while you watch.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub leak_after: Duration,
+    /// How long a connection must stay silent (no data either way, no keepalive or other timer)
+    /// after the other socket of its proxied pair half-closed before it counts as leaked
+    /// (idle_half_closed), instead of --leak-after. Idle connections alone are normal (pools
+    /// keep them); this is how long a proxy may take to pass the end-of-stream on or give up.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    pub idle_after: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -44,6 +44,8 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         interval: args.common.interval,
         max_sockets: args.common.max_sockets,
         leak_after: LEAK_AFTER,
+        // The demo has no proxy: nothing of it is ever idle_half_closed.
+        idle_after: LEAK_AFTER,
         duration: Some(DURATION),
     };
     let mut session = Session::start(&options)?;

@@ -4,6 +4,7 @@
 //! records -> `decoder` -> `timeline` (per-socket store) -> `detect` (one detector per leak
 //! class) -> `report` (text, JSON Lines). `session` drives it; `demo` feeds it leaky servers;
 //! `run` traces a command it starts.
+mod activity;
 mod cli;
 mod decoder;
 mod demo;
@@ -72,6 +73,7 @@ async fn trace(args: TraceArgs) -> Result<(), Failure> {
         interval: args.common.interval,
         max_sockets: args.common.max_sockets,
         leak_after: args.leaks.leak_after,
+        idle_after: args.leaks.idle_after,
         duration: args.duration,
     };
     let mut session = Session::start(&options)?;

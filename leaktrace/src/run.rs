@@ -33,6 +33,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         interval: args.common.interval,
         max_sockets: args.common.max_sockets,
         leak_after: args.leaks.leak_after,
+        idle_after: args.leaks.idle_after,
         duration: None,
     };
     let mut session = Session::start(&options)?;

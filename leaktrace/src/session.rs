@@ -75,6 +75,7 @@ pub struct SessionOptions {
     pub hooks: HookFamily,
     pub ring_size: u32,
     pub leak_after: Duration,
+    pub idle_after: Duration,
     pub duration: Option<Duration>,
     /// Print a summary line this often while running.
     pub interval: Option<Duration>,
@@ -213,6 +214,7 @@ impl Session {
                 pids: pids.clone(),
                 scope: options.scope.describe(options.follow_children),
                 leak_after: options.leak_after,
+                idle_after: options.idle_after,
                 kernel: kernel_release(),
             })
             .map_err(Failure::writing)?;
@@ -222,7 +224,7 @@ impl Session {
             lost,
             reporter,
             store: Store::with_capacity_limit(options.max_sockets),
-            detectors: Detectors::new(options.leak_after),
+            detectors: Detectors::new(options.leak_after, options.idle_after),
             counts: IngestCounts {
                 ring_size: options.ring_size,
                 ..IngestCounts::default()

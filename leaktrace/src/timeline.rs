@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use leaktrace_common::{shutdown_how, tcp_state};
 
+use crate::activity::{KernelTimer, Sample, Sampler, Wanted};
 use crate::decoder::{Event, EventKind, ReceiveState, SockKey};
 use crate::holders;
 pub use stats::{Counts, Remote};
@@ -35,6 +36,15 @@ pub const DEFAULT_MAX_SOCKETS: usize = 100_000;
 /// Past the cap, this share of the cap is dropped at once, so that one scan for the least
 /// recently active pays for many new sockets.
 const EVICT_BATCH_DIVISOR: usize = 10;
+
+/// How close in time a proxy opens the two sockets of one proxied pair: it accepts the client and
+/// connects upstream for it (or the other way round) within this much, including the time to read
+/// what tells it where to connect. Sockets opened further apart are not a pair: a pooled upstream
+/// connection, opened for an earlier client, never pairs with a later one.
+const PAIR_WINDOW_NS: u64 = 2_000_000_000;
+
+/// How often the kernel's socket table is read for traffic and timers, at most.
+const ACTIVITY_EVERY_NS: u64 = 1_000_000_000;
 
 /// A value together with the kernel time it was observed at, so out-of-order arrivals cannot
 /// overwrite newer facts with older ones.
@@ -113,6 +123,45 @@ pub struct Timeline {
     tally: stats::Tally,
     /// Kernel time of the latest record, for dropping the least recently active first.
     last_ns: u64,
+    /// The other socket of the proxied pair, whose peer half-closed.
+    partner: Option<Partner>,
+    /// This socket's peer half-closed, and its pair's other socket was looked for (found or
+    /// not): nothing more to look for.
+    paired: bool,
+    /// Traffic and timers, as last sampled while the socket had a half-closed partner.
+    activity: Option<Activity>,
+    /// The accept or connect that made the socket, if tracing saw it: a socket found at start
+    /// has no opening time to pair it by.
+    opened: Option<Opened>,
+}
+
+/// The other socket of a proxied pair (accepted and connected by one process about together),
+/// whose peer half-closed: its FIN arrived, moving it to CLOSE_WAIT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Partner {
+    pub sock: SockKey,
+    pub fd: Option<i32>,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    /// Kernel time its peer's FIN arrived.
+    pub half_closed_ns: u64,
+}
+
+/// What the kernel's socket table said of a connection's traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activity {
+    /// Kernel time of the sample.
+    pub sampled_ns: u64,
+    /// Kernel time data last went either way.
+    pub last_traffic_ns: u64,
+    pub timer: Option<KernelTimer>,
+}
+
+/// How a socket came to be: accepted (true) or connected by its owner, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Opened {
+    ts_ns: u64,
+    accepted: bool,
 }
 
 impl Timeline {
@@ -176,6 +225,14 @@ impl Timeline {
                     ts_ns: ts,
                     receive: event.receive,
                     before_trace: false,
+                });
+            }
+            EventKind::Accept { .. } | EventKind::Connect { .. }
+                if self.opened.is_none_or(|o| ts < o.ts_ns) =>
+            {
+                self.opened = Some(Opened {
+                    ts_ns: ts,
+                    accepted: matches!(event.kind, EventKind::Accept { .. }),
                 });
             }
             EventKind::Close { .. } => {
@@ -333,6 +390,26 @@ impl Timeline {
         self.tally.remote()
     }
 
+    pub fn partner(&self) -> Option<Partner> {
+        self.partner
+    }
+
+    pub fn activity(&self) -> Option<Activity> {
+        self.activity
+    }
+
+    fn live(&self) -> bool {
+        !self.closed() && !self.destroyed() && !self.owner_exited()
+    }
+
+    /// The states in which a connection can sit idle with nothing to end it.
+    fn may_idle(&self) -> bool {
+        matches!(
+            self.state(),
+            Some(tcp_state::ESTABLISHED | tcp_state::FIN_WAIT2)
+        )
+    }
+
     /// The process holding the socket and the socket's state, while a process holds it.
     /// The inode to look for holders of, when the recorded owner let go of the socket (closed
     /// its fd while others held it, or exited) and the socket may live on elsewhere.
@@ -379,6 +456,10 @@ pub struct Store {
     /// Exits not yet applied to the timelines: one pass over them per evaluation, not per exit,
     /// as on a busy host every process's exit is a record.
     exits: HashMap<u32, u64>,
+    /// When the kernel's socket table was last read for traffic and timers.
+    activity_sampled_ns: Option<u64>,
+    /// Reading it failed once already, and said so.
+    activity_failed: bool,
     max_sockets: usize,
     dropped: Dropped,
 }
@@ -403,6 +484,8 @@ impl Store {
             retired: HashMap::new(),
             retired_order: VecDeque::new(),
             exits: HashMap::new(),
+            activity_sampled_ns: None,
+            activity_failed: false,
             max_sockets: max_sockets.max(1),
             dropped: Dropped::default(),
         }
@@ -536,6 +619,131 @@ impl Store {
         let comm = comm.trim_end_matches('\n').to_owned();
         self.comms.insert(tgid, comm.clone());
         Some(comm)
+    }
+
+    /// Links each socket whose peer half-closed to the other socket of its proxied pair, then,
+    /// at most once a second and only while some such pair's other socket is still open, reads
+    /// the kernel's socket table for the traffic and timers of those sockets.
+    pub fn watch_idle(&mut self, now_ns: u64, sample: &mut Sampler) {
+        self.pair_half_closed(now_ns);
+        let due = self
+            .activity_sampled_ns
+            .is_none_or(|at| now_ns.saturating_sub(at) >= ACTIVITY_EVERY_NS);
+        if !due || !self.timelines.values().any(Self::wants_activity) {
+            return;
+        }
+        self.activity_sampled_ns = Some(now_ns);
+        let wanted: Vec<Wanted> = self
+            .timelines
+            .values()
+            .filter(|t| Self::wants_activity(t))
+            .filter_map(|t| {
+                let owner = t.owner()?;
+                Some(Wanted {
+                    pid: owner.tgid,
+                    fd: owner.fd?,
+                    ino: t.ino?,
+                    local: t.local()?,
+                    remote: t.remote()?,
+                })
+            })
+            .collect();
+        match sample(&wanted) {
+            Ok(samples) => self.record_activity(&samples, now_ns),
+            Err(e) if !self.activity_failed => {
+                self.activity_failed = true;
+                eprintln!(
+                    "leaktrace: warning: cannot read the traffic of connections ({e}); \
+                     idle_half_closed cannot be detected"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn wants_activity(timeline: &Timeline) -> bool {
+        timeline.partner.is_some() && timeline.live() && timeline.may_idle()
+    }
+
+    /// For each socket whose peer half-closed, the socket of the same owner opened closest to it
+    /// in the other direction within [`PAIR_WINDOW_NS`], if that one has no partner yet. Looked
+    /// for until the window has passed, as the proxy may open the other socket only after the
+    /// half-close (the client sent its request and its FIN at once).
+    fn pair_half_closed(&mut self, now_ns: u64) {
+        let half_closed: Vec<(SockKey, u32, Opened, Partner)> = self
+            .timelines
+            .iter()
+            .filter(|(_, t)| !t.paired)
+            .filter_map(|(key, t)| {
+                let half_closed_ns = t.close_wait_since.filter(|_| t.close_wait_entered)?;
+                let owner = t.owner()?;
+                let partner = Partner {
+                    sock: *key,
+                    fd: owner.fd,
+                    local: t.local(),
+                    remote: t.remote(),
+                    half_closed_ns,
+                };
+                Some((*key, owner.tgid, t.opened?, partner))
+            })
+            .collect();
+        for (key, pid, opened, partner) in half_closed {
+            let mate = self
+                .timelines
+                .iter()
+                .filter(|(other, t)| {
+                    **other != key
+                        && t.partner.is_none()
+                        && t.live()
+                        && t.owner().is_some_and(|o| o.tgid == pid)
+                })
+                .filter_map(|(other, t)| {
+                    let theirs = t.opened.filter(|o| o.accepted != opened.accepted)?;
+                    let apart = theirs.ts_ns.abs_diff(opened.ts_ns);
+                    (apart <= PAIR_WINDOW_NS).then_some((apart, *other))
+                })
+                .min()
+                .map(|(_, other)| other);
+            if let Some(mate) = mate.and_then(|m| self.timelines.get_mut(&m)) {
+                mate.partner = Some(partner);
+            }
+            let window_passed = now_ns.saturating_sub(opened.ts_ns) > PAIR_WINDOW_NS;
+            if let Some(timeline) = self.timelines.get_mut(&key) {
+                timeline.paired = mate.is_some() || window_passed;
+            }
+        }
+    }
+
+    /// Stores what the kernel said of the sockets that want it, found by inode, or by their
+    /// addresses where no record carried the inode.
+    fn record_activity(&mut self, samples: &[Sample], now_ns: u64) {
+        let by_ino: HashMap<u64, &Sample> = samples
+            .iter()
+            .filter(|s| s.ino != 0)
+            .map(|s| (s.ino, s))
+            .collect();
+        let by_addresses: HashMap<(SocketAddr, SocketAddr), &Sample> =
+            samples.iter().map(|s| ((s.local, s.remote), s)).collect();
+        for timeline in self.timelines.values_mut() {
+            if !Self::wants_activity(timeline) {
+                continue;
+            }
+            let found = match timeline.ino {
+                Some(ino) => by_ino.get(&ino),
+                None => timeline
+                    .local()
+                    .zip(timeline.remote())
+                    .and_then(|pair| by_addresses.get(&pair)),
+            };
+            if let Some(sample) = found {
+                let idle_ns = u64::try_from(sample.idle.as_nanos()).unwrap_or(u64::MAX);
+                timeline.activity = Some(Activity {
+                    sampled_ns: now_ns,
+                    last_traffic_ns: now_ns.saturating_sub(idle_ns),
+                    timer: sample.timer,
+                });
+            }
+        }
     }
 
     /// Timelines in memory.

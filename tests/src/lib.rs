@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 pub const LEAK_AFTER_MS: u64 = 500;
 
 /// TCP state codes, as in /proc/net/tcp and `tcp_info.tcpi_state`.
+pub const TCP_ESTABLISHED: u8 = 0x01;
 pub const TCP_CLOSE: u8 = 0x07;
 pub const TCP_CLOSE_WAIT: u8 = 0x08;
 

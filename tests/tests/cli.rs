@@ -56,7 +56,18 @@ fn help_names_the_main_options() -> Result<()> {
     let run = run_leaktrace(&["--help"])?;
     assert!(run.status.success(), "stderr: {}", run.stderr);
     let help = run.stdout.join("\n");
-    for word in ["--pid", "--leak-after", "--json", "demo"] {
+    let words = [
+        "--pid",
+        "--leak-after",
+        "--idle-after",
+        "--json",
+        "demo",
+        "close_wait",
+        "shut_wr_unread",
+        "fd_after_close",
+        "idle_half_closed",
+    ];
+    for word in words {
         assert!(
             help.contains(word),
             "--help does not mention {word}:\n{help}"

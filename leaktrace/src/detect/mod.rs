@@ -5,6 +5,7 @@
 mod close_wait;
 mod fd_after_close;
 mod history;
+mod idle_half_closed;
 mod shut_wr_unread;
 
 use std::cmp::Reverse;
@@ -14,15 +15,17 @@ use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
+use crate::activity::{self, Sampler};
 use crate::decoder::{Event, SockKey};
 use crate::report::{FinalReport, IngestCounts, PidStats, Progress, RemoteStats, Stats};
-use crate::timeline::{Remote, Store, Timeline};
+use crate::timeline::{Partner, Remote, Store, Timeline};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LeakKind {
     CloseWait,
     ShutWrUnread,
     FdAfterClose,
+    IdleHalfClosed,
 }
 
 impl LeakKind {
@@ -31,6 +34,7 @@ impl LeakKind {
             Self::CloseWait => "close_wait",
             Self::ShutWrUnread => "shut_wr_unread",
             Self::FdAfterClose => "fd_after_close",
+            Self::IdleHalfClosed => "idle_half_closed",
         }
     }
 }
@@ -60,10 +64,11 @@ type Check = fn(&Timeline) -> Verdict;
 /// Adding a leak class: a new file with a `check`, a `LeakKind` variant, one line here. The
 /// detectors know nothing of each other here: where two classes could describe one socket, the
 /// more general one's condition excludes the more specific one's (see `fd_after_close`).
-const DETECTORS: [(LeakKind, Check); 3] = [
+const DETECTORS: [(LeakKind, Check); 4] = [
     (LeakKind::CloseWait, close_wait::check),
     (LeakKind::ShutWrUnread, shut_wr_unread::check),
     (LeakKind::FdAfterClose, fd_after_close::check),
+    (LeakKind::IdleHalfClosed, idle_half_closed::check),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +92,8 @@ pub struct Finding {
     pub timeline: Vec<Event>,
     /// Reads and arrivals the timeline left out to bound memory.
     pub elided: u64,
+    /// `idle_half_closed` only: the other socket of the proxied pair, whose peer half-closed.
+    pub partner: Option<Partner>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +121,9 @@ enum Tracked {
 
 pub struct Detectors {
     leak_after_ns: u64,
+    /// `idle_half_closed`'s own wait: how long a socket stays silent after its partner's
+    /// half-close before it counts as leaked.
+    idle_after_ns: u64,
     tracked: HashMap<(SockKey, LeakKind), Tracked>,
     resolved: u64,
     unattributed: u64,
@@ -124,12 +134,16 @@ pub struct Detectors {
     new_leaks: HashMap<u32, (u64, String)>,
     reported: u64,
     history: history::History,
+    /// Reads the kernel's socket table for traffic and timers.
+    sample_activity: Box<Sampler>,
 }
 
 impl Detectors {
-    pub fn new(leak_after: Duration) -> Self {
+    pub fn new(leak_after: Duration, idle_after: Duration) -> Self {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Self {
-            leak_after_ns: u64::try_from(leak_after.as_nanos()).unwrap_or(u64::MAX),
+            leak_after_ns: ns(leak_after),
+            idle_after_ns: ns(idle_after),
             tracked: HashMap::new(),
             resolved: 0,
             unattributed: 0,
@@ -137,6 +151,7 @@ impl Detectors {
             new_leaks: HashMap::new(),
             reported: 0,
             history: history::History::default(),
+            sample_activity: activity::sampler(),
         }
     }
 
@@ -146,6 +161,7 @@ impl Detectors {
         self.started_ns.get_or_insert(now_ns);
         store.apply_exits();
         store.reattribute(now_ns);
+        store.watch_idle(now_ns, &mut self.sample_activity);
         let mut matured = Vec::new();
         let mut resolved = Vec::new();
         for (key, timeline) in store.iter() {
@@ -163,7 +179,7 @@ impl Detectors {
                     (Verdict::Holds { .. }, Some(Tracked::Reported { .. })) => {}
                     (Verdict::Holds { since }, tracked)
                         if since.before_trace
-                            || now_ns.saturating_sub(since.ns) >= self.leak_after_ns =>
+                            || now_ns.saturating_sub(since.ns) >= self.wait(kind) =>
                     {
                         // Reported ones matched above: tracked here means counted as
                         // unattributed.
@@ -256,6 +272,16 @@ impl Detectors {
             sockets_seen: store.sockets_seen(),
             ingest,
             dropped: store.dropped(),
+        }
+    }
+
+    /// How long a condition of `kind` must hold before it is reported.
+    fn wait(&self, kind: LeakKind) -> u64 {
+        match kind {
+            LeakKind::IdleHalfClosed => self.idle_after_ns,
+            LeakKind::CloseWait | LeakKind::ShutWrUnread | LeakKind::FdAfterClose => {
+                self.leak_after_ns
+            }
         }
     }
 
@@ -388,6 +414,9 @@ fn finding(
         age_at_least: since.before_trace,
         timeline: timeline.entries().to_vec(),
         elided: timeline.elided(),
+        partner: timeline
+            .partner()
+            .filter(|_| kind == LeakKind::IdleHalfClosed),
     })
 }
 
@@ -407,7 +436,7 @@ mod tests {
     };
 
     fn detectors() -> Detectors {
-        Detectors::new(Duration::from_secs(1))
+        Detectors::new(Duration::from_secs(1), Duration::from_secs(3))
     }
 
     fn leaks(outcomes: &[Outcome]) -> Vec<&Finding> {

@@ -20,7 +20,7 @@ use leaktrace_common::Config;
 
 use crate::error::Failure;
 pub use btf::VMLINUX_BTF;
-pub use seed::seed_existing;
+pub use seed::{pidfd_getfd, pidfd_open, seed_existing};
 
 /// Which hook family to use (`--hooks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

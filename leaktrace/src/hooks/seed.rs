@@ -69,7 +69,7 @@ fn seed_process(
     if socket_fds.is_empty() {
         return Ok(());
     }
-    let pidfd = pidfd_open(pid)?;
+    let pidfd = pidfd_open(pid).context("pidfd_open")?;
     for fd in socket_fds {
         // The fd may have been closed since the listing: nothing to seed then.
         let Ok(duplicate) = pidfd_getfd(&pidfd, fd) else {
@@ -103,16 +103,16 @@ fn trigger_seed(duplicate: &OwnedFd) {
     };
 }
 
-fn pidfd_open(pid: u32) -> Result<OwnedFd> {
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; a non-negative result is a new fd we own.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        return Err(io::Error::last_os_error()).context("pidfd_open");
+        return Err(io::Error::last_os_error());
     }
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-fn pidfd_getfd(pidfd: &OwnedFd, fd: RawFd) -> io::Result<OwnedFd> {
+pub fn pidfd_getfd(pidfd: &OwnedFd, fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; a non-negative result is a new fd we own.
     let duplicate = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
     if duplicate < 0 {

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::{ring_size_hint, write_line, FinalReport, Progress, Reporter, StartInfo, Stats};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::detect::{Finding, Outcome, Resolved};
-use crate::timeline::Dropped;
+use crate::timeline::{Dropped, Partner};
 
 pub struct JsonReporter {
     out: Box<dyn Write + Send>,
@@ -39,6 +39,7 @@ impl Reporter for JsonReporter {
             "hooks": hooks,
             "pids": info.pids,
             "leak_after_ms": millis(info.leak_after),
+            "idle_after_ms": millis(info.idle_after),
             "kernel": info.kernel,
         }))
     }
@@ -127,12 +128,26 @@ fn leak(finding: &Finding) -> Value {
         "unread_bytes": finding.unread_bytes,
         "eof_unread": finding.eof_unread,
         "bytes_after_shutdown": finding.bytes_after_shutdown,
-        "age_ms": u64::try_from(finding.age.as_millis()).unwrap_or(u64::MAX),
+        "age_ms": millis(finding.age),
         "age_at_least": finding.age_at_least,
         "sock": format!("{:#x}", finding.sock.addr),
         "sock_born_ns": finding.sock.born_ns,
         "timeline": finding.timeline.iter().map(entry).collect::<Vec<_>>(),
         "timeline_elided": finding.elided,
+        "partner": finding.partner.as_ref().map_or(Value::Null, partner),
+    })
+}
+
+/// The other socket of a proxied pair; its peer's FIN is what it is named for.
+fn partner(p: &Partner) -> Value {
+    json!({
+        "fd": p.fd,
+        "local": addr(p.local),
+        "remote": addr(p.remote),
+        "half_closed": true,
+        "half_closed_ns": p.half_closed_ns,
+        "sock": format!("{:#x}", p.sock.addr),
+        "sock_born_ns": p.sock.born_ns,
     })
 }
 
@@ -237,7 +252,9 @@ fn resolution(resolved: &Resolved) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{final_report, finding, resolved, start_info, stats, Captured};
+    use super::super::tests::{
+        final_report, finding, idle_finding, resolved, start_info, stats, Captured,
+    };
     use super::*;
     use crate::detect::LeakKind;
 
@@ -262,6 +279,7 @@ mod tests {
                 },
                 "pids": [4242],
                 "leak_after_ms": 1500,
+                "idle_after_ms": 60000,
                 "kernel": "6.8.0-test",
             })
         );
@@ -296,6 +314,7 @@ mod tests {
                 "sock_born_ns": 7,
                 "timeline": null,
                 "timeline_elided": 0,
+                "partner": null,
             })
         );
         assert_eq!(
@@ -319,6 +338,27 @@ mod tests {
                 {"t_ns": 1_800_000_000u64, "event": "destroy", "pid": 4242, "tid": 4242,
                  "comm": "mailer", "owner_context": true},
             ])
+        );
+    }
+
+    #[test]
+    fn idle_half_closed_names_its_partner() {
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        reporter.outcome(&Outcome::Leak(idle_finding())).unwrap();
+        let leak = parse(&captured.lines()[0]);
+        assert_eq!(leak["kind"], "idle_half_closed");
+        assert_eq!(
+            leak["partner"],
+            json!({
+                "fd": 5,
+                "local": "127.0.0.1:8080",
+                "remote": "127.0.0.1:50400",
+                "half_closed": true,
+                "half_closed_ns": 1_300_000_000u64,
+                "sock": "0xffff888000002000",
+                "sock_born_ns": 3,
+            })
         );
     }
 

@@ -22,6 +22,8 @@ pub struct StartInfo {
     /// What is traced, for people: "pid 4242", "all processes", ...
     pub scope: String,
     pub leak_after: Duration,
+    /// `idle_half_closed`'s wait instead of `leak_after`.
+    pub idle_after: Duration,
     pub kernel: String,
 }
 
@@ -143,6 +145,7 @@ mod tests {
     use crate::decoder::{EventKind, SockKey};
     use crate::detect::{LeakKind, Resolved};
     use crate::timeline::tests::{event, from_peer, state, with_receive};
+    use crate::timeline::Partner;
 
     /// A writer the test can read back after handing it to a reporter.
     #[derive(Clone, Default)]
@@ -185,6 +188,7 @@ mod tests {
             pids: vec![4242],
             scope: "pid 4242".into(),
             leak_after: Duration::from_millis(1500),
+            idle_after: Duration::from_secs(60),
             kernel: "6.8.0-test".into(),
         }
     }
@@ -239,6 +243,33 @@ mod tests {
                 event(SOCK, 1_800_000_000, EventKind::Destroy),
             ],
             elided: 0,
+            partner: None,
+        }
+    }
+
+    /// Incident 2's shape: the proxy's upstream socket, silent since the client half-closed.
+    pub(super) fn idle_finding() -> Finding {
+        Finding {
+            kind: LeakKind::IdleHalfClosed,
+            fd: Some(6),
+            local: Some("127.0.0.1:41000".parse().unwrap()),
+            remote: Some("127.0.0.1:9000".parse().unwrap()),
+            state: tcp_state::name(tcp_state::ESTABLISHED),
+            eof_unread: false,
+            bytes_after_shutdown: 0,
+            age: Duration::from_secs(61),
+            timeline: finding().timeline[..2].to_vec(),
+            partner: Some(Partner {
+                sock: SockKey {
+                    addr: 0xffff_8880_0000_2000,
+                    born_ns: 3,
+                },
+                fd: Some(5),
+                local: Some("127.0.0.1:8080".parse().unwrap()),
+                remote: Some("127.0.0.1:50400".parse().unwrap()),
+                half_closed_ns: 1_300_000_000,
+            }),
+            ..finding()
         }
     }
 

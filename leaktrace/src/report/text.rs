@@ -11,7 +11,7 @@ use leaktrace_common::tcp_state;
 use super::{ring_size_hint, write_line, FinalReport, Progress, Reporter, StartInfo, Stats};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::detect::{Finding, LeakKind, Outcome};
-use crate::timeline::Dropped;
+use crate::timeline::{Dropped, Partner};
 
 pub struct TextReporter {
     out: Box<dyn Write + Send>,
@@ -30,10 +30,12 @@ impl TextReporter {
 impl Reporter for TextReporter {
     fn start(&mut self, info: &StartInfo) -> io::Result<()> {
         self.line(&format!(
-            "leaktrace: tracing {} on kernel {}; a socket counts as leaked after {}",
+            "leaktrace: tracing {} on kernel {}; a socket counts as leaked after {} (idle after \
+             its partner's half-close: after {})",
             info.scope,
             info.kernel,
-            duration(info.leak_after)
+            duration(info.leak_after),
+            duration(info.idle_after)
         ))?;
         let width = info.hooks.iter().map(|(event, _)| event.len()).max();
         for (event, hook) in &info.hooks {
@@ -240,7 +242,24 @@ fn explanation(f: &Finding) -> String {
             unread(f.unread_bytes, f.eof_unread),
             age(f)
         ),
+        LeakKind::IdleHalfClosed => format!(
+            "{}, no data either way and no keepalive for {} since {} half-closed; its \
+             end-of-stream was never passed on",
+            f.state,
+            age(f),
+            f.partner
+                .map_or_else(|| "its partner".to_owned(), |p| partner(&p))
+        ),
     }
+}
+
+/// The other socket of a proxied pair, for people.
+fn partner(p: &Partner) -> String {
+    format!(
+        "its partner fd {} ({})",
+        fd(p.fd),
+        endpoints(p.local, p.remote)
+    )
 }
 
 fn table(open: &[Finding]) -> Vec<String> {
@@ -378,11 +397,20 @@ fn timeline(f: &Finding) -> Vec<String> {
         f.sock.addr
     )];
     let start = f.timeline.first().map_or(0, |e| e.ts_ns);
-    lines.extend(f.timeline.iter().map(|event| {
-        let offset = Duration::from_nanos(event.ts_ns.saturating_sub(start));
-        // Microseconds: on loopback a whole connection lifecycle fits in a millisecond.
-        format!("  +{:.6}s  {}", offset.as_secs_f64(), describe(event))
-    }));
+    // Microseconds: on loopback a whole connection lifecycle fits in a millisecond.
+    let offset = |ts_ns: u64| Duration::from_nanos(ts_ns.saturating_sub(start)).as_secs_f64();
+    if let Some(p) = &f.partner {
+        lines.push(format!(
+            "  {}: its peer half-closed at +{:.6}s",
+            partner(p),
+            offset(p.half_closed_ns)
+        ));
+    }
+    lines.extend(
+        f.timeline
+            .iter()
+            .map(|event| format!("  +{:.6}s  {}", offset(event.ts_ns), describe(event))),
+    );
     if f.elided > 0 {
         lines.push(format!(
             "  ({} later reads and arrivals not kept; the receive state above is current)",
@@ -448,7 +476,9 @@ fn describe(event: &Event) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{final_report, finding, resolved, start_info, stats, Captured};
+    use super::super::tests::{
+        final_report, finding, idle_finding, resolved, start_info, stats, Captured,
+    };
     use super::*;
 
     fn reporter() -> (Captured, TextReporter) {
@@ -465,7 +495,7 @@ mod tests {
             captured.lines(),
             [
                 "leaktrace: tracing pid 4242 on kernel 6.8.0-test; a socket counts as leaked \
-                 after 1.5s",
+                 after 1.5s (idle after its partner's half-close: after 1m00s)",
                 "  state     tracepoint:sock:inet_sock_set_state",
                 "  shutdown  tracepoint:syscalls:sys_exit_shutdown",
             ]
@@ -533,6 +563,33 @@ mod tests {
              leaks missed; raise --ring-size (now 4096 bytes)",
         ];
         assert_eq!(lines, expected);
+    }
+
+    #[test]
+    fn idle_half_closed_names_its_partner() {
+        let (captured, mut reporter) = reporter();
+        reporter.outcome(&Outcome::Leak(idle_finding())).unwrap();
+        let mut report = final_report(vec![idle_finding()], 0);
+        report.unattributed = 0;
+        reporter.finish(&report).unwrap();
+        let lines = captured.lines();
+        assert_eq!(
+            lines[0],
+            "LEAK  idle_half_closed  pid 4242 (mailer) fd 6  127.0.0.1:41000 <- 127.0.0.1:9000  \
+             ESTABLISHED, no data either way and no keepalive for 1m01s since its partner fd 5 \
+             (127.0.0.1:8080 <- 127.0.0.1:50400) half-closed; its end-of-stream was never \
+             passed on"
+        );
+        assert_eq!(
+            lines[7..10],
+            [
+                "  its partner fd 5 (127.0.0.1:8080 <- 127.0.0.1:50400): its peer half-closed at \
+                 +0.300000s",
+                "  +0.000000s  SYN_RECV -> ESTABLISHED  (not owner: pid 5151 curl)",
+                "  +0.000200s  accept() = fd 7",
+            ],
+            "{lines:#?}"
+        );
     }
 
     #[test]

@@ -48,12 +48,19 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
   scm-server                         accepts one connection, passes its fd over a unix socket
                                      (SCM_RIGHTS) to a child process, closes its own copy
   scm-receiver --fd N                receives an fd over the unix socket N and holds it forever
+  proxy --port P [--keepalive] [--propagate]
+                                     pipe each client to the upstream at port P both ways; when
+                                     the client half-closes, close its side and never pass the
+                                     end-of-stream upstream: the upstream connection stays
+                                     ESTABLISHED and silent (incident 2). --keepalive: with
+                                     SO_KEEPALIVE upstream; --propagate: well-behaved, pass each
+                                     end-of-stream on (shutdown SHUT_WR) and close both after
   client --port P [--read-line] [--send BYTES] [--wait-eof] [--echo] [--wait-close]
-         [--pause-ms MS] [--reset] [--conns N] [--concurrency C]
+         [--half-close] [--pause-ms MS] [--reset] [--conns N] [--concurrency C]
                                      per connection: connect, [read the server's first line],
                                      [read to EOF], send BYTES, [read them back], [read to
-                                     EOF], wait MS, close (--reset: abort with a RST instead
-                                     of a FIN)";
+                                     EOF], [shutdown(SHUT_WR) and read to EOF], wait MS, close
+                                     (--reset: abort with a RST instead of a FIN)";
 
 /// What an SMTP client sends after the server rejected it (incident 3); repeated to any length.
 const PAYLOAD: &[u8] = b"RSET\r\nQUIT\r\n";
@@ -95,8 +102,11 @@ struct Opts {
     echo: bool,
     read_line: bool,
     wait_close: bool,
+    half_close: bool,
     reset: bool,
     close_first: bool,
+    keepalive: bool,
+    propagate: bool,
     pause: Duration,
     mode: Mode,
     expect: usize,
@@ -118,8 +128,11 @@ impl Opts {
             echo: false,
             read_line: false,
             wait_close: false,
+            half_close: false,
             reset: false,
             close_first: false,
+            keepalive: false,
+            propagate: false,
             pause: Duration::ZERO,
             mode: Mode::NeverRead,
             expect: 0,
@@ -135,6 +148,9 @@ impl Opts {
                 "--echo" => o.echo = true,
                 "--read-line" => o.read_line = true,
                 "--wait-close" => o.wait_close = true,
+                "--half-close" => o.half_close = true,
+                "--keepalive" => o.keepalive = true,
+                "--propagate" => o.propagate = true,
                 "--reset" => o.reset = true,
                 "--close-first" => o.close_first = true,
                 "--conns" => o.conns = value()?.parse()?,
@@ -180,6 +196,7 @@ fn main() -> Result<()> {
         "shut-wr-server" => shut_wr_server(&opts),
         "hold-server" => hold_server(&opts),
         "echo-server" => echo_server(&opts),
+        "proxy" => proxy(&opts),
         "client" => client(&opts),
         "pool-leak" => pool_leak(&opts),
         "clean-exit" => clean_exit(&opts),
@@ -336,11 +353,100 @@ fn connection(o: &Opts) -> Result<()> {
             .read_to_end(&mut Vec::new())
             .context("waiting for the server to close")?;
     }
+    if o.half_close {
+        stream.shutdown(Shutdown::Write).context("shutdown")?;
+        stream
+            .read_to_end(&mut Vec::new())
+            .context("waiting for the server's end after the half-close")?;
+    }
     thread::sleep(o.pause);
     if o.reset {
         abort(&stream)?;
     }
     Ok(())
+}
+
+/// Incident 2's proxy, as its Node.js code did it: `from.on('data', c => to.write(c))` both
+/// ways, and the client's end closes the client's side only (`destroy`), never `end`s the
+/// upstream. Each connection is piped on a thread of its own, which owns both sockets.
+fn proxy(o: &Opts) -> Result<()> {
+    ensure!(o.port != 0, "proxy needs --port (the upstream's)");
+    let listener = o.listen()?;
+    loop {
+        let client = accept(&listener)?;
+        let upstream = TcpStream::connect(o.addr(o.port)).context("connect upstream")?;
+        if o.keepalive {
+            set_option(&upstream, libc::SO_KEEPALIVE, 1 as libc::c_int)?;
+        }
+        println!(
+            "UPSTREAM fd={} local={} client_fd={}",
+            upstream.as_raw_fd(),
+            upstream.local_addr()?,
+            client.as_raw_fd()
+        );
+        let propagate = o.propagate;
+        thread::spawn(move || {
+            if let Err(e) = pipe(client, upstream, propagate) {
+                eprintln!("proxy: {e}");
+            }
+        });
+    }
+}
+
+/// Copies data both ways until the upstream ends. The client's end-of-stream closes the client's
+/// side, or with `propagate` is passed upstream; the upstream's end is passed to the client.
+fn pipe(client: TcpStream, mut upstream: TcpStream, propagate: bool) -> io::Result<()> {
+    let mut client = Some(client);
+    let mut client_readable = true;
+    let mut buf = [0; 4096];
+    loop {
+        let mut fds = vec![pollfd(&upstream)];
+        if let Some(client) = client.as_ref().filter(|_| client_readable) {
+            fds.push(pollfd(client));
+        }
+        // SAFETY: `fds` holds `fds.len()` initialized pollfds for the call's duration.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let (Some(from), Some(polled)) = (client.as_mut(), fds.get(1)) {
+            if polled.revents != 0 {
+                match from.read(&mut buf)? {
+                    0 if propagate => {
+                        upstream.shutdown(Shutdown::Write)?;
+                        client_readable = false;
+                    }
+                    0 => {
+                        client = None;
+                        println!("CLIENT CLOSED");
+                    }
+                    n => upstream.write_all(&buf[..n])?,
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            match upstream.read(&mut buf)? {
+                0 => {
+                    if let Some(to) = &client {
+                        to.shutdown(Shutdown::Write)?;
+                    }
+                    return Ok(());
+                }
+                n => {
+                    if let Some(to) = client.as_mut() {
+                        to.write_all(&buf[..n])?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pollfd(stream: &TcpStream) -> libc::pollfd {
+    libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }
 }
 
 /// Makes the close that follows send a RST instead of a FIN: `SO_LINGER` on with a zero timeout.
@@ -349,18 +455,27 @@ fn abort(stream: &TcpStream) -> Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
-    let len = libc::socklen_t::try_from(std::mem::size_of_val(&linger))?;
-    // SAFETY: the fd is open for the call's duration and the kernel reads `len` bytes of `linger`.
+    set_option(stream, libc::SO_LINGER, linger)
+}
+
+/// `setsockopt(SOL_SOCKET, name, value)`.
+fn set_option<T>(stream: &TcpStream, name: libc::c_int, value: T) -> Result<()> {
+    let len = libc::socklen_t::try_from(std::mem::size_of_val(&value))?;
+    // SAFETY: the fd is open for the call's duration and the kernel reads `len` bytes of `value`.
     let ret = unsafe {
         libc::setsockopt(
             stream.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
+            name,
+            (&raw const value).cast(),
             len,
         )
     };
-    ensure!(ret == 0, "SO_LINGER: {}", io::Error::last_os_error());
+    ensure!(
+        ret == 0,
+        "setsockopt {name}: {}",
+        io::Error::last_os_error()
+    );
     Ok(())
 }
 

@@ -1,0 +1,373 @@
+//! Incident 2: a proxy pipes two sockets, one peer half-closes, and the proxy never passes the
+//! end-of-stream on: the other socket stays open, silent, with no timer that would ever end it.
+//!
+//! An idle connection alone is no leak (pools keep them by design); what makes it one is its
+//! pair's other socket having half-closed when this one fell silent. A socket whose own peer
+//! half-closed is in CLOSE_WAIT, `close_wait`'s, and one holding unconsumed data after its
+//! owner's shutdown is `shut_wr_unread`'s: this class gives way to both.
+
+use leaktrace_common::tcp_state;
+
+use super::shut_wr_unread::{self, Unconsumed};
+use super::{Since, Verdict};
+use crate::activity::KernelTimer;
+use crate::timeline::Timeline;
+
+/// Traffic this soon after the partner's half-close still counts as before it: the proxy
+/// forwards the bytes that came with the peer's FIN after the FIN arrived, and the kernel reports
+/// the last traffic in milliseconds of jiffies.
+const QUIET_SLACK_NS: u64 = 1_000_000_000;
+
+pub(super) fn check(timeline: &Timeline) -> Verdict {
+    if timeline.closed() {
+        return Verdict::Clear { how: "closed" };
+    }
+    if timeline.destroyed() {
+        return Verdict::Clear { how: "destroyed" };
+    }
+    let Some(partner) = timeline.partner() else {
+        return Verdict::Clear { how: "traffic" };
+    };
+    match timeline.state() {
+        Some(tcp_state::ESTABLISHED | tcp_state::FIN_WAIT2) => {}
+        Some(tcp_state::CLOSE_WAIT) => return Verdict::Clear { how: "superseded" },
+        // A shutdown, the peer's FIN after ours, or a reset: the connection is ending.
+        _ => return Verdict::Clear { how: "ended" },
+    }
+    if let Unconsumed::Since(_) = shut_wr_unread::unconsumed(timeline) {
+        return Verdict::Clear { how: "superseded" };
+    }
+    // Only a sample taken after the half-close can tell that nothing moved since.
+    let Some(activity) = timeline
+        .activity()
+        .filter(|a| a.sampled_ns >= partner.half_closed_ns)
+    else {
+        return Verdict::Clear { how: "traffic" };
+    };
+    match activity.timer {
+        Some(KernelTimer::Keepalive) => Verdict::Clear { how: "keepalive" },
+        Some(KernelTimer::Other) => Verdict::Clear { how: "traffic" },
+        None if activity.last_traffic_ns > partner.half_closed_ns + QUIET_SLACK_NS => {
+            Verdict::Clear { how: "traffic" }
+        }
+        None => Verdict::Holds {
+            since: Since {
+                ns: activity.last_traffic_ns.max(partner.half_closed_ns),
+                // Pairs are known only from openings seen while tracing.
+                before_trace: false,
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use leaktrace_common::tcp_state::*;
+
+    use super::super::{Detectors, LeakKind, Outcome};
+    use crate::activity::{KernelTimer, Sample, Wanted};
+    use crate::decoder::{Event, EventKind, Owner, SockKey};
+    use crate::timeline::tests::{event, from_peer, key, state, OWNER};
+    use crate::timeline::Store;
+
+    const MS: u64 = 1_000_000;
+    /// The proxy's socket for its client, and the one it connected upstream for that client.
+    const CLIENT: SockKey = SockKey {
+        addr: 0xa000,
+        born_ns: 1,
+    };
+    const UPSTREAM: SockKey = SockKey {
+        addr: 0xb000,
+        born_ns: 2,
+    };
+    const UPSTREAM_INO: u64 = 66;
+
+    fn addr(text: &str) -> Option<SocketAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    /// What the kernel's socket table answers, set by the test as time goes on.
+    #[derive(Clone, Default)]
+    struct Kernel {
+        upstream: Arc<Mutex<Option<Sample>>>,
+        reads: Arc<Mutex<u32>>,
+    }
+
+    impl Kernel {
+        /// The upstream socket last carried data at `last_ms`, as sampled at `now_ms`.
+        fn quiet_since(&self, last_ms: u64, now_ms: u64, timer: Option<KernelTimer>) {
+            *self.upstream.lock().unwrap() = Some(Sample {
+                ino: UPSTREAM_INO,
+                local: addr("127.0.0.1:41000").unwrap(),
+                remote: addr("127.0.0.1:9000").unwrap(),
+                idle: Duration::from_millis(now_ms - last_ms),
+                timer,
+            });
+        }
+
+        fn reads(&self) -> u32 {
+            *self.reads.lock().unwrap()
+        }
+    }
+
+    /// The proxy's detectors (idle after 3s) reading `kernel`.
+    fn detectors(kernel: &Kernel) -> Detectors {
+        let mut detectors = Detectors::new(Duration::from_secs(1), Duration::from_secs(3));
+        let kernel = kernel.clone();
+        detectors.sample_activity = Box::new(move |_: &[Wanted]| -> io::Result<Vec<Sample>> {
+            *kernel.reads.lock().unwrap() += 1;
+            Ok(kernel.upstream.lock().unwrap().iter().copied().collect())
+        });
+        detectors
+    }
+
+    /// An event of the proxy's; only its accept and connect records name the fd.
+    fn on(sock: SockKey, at_ms: u64, kind: EventKind, local: &str, remote: &str) -> Event {
+        let mut event = event(sock, at_ms * MS, kind);
+        (event.local, event.remote) = (addr(local), addr(remote));
+        event.owner = Some(Owner {
+            tgid: OWNER,
+            fd: None,
+        });
+        event
+    }
+
+    /// The proxy accepts its client as fd 5 at 100 ms and connects upstream as fd 6 at
+    /// `upstream_ms`, the connect's record naming the socket's inode.
+    fn proxied_pair(store: &mut Store, upstream_ms: u64) {
+        proxied_pair_with(store, upstream_ms, Some(UPSTREAM_INO));
+    }
+
+    fn proxied_pair_with(store: &mut Store, upstream_ms: u64, ino: Option<u64>) {
+        let (proxy, client) = ("127.0.0.1:8080", "127.0.0.1:50400");
+        let mut established =
+            from_peer(on(CLIENT, 99, state(SYN_RECV, ESTABLISHED), proxy, client));
+        established.owner = None;
+        store.insert(established);
+        store.insert(on(CLIENT, 100, EventKind::Accept { fd: 5 }, proxy, client));
+        let (ours, upstream) = ("127.0.0.1:41000", "127.0.0.1:9000");
+        let mut connect = on(
+            UPSTREAM,
+            upstream_ms,
+            EventKind::Connect { fd: 6, ret: -115 },
+            ours,
+            upstream,
+        );
+        connect.ino = ino;
+        store.insert(connect);
+        store.insert(on(
+            UPSTREAM,
+            upstream_ms,
+            state(CLOSE, SYN_SENT),
+            ours,
+            upstream,
+        ));
+        store.insert(from_peer(on(
+            UPSTREAM,
+            upstream_ms + 1,
+            state(SYN_SENT, ESTABLISHED),
+            ours,
+            upstream,
+        )));
+    }
+
+    /// The client half-closes at `fin_ms`; the proxy closes its side at once (incident 2: the
+    /// client's 'close' is handled, its end-of-stream never forwarded).
+    fn client_half_closes(store: &mut Store, fin_ms: u64) {
+        let (proxy, client) = ("127.0.0.1:8080", "127.0.0.1:50400");
+        store.insert(from_peer(on(
+            CLIENT,
+            fin_ms,
+            state(ESTABLISHED, CLOSE_WAIT),
+            proxy,
+            client,
+        )));
+        store.insert(on(
+            CLIENT,
+            fin_ms + 1,
+            EventKind::Close { fd: Some(5) },
+            proxy,
+            client,
+        ));
+        store.insert(on(
+            CLIENT,
+            fin_ms + 1,
+            state(CLOSE_WAIT, LAST_ACK),
+            proxy,
+            client,
+        ));
+    }
+
+    fn leaks(outcomes: &[Outcome]) -> Vec<&super::super::Finding> {
+        outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Leak(f) => Some(f),
+                Outcome::Resolved(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn upstream_silent_after_the_client_half_closed() {
+        let kernel = Kernel::default();
+        let mut store = Store::default();
+        let mut detectors = detectors(&kernel);
+        proxied_pair(&mut store, 110);
+        // Nothing to ask the kernel about before a half-close.
+        assert!(detectors.evaluate(&mut store, 400 * MS).is_empty());
+        assert_eq!(kernel.reads(), 0);
+
+        // The last bytes were forwarded upstream just after the client's FIN.
+        client_half_closes(&mut store, 500);
+        kernel.quiet_since(505, 600, None);
+        assert!(detectors.evaluate(&mut store, 600 * MS).is_empty());
+        assert_eq!(kernel.reads(), 1);
+        kernel.quiet_since(505, 3504, None);
+        assert!(detectors.evaluate(&mut store, 3504 * MS).is_empty());
+        let outcomes = detectors.evaluate(&mut store, 3506 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        assert_eq!(finding.kind, LeakKind::IdleHalfClosed);
+        assert_eq!((finding.pid, finding.fd), (OWNER, Some(6)));
+        assert_eq!(finding.state, "ESTABLISHED");
+        assert_eq!(finding.age, Duration::from_millis(3001));
+        let partner = finding.partner.expect("the partner is named");
+        assert_eq!((partner.sock, partner.fd), (CLIENT, Some(5)));
+        assert_eq!(partner.remote, addr("127.0.0.1:50400"));
+        assert_eq!(partner.half_closed_ns, 500 * MS);
+
+        // Data again (the proxy finally forwards the end, or the upstream speaks): resolved.
+        kernel.quiet_since(4400, 4600, None);
+        let outcomes = detectors.evaluate(&mut store, 4600 * MS);
+        let [Outcome::Resolved(resolved)] = &outcomes[..] else {
+            panic!("expected a resolution: {outcomes:?}");
+        };
+        assert_eq!(
+            (resolved.kind, resolved.how),
+            (LeakKind::IdleHalfClosed, "traffic")
+        );
+    }
+
+    #[test]
+    fn without_an_inode_the_sample_is_found_by_addresses() {
+        let kernel = Kernel::default();
+        let mut store = Store::default();
+        let mut detectors = detectors(&kernel);
+        proxied_pair_with(&mut store, 110, None);
+        client_half_closes(&mut store, 500);
+        kernel.quiet_since(505, 3600, None);
+        let outcomes = detectors.evaluate(&mut store, 3600 * MS);
+        assert_eq!(leaks(&outcomes)[0].fd, Some(6));
+    }
+
+    #[test]
+    fn with_an_inode_only_the_inode_matches() {
+        // A sample of another inode is not this socket's, whatever the addresses say.
+        let kernel = Kernel::default();
+        let mut store = Store::default();
+        let mut detectors = detectors(&kernel);
+        proxied_pair_with(&mut store, 110, Some(UPSTREAM_INO + 1));
+        client_half_closes(&mut store, 500);
+        kernel.quiet_since(505, 3600, None);
+        assert!(detectors.evaluate(&mut store, 3600 * MS).is_empty());
+    }
+
+    #[test]
+    fn keepalive_or_data_in_flight_is_no_leak() {
+        for timer in [KernelTimer::Keepalive, KernelTimer::Other] {
+            let kernel = Kernel::default();
+            let mut store = Store::default();
+            let mut detectors = detectors(&kernel);
+            proxied_pair(&mut store, 110);
+            client_half_closes(&mut store, 500);
+            for now_ms in [600, 1600, 2600, 3600, 60_000] {
+                kernel.quiet_since(505, now_ms, Some(timer));
+                assert!(detectors.evaluate(&mut store, now_ms * MS).is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn upstream_still_talking_after_the_half_close_is_no_leak() {
+        // The client sent its request and half-closed; the upstream answered afterwards and the
+        // proxy keeps the connection (a response still streaming, or the proxy about to close it).
+        let kernel = Kernel::default();
+        let mut store = Store::default();
+        let mut detectors = detectors(&kernel);
+        proxied_pair(&mut store, 110);
+        client_half_closes(&mut store, 500);
+        for now_ms in [600, 1600, 2600, 3600, 60_000] {
+            kernel.quiet_since(1700, now_ms.max(1700), None);
+            assert!(detectors.evaluate(&mut store, now_ms * MS).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_pooled_connection_has_no_partner() {
+        // Opened for an earlier client long before this one: idle in the pool, no leak, and not
+        // even a look at the kernel's socket table.
+        let kernel = Kernel::default();
+        let mut store = Store::default();
+        let mut detectors = detectors(&kernel);
+        proxied_pair(&mut store, 100 + 10_000);
+        client_half_closes(&mut store, 10_500);
+        kernel.quiet_since(10_505, 60_000, None);
+        for now_ms in [10_600, 13_000, 60_000] {
+            assert!(detectors.evaluate(&mut store, now_ms * MS).is_empty());
+        }
+        assert_eq!(kernel.reads(), 0);
+    }
+
+    #[test]
+    fn two_accepted_clients_are_no_pair() {
+        // A plain server: one client half-closes, another accepted at once sits idle.
+        let kernel = Kernel::default();
+        let mut store = Store::default();
+        let mut detectors = detectors(&kernel);
+        let (server, client) = ("127.0.0.1:8080", "127.0.0.1:50400");
+        store.insert(on(CLIENT, 100, EventKind::Accept { fd: 5 }, server, client));
+        let other = key(0xc000, 3);
+        store.insert(event(other, 105 * MS, EventKind::Accept { fd: 7 }));
+        client_half_closes(&mut store, 500);
+        for now_ms in [600, 3600, 60_000] {
+            assert!(detectors.evaluate(&mut store, now_ms * MS).is_empty());
+        }
+        assert_eq!(kernel.reads(), 0);
+    }
+
+    #[test]
+    fn the_upstream_closing_too_is_close_wait_only() {
+        let kernel = Kernel::default();
+        let mut store = Store::default();
+        let mut detectors = detectors(&kernel);
+        proxied_pair(&mut store, 110);
+        client_half_closes(&mut store, 500);
+        kernel.quiet_since(505, 3600, None);
+        let outcomes = detectors.evaluate(&mut store, 3600 * MS);
+        assert_eq!(leaks(&outcomes)[0].kind, LeakKind::IdleHalfClosed);
+
+        // The upstream gives up and closes; the proxy never closes its socket.
+        let mut fin = from_peer(event(UPSTREAM, 4000 * MS, state(ESTABLISHED, CLOSE_WAIT)));
+        fin.local = addr("127.0.0.1:41000");
+        fin.remote = addr("127.0.0.1:9000");
+        store.insert(fin);
+        let outcomes = detectors.evaluate(&mut store, 4100 * MS);
+        let [Outcome::Resolved(resolved)] = &outcomes[..] else {
+            panic!("expected a resolution: {outcomes:?}");
+        };
+        assert_eq!(
+            (resolved.kind, resolved.how),
+            (LeakKind::IdleHalfClosed, "superseded")
+        );
+        let outcomes = detectors.evaluate(&mut store, 5000 * MS);
+        let kinds: Vec<LeakKind> = leaks(&outcomes).iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [LeakKind::CloseWait]);
+    }
+}
