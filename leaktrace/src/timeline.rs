@@ -4,7 +4,7 @@
 
 mod stats;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
 use leaktrace_common::{shutdown_how, tcp_state};
@@ -687,23 +687,32 @@ impl Store {
                 Some((*key, owner.tgid, t.opened?, partner))
             })
             .collect();
+        if half_closed.is_empty() {
+            return;
+        }
+        // Per owner and direction, the open sockets without a partner by opening time, built once
+        // per call: looking through every timeline for each half-closed socket would cost a
+        // server under churn (all of whose clients half-close) the square of its connections.
+        let owners: HashSet<u32> = half_closed.iter().map(|&(_, pid, ..)| pid).collect();
+        let mut unpaired: HashMap<(u32, bool), Vec<(u64, SockKey)>> = HashMap::new();
+        for (key, t) in &self.timelines {
+            let (Some(owner), Some(opened)) = (t.owner(), t.opened) else {
+                continue;
+            };
+            if t.partner.is_none() && t.live() && owners.contains(&owner.tgid) {
+                unpaired
+                    .entry((owner.tgid, opened.accepted))
+                    .or_default()
+                    .push((opened.ts_ns, *key));
+            }
+        }
+        for list in unpaired.values_mut() {
+            list.sort_unstable();
+        }
         for (key, pid, opened, partner) in half_closed {
-            let mate = self
-                .timelines
-                .iter()
-                .filter(|(other, t)| {
-                    **other != key
-                        && t.partner.is_none()
-                        && t.live()
-                        && t.owner().is_some_and(|o| o.tgid == pid)
-                })
-                .filter_map(|(other, t)| {
-                    let theirs = t.opened.filter(|o| o.accepted != opened.accepted)?;
-                    let apart = theirs.ts_ns.abs_diff(opened.ts_ns);
-                    (apart <= PAIR_WINDOW_NS).then_some((apart, *other))
-                })
-                .min()
-                .map(|(_, other)| other);
+            let mate = unpaired
+                .get_mut(&(pid, !opened.accepted))
+                .and_then(|list| take_closest(list, opened.ts_ns));
             if let Some(mate) = mate.and_then(|m| self.timelines.get_mut(&m)) {
                 mate.partner = Some(partner);
             }
@@ -828,6 +837,20 @@ impl Store {
         self.retired_order.push_back((self.latest_ns, key));
         true
     }
+}
+
+/// Removes and returns the socket of `by_opening` (sorted by opening time) opened closest to
+/// `ts_ns`, if within [`PAIR_WINDOW_NS`].
+fn take_closest(by_opening: &mut Vec<(u64, SockKey)>, ts_ns: u64) -> Option<SockKey> {
+    let after = by_opening.partition_point(|&(opened, _)| opened < ts_ns);
+    let index = [after.checked_sub(1), Some(after)]
+        .into_iter()
+        .flatten()
+        .filter_map(|i| Some((by_opening.get(i)?.0.abs_diff(ts_ns), i)))
+        .filter(|&(apart, _)| apart <= PAIR_WINDOW_NS)
+        .min()?
+        .1;
+    Some(by_opening.remove(index).1)
 }
 
 #[cfg(test)]
@@ -1170,6 +1193,23 @@ pub(crate) mod tests {
                 .all(|(_, states)| states.values().sum::<u64>() <= 9),
             "evicted sockets leave the held counts"
         );
+    }
+
+    #[test]
+    fn the_closest_opening_within_the_window_pairs_once() {
+        let mut unpaired = vec![
+            (1_000, key(1, 1)),
+            (5_000, key(2, 2)),
+            (PAIR_WINDOW_NS * 3, key(3, 3)),
+        ];
+        assert_eq!(take_closest(&mut unpaired, 4_000), Some(key(2, 2)));
+        assert_eq!(take_closest(&mut unpaired, 4_000), Some(key(1, 1)));
+        assert_eq!(
+            take_closest(&mut unpaired, 4_000),
+            None,
+            "out of the window"
+        );
+        assert_eq!(unpaired, [(PAIR_WINDOW_NS * 3, key(3, 3))]);
     }
 
     #[test]
