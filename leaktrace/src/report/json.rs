@@ -253,7 +253,7 @@ fn resolution(resolved: &Resolved) -> Value {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{
-        final_report, finding, idle_finding, resolved, start_info, stats, Captured,
+        final_report, finding, idle_finding, progress, resolved, start_info, stats, Captured,
     };
     use super::*;
     use crate::detect::LeakKind;
@@ -422,16 +422,8 @@ mod tests {
     fn interval_line_and_trend() {
         let captured = Captured::default();
         let mut reporter = JsonReporter::new(captured.writer());
-        let mut progress = Progress {
-            elapsed: Duration::from_secs(60),
-            leaks_reported: 4,
-            leaks_resolved: 1,
-            sockets_tracked: 120,
-            sockets_seen: 1234,
-            ..Progress::default()
-        };
+        let mut progress = progress();
         progress.open.insert(LeakKind::CloseWait, 2);
-        progress.ingest.records = 45678;
         progress.dropped.evicted = 7;
         reporter.progress(&progress).unwrap();
         let mut report = final_report(Vec::new(), 0);

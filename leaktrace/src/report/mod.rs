@@ -302,6 +302,20 @@ mod tests {
         }
     }
 
+    /// A minute into a session: 4 leaks reported, 1 resolved, none open yet.
+    pub(super) fn progress() -> Progress {
+        let mut progress = Progress {
+            elapsed: Duration::from_secs(60),
+            leaks_reported: 4,
+            leaks_resolved: 1,
+            sockets_tracked: 120,
+            sockets_seen: 1234,
+            ..Progress::default()
+        };
+        progress.ingest.records = 45678;
+        progress
+    }
+
     /// Incident 4's shape: a mailer leaking CLOSE_WAIT sockets to its clients among a pool's
     /// healthy churn to a database, and a quiet second process.
     pub(super) fn stats() -> Stats {

@@ -477,7 +477,7 @@ fn describe(event: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{
-        final_report, finding, idle_finding, resolved, start_info, stats, Captured,
+        final_report, finding, idle_finding, progress, resolved, start_info, stats, Captured,
     };
     use super::*;
 
@@ -675,15 +675,7 @@ mod tests {
     fn progress_line() {
         let captured = Captured::default();
         let mut reporter = TextReporter::new(captured.writer());
-        let mut progress = Progress {
-            elapsed: Duration::from_secs(60),
-            leaks_reported: 4,
-            leaks_resolved: 1,
-            sockets_tracked: 120,
-            sockets_seen: 1234,
-            ..Progress::default()
-        };
-        progress.ingest.records = 45678;
+        let mut progress = progress();
         progress.dropped.finished = 1000;
         reporter.progress(&progress).unwrap();
         progress.open.insert(LeakKind::CloseWait, 2);
