@@ -41,6 +41,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         report_to_stderr: false,
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
+        metrics: args.common.metrics,
         leak_after: LEAK_AFTER,
         duration: Some(DURATION),
     };

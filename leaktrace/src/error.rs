@@ -10,6 +10,7 @@ pub mod exit_code {
     pub const NO_BTF: u8 = 5;
     pub const NO_TRACEFS: u8 = 6;
     pub const HOOK_REFUSED: u8 = 7;
+    pub const OUTPUT: u8 = 8;
 }
 
 #[derive(Debug)]
@@ -24,6 +25,9 @@ pub enum Failure {
         event: &'static str,
         reasons: Vec<String>,
     },
+    /// An output the user asked for cannot be opened (`--metrics` address in use): checked
+    /// before tracing starts.
+    Output(anyhow::Error),
     Runtime(anyhow::Error),
 }
 
@@ -35,6 +39,7 @@ impl Failure {
             Self::NoBtf | Self::Btf(_) => exit_code::NO_BTF,
             Self::NoTracefs(_) => exit_code::NO_TRACEFS,
             Self::HookRefused { .. } => exit_code::HOOK_REFUSED,
+            Self::Output(_) => exit_code::OUTPUT,
             Self::Runtime(_) => exit_code::RUNTIME,
         }
     }
@@ -60,7 +65,7 @@ impl fmt::Display for Failure {
                 "the kernel refused every hook for the {event} event: {}",
                 reasons.join("; ")
             ),
-            Self::Runtime(e) => write!(f, "{e:#}"),
+            Self::Output(e) | Self::Runtime(e) => write!(f, "{e:#}"),
         }
     }
 }

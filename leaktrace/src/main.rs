@@ -64,6 +64,7 @@ async fn trace(args: TraceArgs) -> Result<(), Failure> {
         report_to_stderr: false,
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
+        metrics: args.common.metrics,
         leak_after: args.leaks.leak_after,
         duration: args.duration,
     };

@@ -30,6 +30,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         report_to_stderr: true,
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
+        metrics: args.common.metrics,
         leak_after: args.leaks.leak_after,
         duration: None,
     };

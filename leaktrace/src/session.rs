@@ -1,6 +1,6 @@
 //! One trace session: attach the hooks, then move records from the ring buffer through the
 //! decoder, the timeline store and the detectors to a reporter until told to stop.
-use std::{collections::BTreeSet, future::Future, io, path::Path, time::Duration};
+use std::{collections::BTreeSet, future::Future, io, net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -15,7 +15,7 @@ use crate::{
     detect::Detectors,
     error::Failure,
     hooks::{self, Attached, HookFamily, LoadOptions},
-    report::{FinalReport, IngestCounts, JsonReporter, Reporter, StartInfo, TextReporter},
+    report::{FinalReport, IngestCounts, JsonReporter, Metrics, Reporter, StartInfo, TextReporter},
     timeline::Store,
 };
 
@@ -64,6 +64,8 @@ pub struct SessionOptions {
     pub ring_size: u32,
     pub leak_after: Duration,
     pub duration: Option<Duration>,
+    /// `--metrics`: serve Prometheus metrics there.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the main loop ended.
@@ -82,6 +84,7 @@ pub struct Session {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     reporter: Box<dyn Reporter>,
+    metrics: Option<Metrics>,
     store: Store,
     detectors: Detectors,
     counts: IngestCounts,
@@ -114,6 +117,15 @@ impl Session {
     /// start of the report. Tracing is live when this returns.
     pub fn start(options: &SessionOptions) -> Result<Session, Failure> {
         preflight(options)?;
+        // Before tracing starts: a port in use is the user's to fix, and must not cost a
+        // session's worth of tracing.
+        let metrics = options
+            .metrics
+            .map(|addr| {
+                Metrics::serve(addr, options.ring_size)
+                    .map_err(|e| Failure::Output(anyhow!("cannot serve metrics on {addr}: {e}")))
+            })
+            .transpose()?;
         let pids = match &options.scope {
             Scope::Pids(pids) => pids.clone(),
             Scope::All | Scope::Added => Vec::new(),
@@ -194,6 +206,7 @@ impl Session {
                 scope: options.scope.describe(options.follow_children),
                 leak_after: options.leak_after,
                 kernel: kernel_release(),
+                metrics: metrics.as_ref().and_then(Metrics::local_addr),
             })
             .context("writing output")?;
         Ok(Session {
@@ -202,6 +215,7 @@ impl Session {
             lost,
             reporter,
             store: Store::new(),
+            metrics,
             detectors: Detectors::new(options.leak_after),
             counts: IngestCounts::default(),
             live: pids.into_iter().collect(),
@@ -240,7 +254,13 @@ impl Session {
             tokio::select! {
                 readable = self.ring.readable_mut() => {
                     let mut guard = readable.context("polling the ring buffer")?;
-                    drain(guard.get_inner_mut(), &mut self.store, &mut self.live, &mut self.counts);
+                    drain(
+                        guard.get_inner_mut(),
+                        &mut self.store,
+                        &mut self.live,
+                        &mut self.counts,
+                        self.metrics.as_ref(),
+                    );
                     guard.clear_ready();
                     if watching_processes && self.live.is_empty() {
                         return Ok(Ended::NothingLeft);
@@ -265,25 +285,38 @@ impl Session {
             &mut self.store,
             &mut self.live,
             &mut self.counts,
+            self.metrics.as_ref(),
         );
         self.evaluate()?;
-        let per_cpu = self
-            .lost
-            .get(&0, 0)
-            .context("reading the lost-events counter")?;
-        self.counts.lost_events = per_cpu.iter().sum();
-        let report = self
-            .detectors
-            .summary(&mut self.store, monotonic_ns(), self.counts);
+        self.counts.lost_events = self.lost_events()?;
+        let now = monotonic_ns();
+        let report = self.detectors.summary(&mut self.store, now, self.counts);
         self.reporter.finish(&report).context("writing output")?;
         Ok(report)
     }
 
     fn evaluate(&mut self) -> Result<(), Failure> {
-        for outcome in self.detectors.evaluate(&mut self.store, monotonic_ns()) {
+        let now = monotonic_ns();
+        for outcome in self.detectors.evaluate(&mut self.store, now) {
             self.reporter.outcome(&outcome).context("writing output")?;
+            if let Some(metrics) = &mut self.metrics {
+                metrics.outcome(&outcome);
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            self.counts.lost_events = self.lost_events()?;
+            metrics.totals(&self.counts, self.store.tracked());
         }
         Ok(())
+    }
+
+    /// Records the kernel could not put in the ring buffer, summed over the CPUs.
+    fn lost_events(&self) -> Result<u64, Failure> {
+        let per_cpu = self
+            .lost
+            .get(&0, 0)
+            .context("reading the lost-events counter")?;
+        Ok(per_cpu.iter().sum())
     }
 }
 
@@ -307,9 +340,13 @@ fn drain(
     store: &mut Store,
     live: &mut BTreeSet<u32>,
     counts: &mut IngestCounts,
+    metrics: Option<&Metrics>,
 ) {
+    let (mut records, mut bytes) = (0, 0);
     while let Some(item) = ring.next() {
         counts.records += 1;
+        records += 1;
+        bytes += item.len();
         let event = match decoder::decode(&item) {
             Ok(event) => event,
             Err(e) => {
@@ -323,6 +360,9 @@ fn drain(
                 continue;
             }
         };
+        if let Some(metrics) = metrics {
+            metrics.event(&event);
+        }
         match event.kind {
             EventKind::Fork { child } => {
                 live.insert(child);
@@ -333,6 +373,9 @@ fn drain(
             }
             _ => store.insert(event),
         }
+    }
+    if let Some(metrics) = metrics {
+        metrics.drained(records, bytes);
     }
 }
 

@@ -348,6 +348,11 @@ impl Store {
         Self::default()
     }
 
+    /// Timelines in memory.
+    pub fn tracked(&self) -> usize {
+        self.timelines.len()
+    }
+
     pub fn insert(&mut self, event: Event) {
         self.latest_ns = self.latest_ns.max(event.ts_ns);
         let timeline = self.timelines.entry(event.sock).or_insert_with(|| {
@@ -737,5 +742,6 @@ pub(crate) mod tests {
         assert!(store.get(&kept).is_some());
         assert!(store.get(&alive).is_some());
         assert_eq!(store.sockets_seen(), 3);
+        assert_eq!(store.tracked(), 2);
     }
 }

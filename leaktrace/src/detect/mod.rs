@@ -65,6 +65,11 @@ const DETECTORS: [(LeakKind, Check); 3] = [
     (LeakKind::FdAfterClose, fd_after_close::check),
 ];
 
+/// Every leak class, in the order the detectors run.
+pub fn kinds() -> impl Iterator<Item = LeakKind> {
+    DETECTORS.into_iter().map(|(kind, _)| kind)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
     pub kind: LeakKind,
@@ -91,6 +96,8 @@ pub struct Finding {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
     pub kind: LeakKind,
+    /// The socket of the finding this resolves.
+    pub sock: SockKey,
     pub pid: u32,
     pub fd: Option<i32>,
     pub local: Option<SocketAddr>,
@@ -185,6 +192,7 @@ impl Detectors {
                 self.resolved += 1;
                 outcomes.push(Outcome::Resolved(Resolved {
                     kind: finding.kind,
+                    sock: finding.sock,
                     pid: finding.pid,
                     fd: finding.fd,
                     local: finding.local,

@@ -32,13 +32,17 @@ impl Reporter for JsonReporter {
             .iter()
             .map(|(event, hook)| (event.clone(), Value::from(hook.as_str())))
             .collect();
-        self.emit(&json!({
+        let mut start = json!({
             "type": "start",
             "hooks": hooks,
             "pids": info.pids,
             "leak_after_ms": u64::try_from(info.leak_after.as_millis()).unwrap_or(u64::MAX),
             "kernel": info.kernel,
-        }))
+        });
+        if let Some(metrics) = info.metrics {
+            start["metrics"] = metrics.to_string().into();
+        }
+        self.emit(&start)
     }
 
     fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
@@ -218,6 +222,12 @@ mod tests {
                 "kernel": "6.8.0-test",
             })
         );
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        let mut info = start_info();
+        info.metrics = Some("[::1]:9464".parse().unwrap());
+        reporter.start(&info).unwrap();
+        assert_eq!(parse(&captured.lines()[0])["metrics"], "[::1]:9464");
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Reporters: the same start, live outcomes and final report rendered for people (text) or for
-//! other tools (JSON Lines).
+//! other tools (JSON Lines); and Prometheus metrics beside them (`metrics`).
 
 mod json;
+mod metrics;
 mod text;
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use json::JsonReporter;
+pub use metrics::Metrics;
 pub use text::TextReporter;
 
 use crate::detect::{Finding, Outcome};
@@ -22,6 +25,8 @@ pub struct StartInfo {
     pub scope: String,
     pub leak_after: Duration,
     pub kernel: String,
+    /// Where `--metrics` serves, once bound.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What the session counted while reading the ring buffer.
@@ -157,6 +162,7 @@ mod tests {
             scope: "pid 4242".into(),
             leak_after: Duration::from_millis(1500),
             kernel: "6.8.0-test".into(),
+            metrics: None,
         }
     }
 
@@ -216,6 +222,7 @@ mod tests {
     pub(super) fn resolved() -> Resolved {
         Resolved {
             kind: LeakKind::CloseWait,
+            sock: SOCK,
             pid: 4242,
             fd: None,
             local: Some("[::1]:8080".parse().unwrap()),

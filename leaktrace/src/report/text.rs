@@ -41,6 +41,9 @@ impl Reporter for TextReporter {
                 width = width.unwrap_or(0)
             ))?;
         }
+        if let Some(addr) = info.metrics {
+            self.line(&format!("leaktrace: metrics at http://{addr}/metrics"))?;
+        }
         Ok(())
     }
 
@@ -415,6 +418,14 @@ mod tests {
                 "  state     tracepoint:sock:inet_sock_set_state",
                 "  shutdown  tracepoint:syscalls:sys_exit_shutdown",
             ]
+        );
+        let (captured, mut with_metrics) = self::reporter();
+        let mut info = start_info();
+        info.metrics = Some(([127, 0, 0, 1], 9464).into());
+        with_metrics.start(&info).unwrap();
+        assert_eq!(
+            captured.lines().last().unwrap(),
+            "leaktrace: metrics at http://127.0.0.1:9464/metrics"
         );
     }
 
