@@ -1,5 +1,6 @@
 //! Command line: `leaktrace [--pid PID]...` traces; `leaktrace demo` shows what it finds.
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -20,11 +21,13 @@ Examples:
   sudo leaktrace run --fail-on-leak -- ./run-tests.sh
                                             trace a command and its children (CI use)
   sudo leaktrace --pid 4242 --metrics 9464  Prometheus metrics at http://127.0.0.1:9464/metrics
+  sudo leaktrace --pid 4242 --trace-out trace.json
+                                            per-socket timelines to open in Perfetto
 
 Exit status:
   0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process,
   5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook,
-  8 an output cannot be opened (--metrics address in use);
+  8 an output cannot be opened (--metrics address in use, --trace-out file not writable);
   run: the command's own status, 10 with --fail-on-leak when a leak was reported,
   126/127 when the command cannot be executed / is not found";
 
@@ -122,6 +125,11 @@ pub struct CommonArgs {
     /// scrape it. Port 0 picks a free port, printed at start.
     #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
+    /// Write every socket's timeline to FILE as Chrome trace-event JSON, which Perfetto
+    /// (ui.perfetto.dev) opens: a track per socket, a slice per TCP state, an instant per
+    /// syscall. Written as sockets go away and at the end, so memory stays bounded.
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -174,16 +182,18 @@ mod tests {
 
     #[test]
     fn every_way_of_tracing_takes_the_exports() {
-        let cli = Cli::try_parse_from(["leaktrace", "--metrics", "9464"]).unwrap();
+        let cli = Cli::try_parse_from(["leaktrace", "--metrics", "9464", "--trace-out", "t.json"])
+            .unwrap();
         assert_eq!(
             cli.trace.common.metrics,
             Some(([127, 0, 0, 1], 9464).into())
         );
+        assert_eq!(cli.trace.common.trace_out, Some(PathBuf::from("t.json")));
         let cli =
             Cli::try_parse_from(["leaktrace", "run", "--metrics", "9464", "--", "true"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Run(run)) if run.common.metrics.is_some()));
-        let cli = Cli::try_parse_from(["leaktrace", "demo", "--metrics", "0"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Demo(d)) if d.common.metrics.is_some()));
+        let cli = Cli::try_parse_from(["leaktrace", "demo", "--trace-out", "demo.json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Demo(d)) if d.common.trace_out.is_some()));
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
         metrics: args.common.metrics,
+        trace_out: args.common.trace_out,
         leak_after: LEAK_AFTER,
         duration: Some(DURATION),
     };

@@ -25,8 +25,8 @@ pub enum Failure {
         event: &'static str,
         reasons: Vec<String>,
     },
-    /// An output the user asked for cannot be opened (`--metrics` address in use): checked
-    /// before tracing starts.
+    /// An output the user asked for cannot be opened (`--metrics` address in use,
+    /// `--trace-out` file not writable): checked before tracing starts.
     Output(anyhow::Error),
     Runtime(anyhow::Error),
 }

@@ -65,6 +65,7 @@ async fn trace(args: TraceArgs) -> Result<(), Failure> {
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
         metrics: args.common.metrics,
+        trace_out: args.common.trace_out,
         leak_after: args.leaks.leak_after,
         duration: args.duration,
     };

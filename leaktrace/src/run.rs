@@ -31,6 +31,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         hooks: args.common.hooks,
         ring_size: args.common.ring_size,
         metrics: args.common.metrics,
+        trace_out: args.common.trace_out,
         leak_after: args.leaks.leak_after,
         duration: None,
     };

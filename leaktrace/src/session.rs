@@ -1,6 +1,13 @@
 //! One trace session: attach the hooks, then move records from the ring buffer through the
 //! decoder, the timeline store and the detectors to a reporter until told to stop.
-use std::{collections::BTreeSet, future::Future, io, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -15,7 +22,10 @@ use crate::{
     detect::Detectors,
     error::Failure,
     hooks::{self, Attached, HookFamily, LoadOptions},
-    report::{FinalReport, IngestCounts, JsonReporter, Metrics, Reporter, StartInfo, TextReporter},
+    report::{
+        FinalReport, IngestCounts, JsonReporter, Metrics, Reporter, StartInfo, TextReporter,
+        TraceOut,
+    },
     timeline::Store,
 };
 
@@ -66,6 +76,8 @@ pub struct SessionOptions {
     pub duration: Option<Duration>,
     /// `--metrics`: serve Prometheus metrics there.
     pub metrics: Option<SocketAddr>,
+    /// `--trace-out`: write the timelines there.
+    pub trace_out: Option<PathBuf>,
 }
 
 /// Why the main loop ended.
@@ -85,6 +97,7 @@ pub struct Session {
     lost: PerCpuArray<MapData, u64>,
     reporter: Box<dyn Reporter>,
     metrics: Option<Metrics>,
+    trace_out: Option<TraceOut>,
     store: Store,
     detectors: Detectors,
     counts: IngestCounts,
@@ -117,13 +130,22 @@ impl Session {
     /// start of the report. Tracing is live when this returns.
     pub fn start(options: &SessionOptions) -> Result<Session, Failure> {
         preflight(options)?;
-        // Before tracing starts: a port in use is the user's to fix, and must not cost a
-        // session's worth of tracing.
+        // Before tracing starts: a port in use or an unwritable file is the user's to fix, and
+        // must not cost a session's worth of tracing.
         let metrics = options
             .metrics
             .map(|addr| {
                 Metrics::serve(addr, options.ring_size)
                     .map_err(|e| Failure::Output(anyhow!("cannot serve metrics on {addr}: {e}")))
+            })
+            .transpose()?;
+        let trace_out = options
+            .trace_out
+            .as_deref()
+            .map(|path| {
+                TraceOut::create(path).map_err(|e| {
+                    Failure::Output(anyhow!("cannot write the trace to {}: {e}", path.display()))
+                })
             })
             .transpose()?;
         let pids = match &options.scope {
@@ -214,8 +236,13 @@ impl Session {
             ring,
             lost,
             reporter,
-            store: Store::new(),
+            store: if trace_out.is_some() {
+                Store::keeping_swept()
+            } else {
+                Store::new()
+            },
             metrics,
+            trace_out,
             detectors: Detectors::new(options.leak_after),
             counts: IngestCounts::default(),
             live: pids.into_iter().collect(),
@@ -292,6 +319,11 @@ impl Session {
         let now = monotonic_ns();
         let report = self.detectors.summary(&mut self.store, now, self.counts);
         self.reporter.finish(&report).context("writing output")?;
+        if let Some(trace) = self.trace_out.take() {
+            trace
+                .finish(&mut self.store, now)
+                .context("writing the trace file")?;
+        }
         Ok(report)
     }
 
@@ -302,6 +334,11 @@ impl Session {
             if let Some(metrics) = &mut self.metrics {
                 metrics.outcome(&outcome);
             }
+        }
+        if let Some(trace) = &mut self.trace_out {
+            trace
+                .write_swept(&mut self.store, now)
+                .context("writing the trace file")?;
         }
         if let Some(metrics) = &self.metrics {
             self.counts.lost_events = self.lost_events()?;

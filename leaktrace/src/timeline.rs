@@ -341,11 +341,27 @@ pub struct Store {
     sockets_seen: u64,
     latest_ns: u64,
     counts: Counts,
+    /// Timelines the sweep dropped, until [`Self::take_swept`]; `None`: nobody wants them.
+    swept: Option<Vec<(SockKey, Timeline)>>,
 }
 
 impl Store {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store that hands the timelines it sweeps to [`Self::take_swept`] instead of dropping
+    /// them, for an output that writes each socket once its story is over.
+    pub fn keeping_swept() -> Self {
+        Self {
+            swept: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
+    /// The timelines swept since the last call, oldest sweep first.
+    pub fn take_swept(&mut self) -> Vec<(SockKey, Timeline)> {
+        self.swept.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Timelines in memory.
@@ -461,8 +477,14 @@ impl Store {
     /// Drops timelines of sockets destroyed a while ago, unless `keep` still needs them.
     pub fn sweep(&mut self, keep: impl Fn(&SockKey) -> bool) {
         let horizon = self.latest_ns.saturating_sub(DESTROYED_GRACE_NS);
-        self.timelines
-            .retain(|key, timeline| timeline.destroyed_ns.is_none_or(|t| t > horizon) || keep(key));
+        let swept = &mut self.swept;
+        self.timelines.retain(|key, timeline| {
+            let retain = timeline.destroyed_ns.is_none_or(|t| t > horizon) || keep(key);
+            if let (false, Some(swept)) = (retain, swept.as_mut()) {
+                swept.push((*key, std::mem::take(timeline)));
+            }
+            retain
+        });
     }
 }
 
@@ -743,5 +765,28 @@ pub(crate) mod tests {
         assert!(store.get(&alive).is_some());
         assert_eq!(store.sockets_seen(), 3);
         assert_eq!(store.tracked(), 2);
+        assert!(store.take_swept().is_empty(), "nobody asked for them");
+    }
+
+    #[test]
+    fn swept_timelines_go_to_whoever_asked() {
+        let mut store = Store::keeping_swept();
+        let dead = key(1, 1);
+        store.insert(event(dead, 100, EventKind::Accept { fd: 7 }));
+        store.insert(event(dead, 200, EventKind::Destroy));
+        store.insert(event(
+            key(2, 2),
+            200 + DESTROYED_GRACE_NS,
+            EventKind::Arrival,
+        ));
+        store.sweep(|_| false);
+        let swept = store.take_swept();
+        let [(swept_key, timeline)] = &swept[..] else {
+            panic!("expected one swept timeline: {swept:?}");
+        };
+        assert_eq!(*swept_key, dead);
+        assert_eq!(timeline.entries().len(), 2);
+        assert!(timeline.destroyed());
+        assert!(store.take_swept().is_empty(), "handed over once");
     }
 }

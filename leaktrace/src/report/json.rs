@@ -94,7 +94,8 @@ fn leak(finding: &Finding) -> Value {
     })
 }
 
-fn entry(event: &Event) -> Value {
+/// A timeline entry, as `--json` and `--trace-out` give it.
+pub(super) fn entry(event: &Event) -> Value {
     let mut entry = json!({
         "t_ns": event.ts_ns,
         "pid": event.task.tgid,

@@ -1,9 +1,11 @@
 //! Reporters: the same start, live outcomes and final report rendered for people (text) or for
-//! other tools (JSON Lines); and Prometheus metrics beside them (`metrics`).
+//! other tools (JSON Lines); and the exports beside them: Prometheus metrics (`metrics`) and the
+//! per-socket timelines as a trace file (`trace_out`).
 
 mod json;
 mod metrics;
 mod text;
+mod trace_out;
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -12,6 +14,7 @@ use std::time::Duration;
 pub use json::JsonReporter;
 pub use metrics::Metrics;
 pub use text::TextReporter;
+pub use trace_out::TraceOut;
 
 use crate::detect::{Finding, Outcome};
 use crate::timeline::Remote;

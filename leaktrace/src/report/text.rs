@@ -127,11 +127,11 @@ impl Reporter for TextReporter {
     }
 }
 
-fn fd(fd: Option<i32>) -> String {
+pub(super) fn fd(fd: Option<i32>) -> String {
     fd.map_or_else(|| "?".to_owned(), |fd| fd.to_string())
 }
 
-fn addr(addr: Option<SocketAddr>) -> String {
+pub(super) fn addr(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
 }
 
