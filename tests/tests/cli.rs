@@ -56,7 +56,14 @@ fn help_names_the_main_options() -> Result<()> {
     let run = run_leaktrace(&["--help"])?;
     assert!(run.status.success(), "stderr: {}", run.stderr);
     let help = run.stdout.join("\n");
-    for word in ["--pid", "--leak-after", "--json", "demo"] {
+    for word in [
+        "--pid",
+        "--leak-after",
+        "--json",
+        "--metrics",
+        "--trace-out",
+        "demo",
+    ] {
         assert!(
             help.contains(word),
             "--help does not mention {word}:\n{help}"
