@@ -1,4 +1,6 @@
 //! Command line: `leaktrace [--pid PID]...` traces; `leaktrace demo` shows what it finds.
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{builder::RangedU64ValueParser, Args, Parser, Subcommand};
@@ -25,6 +27,9 @@ Examples:
   sudo leaktrace --pid 4242 --json --duration 1m --leak-after 2s
   sudo leaktrace run --fail-on-leak -- ./run-tests.sh
                                             trace a command and its children (CI use)
+  sudo leaktrace --pid 4242 --metrics 9464  Prometheus metrics at http://127.0.0.1:9464/metrics
+  sudo leaktrace --pid 4242 --trace-out trace.json
+                                            per-socket timelines to open in Perfetto
 
 Stopping:
   Ctrl-C (SIGINT), SIGTERM and SIGHUP print the final report and exit 0. run passes SIGTERM
@@ -34,7 +39,8 @@ Stopping:
 Exit status:
   0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process,
   5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook,
-  8 the report's reader closed it (e.g. `leaktrace --json | head -1`);
+  8 an output failed: the report's reader closed it (e.g. `leaktrace --json | head -1`), or
+    one asked for cannot be opened (--metrics address in use, --trace-out file not writable);
   run: the command's own status, 10 with --fail-on-leak when a leak was reported,
   126/127 when the command cannot be executed / is not found";
 
@@ -143,10 +149,31 @@ pub struct CommonArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_sockets: usize,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (open leaks by kind and process,
+    /// TCP state transitions, sockets tracked, lost events, ring buffer fill). A bare port
+    /// listens on 127.0.0.1 only; name an address (0.0.0.0:9464, [::]:9464) to let other hosts
+    /// scrape it. Port 0 picks a free port, printed at start.
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
+    /// Write every socket's timeline to FILE as Chrome trace-event JSON, which Perfetto
+    /// (ui.perfetto.dev) opens: a track per socket, a slice per TCP state, an instant per
+    /// syscall. Written as sockets go away and at the end, so memory stays bounded.
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 500ms, 2s, 1m)"))
+}
+
+/// A bare port means loopback: metrics name the processes traced, which is not for every host
+/// on the network unless the user says so.
+fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    text.parse()
+        .map_err(|_| "expected PORT or ADDR:PORT (e.g. 9464, 127.0.0.1:9464, [::1]:9464)".into())
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
@@ -171,6 +198,32 @@ mod tests {
         assert!(parse_ring_size("4096").is_ok());
         assert!(parse_ring_size("5000").is_err());
         assert!(parse_ring_size("1024").is_err());
+    }
+
+    #[test]
+    fn metrics_address_defaults_to_loopback() {
+        let addr = |text| parse_metrics_addr(text).map(|a| a.to_string());
+        assert_eq!(addr("9464").as_deref(), Ok("127.0.0.1:9464"));
+        assert_eq!(addr("0.0.0.0:9464").as_deref(), Ok("0.0.0.0:9464"));
+        assert_eq!(addr("[::1]:9464").as_deref(), Ok("[::1]:9464"));
+        assert!(addr("localhost").is_err());
+        assert!(addr("70000").is_err());
+    }
+
+    #[test]
+    fn every_way_of_tracing_takes_the_exports() {
+        let cli = Cli::try_parse_from(["leaktrace", "--metrics", "9464", "--trace-out", "t.json"])
+            .unwrap();
+        assert_eq!(
+            cli.trace.common.metrics,
+            Some(([127, 0, 0, 1], 9464).into())
+        );
+        assert_eq!(cli.trace.common.trace_out, Some(PathBuf::from("t.json")));
+        let cli =
+            Cli::try_parse_from(["leaktrace", "run", "--metrics", "9464", "--", "true"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Run(run)) if run.common.metrics.is_some()));
+        let cli = Cli::try_parse_from(["leaktrace", "demo", "--trace-out", "demo.json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Demo(d)) if d.common.trace_out.is_some()));
     }
 
     #[test]

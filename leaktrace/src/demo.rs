@@ -43,6 +43,8 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         ring_size: args.common.ring_size,
         interval: args.common.interval,
         max_sockets: args.common.max_sockets,
+        metrics: args.common.metrics,
+        trace_out: args.common.trace_out,
         leak_after: LEAK_AFTER,
         // The demo has no proxy: nothing of it is ever idle_half_closed.
         idle_after: LEAK_AFTER,

@@ -10,7 +10,9 @@ pub mod exit_code {
     pub const NO_BTF: u8 = 5;
     pub const NO_TRACEFS: u8 = 6;
     pub const HOOK_REFUSED: u8 = 7;
-    pub const OUTPUT_CLOSED: u8 = 8;
+    /// An output failed: the report's reader went away, or an output the user asked for cannot
+    /// be opened.
+    pub const OUTPUT: u8 = 8;
 }
 
 #[derive(Debug)]
@@ -27,6 +29,9 @@ pub enum Failure {
     },
     /// Whoever read the report closed it (`leaktrace | head -1`): nobody is left to tell.
     OutputClosed,
+    /// An output the user asked for cannot be opened (`--metrics` address in use,
+    /// `--trace-out` file not writable): checked before tracing starts.
+    Output(anyhow::Error),
     Runtime(anyhow::Error),
 }
 
@@ -38,7 +43,7 @@ impl Failure {
             Self::NoBtf | Self::Btf(_) => exit_code::NO_BTF,
             Self::NoTracefs(_) => exit_code::NO_TRACEFS,
             Self::HookRefused { .. } => exit_code::HOOK_REFUSED,
-            Self::OutputClosed => exit_code::OUTPUT_CLOSED,
+            Self::OutputClosed | Self::Output(_) => exit_code::OUTPUT,
             Self::Runtime(_) => exit_code::RUNTIME,
         }
     }
@@ -77,7 +82,7 @@ impl fmt::Display for Failure {
                 f,
                 "the report's reader closed it (broken pipe): stopped tracing"
             ),
-            Self::Runtime(e) => write!(f, "{e:#}"),
+            Self::Output(e) | Self::Runtime(e) => write!(f, "{e:#}"),
         }
     }
 }
@@ -95,7 +100,7 @@ mod tests {
     #[test]
     fn a_closed_output_has_its_own_status() {
         let closed = Failure::writing(io::ErrorKind::BrokenPipe.into());
-        assert_eq!(closed.exit_code(), exit_code::OUTPUT_CLOSED);
+        assert_eq!(closed.exit_code(), exit_code::OUTPUT);
         let full = Failure::writing(io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(full.exit_code(), exit_code::RUNTIME);
         assert!(full.to_string().starts_with("writing output: "), "{full}");

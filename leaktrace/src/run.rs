@@ -32,6 +32,8 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         ring_size: args.common.ring_size,
         interval: args.common.interval,
         max_sockets: args.common.max_sockets,
+        metrics: args.common.metrics,
+        trace_out: args.common.trace_out,
         leak_after: args.leaks.leak_after,
         idle_after: args.leaks.idle_after,
         duration: None,

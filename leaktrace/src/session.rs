@@ -1,6 +1,14 @@
 //! One trace session: attach the hooks, then move records from the ring buffer through the
 //! decoder, the timeline store and the detectors to a reporter until told to stop.
-use std::{collections::BTreeSet, future::Future, io, os::fd::RawFd, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    io,
+    net::SocketAddr,
+    os::fd::RawFd,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -15,7 +23,8 @@ use crate::{
     error::Failure,
     hooks::{self, Attached, HookFamily, LoadOptions},
     report::{
-        ring_size_hint, FinalReport, IngestCounts, JsonReporter, Reporter, StartInfo, TextReporter,
+        ring_size_hint, FinalReport, IngestCounts, JsonReporter, Metrics, Reporter, StartInfo,
+        TextReporter, TraceOut,
     },
     stop::{self, StopSignals},
     timeline::Store,
@@ -81,6 +90,10 @@ pub struct SessionOptions {
     pub interval: Option<Duration>,
     /// Timelines kept in memory at most.
     pub max_sockets: usize,
+    /// `--metrics`: serve Prometheus metrics there.
+    pub metrics: Option<SocketAddr>,
+    /// `--trace-out`: write the timelines there.
+    pub trace_out: Option<PathBuf>,
 }
 
 /// Why the main loop ended.
@@ -100,6 +113,8 @@ pub struct Session {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     reporter: Box<dyn Reporter>,
+    metrics: Option<Metrics>,
+    trace_out: Option<TraceOut>,
     store: Store,
     detectors: Detectors,
     counts: IngestCounts,
@@ -135,6 +150,24 @@ impl Session {
     /// start of the report. Tracing is live when this returns.
     pub fn start(options: &SessionOptions) -> Result<Session, Failure> {
         preflight(options)?;
+        // Before tracing starts: a port in use or an unwritable file is the user's to fix, and
+        // must not cost a session's worth of tracing.
+        let metrics = options
+            .metrics
+            .map(|addr| {
+                Metrics::serve(addr, options.ring_size)
+                    .map_err(|e| Failure::Output(anyhow!("cannot serve metrics on {addr}: {e}")))
+            })
+            .transpose()?;
+        let trace_out = options
+            .trace_out
+            .as_deref()
+            .map(|path| {
+                TraceOut::create(path).map_err(|e| {
+                    Failure::Output(anyhow!("cannot write the trace to {}: {e}", path.display()))
+                })
+            })
+            .transpose()?;
         let pids = match &options.scope {
             Scope::Pids(pids) => pids.clone(),
             Scope::All | Scope::Added => Vec::new(),
@@ -216,6 +249,7 @@ impl Session {
                 leak_after: options.leak_after,
                 idle_after: options.idle_after,
                 kernel: kernel_release(),
+                metrics: metrics.as_ref().and_then(Metrics::local_addr),
             })
             .map_err(Failure::writing)?;
         Ok(Session {
@@ -223,7 +257,16 @@ impl Session {
             ring,
             lost,
             reporter,
-            store: Store::with_capacity_limit(options.max_sockets),
+            store: {
+                let store = Store::with_capacity_limit(options.max_sockets);
+                if trace_out.is_some() {
+                    store.keeping_swept()
+                } else {
+                    store
+                }
+            },
+            metrics,
+            trace_out,
             detectors: Detectors::new(options.leak_after, options.idle_after),
             counts: IngestCounts {
                 ring_size: options.ring_size,
@@ -274,7 +317,13 @@ impl Session {
             tokio::select! {
                 readable = self.ring.readable_mut() => {
                     let mut guard = readable.context("polling the ring buffer")?;
-                    drain(guard.get_inner_mut(), &mut self.store, &mut self.live, &mut self.counts);
+                    drain(
+                        guard.get_inner_mut(),
+                        &mut self.store,
+                        &mut self.live,
+                        &mut self.counts,
+                        self.metrics.as_ref(),
+                    );
                     guard.clear_ready();
                     if watching_processes && self.live.is_empty() {
                         return Ok(Ended::NothingLeft);
@@ -310,21 +359,25 @@ impl Session {
             &mut self.store,
             &mut self.live,
             &mut self.counts,
+            self.metrics.as_ref(),
         );
         self.evaluate()?;
         self.counts.lost_events = self.lost_events()?;
-        let report = self
-            .detectors
-            .summary(&mut self.store, monotonic_ns(), self.counts);
+        let now = monotonic_ns();
+        let report = self.detectors.summary(&mut self.store, now, self.counts);
         self.reporter.finish(&report).map_err(Failure::writing)?;
+        if let Some(trace) = self.trace_out.take() {
+            trace
+                .finish(&mut self.store, now)
+                .context("writing the trace file")?;
+        }
         Ok(report)
     }
 
     fn progress(&mut self) -> Result<(), Failure> {
-        self.counts.lost_events = self.lost_events()?;
         let progress = self
             .detectors
-            .progress(&self.store, monotonic_ns(), self.counts);
+            .progress(&self.store, monotonic_ns(), self.counts_now()?);
         self.reporter
             .progress(&progress)
             .map_err(Failure::writing)?;
@@ -332,8 +385,20 @@ impl Session {
     }
 
     fn evaluate(&mut self) -> Result<(), Failure> {
-        for outcome in self.detectors.evaluate(&mut self.store, monotonic_ns()) {
+        let now = monotonic_ns();
+        for outcome in self.detectors.evaluate(&mut self.store, now) {
             self.reporter.outcome(&outcome).map_err(Failure::writing)?;
+            if let Some(metrics) = &mut self.metrics {
+                metrics.outcome(&outcome);
+            }
+        }
+        if let Some(trace) = &mut self.trace_out {
+            trace
+                .write_swept(&mut self.store, now)
+                .context("writing the trace file")?;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.totals(&self.counts_now()?, self.store.tracked());
         }
         Ok(())
     }
@@ -354,6 +419,15 @@ impl Session {
         }
         self.counts.lost_events = lost;
         Ok(())
+    }
+
+    /// The counts with the lost events as of now. `watch` alone updates the session's own copy,
+    /// so that it notices the first loss and warns.
+    fn counts_now(&self) -> Result<IngestCounts, Failure> {
+        Ok(IngestCounts {
+            lost_events: self.lost_events()?,
+            ..self.counts
+        })
     }
 
     /// Records that did not fit in the ring buffer, counted per CPU by the kernel side.
@@ -386,9 +460,13 @@ fn drain(
     store: &mut Store,
     live: &mut BTreeSet<u32>,
     counts: &mut IngestCounts,
+    metrics: Option<&Metrics>,
 ) {
+    let (mut records, mut bytes) = (0, 0);
     while let Some(item) = ring.next() {
         counts.records += 1;
+        records += 1;
+        bytes += item.len();
         let event = match decoder::decode(&item) {
             Ok(event) => event,
             Err(e) => {
@@ -402,6 +480,9 @@ fn drain(
                 continue;
             }
         };
+        if let Some(metrics) = metrics {
+            metrics.event(&event);
+        }
         match event.kind {
             EventKind::Fork { child } => {
                 live.insert(child);
@@ -412,6 +493,9 @@ fn drain(
             }
             _ => store.insert(event),
         }
+    }
+    if let Some(metrics) = metrics {
+        metrics.drained(records, bytes);
     }
 }
 

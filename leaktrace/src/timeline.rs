@@ -460,6 +460,8 @@ pub struct Store {
     activity_sampled_ns: Option<u64>,
     /// Reading it failed once already, and said so.
     activity_failed: bool,
+    /// Timelines dropped, until [`Self::take_swept`]; `None`: nobody wants them.
+    swept: Option<Vec<(SockKey, Timeline)>>,
     max_sockets: usize,
     dropped: Dropped,
 }
@@ -486,9 +488,29 @@ impl Store {
             exits: HashMap::new(),
             activity_sampled_ns: None,
             activity_failed: false,
+            swept: None,
             max_sockets: max_sockets.max(1),
             dropped: Dropped::default(),
         }
+    }
+
+    /// Hands the timelines it drops to [`Self::take_swept`] instead, for an output that writes
+    /// each socket once its story is over.
+    pub fn keeping_swept(self) -> Self {
+        Self {
+            swept: Some(Vec::new()),
+            ..self
+        }
+    }
+
+    /// The timelines swept since the last call, oldest sweep first.
+    pub fn take_swept(&mut self) -> Vec<(SockKey, Timeline)> {
+        self.swept.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Timelines in memory.
+    pub fn tracked(&self) -> usize {
+        self.timelines.len()
     }
 
     pub fn insert(&mut self, event: Event) {
@@ -755,11 +777,6 @@ impl Store {
         }
     }
 
-    /// Timelines in memory.
-    pub fn len(&self) -> usize {
-        self.timelines.len()
-    }
-
     pub fn dropped(&self) -> Dropped {
         self.dropped
     }
@@ -835,6 +852,9 @@ impl Store {
         self.counts.move_held(timeline.held(), None);
         self.retired.insert(key, self.latest_ns);
         self.retired_order.push_back((self.latest_ns, key));
+        if let Some(swept) = &mut self.swept {
+            swept.push((key, timeline));
+        }
         true
     }
 }
@@ -1177,10 +1197,10 @@ pub(crate) mod tests {
         for n in 0..10 {
             store.insert(event(key(n, n), 10 + n, EventKind::Accept { fd: 8 }));
         }
-        assert_eq!(store.len(), 11);
+        assert_eq!(store.tracked(), 11);
         store.sweep(|k| *k == leak);
         // Down to 90% of the cap, the oldest first, but never what the detectors still need.
-        assert_eq!(store.len(), 9);
+        assert_eq!(store.tracked(), 9);
         assert!(store.get(&leak).is_some());
         assert!(store.get(&key(0, 0)).is_none());
         assert!(store.get(&key(1, 1)).is_none());
@@ -1221,5 +1241,27 @@ pub(crate) mod tests {
         assert!(!store.get(&sock).unwrap().owner_exited());
         store.apply_exits();
         assert!(store.get(&sock).unwrap().owner_exited());
+    }
+
+    #[test]
+    fn dropped_timelines_go_to_whoever_asked() {
+        let mut store = Store::default();
+        store.insert(event(key(9, 9), 50, EventKind::Destroy));
+        store.sweep(|_| false);
+        assert!(store.take_swept().is_empty(), "nobody asked for them");
+
+        let mut store = Store::default().keeping_swept();
+        let dead = key(1, 1);
+        store.insert(event(dead, 100, EventKind::Accept { fd: 7 }));
+        store.insert(event(dead, 200, EventKind::Destroy));
+        store.sweep(|_| false);
+        let swept = store.take_swept();
+        let [(swept_key, timeline)] = &swept[..] else {
+            panic!("expected one swept timeline: {swept:?}");
+        };
+        assert_eq!(*swept_key, dead);
+        assert_eq!(timeline.entries().len(), 2);
+        assert!(timeline.destroyed());
+        assert!(store.take_swept().is_empty(), "handed over once");
     }
 }

@@ -571,6 +571,12 @@ impl Leaktrace {
         Ok(Some(Leaktrace { run }))
     }
 
+    /// The `start` record, the first line leaktrace printed.
+    pub fn start_record(&self) -> Result<Value> {
+        let first = self.run.stdout.seen.first().context("no start line")?;
+        Ok(serde_json::from_str(first)?)
+    }
+
     /// Waits until leaktrace has reported at least `n` leaks.
     pub fn wait_for_leaks(&mut self, n: usize, timeout: Duration) -> Result<()> {
         let leaks = |lines: &[String]| {

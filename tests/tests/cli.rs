@@ -61,6 +61,8 @@ fn help_names_the_main_options() -> Result<()> {
         "--leak-after",
         "--idle-after",
         "--json",
+        "--metrics",
+        "--trace-out",
         "demo",
         "close_wait",
         "shut_wr_unread",

@@ -71,6 +71,11 @@ const DETECTORS: [(LeakKind, Check); 4] = [
     (LeakKind::IdleHalfClosed, idle_half_closed::check),
 ];
 
+/// Every leak class, in the order the detectors run.
+pub fn kinds() -> impl Iterator<Item = LeakKind> {
+    DETECTORS.into_iter().map(|(kind, _)| kind)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
     pub kind: LeakKind,
@@ -99,6 +104,8 @@ pub struct Finding {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
     pub kind: LeakKind,
+    /// The socket of the finding this resolves.
+    pub sock: SockKey,
     pub pid: u32,
     pub fd: Option<i32>,
     pub local: Option<SocketAddr>,
@@ -208,6 +215,7 @@ impl Detectors {
                 self.resolved += 1;
                 outcomes.push(Outcome::Resolved(Resolved {
                     kind: finding.kind,
+                    sock: finding.sock,
                     pid: finding.pid,
                     fd: finding.fd,
                     local: finding.local,
@@ -268,7 +276,7 @@ impl Detectors {
             open: self.open_by_kind(),
             leaks_reported: self.reported,
             leaks_resolved: self.resolved,
-            sockets_tracked: store.len(),
+            sockets_tracked: store.tracked(),
             sockets_seen: store.sockets_seen(),
             ingest,
             dropped: store.dropped(),

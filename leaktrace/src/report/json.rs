@@ -34,14 +34,18 @@ impl Reporter for JsonReporter {
             .iter()
             .map(|(event, hook)| (event.clone(), Value::from(hook.as_str())))
             .collect();
-        self.emit(&json!({
+        let mut start = json!({
             "type": "start",
             "hooks": hooks,
             "pids": info.pids,
             "leak_after_ms": millis(info.leak_after),
             "idle_after_ms": millis(info.idle_after),
             "kernel": info.kernel,
-        }))
+        });
+        if let Some(metrics) = info.metrics {
+            start["metrics"] = metrics.to_string().into();
+        }
+        self.emit(&start)
     }
 
     fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
@@ -151,7 +155,8 @@ fn partner(p: &Partner) -> Value {
     })
 }
 
-fn entry(event: &Event) -> Value {
+/// A timeline entry, as `--json` and `--trace-out` give it.
+pub(super) fn entry(event: &Event) -> Value {
     let mut entry = json!({
         "t_ns": event.ts_ns,
         "pid": event.task.tgid,
@@ -283,6 +288,12 @@ mod tests {
                 "kernel": "6.8.0-test",
             })
         );
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        let mut info = start_info();
+        info.metrics = Some("[::1]:9464".parse().unwrap());
+        reporter.start(&info).unwrap();
+        assert_eq!(parse(&captured.lines()[0])["metrics"], "[::1]:9464");
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! Reporters: the same start, live outcomes and final report rendered for people (text) or for
-//! other tools (JSON Lines).
+//! other tools (JSON Lines); and the exports beside them: Prometheus metrics (`metrics`) and the
+//! per-socket timelines as a trace file (`trace_out`).
 
 mod json;
+mod metrics;
 mod text;
+mod trace_out;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use json::JsonReporter;
+pub use metrics::Metrics;
 pub use text::TextReporter;
+pub use trace_out::TraceOut;
 
 use crate::detect::{Finding, LeakKind, Outcome};
 use crate::timeline::{Dropped, Remote};
@@ -25,6 +31,8 @@ pub struct StartInfo {
     /// `idle_half_closed`'s wait instead of `leak_after`.
     pub idle_after: Duration,
     pub kernel: String,
+    /// Where `--metrics` serves, once bound.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What the session counted while reading the ring buffer.
@@ -190,6 +198,7 @@ mod tests {
             leak_after: Duration::from_millis(1500),
             idle_after: Duration::from_secs(60),
             kernel: "6.8.0-test".into(),
+            metrics: None,
         }
     }
 
@@ -276,6 +285,7 @@ mod tests {
     pub(super) fn resolved() -> Resolved {
         Resolved {
             kind: LeakKind::CloseWait,
+            sock: SOCK,
             pid: 4242,
             fd: None,
             local: Some("[::1]:8080".parse().unwrap()),

@@ -44,6 +44,9 @@ impl Reporter for TextReporter {
                 width = width.unwrap_or(0)
             ))?;
         }
+        if let Some(addr) = info.metrics {
+            self.line(&format!("leaktrace: metrics at http://{addr}/metrics"))?;
+        }
         Ok(())
     }
 
@@ -171,11 +174,11 @@ impl Reporter for TextReporter {
     }
 }
 
-fn fd(fd: Option<i32>) -> String {
+pub(super) fn fd(fd: Option<i32>) -> String {
     fd.map_or_else(|| "?".to_owned(), |fd| fd.to_string())
 }
 
-fn addr(addr: Option<SocketAddr>) -> String {
+pub(super) fn addr(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
 }
 
@@ -499,6 +502,14 @@ mod tests {
                 "  state     tracepoint:sock:inet_sock_set_state",
                 "  shutdown  tracepoint:syscalls:sys_exit_shutdown",
             ]
+        );
+        let (captured, mut with_metrics) = self::reporter();
+        let mut info = start_info();
+        info.metrics = Some(([127, 0, 0, 1], 9464).into());
+        with_metrics.start(&info).unwrap();
+        assert_eq!(
+            captured.lines().last().unwrap(),
+            "leaktrace: metrics at http://127.0.0.1:9464/metrics"
         );
     }
 

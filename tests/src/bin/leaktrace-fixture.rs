@@ -282,7 +282,7 @@ fn echo_server(o: &Opts) -> Result<()> {
     let listener = o.listen()?;
     let close_first = o.close_first;
     loop {
-        let (stream, _) = listener.accept().context("accept")?;
+        let stream = accept(&listener)?;
         thread::spawn(move || {
             if let Err(e) = echo(stream, close_first) {
                 eprintln!("echo: {e}");

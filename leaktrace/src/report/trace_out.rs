@@ -1,0 +1,387 @@
+//! `--trace-out FILE`: every socket's timeline in the Chrome trace-event JSON format, which
+//! Perfetto and chrome://tracing open, to look at sockets over time rather than read them.
+//!
+//! One process per owning pid (named after its comm), one track per socket inside it (named
+//! after its fd and endpoints), a complete ("X") slice per TCP state and an instant ("i") per
+//! syscall or kernel event, its arguments those of the `--json` timeline entry. Times are the
+//! records' CLOCK_MONOTONIC in microseconds.
+//!
+//! Sessions last hours, so the file is streamed: a socket's track is written, in a single
+//! write, once the store lets go of its timeline, and the rest at the end. The events form the
+//! trace format's "JSON Array Format", whose closing `]` is optional: a run killed before it
+//! writes one still leaves a file the viewers open, up to the last socket written.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+
+use leaktrace_common::tcp_state;
+use serde_json::{json, Value};
+
+use super::json::entry;
+use super::text::{addr, fd};
+use crate::decoder::{EventKind, SockKey};
+use crate::timeline::{Store, Timeline};
+
+/// Track ids start past the largest pid Linux hands out (`PID_MAX_LIMIT`, 2^22), so a viewer
+/// never takes a socket's track for a real process's main thread.
+const FIRST_TRACK: u64 = 1 << 22;
+
+/// The pid of tracks whose owner was never learned.
+const NO_OWNER: u32 = 0;
+
+pub struct TraceOut {
+    out: Box<dyn Write + Send>,
+    /// Processes whose name was written already.
+    named: HashSet<u32>,
+    next_track: u64,
+    /// Nothing after the opening `[` yet: the next event needs no separating comma.
+    empty: bool,
+}
+
+impl TraceOut {
+    pub fn create(path: &Path) -> io::Result<Self> {
+        Self::new(Box::new(File::create(path)?))
+    }
+
+    fn new(mut out: Box<dyn Write + Send>) -> io::Result<Self> {
+        out.write_all(b"[\n")?;
+        Ok(Self {
+            out,
+            named: HashSet::new(),
+            next_track: FIRST_TRACK,
+            empty: true,
+        })
+    }
+
+    /// Writes the tracks of the timelines `store` swept since the last call: sockets destroyed
+    /// a while ago, whose last state ends at their destruction.
+    pub fn write_swept(&mut self, store: &mut Store, end_ns: u64) -> io::Result<()> {
+        for (key, timeline) in store.take_swept() {
+            let comm = timeline.owner().and_then(|o| store.comm(o.tgid));
+            self.socket(&key, &timeline, comm.as_deref(), end_ns)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the tracks of the timelines still in `store`, whose current states last until
+    /// `end_ns`, and closes the JSON array: the file is whole.
+    pub fn finish(mut self, store: &mut Store, end_ns: u64) -> io::Result<()> {
+        let mut left: Vec<SockKey> = store.iter().map(|(key, _)| *key).collect();
+        left.sort_unstable_by_key(|key| (key.born_ns, key.addr));
+        for key in left {
+            let owner = store.get(&key).and_then(Timeline::owner);
+            let comm = owner.and_then(|o| store.comm(o.tgid));
+            if let Some(timeline) = store.get(&key) {
+                self.socket(&key, timeline, comm.as_deref(), end_ns)?;
+            }
+        }
+        self.out.write_all(b"\n]\n")?;
+        self.out.flush()
+    }
+
+    /// Writes the track of the socket `key`, whose owner is called `comm`. A state still
+    /// current when the timeline ends (no destruction recorded) lasts until `end_ns`.
+    fn socket(
+        &mut self,
+        key: &SockKey,
+        timeline: &Timeline,
+        comm: Option<&str>,
+        end_ns: u64,
+    ) -> io::Result<()> {
+        let owner = timeline.owner();
+        let pid = owner.map_or(NO_OWNER, |o| o.tgid);
+        let tid = self.next_track;
+        self.next_track += 1;
+        let mut events = Vec::new();
+        if self.named.insert(pid) {
+            let name = match (owner, comm) {
+                (None, _) => "owner unknown",
+                (Some(_), comm) => comm.unwrap_or("?"),
+            };
+            events.push(json!({
+                "name": "process_name", "ph": "M", "pid": pid, "args": {"name": name},
+            }));
+        }
+        events.push(json!({
+            "name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
+            "args": {"name": format!(
+                "fd {} {} -> {}",
+                fd(owner.and_then(|o| o.fd)),
+                addr(timeline.local()),
+                addr(timeline.remote())
+            )},
+        }));
+
+        let sock = format!("{:#x}", key.addr);
+        let slice = |state: u8, start_ns: u64, end_ns: u64, args: Value| {
+            let mut args = args;
+            args["sock"] = sock.clone().into();
+            json!({
+                "name": tcp_state::name(state), "cat": "tcp_state", "ph": "X",
+                "ts": micros(start_ns), "dur": micros(end_ns.saturating_sub(start_ns)),
+                "pid": pid, "tid": tid, "args": args,
+            })
+        };
+        // The state the socket is in, since when, and how it got there.
+        let mut current: Option<(u8, u64, Value)> = None;
+        let mut destroyed_ns = None;
+        for event in timeline.entries() {
+            let entered = match event.kind {
+                EventKind::State { old, new } => Some((new, json!({"from": tcp_state::name(old)}))),
+                EventKind::Present { state, .. } => Some((state, json!({"found_at_start": true}))),
+                _ => None,
+            };
+            if let EventKind::Destroy = event.kind {
+                destroyed_ns.get_or_insert(event.ts_ns);
+            }
+            if !matches!(event.kind, EventKind::State { .. }) {
+                events.push(instant(event, pid, tid));
+            }
+            if let Some((state, args)) = entered {
+                if let Some((previous, since, args)) = current.take() {
+                    events.push(slice(previous, since, event.ts_ns, args));
+                }
+                current = Some((state, event.ts_ns, args));
+            }
+        }
+        if let Some((state, since, args)) = current {
+            let until = destroyed_ns.unwrap_or(end_ns).max(since);
+            events.push(slice(state, since, until, args));
+        }
+        self.write(&events)
+    }
+
+    /// One write for the whole track, so a run killed meanwhile leaves whole events only.
+    fn write(&mut self, events: &[Value]) -> io::Result<()> {
+        let mut text = String::new();
+        for event in events {
+            if !std::mem::take(&mut self.empty) {
+                text.push_str(",\n");
+            }
+            text.push_str(&event.to_string());
+        }
+        self.out.write_all(text.as_bytes())?;
+        self.out.flush()
+    }
+}
+
+/// An event that is not a state change, as a thread-scoped instant with the `--json` entry's
+/// fields as its arguments.
+fn instant(event: &crate::decoder::Event, pid: u32, tid: u64) -> Value {
+    let mut args = entry(event);
+    let name = args.as_object_mut().and_then(|fields| {
+        fields.remove("t_ns");
+        fields.remove("event")
+    });
+    json!({
+        "name": name, "cat": "socket", "ph": "i", "s": "t", "ts": micros(event.ts_ns),
+        "pid": pid, "tid": tid, "args": args,
+    })
+}
+
+fn micros(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use leaktrace_common::tcp_state::*;
+
+    use super::super::tests::Captured;
+    use super::*;
+    use crate::decoder::Owner;
+    use crate::timeline::tests::{event, from_peer, key, state, with_receive, OWNER};
+
+    const MS: u64 = 1_000_000;
+
+    /// Parses what was written, which must be one JSON array.
+    fn parse(captured: &Captured) -> Vec<Value> {
+        let text = captured.lines().join("\n");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    fn named<'a>(events: &'a [Value], ph: &str, name: &str) -> Vec<&'a Value> {
+        events
+            .iter()
+            .filter(|e| e["ph"] == ph && e["name"] == name)
+            .collect()
+    }
+
+    /// Incident 1's shape, and a well-behaved connection next to it that the sweep let go.
+    fn store() -> Store {
+        let mut store = Store::default().keeping_swept();
+        let leak = key(0x1000, 1);
+        let mut established = from_peer(event(leak, 10 * MS, state(SYN_RECV, ESTABLISHED)));
+        established.owner = None;
+        store.insert(established);
+        store.insert(event(leak, 11 * MS, EventKind::Accept { fd: 7 }));
+        store.insert(from_peer(with_receive(
+            event(leak, 20 * MS, state(ESTABLISHED, CLOSE_WAIT)),
+            6,
+            5,
+            true,
+        )));
+        store.insert(event(leak, 21 * MS, EventKind::Recv { ret: Some(5) }));
+
+        let fine = key(0x2000, 2);
+        let fd_8 = |ts_ns, kind| {
+            let mut event = event(fine, ts_ns, kind);
+            event.owner = Some(Owner {
+                tgid: OWNER,
+                fd: Some(8),
+            });
+            event
+        };
+        store.insert(fd_8(30 * MS, EventKind::Accept { fd: 8 }));
+        store.insert(fd_8(31 * MS, state(ESTABLISHED, CLOSE_WAIT)));
+        store.insert(fd_8(32 * MS, EventKind::Close { fd: Some(8) }));
+        store.insert(fd_8(32 * MS + 500, state(CLOSE_WAIT, LAST_ACK)));
+        store.insert(fd_8(33 * MS, state(LAST_ACK, CLOSE)));
+        store.insert(fd_8(33 * MS, EventKind::Destroy));
+        store
+    }
+
+    #[test]
+    fn a_track_per_socket_with_state_slices_and_instants() {
+        let mut store = store();
+        let captured = Captured::default();
+        let trace = TraceOut::new(captured.writer()).unwrap();
+        trace.finish(&mut store, 50 * MS).unwrap();
+        let events = parse(&captured);
+
+        let processes = named(&events, "M", "process_name");
+        assert_eq!(processes.len(), 1, "one process, named once: {events:?}");
+        assert_eq!(processes[0]["pid"], 4242);
+        assert_eq!(processes[0]["args"]["name"], "mailer");
+        let threads = named(&events, "M", "thread_name");
+        let names: Vec<&Value> = threads.iter().map(|t| &t["args"]["name"]).collect();
+        assert_eq!(
+            names,
+            [
+                "fd 7 127.0.0.1:8080 -> 127.0.0.1:50412",
+                "fd 8 127.0.0.1:8080 -> 127.0.0.1:50412"
+            ]
+        );
+        let (leak_tid, fine_tid) = (&threads[0]["tid"], &threads[1]["tid"]);
+        assert_ne!(leak_tid, fine_tid);
+
+        let slices = |tid: &Value| -> Vec<(String, f64, f64)> {
+            events
+                .iter()
+                .filter(|e| e["ph"] == "X" && e["tid"] == *tid)
+                .map(|e| {
+                    assert_eq!(e["pid"], 4242);
+                    let name = e["name"].as_str().unwrap().to_owned();
+                    (name, e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap())
+                })
+                .collect()
+        };
+        // Microseconds; the leak's CLOSE_WAIT is still current, so it lasts until the end.
+        assert_eq!(
+            slices(leak_tid),
+            [
+                ("ESTABLISHED".into(), 10_000.0, 10_000.0),
+                ("CLOSE_WAIT".into(), 20_000.0, 30_000.0)
+            ]
+        );
+        // Its first transition starts its first slice: how long it was ESTABLISHED before is
+        // unknown. Its last state ends at its destruction, not at the end of the trace.
+        assert_eq!(
+            slices(fine_tid),
+            [
+                ("CLOSE_WAIT".into(), 31_000.0, 1_000.5),
+                ("LAST_ACK".into(), 32_000.5, 999.5),
+                ("CLOSE".into(), 33_000.0, 0.0),
+            ]
+        );
+        let leak_slice = events
+            .iter()
+            .find(|e| e["ph"] == "X" && e["name"] == "CLOSE_WAIT" && e["tid"] == *leak_tid)
+            .unwrap();
+        assert_eq!(leak_slice["args"]["from"], "ESTABLISHED");
+        assert_eq!(leak_slice["args"]["sock"], "0x1000");
+
+        let instants: Vec<(&Value, &Value)> = events
+            .iter()
+            .filter(|e| e["ph"] == "i")
+            .map(|e| (&e["name"], &e["tid"]))
+            .collect();
+        assert_eq!(
+            instants,
+            [
+                (&json!("accept"), leak_tid),
+                (&json!("recv"), leak_tid),
+                (&json!("accept"), fine_tid),
+                (&json!("close"), fine_tid),
+                (&json!("destroy"), fine_tid),
+            ]
+        );
+        let recv = named(&events, "i", "recv")[0];
+        assert_eq!(recv["s"], "t");
+        assert_eq!(recv["ts"], 21_000.0);
+        assert_eq!(recv["args"]["ret"], 5);
+        assert_eq!(recv["args"]["comm"], "mailer");
+        assert_eq!(named(&events, "i", "close")[0]["args"]["fd"], 8);
+    }
+
+    #[test]
+    fn unknown_owners_and_sockets_found_at_start() {
+        let mut store = Store::default();
+        let sock = key(0x3000, 3);
+        let mut present = event(
+            sock,
+            5 * MS,
+            EventKind::Present {
+                fd: 9,
+                state: CLOSE_WAIT,
+                send_shutdown: false,
+            },
+        );
+        present.owner = None;
+        present.remote = None;
+        store.insert(present);
+        let captured = Captured::default();
+        let trace = TraceOut::new(captured.writer()).unwrap();
+        trace.finish(&mut store, 6 * MS).unwrap();
+        let events = parse(&captured);
+        // Present records carry the fd and pid only as the owner; without one, neither is known.
+        assert_eq!(
+            named(&events, "M", "process_name")[0]["args"]["name"],
+            "owner unknown"
+        );
+        let thread = named(&events, "M", "thread_name")[0];
+        assert_eq!(thread["pid"], NO_OWNER);
+        assert_eq!(thread["args"]["name"], "fd ? 127.0.0.1:8080 -> ?");
+        let slice = named(&events, "X", "CLOSE_WAIT")[0];
+        assert_eq!(slice["args"]["found_at_start"], true);
+        assert_eq!(slice["dur"], 1_000.0);
+        assert_eq!(named(&events, "i", "present")[0]["args"]["fd"], 9);
+    }
+
+    #[test]
+    fn swept_sockets_are_written_at_once_and_a_cut_run_leaves_whole_events() {
+        let mut store = store();
+        // Records from well after the closed connection's destruction let the sweep drop it.
+        store.insert(event(key(0x3000, 3), 2_000 * MS, EventKind::Arrival));
+        store.sweep(|_| false);
+        let captured = Captured::default();
+        let mut trace = TraceOut::new(captured.writer()).unwrap();
+        trace.write_swept(&mut store, 2_000 * MS).unwrap();
+        // No finish: what SIGKILL leaves. Closing the array is all a reader has to add.
+        let text = captured.lines().join("\n");
+        assert!(text.starts_with("[\n") && !text.ends_with(','), "{text}");
+        let events: Vec<Value> = serde_json::from_str(&format!("{text}]")).unwrap();
+        let threads = named(&events, "M", "thread_name");
+        let names: Vec<&Value> = threads.iter().map(|t| &t["args"]["name"]).collect();
+        assert_eq!(names, ["fd 8 127.0.0.1:8080 -> 127.0.0.1:50412"]);
+        assert_eq!(named(&events, "X", "CLOSE")[0]["dur"], 0.0);
+        trace.write_swept(&mut store, 2_000 * MS).unwrap();
+        assert_eq!(
+            captured.lines().join("\n"),
+            text,
+            "each swept socket is written once"
+        );
+    }
+}
