@@ -166,6 +166,15 @@ struct Opened {
 
 impl Timeline {
     fn insert(&mut self, event: Event) {
+        // Another process closing its own copy of the socket's fd changes nothing here: the
+        // owner still holds it. Such copies are often brief and not the application's (a second
+        // leaktrace or a debugger duplicating fds with pidfd_getfd to inspect them), so they are
+        // left out of the timeline rather than shown as closes.
+        if let EventKind::FdClosed { .. } = event.kind {
+            if self.owner().is_some_and(|o| o.tgid != event.task.tgid) {
+                return;
+            }
+        }
         let ts = event.ts_ns;
         self.last_ns = self.last_ns.max(ts);
         self.learn_owner(&event);
@@ -1230,6 +1239,21 @@ pub(crate) mod tests {
             "out of the window"
         );
         assert_eq!(unpaired, [(PAIR_WINDOW_NS * 3, key(3, 3))]);
+    }
+
+    #[test]
+    fn another_process_closing_its_copy_is_not_a_close() {
+        let mut store = Store::default();
+        let sock = key(1, 1);
+        store.insert(event(sock, 10, EventKind::Accept { fd: 7 }));
+        store.insert(from_peer(event(sock, 20, EventKind::FdClosed { fd: 40 })));
+        let timeline = store.get(&sock).unwrap();
+        assert_eq!(timeline.entries().len(), 1, "{:?}", timeline.entries());
+        assert_eq!(timeline.owner_released_ns, None);
+        store.insert(event(sock, 30, EventKind::FdClosed { fd: 7 }));
+        let timeline = store.get(&sock).unwrap();
+        assert_eq!(timeline.entries().len(), 2, "the owner's own close counts");
+        assert_eq!(timeline.owner_released_ns, Some(30));
     }
 
     #[test]
