@@ -114,7 +114,14 @@ fn run(task: Task) -> Result<()> {
                     );
                 }
             }
-            let mut test = vec!["test", "--workspace", "--exclude", "leaktrace-ebpf"];
+            // Every test binary runs even after one fails, so a run shows all that broke.
+            let mut test = vec![
+                "test",
+                "--workspace",
+                "--exclude",
+                "leaktrace-ebpf",
+                "--no-fail-fast",
+            ];
             if !args.is_empty() {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
