@@ -32,11 +32,17 @@ pub fn ensure_configured() -> ProbeResult {
 }
 
 /// The kernel side's entry for `sk`, created on first sight: its creation time is what tells this
-/// socket apart from a later one at the same address.
+/// socket apart from a later one at the same address. `claimant` is the process that would own a
+/// socket seen for the first time here; with `--pid`, a socket no traced process claims gets no
+/// entry, or on a busy host the entries of every other socket would push the traced ones out of
+/// the LRU map, losing their owner and splitting their timelines.
 #[inline(always)]
-pub fn sock_meta(sk: u64, now: u64) -> Result<*mut SockMeta, ProbeError> {
+pub fn sock_meta(sk: u64, now: u64, claimant: u32) -> Result<*mut SockMeta, ProbeError> {
     if let Some(meta) = SOCKS.get_ptr_mut(sk) {
         return Ok(meta);
+    }
+    if !owner_traced(claimant) {
+        return Err(ProbeError::Filtered);
     }
     let fresh = SockMeta {
         born_ns: now,

@@ -60,7 +60,7 @@ fn on_accept_exit(ret: i64) -> ProbeResult {
         }
     };
     let now = emit::now();
-    let meta = unsafe { &mut *sock_meta(sk, now)? };
+    let meta = unsafe { &mut *sock_meta(sk, now, task.tgid)? };
     meta.owner_tgid = task.tgid;
     meta.owner_fd = fd;
     if !owner_traced(meta.owner_tgid) {

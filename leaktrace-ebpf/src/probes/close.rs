@@ -19,7 +19,13 @@ use crate::{
 fn on_close(sk: u64, fd: i32, still_held: bool, ino: u64) -> ProbeResult {
     ensure_configured()?;
     let now = emit::now();
-    let meta = unsafe { &mut *sock_meta(sk, now)? };
+    // tcp_close names no fd: a socket first seen there was nobody's that leaktrace knew of.
+    let claimant = if fd == NO_FD {
+        OWNER_UNKNOWN
+    } else {
+        current().tgid
+    };
+    let meta = unsafe { &mut *sock_meta(sk, now, claimant)? };
     if meta.owner_tgid == OWNER_UNKNOWN && fd != NO_FD {
         meta.owner_tgid = current().tgid;
         meta.owner_fd = fd;

@@ -23,7 +23,7 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
 fn on_connect_exit(ret: i64) -> ProbeResult {
     let task = current();
     let call = syscall::recall()?;
-    let meta = unsafe { &mut *sock_meta(call.sock, call.ts_ns)? };
+    let meta = unsafe { &mut *sock_meta(call.sock, call.ts_ns, task.tgid)? };
     meta.owner_tgid = task.tgid;
     meta.owner_fd = call.fd;
     if !owner_traced(meta.owner_tgid) {

@@ -27,11 +27,12 @@ fn on_listen_exit(ret: i64) -> ProbeResult {
         return Ok(());
     }
     let tgid = current().tgid;
-    let meta = unsafe { &mut *sock_meta(call.sock, emit::now())? };
-    meta.owner_tgid = tgid;
-    meta.owner_fd = call.fd;
+    // Every listener, traced or not: a process traced later (--follow-children) may accept on it.
     let key = listener_key(kernel::family(call.sock)?, kernel::local_port(call.sock)?);
     let _ = LISTENERS.insert(key, tgid, 0);
+    let meta = unsafe { &mut *sock_meta(call.sock, emit::now(), tgid)? };
+    meta.owner_tgid = tgid;
+    meta.owner_fd = call.fd;
     Ok(())
 }
 

@@ -29,7 +29,7 @@ fn on_seed(ctx: &TracePointContext) -> ProbeResult {
         .ok_or(ProbeError::NoPendingCall)?;
     let _ = SEED_DUPS.insert(fd, 1, 0);
     let now = emit::now();
-    let meta = unsafe { &mut *sock_meta(sk, now)? };
+    let meta = unsafe { &mut *sock_meta(sk, now, request.owner_tgid)? };
     if meta.owner_tgid == OWNER_UNKNOWN {
         meta.owner_tgid = request.owner_tgid;
         meta.owner_fd = request.owner_fd;

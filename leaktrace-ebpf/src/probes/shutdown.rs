@@ -24,7 +24,7 @@ pub fn shutdown_enter(ctx: TracePointContext) -> u32 {
 fn on_shutdown_exit(ret: i64) -> ProbeResult {
     let task = current();
     let call = syscall::recall()?;
-    let meta = unsafe { &mut *sock_meta(call.sock, call.ts_ns)? };
+    let meta = unsafe { &mut *sock_meta(call.sock, call.ts_ns, task.tgid)? };
     if meta.owner_tgid == OWNER_UNKNOWN {
         meta.owner_tgid = task.tgid;
         meta.owner_fd = call.fd;

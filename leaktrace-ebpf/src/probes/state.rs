@@ -20,22 +20,14 @@ fn on_state(sk: u64, old: u8, new: u8) -> ProbeResult {
     if !kernel::is_tcp(sk)? {
         return Err(ProbeError::NotTcpSocket);
     }
-    let now = emit::now();
-    let meta = unsafe { &mut *sock_meta(sk, now)? };
     if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
         let _ = LISTENERS.remove(listener_key(kernel::family(sk)?, kernel::local_port(sk)?));
     }
+    let now = emit::now();
+    let claimant = claimant(sk, old, new)?;
+    let meta = unsafe { &mut *sock_meta(sk, now, claimant)? };
     if meta.owner_tgid == OWNER_UNKNOWN {
-        if new == tcp_state::SYN_SENT {
-            // connect() moves the socket to SYN_SENT in the caller's own context.
-            meta.owner_tgid = current().tgid;
-        } else if old == tcp_state::LISTEN || old == tcp_state::SYN_RECV {
-            // A passive connection before accept(): its listener's process will own it.
-            let key = listener_key(kernel::family(sk)?, kernel::local_port(sk)?);
-            if let Some(tgid) = unsafe { LISTENERS.get(key) } {
-                meta.owner_tgid = *tgid;
-            }
-        }
+        meta.owner_tgid = claimant;
     }
     if new == tcp_state::CLOSE_WAIT {
         // Whether the owner then reads the end-of-stream is part of a CLOSE_WAIT finding.
@@ -48,6 +40,22 @@ fn on_state(sk: u64, old: u8, new: u8) -> ProbeResult {
     event.old_state = old;
     event.new_state = new;
     emit(sk, meta, &event)
+}
+
+/// Who will own a socket whose transition is the first thing seen of it.
+fn claimant(sk: u64, old: u8, new: u8) -> Result<u32, ProbeError> {
+    if new == tcp_state::SYN_SENT {
+        // connect() moves the socket to SYN_SENT in the caller's own context.
+        return Ok(current().tgid);
+    }
+    if old == tcp_state::LISTEN || old == tcp_state::SYN_RECV {
+        // A passive connection before accept(): its listener's process will own it.
+        let key = listener_key(kernel::family(sk)?, kernel::local_port(sk)?);
+        if let Some(tgid) = unsafe { LISTENERS.get(key) } {
+            return Ok(*tgid);
+        }
+    }
+    Ok(OWNER_UNKNOWN)
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
