@@ -53,6 +53,10 @@ enum Task {
         /// Shorter phases and fewer connections (about 2 minutes), for development.
         #[arg(long)]
         quick: bool,
+        /// Instead, soak: churn and planted leaks for this long (`30m`; `2m` to try it), then
+        /// check RSS stayed flat and every planted leak, and nothing else, was reported.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        soak: Option<std::time::Duration>,
     },
     /// A helper of `bench`: holds this many loopback connections open until stdin closes.
     #[command(name = bench::HOLDER_TASK, hide = true)]
@@ -149,7 +153,7 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::VmTest { kernels } => vm::run(&root, &kernels),
-        Task::Bench { quick } => bench::run(&root, quick),
+        Task::Bench { quick, soak } => bench::run(&root, quick, soak),
         Task::BenchHolder { .. } => unreachable!("handled before the toolchain check"),
         Task::Lint => {
             cargo(&root, &["fmt", "--all", "--check"])?;

@@ -6,7 +6,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpListener, TcpStream},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -25,15 +25,17 @@ pub const TRANSITIONS_PER_CONNECTION: u64 = 10;
 const CATCH_UP: Duration = Duration::from_millis(50);
 
 /// When the workers stop.
-pub enum Until {
+pub enum Until<'a> {
     Elapsed(Duration),
     /// This many connections in all.
     Connections(u64),
+    /// The flag is set (the soak's end).
+    Stopped(&'a AtomicBool),
 }
 
-pub struct Load {
+pub struct Load<'a> {
     pub workers: usize,
-    pub until: Until,
+    pub until: Until<'a>,
     /// At most this many connections per second in all; `None`: as fast as the machine goes.
     pub pace: Option<f64>,
 }
@@ -86,6 +88,7 @@ fn worker(load: &Load, listener: &TcpListener, done: &AtomicU64, started: Instan
             Until::Elapsed(limit) => started.elapsed() >= limit,
             // Workers may overshoot by one connection each: the count says how many were made.
             Until::Connections(total) => done.load(Ordering::Relaxed) >= total,
+            Until::Stopped(flag) => flag.load(Ordering::Relaxed),
         };
         if stop {
             return Ok(());

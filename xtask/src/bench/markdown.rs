@@ -1,16 +1,49 @@
-//! BENCHMARKS.md: the bench's figures.
+//! BENCHMARKS.md: the bench's figures, then the soak's section. Each mode rewrites its own part
+//! and keeps the other's, as they run at different times (the soak takes half an hour).
 use std::{fmt::Write as _, fs, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 
 use super::{
-    churn::TRANSITIONS_PER_CONNECTION, median, mib, Figures, Machine, Phase, Tracing,
+    churn::TRANSITIONS_PER_CONNECTION, median, mib, soak::Soak, Figures, Machine, Phase, Tracing,
     TARGET_TRANSITIONS_PER_SECOND,
 };
 
 const FILE: &str = "BENCHMARKS.md";
+const SOAK_HEADING: &str = "## Soak";
+const SOAK_COMMAND: &str = "sudo -E cargo xtask bench --soak 30m";
 
-pub fn write(root: &Path, text: &str) -> Result<()> {
+pub fn write_bench(root: &Path, text: &str) -> Result<()> {
+    let (_, soak) = split(root)?;
+    let soak = soak.unwrap_or_else(|| {
+        format!("{SOAK_HEADING}\n\nNot run yet: `{SOAK_COMMAND}` writes this section.\n")
+    });
+    write(root, &format!("{text}\n{soak}"))
+}
+
+pub fn write_soak(root: &Path, text: &str) -> Result<()> {
+    let (bench, _) = split(root)?;
+    let bench = bench.unwrap_or_else(|| {
+        "# Benchmarks\n\nNot run yet: `sudo -E cargo xtask bench` writes this part.\n".to_owned()
+    });
+    write(root, &format!("{bench}\n{text}"))
+}
+
+/// The file's bench part and soak part, each if present.
+fn split(root: &Path) -> Result<(Option<String>, Option<String>)> {
+    let Ok(text) = fs::read_to_string(root.join(FILE)) else {
+        return Ok((None, None));
+    };
+    Ok(match text.find(&format!("\n{SOAK_HEADING}\n")) {
+        Some(at) => (
+            Some(text[..at].trim_end().to_owned()).filter(|b| !b.is_empty()),
+            Some(text[at + 1..].to_owned()),
+        ),
+        None => (Some(text.trim_end().to_owned()), None),
+    })
+}
+
+fn write(root: &Path, text: &str) -> Result<()> {
     let path = root.join(FILE);
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("xtask: bench: wrote {}", path.display());
@@ -253,4 +286,84 @@ fn phase_table<'a>(
             rate / baseline
         );
     }
+}
+
+pub fn soak(machine: &Machine, soak: &Soak) -> String {
+    let mut out = String::new();
+    let verdict = |ok: bool| if ok { "PASS" } else { "**FAIL**" };
+    let _ = writeln!(
+        out,
+        "{SOAK_HEADING}\n\n`{SOAK_COMMAND}` is the soak of record (the issue's 30 minutes); \
+         this run: `--soak {}`. leaktrace on all processes with `--json` and its defaults \
+         (`--leak-after 5s`), churn at {:.0} connections/s, and a planted `close_wait` leak \
+         (a fixture server that reads a client's request to end-of-stream and never closes) \
+         every {}s.\n",
+        humantime::format_duration(soak.duration),
+        soak.pace,
+        soak.plant_every.as_secs()
+    );
+    machine_table(&mut out, machine, Some(&soak.start));
+    let _ = writeln!(out, "\n| check | result | verdict |\n|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| RSS flat | {:.1} MiB (first third after {}s warm-up) -> {:.1} MiB (last third); slope {:+.1} KiB/min | {} |",
+        soak.first_third_kib / 1024.0,
+        soak.warmup.as_secs(),
+        soak.last_third_kib / 1024.0,
+        soak.slope_kib_per_min,
+        verdict(soak.flat())
+    );
+    let _ = writeln!(
+        out,
+        "| planted leaks reported (pid {}, right fd) | {} of {} | {} |",
+        soak.fixture_pid,
+        soak.planted.len() - soak.missing.len(),
+        soak.planted.len(),
+        verdict(soak.missing.is_empty())
+    );
+    let _ = writeln!(
+        out,
+        "| other findings about the bench's processes | {} | {} |",
+        soak.unexpected.len(),
+        verdict(soak.unexpected.is_empty())
+    );
+    let _ = writeln!(
+        out,
+        "| lost events | {} of {} records | {} |",
+        soak.lost,
+        soak.records,
+        verdict(soak.lost == 0)
+    );
+    let _ = writeln!(
+        out,
+        "\n{} connections churned in {:.0}s. Findings about other processes on the machine \
+         (not judged): {}.",
+        soak.churned.connections,
+        soak.churned.elapsed.as_secs_f64(),
+        soak.others.len()
+    );
+    if soak.lost > 0 {
+        let _ = writeln!(
+            out,
+            "\nEvents were lost (the ring buffer was full: a burst, or leaktrace starved of CPU \
+             by the machine's other work). A socket whose close or destruction record was lost \
+             looks held to leaktrace, so findings below may come from the loss."
+        );
+    }
+    if !soak.missing.is_empty() {
+        let _ = writeln!(out, "\nPlanted fds not reported: {:?}.", soak.missing);
+    }
+    for leak in &soak.unexpected {
+        let _ = writeln!(out, "\nUnexpected finding: `{leak}`");
+    }
+    // About ten points across the run, enough to see a trend.
+    let step = (soak.samples.len() / 10).max(1);
+    let series: Vec<String> = soak
+        .samples
+        .iter()
+        .step_by(step)
+        .map(|(t, kib)| format!("{}s {:.1}", t.as_secs(), mib(*kib)))
+        .collect();
+    let _ = writeln!(out, "\nRSS (MiB) over the run: {}.", series.join(", "));
+    out
 }

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: what leaktrace costs a busy host, measured on loopback in one run, with
-//! the issue's targets judged and the figures written to BENCHMARKS.md.
+//! the issue's targets judged and the figures written to BENCHMARKS.md; `--soak` runs the long
+//! test instead (RSS stays flat under churn, planted leaks are all reported and nothing else).
 mod churn;
 mod markdown;
+mod soak;
 mod ss;
 mod tracer;
 
@@ -62,7 +64,7 @@ const TARGET_TRANSITIONS_PER_SECOND: f64 = 100_000.0;
 const MAX_RSS_KIB: u64 = 64 * 1024;
 const MAX_CORE_SHARE_AT_100K: f64 = 0.25;
 
-pub fn run(root: &Path, quick: bool) -> Result<()> {
+pub fn run(root: &Path, quick: bool, soak: Option<Duration>) -> Result<()> {
     if !crate::is_root() {
         bail!(
             "the bench loads eBPF and reads leaktrace's /proc figures: run it as root \
@@ -72,11 +74,33 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     crate::cargo(root, &["build", "--release", "--package", "leaktrace"])?;
     let binary = root.join("target/release/leaktrace");
     let machine = Machine::read()?;
+    if let Some(duration) = soak {
+        crate::cargo(
+            root,
+            &[
+                "build",
+                "--release",
+                "--package",
+                "leaktrace-tests",
+                "--bin",
+                "leaktrace-fixture",
+            ],
+        )?;
+        let fixture = root.join("target/release/leaktrace-fixture");
+        let report = soak::run(&binary, &fixture, duration)?;
+        let text = markdown::soak(&machine, &report);
+        println!("{text}");
+        markdown::write_soak(root, &text)?;
+        if !report.passed() {
+            bail!("the soak failed: see the Soak section above");
+        }
+        return Ok(());
+    }
     let plan = if quick { &QUICK } else { &FULL };
     let figures = measure(&binary, plan, quick)?;
     let text = markdown::bench(&machine, &figures);
     println!("{text}");
-    markdown::write(root, &text)
+    markdown::write_bench(root, &text)
 }
 
 /// The machine the figures come from.

@@ -59,6 +59,8 @@ pub struct Tracer {
 /// What a run printed, once it ended.
 pub struct Finished {
     pub start: Value,
+    /// Every `leak` record.
+    pub leaks: Vec<Value>,
     pub summary: Value,
 }
 
@@ -149,12 +151,14 @@ impl Tracer {
         let pid = Pid::from_raw(i32::try_from(self.pid())?).context("pid 0")?;
         kill_process(pid, Signal::INT).context("sending SIGINT to leaktrace")?;
         let deadline = Instant::now() + STOP_LIMIT;
+        let mut leaks = Vec::new();
         let mut summary = None;
         loop {
             match self
                 .lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {
+                Ok(line) if line["type"] == "leak" => leaks.push(line),
                 Ok(line) if line["type"] == "summary" => summary = Some(line),
                 Ok(_) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -174,6 +178,7 @@ impl Tracer {
         }
         Ok(Finished {
             start: std::mem::take(&mut self.start),
+            leaks,
             summary: summary.with_context(|| {
                 format!("leaktrace ended without a summary line{}", self.stderr())
             })?,
