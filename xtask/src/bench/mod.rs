@@ -224,12 +224,7 @@ impl Drop for Idle {
 fn measure(binary: &Path, plan: &Plan, quick: bool) -> Result<Figures> {
     // First, while the machine holds no TIME_WAIT sockets of ours for ss to list.
     let ss = if ss::available() {
-        let mut costs = Vec::new();
-        for &sockets in plan.ss_sockets {
-            eprintln!("xtask: bench: ss -tanp with {sockets} open sockets");
-            costs.push(ss::measure(sockets)?);
-        }
-        Some(costs)
+        Some(ss::measure(plan.ss_sockets)?)
     } else {
         eprintln!("xtask: bench: ss is not installed (iproute2): its cost is not measured");
         None

@@ -41,9 +41,10 @@ pub fn available() -> bool {
         .is_ok_and(|out| out.status.success())
 }
 
-/// Opens `sockets` loopback sockets (half of them connections' client ends, half server ends)
-/// in helper processes, then times `ss -tanp`.
-pub fn measure(sockets: usize) -> Result<SsCost> {
+/// For each count of `sockets`, in increasing order: opens that many loopback sockets (half of
+/// them connections' client ends, half server ends) in helper processes, then times
+/// `ss -tanp`. The holders of one count stay for the next, so no TIME_WAIT of ours is listed.
+pub fn measure(sockets: &[usize]) -> Result<Vec<SsCost>> {
     let waited = Instant::now();
     if time_wait_sockets()? > TIME_WAIT_FEW {
         eprintln!(
@@ -62,30 +63,38 @@ pub fn measure(sockets: usize) -> Result<SsCost> {
         per_holder > 0,
         "RLIMIT_NOFILE's hard limit ({hard}) leaves no room for connections"
     );
-    let connections = sockets / 2;
     let mut holders = Vec::new();
-    let mut left = connections;
-    while left > 0 {
-        let n = left.min(per_holder);
-        holders.push(Holder::spawn(n)?);
-        left -= n;
+    let mut held = 0;
+    let mut costs = Vec::new();
+    for &count in sockets {
+        eprintln!("xtask: bench: ss -tanp with {count} open sockets");
+        let mut added = Vec::new();
+        while held < count / 2 {
+            let n = (count / 2 - held).min(per_holder);
+            added.push(Holder::spawn(n)?);
+            held += n;
+        }
+        for holder in &mut added {
+            holder.ready()?;
+        }
+        holders.extend(added);
+        let mut runs = Vec::new();
+        for _ in 0..RUNS {
+            runs.push(time_ss()?);
+        }
+        runs.sort_by_key(|run| run.wall);
+        let median = runs.swap_remove(RUNS / 2);
+        ensure!(
+            median.lines >= count,
+            "ss -tanp listed {} sockets, fewer than the {count} held open",
+            median.lines
+        );
+        costs.push(SsCost {
+            sockets: count,
+            ..median
+        });
     }
-    for holder in &mut holders {
-        holder.ready()?;
-    }
-    let mut runs = Vec::new();
-    for _ in 0..RUNS {
-        runs.push(time_ss()?);
-    }
-    drop(holders);
-    runs.sort_by_key(|run| run.wall);
-    let median = runs.swap_remove(RUNS / 2);
-    ensure!(
-        median.lines >= sockets,
-        "ss -tanp listed {} sockets, fewer than the {sockets} held open",
-        median.lines
-    );
-    Ok(SsCost { sockets, ..median })
+    Ok(costs)
 }
 
 /// The `tw` count of /proc/net/sockstat.
