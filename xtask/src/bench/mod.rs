@@ -152,6 +152,8 @@ impl Tracing {
 
 struct Phase {
     tracing: Tracing,
+    /// The load's pace, if it had one: then its rate says nothing of leaktrace's cost.
+    paced: bool,
     churned: Churned,
     traced: Option<Traced>,
 }
@@ -317,6 +319,7 @@ impl Bench {
                 eprintln!("xtask: bench:   {:.0} connections/s", churned.per_second());
                 return Ok(Phase {
                     tracing,
+                    paced: load.pace.is_some(),
                     churned,
                     traced: None,
                 });
@@ -351,6 +354,7 @@ impl Bench {
         );
         Ok(Phase {
             tracing,
+            paced: load.pace.is_some(),
             churned,
             traced: Some(traced),
         })
@@ -435,7 +439,8 @@ impl Figures {
                     paced.lost as f64 / (paced.records + paced.lost) as f64 * 100.0
                 )
             }),
-            note: (transitions < TARGET_TRANSITIONS_PER_SECOND).then(|| {
+            // The pace is the target's: only a machine too busy to keep it falls short.
+            note: (transitions < TARGET_TRANSITIONS_PER_SECOND * 0.95).then(|| {
                 format!(
                     "this machine reached {:.0}% of 100k transitions/s: zero loss is shown at that rate only",
                     transitions / TARGET_TRANSITIONS_PER_SECOND * 100.0
