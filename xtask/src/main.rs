@@ -51,7 +51,7 @@ enum Task {
     /// BENCHMARKS.md (as root; about 10 minutes).
     Bench {
         /// Shorter phases and fewer connections (about 2 minutes), for development.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "soak")]
         quick: bool,
         /// Instead, soak: churn and planted leaks for this long (`30m`; `2m` to try it), then
         /// check RSS stayed flat and every planted leak, and nothing else, was reported.
