@@ -81,8 +81,7 @@ fn machine_table(out: &mut String, machine: &Machine, hooks: Option<&serde_json:
     let _ = writeln!(
         out,
         "\nThe cores are shared with other work (other builds and test runs on this machine), so \
-         the figures are noisy: the bench alternates its phases and reports medians, and can be \
-         re-run on a quiet machine with the same command."
+         the figures are noisy: re-run on a quiet machine with the same command for better ones."
     );
 }
 
