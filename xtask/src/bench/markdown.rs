@@ -356,7 +356,7 @@ pub fn soak(machine: &Machine, soak: &Soak) -> String {
          (not judged): {}.",
         soak.churned.connections,
         soak.churned.elapsed.as_secs_f64(),
-        soak.others.len()
+        soak.others
     );
     if soak.lost > 0 {
         let _ = writeln!(

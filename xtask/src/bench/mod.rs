@@ -152,7 +152,7 @@ impl Tracing {
 
 struct Phase {
     tracing: Tracing,
-    /// The load's pace, if it had one: then its rate says nothing of leaktrace's cost.
+    /// The load was paced: its rate then says nothing of leaktrace's cost.
     paced: bool,
     churned: Churned,
     traced: Option<Traced>,

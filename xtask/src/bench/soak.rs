@@ -50,14 +50,14 @@ pub struct Soak {
     pub last_third_kib: f64,
     pub slope_kib_per_min: f64,
     pub fixture_pid: u32,
-    /// The fd of each planted leak, and when it was planted.
-    pub planted: Vec<(i64, Duration)>,
+    /// The fd of each planted leak.
+    pub planted: Vec<i64>,
     /// Planted leaks leaktrace did not report.
     pub missing: Vec<i64>,
     /// Findings about the bench's own processes that are not planted leaks.
     pub unexpected: Vec<Value>,
     /// Findings about other processes on the machine, which the bench does not judge.
-    pub others: Vec<Value>,
+    pub others: usize,
     pub records: u64,
     pub lost: u64,
 }
@@ -114,7 +114,7 @@ pub fn run(binary: &Path, fixture: &Path, duration: Duration) -> Result<Soak> {
                     next_sample += SAMPLE_EVERY;
                 }
                 if planted.len() < plants && started.elapsed() >= next_plant {
-                    planted.push((plant(&mut server, planted.len())?, started.elapsed()));
+                    planted.push(plant(&mut server, planted.len())?);
                     eprintln!(
                         "xtask: bench: soak {}s: planted leak {}/{plants}, RSS {} KiB",
                         started.elapsed().as_secs(),
@@ -137,11 +137,11 @@ pub fn run(binary: &Path, fixture: &Path, duration: Duration) -> Result<Soak> {
     let is_planted = |leak: &Value| {
         leak["kind"] == "close_wait"
             && leak["pid"] == fixture_pid
-            && planted.iter().any(|(fd, _)| leak["fd"] == *fd)
+            && planted.iter().any(|fd| leak["fd"] == *fd)
     };
     let missing = planted
         .iter()
-        .map(|(fd, _)| *fd)
+        .copied()
         .filter(|fd| {
             !finished
                 .leaks
@@ -149,12 +149,15 @@ pub fn run(binary: &Path, fixture: &Path, duration: Duration) -> Result<Soak> {
                 .any(|leak| is_planted(leak) && leak["fd"] == *fd)
         })
         .collect();
-    let (ours, others): (Vec<Value>, Vec<Value>) = finished
+    let (ours, others): (Vec<&Value>, Vec<&Value>) = finished
         .leaks
         .iter()
-        .cloned()
         .partition(|leak| leak["pid"] == fixture_pid || leak["pid"] == own_pid);
-    let unexpected = ours.into_iter().filter(|leak| !is_planted(leak)).collect();
+    let unexpected = ours
+        .into_iter()
+        .filter(|leak| !is_planted(leak))
+        .cloned()
+        .collect();
     let warmup = duration / 6;
     let (first_third_kib, last_third_kib, slope_kib_per_min) = trend(&samples, warmup);
     Ok(Soak {
@@ -172,7 +175,7 @@ pub fn run(binary: &Path, fixture: &Path, duration: Duration) -> Result<Soak> {
         planted,
         missing,
         unexpected,
-        others,
+        others: others.len(),
         records: finished.count("records"),
         lost: finished.count("lost_events"),
     })

@@ -23,7 +23,7 @@ const START_LIMIT: Duration = Duration::from_secs(60);
 const STOP_LIMIT: Duration = Duration::from_secs(60);
 
 /// A process's memory, from /proc/PID/status.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct Memory {
     pub rss_kib: u64,
     /// The peak resident set (VmHWM).
