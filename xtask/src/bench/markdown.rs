@@ -26,7 +26,7 @@ pub fn write_soak(root: &Path, text: &str) -> Result<()> {
     let bench = bench.unwrap_or_else(|| {
         "# Benchmarks\n\nNot run yet: `sudo -E cargo xtask bench` writes this part.\n".to_owned()
     });
-    write(root, &format!("{bench}\n{text}"))
+    write(root, &format!("{bench}\n\n{text}"))
 }
 
 /// The file's bench part and soak part, each if present.
