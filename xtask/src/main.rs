@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask build | run | test | lint | vm-test`. Each first makes sure the
+//! Project tasks: `cargo xtask build | run | test | lint | vm-test | bench`. Each first makes sure the
 //! eBPF toolchain is installed (nightly rust-src, LLVM 22, bpf-linker), so a fresh machine needs
 //! nothing but rustup and root.
+mod bench;
 mod test_summary;
 mod toolchain;
 mod vm;
@@ -46,6 +47,20 @@ enum Task {
         /// Kernels to test: `6.1`, `6.12`, `host` (default: all).
         kernels: Vec<String>,
     },
+    /// Measure leaktrace's cost under loopback connection churn, judge the targets, and write
+    /// BENCHMARKS.md (as root; about 10 minutes).
+    Bench {
+        /// Shorter phases and fewer connections (about 2 minutes), for development.
+        #[arg(long, conflicts_with = "soak")]
+        quick: bool,
+        /// Instead, soak: churn and planted leaks for this long (`30m`; `2m` to try it), then
+        /// check RSS stayed flat and every planted leak, and nothing else, was reported.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        soak: Option<std::time::Duration>,
+    },
+    /// A helper of `bench`: holds this many loopback connections open until stdin closes.
+    #[command(name = bench::HOLDER_TASK, hide = true)]
+    BenchHolder { connections: usize },
     /// rustfmt check and clippy on the whole workspace (the eBPF crate for its own target).
     Lint,
     /// Only install the toolchain pieces that are missing.
@@ -63,6 +78,10 @@ fn main() -> ExitCode {
 }
 
 fn run(task: Task) -> Result<()> {
+    // A helper the bench starts by the dozen: it needs no toolchain.
+    if let Task::BenchHolder { connections } = task {
+        return bench::hold(connections);
+    }
     let root = workspace_root();
     toolchain::ensure()?;
     match task {
@@ -141,6 +160,8 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::VmTest { kernels } => vm::run(&root, &kernels),
+        Task::Bench { quick, soak } => bench::run(&root, quick, soak),
+        Task::BenchHolder { .. } => unreachable!("handled before the toolchain check"),
         Task::Lint => {
             cargo(&root, &["fmt", "--all", "--check"])?;
             cargo(
