@@ -29,6 +29,9 @@ const RETIRED_GRACE_NS: u64 = 2_000_000_000;
 /// waits up to a minute by default, LAST_ACK retransmits) only adds detail no finding will show.
 const CLOSED_RETENTION_NS: u64 = 60_000_000_000;
 
+/// How often, in kernel time, the timelines are looked through for ones closed long enough.
+const CLOSED_SCAN_EVERY_NS: u64 = 5_000_000_000;
+
 /// Timelines kept by default, whatever the churn: at a few hundred bytes to a few KiB each, tens
 /// of MiB. Past it, the least recently active sockets without an open finding are dropped.
 pub const DEFAULT_MAX_SOCKETS: usize = 100_000;
@@ -455,10 +458,13 @@ pub struct Store {
     sockets_seen: u64,
     latest_ns: u64,
     counts: Counts,
-    /// Sockets destroyed, then sockets closed by their owner, in the order it happened (kernel
-    /// time): the candidates for dropping, so a sweep looks at them only, not at every timeline.
+    /// Sockets destroyed since the last sweep (and those an open finding kept): the candidates
+    /// for dropping, so a sweep looks at them only, not at every timeline.
     destroyed: VecDeque<(u64, SockKey)>,
-    closed: VecDeque<(u64, SockKey)>,
+    /// When the timelines were last looked through for sockets closed longer than
+    /// [`CLOSED_RETENTION_NS`]; a queue of every close would hold a minute of closes (tens of
+    /// MiB under churn) for the few sockets the kernel keeps that long.
+    closed_scanned_ns: u64,
     /// Dropped timelines' sockets, with when they were dropped, for [`RETIRED_GRACE_NS`].
     retired: HashMap<SockKey, u64>,
     retired_order: VecDeque<(u64, SockKey)>,
@@ -491,7 +497,7 @@ impl Store {
             latest_ns: 0,
             counts: Counts::default(),
             destroyed: VecDeque::new(),
-            closed: VecDeque::new(),
+            closed_scanned_ns: 0,
             retired: HashMap::new(),
             retired_order: VecDeque::new(),
             exits: HashMap::new(),
@@ -530,7 +536,6 @@ impl Store {
         }
         match event.kind {
             EventKind::Destroy => self.destroyed.push_back((event.ts_ns, event.sock)),
-            EventKind::Close { .. } => self.closed.push_back((event.ts_ns, event.sock)),
             _ => {}
         }
         let timeline = self.timelines.entry(event.sock).or_insert_with(|| {
@@ -811,15 +816,22 @@ impl Store {
             }
         }
         self.destroyed.extend(kept);
-        while let Some(&(at, key)) = self.closed.front() {
-            if now.saturating_sub(at) < CLOSED_RETENTION_NS {
-                break;
-            }
-            self.closed.pop_front();
-            if keep(&key) {
-                self.closed.push_back((now, key));
-            } else if self.retire(key) {
-                self.dropped.finished += 1;
+        if now.saturating_sub(self.closed_scanned_ns) >= CLOSED_SCAN_EVERY_NS {
+            self.closed_scanned_ns = now;
+            let expired: Vec<SockKey> = self
+                .timelines
+                .iter()
+                .filter(|(key, t)| {
+                    t.closed_ns
+                        .is_some_and(|at| now.saturating_sub(at) >= CLOSED_RETENTION_NS)
+                        && !keep(key)
+                })
+                .map(|(key, _)| *key)
+                .collect();
+            for key in expired {
+                if self.retire(key) {
+                    self.dropped.finished += 1;
+                }
             }
         }
         if self.timelines.len() > self.max_sockets {
@@ -1193,9 +1205,27 @@ pub(crate) mod tests {
             100 + CLOSED_RETENTION_NS,
             EventKind::Arrival,
         ));
-        store.sweep(|_| false);
+        store.sweep(|sock| *sock == key(2, 2));
         assert!(store.get(&sock).is_none());
         assert_eq!(store.dropped().finished, 1);
+        // A kept socket stays past the window, until nothing needs it.
+        let kept = key(3, 3);
+        store.insert(event(
+            kept,
+            200 + CLOSED_RETENTION_NS,
+            EventKind::Close { fd: Some(8) },
+        ));
+        let later = 200 + 2 * CLOSED_RETENTION_NS;
+        store.insert(event(key(2, 2), later, EventKind::Arrival));
+        store.sweep(|sock| *sock == kept);
+        assert!(store.get(&kept).is_some());
+        store.insert(event(
+            key(2, 2),
+            later + CLOSED_SCAN_EVERY_NS,
+            EventKind::Arrival,
+        ));
+        store.sweep(|_| false);
+        assert!(store.get(&kept).is_none());
     }
 
     #[test]
