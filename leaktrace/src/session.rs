@@ -37,12 +37,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// it matured.
 const EVALUATE_EVERY: Duration = Duration::from_millis(100);
 
-/// How long records gather in a 4 MiB ring buffer between reads: at 100k records a second that
-/// is about a tenth of it, and a delay nobody watching a leak notices. Smaller rings pause for
-/// proportionally less, so they fill no sooner.
-const BATCH_RECORDS_FOR: Duration = Duration::from_millis(10);
-const BATCH_RING_SIZE: u32 = 4 << 20;
-
 /// How often the session looks for lost records and for a reader that went away: soon enough
 /// to warn while the burst is on, and for a pipeline to end, at no cost worth measuring.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -122,7 +116,6 @@ pub struct Session {
     live: BTreeSet<u32>,
     deadline: Option<Instant>,
     interval: Option<Duration>,
-    batch_pause: Duration,
     stops: StopSignals,
     /// Where the report goes (stdout or stderr), watched for its reader going away.
     report_fd: RawFd,
@@ -275,8 +268,6 @@ impl Session {
             live: pids.into_iter().collect(),
             deadline: options.duration.map(|d| Instant::now() + d),
             interval: options.interval,
-            batch_pause: BATCH_RECORDS_FOR
-                .mul_f64((f64::from(options.ring_size) / f64::from(BATCH_RING_SIZE)).min(1.0)),
             stops,
             report_fd,
         })
@@ -328,13 +319,22 @@ impl Session {
                     if watching_processes && self.live.is_empty() {
                         return Ok(Ended::NothingLeft);
                     }
-                    // The kernel wakes a reader that has caught up at the next record: on a busy
-                    // host that is a wake-up (a context switch here, an irq_work in the traced
-                    // workload) per record or two. Letting records gather for a moment makes it
-                    // one per batch.
-                    tokio::time::sleep(self.batch_pause).await;
                 }
-                _ = tick.tick() => self.evaluate()?,
+                _ = tick.tick() => {
+                    // The kernel side wakes this loop only once an eighth of the ring buffer
+                    // waits (see leaktrace-ebpf's emit): fewer records are read here.
+                    drain(
+                        self.ring.get_mut(),
+                        &mut self.store,
+                        &mut self.live,
+                        &mut self.counts,
+                        self.metrics.as_ref(),
+                    );
+                    if watching_processes && self.live.is_empty() {
+                        return Ok(Ended::NothingLeft);
+                    }
+                    self.evaluate()?;
+                }
                 _ = async {
                     match progress.as_mut() {
                         Some(progress) => progress.tick().await,
