@@ -534,9 +534,8 @@ impl Store {
             self.dropped.late_records += 1;
             return;
         }
-        match event.kind {
-            EventKind::Destroy => self.destroyed.push_back((event.ts_ns, event.sock)),
-            _ => {}
+        if event.kind == EventKind::Destroy {
+            self.destroyed.push_back((event.ts_ns, event.sock));
         }
         let timeline = self.timelines.entry(event.sock).or_insert_with(|| {
             self.sockets_seen += 1;
