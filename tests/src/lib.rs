@@ -729,20 +729,36 @@ impl fmt::Display for Report {
     }
 }
 
-/// How many sockets with local port `port` the kernel lists in `state` (a /proc/net/tcp state
-/// code), IPv4 and IPv6: ground truth that does not depend on leaktrace.
-pub fn kernel_sockets(port: u16, state: u8) -> Result<usize> {
+/// How many of the connections from `peers` (the clients' ends, as `ClientRun::local_addrs`
+/// gives them) to local port `port` the kernel lists in `state` (a /proc/net/tcp state code),
+/// IPv4 and IPv6: ground truth that does not depend on leaktrace. The peers matter: a server's
+/// port comes from the ephemeral range, and on a busy machine another process's outgoing
+/// connection can use the same local port number.
+pub fn kernel_sockets(port: u16, peers: &[String], state: u8) -> Result<usize> {
+    let peer_ports: BTreeSet<u16> = peers
+        .iter()
+        .map(|peer| {
+            peer.rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .with_context(|| format!("not an address: {peer:?}"))
+        })
+        .collect::<Result<_>>()?;
+    let hex_port = |field: Option<&&str>| {
+        field
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
     let mut count = 0;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = std::fs::read_to_string(table).with_context(|| format!("read {table}"))?;
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = fields.get(1).and_then(|a| a.rsplit_once(':'));
-            let row = local_port
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            let row = hex_port(fields.get(1))
+                .zip(hex_port(fields.get(2)))
                 .zip(fields.get(3).and_then(|s| u8::from_str_radix(s, 16).ok()));
-            let (p, s) = row.with_context(|| format!("unexpected line in {table}: {line:?}"))?;
-            if p == port && s == state {
+            let ((local, remote), s) =
+                row.with_context(|| format!("unexpected line in {table}: {line:?}"))?;
+            if local == port && s == state && peer_ports.contains(&remote) {
                 count += 1;
             }
         }

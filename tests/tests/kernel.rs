@@ -406,7 +406,7 @@ fn close_wait_stuck_before_tracing() -> Result<()> {
     let accepted = server.accepted(CONNS)?;
     server.lines("EOF ", CONNS)?;
     assert_eq!(
-        kernel_sockets(server.port(), TCP_CLOSE_WAIT)?,
+        kernel_sockets(server.port(), &client.local_addrs, TCP_CLOSE_WAIT)?,
         CONNS,
         "the fixture did not leave CLOSE_WAIT sockets"
     );
@@ -944,7 +944,7 @@ fn pid_filter_ignores_other_processes() -> Result<()> {
     else {
         return Ok(());
     };
-    close_wait_client(&other, Family::V4, CONNS)?;
+    let other_client = close_wait_client(&other, Family::V4, CONNS)?;
     let client = close_wait_client(&traced, Family::V4, CONNS)?;
     let accepted = traced.accepted(CONNS)?;
     traced.lines("EOF ", CONNS)?;
@@ -956,7 +956,7 @@ fn pid_filter_ignores_other_processes() -> Result<()> {
     // Control: the untraced server really holds CLOSE_WAIT sockets, so their absence from the
     // report is the filter's doing.
     assert_eq!(
-        kernel_sockets(other.port(), TCP_CLOSE_WAIT)?,
+        kernel_sockets(other.port(), &other_client.local_addrs, TCP_CLOSE_WAIT)?,
         CONNS,
         "the untraced fixture did not leak"
     );
