@@ -368,7 +368,11 @@ fn choose_accel(image: &Path, initramfs: &Path) -> &'static str {
         "kvm"
     } else {
         eprintln!("xtask: KVM cannot run a guest here: guests run under TCG (emulated, slower)");
-        "tcg"
+        // One host thread for both vCPUs: with a thread each, a vCPU can still run code another
+        // has just patched back (the kernel patches its static branches through int3 when
+        // leaktrace attaches or detaches a tracepoint), and a 6.12 guest died of such a stray
+        // int3 in syscall_trace_enter.
+        "tcg,thread=single"
     }
 }
 
