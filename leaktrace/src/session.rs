@@ -307,15 +307,9 @@ impl Session {
         loop {
             tokio::select! {
                 readable = self.ring.readable_mut() => {
-                    let mut guard = readable.context("polling the ring buffer")?;
-                    drain(
-                        guard.get_inner_mut(),
-                        &mut self.store,
-                        &mut self.live,
-                        &mut self.counts,
-                        self.metrics.as_ref(),
-                    );
-                    guard.clear_ready();
+                    // Cleared before reading: a record arriving meanwhile sets it again.
+                    readable.context("polling the ring buffer")?.clear_ready();
+                    self.read_ring();
                     if watching_processes && self.live.is_empty() {
                         return Ok(Ended::NothingLeft);
                     }
@@ -323,13 +317,7 @@ impl Session {
                 _ = tick.tick() => {
                     // The kernel side wakes this loop only once an eighth of the ring buffer
                     // waits (see leaktrace-ebpf's emit): fewer records are read here.
-                    drain(
-                        self.ring.get_mut(),
-                        &mut self.store,
-                        &mut self.live,
-                        &mut self.counts,
-                        self.metrics.as_ref(),
-                    );
+                    self.read_ring();
                     if watching_processes && self.live.is_empty() {
                         return Ok(Ended::NothingLeft);
                     }
@@ -354,13 +342,7 @@ impl Session {
     /// Reads what is left in the ring buffer, gives the detectors a last look, and prints the
     /// final report.
     pub fn finish(mut self) -> Result<FinalReport, Failure> {
-        drain(
-            self.ring.get_mut(),
-            &mut self.store,
-            &mut self.live,
-            &mut self.counts,
-            self.metrics.as_ref(),
-        );
+        self.read_ring();
         self.evaluate()?;
         self.counts.lost_events = self.lost_events()?;
         let now = monotonic_ns();
@@ -372,6 +354,17 @@ impl Session {
                 .context("writing the trace file")?;
         }
         Ok(report)
+    }
+
+    /// Moves every record waiting in the ring buffer into the timelines.
+    fn read_ring(&mut self) {
+        drain(
+            self.ring.get_mut(),
+            &mut self.store,
+            &mut self.live,
+            &mut self.counts,
+            self.metrics.as_ref(),
+        );
     }
 
     fn progress(&mut self) -> Result<(), Failure> {
