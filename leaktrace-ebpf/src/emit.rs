@@ -8,7 +8,7 @@ use leaktrace_common::{Record, RecordKind, FLAG_OWNER_CONTEXT, NO_FD, OWNER_UNKN
 use crate::{
     config,
     error::{ProbeError, ProbeResult},
-    kernel,
+    kernel::{self, ReceiveSide},
     maps::{SockMeta, EVENTS, LOST, SOCKS, TARGETS},
 };
 
@@ -83,6 +83,8 @@ pub struct Event {
     pub flags: u8,
     /// The socket file's inode, where the hook went through an fd.
     pub ino: u64,
+    /// The receive side as the hook saw it earlier; read at emission if `None`.
+    pub receive: Option<ReceiveSide>,
 }
 
 impl Event {
@@ -98,6 +100,7 @@ impl Event {
             ret: 0,
             flags: 0,
             ino: 0,
+            receive: None,
         }
     }
 }
@@ -113,7 +116,11 @@ pub fn emit(sk: u64, meta: &SockMeta, event: &Event) -> ProbeResult {
     if meta.owner_tgid != OWNER_UNKNOWN && meta.owner_tgid == task.tgid {
         record.flags |= FLAG_OWNER_CONTEXT;
     }
-    kernel::fill_socket(&mut record, sk);
+    kernel::fill_endpoints(&mut record, sk);
+    event
+        .receive
+        .unwrap_or_else(|| kernel::receive_side(sk))
+        .write_to(&mut record);
     submit(record)
 }
 

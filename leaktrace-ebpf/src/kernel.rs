@@ -111,10 +111,9 @@ pub fn send_shutdown(sk: u64) -> Result<bool, ProbeError> {
     Ok(read::<u8>(sk, offset)? & SEND_SHUTDOWN != 0)
 }
 
-/// Addresses, ports and the receive side (`rcv_nxt`, `copied_seq`, FIN received, queue length)
-/// of `sk`, into `record`. Best effort: a failed read leaves zeros.
+/// Addresses and ports of `sk`, into `record`. Best effort: a failed read leaves zeros.
 #[inline(always)]
-pub fn fill_socket(record: &mut Record, sk: u64) {
+pub fn fill_endpoints(record: &mut Record, sk: u64) {
     let family = family(sk).unwrap_or(0);
     record.family = family;
     record.sport = local_port(sk).unwrap_or(0);
@@ -128,18 +127,57 @@ pub fn fill_socket(record: &mut Record, sk: u64) {
         record.saddr = read(sk, config!(kernel.sock_v6_rcv_saddr)).unwrap_or([0; 16]);
         record.daddr = read(sk, config!(kernel.sock_v6_daddr)).unwrap_or([0; 16]);
     }
-    if let (Ok(rcv_nxt), Ok(copied_seq), Ok(sk_flags), Ok(qlen)) = (
+}
+
+/// The receive side of a TCP socket at one moment: how far the peer's stream reached, how far
+/// the owner read it, whether the peer's FIN came, how many buffers are queued.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ReceiveSide {
+    pub rcv_nxt: u32,
+    pub copied_seq: u32,
+    pub qlen: u32,
+    /// `FLAG_HAS_RECEIVE_STATE` (the reads succeeded) and `FLAG_FIN_RECEIVED`.
+    pub flags: u32,
+}
+
+impl ReceiveSide {
+    /// Not read: a record carrying it says it has no receive state.
+    pub const UNREAD: Self = Self {
+        rcv_nxt: 0,
+        copied_seq: 0,
+        qlen: 0,
+        flags: 0,
+    };
+
+    #[inline(always)]
+    pub fn write_to(&self, record: &mut Record) {
+        record.rcv_nxt = self.rcv_nxt;
+        record.copied_seq = self.copied_seq;
+        record.rcv_qlen = self.qlen;
+        record.flags |= self.flags as u8;
+    }
+}
+
+/// `sk`'s receive side now; `ReceiveSide::UNREAD` if a read fails.
+#[inline(always)]
+pub fn receive_side(sk: u64) -> ReceiveSide {
+    let (Ok(rcv_nxt), Ok(copied_seq), Ok(sk_flags), Ok(qlen)) = (
         read::<u32>(sk, config!(kernel.tcp_rcv_nxt)),
         read::<u32>(sk, config!(kernel.tcp_copied_seq)),
         read::<u64>(sk, config!(kernel.sock_flags)),
         read::<u32>(sk, config!(kernel.sock_receive_qlen)),
-    ) {
-        record.rcv_nxt = rcv_nxt;
-        record.copied_seq = copied_seq;
-        record.rcv_qlen = qlen;
-        record.flags |= FLAG_HAS_RECEIVE_STATE;
-        if sk_flags & (1u64 << (config!(kernel.sock_done_bit) & 63)) != 0 {
-            record.flags |= FLAG_FIN_RECEIVED;
-        }
+    ) else {
+        return ReceiveSide::UNREAD;
+    };
+    let mut flags = FLAG_HAS_RECEIVE_STATE;
+    if sk_flags & (1u64 << (config!(kernel.sock_done_bit) & 63)) != 0 {
+        flags |= FLAG_FIN_RECEIVED;
+    }
+    ReceiveSide {
+        rcv_nxt,
+        copied_seq,
+        qlen,
+        flags: u32::from(flags),
     }
 }

@@ -4,6 +4,8 @@ use aya_ebpf::{
 };
 use leaktrace_common::SeedRequest;
 
+use crate::kernel::ReceiveSide;
+
 /// The records, in the order they were reserved. Userspace may resize it (`--ring-size`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
@@ -61,4 +63,7 @@ pub struct PendingCall {
     pub how: i32,
     /// The socket file's inode, when the call named an fd.
     pub ino: u64,
+    /// The socket's receive side at the call's entry, for calls whose record must show it as it
+    /// was before the call (shutdown); else `ReceiveSide::UNREAD`.
+    pub receive: ReceiveSide,
 }

@@ -11,7 +11,7 @@ use super::syscall;
 use crate::{
     emit::{self, current, emit, ensure_configured, owner_traced, sock_meta, Event},
     error::{ProbeError, ProbeResult},
-    kernel,
+    kernel::{self, ReceiveSide},
     maps::PendingCall,
 };
 
@@ -25,6 +25,7 @@ fn stash_accepted(sk: u64) {
         fd: -1,
         how: 0,
         ino: 0,
+        receive: ReceiveSide::UNREAD,
     });
 }
 

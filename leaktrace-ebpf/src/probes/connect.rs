@@ -11,7 +11,8 @@ use crate::{
 
 fn on_connect_enter(ctx: &TracePointContext) -> ProbeResult {
     ensure_configured()?;
-    syscall::remember_socket_call(syscall::arg0(ctx)? as i32, 0)
+    syscall::remember(syscall::socket_call(syscall::arg0(ctx)? as i32, 0)?);
+    Ok(())
 }
 
 #[tracepoint]

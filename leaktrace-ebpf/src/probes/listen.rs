@@ -14,8 +14,8 @@ use crate::{
 #[tracepoint]
 pub fn listen_enter(ctx: TracePointContext) -> u32 {
     if ensure_configured().is_ok() {
-        if let Ok(fd) = syscall::arg0(&ctx) {
-            let _ = syscall::remember_socket_call(fd as i32, 0);
+        if let Ok(call) = syscall::arg0(&ctx).and_then(|fd| syscall::socket_call(fd as i32, 0)) {
+            syscall::remember(call);
         }
     }
     0

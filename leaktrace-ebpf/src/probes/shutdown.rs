@@ -8,11 +8,18 @@ use super::syscall;
 use crate::{
     emit::{current, emit, ensure_configured, owner_traced, sock_meta, Event},
     error::{ProbeError, ProbeResult},
+    kernel,
 };
 
 fn on_shutdown_enter(ctx: &TracePointContext) -> ProbeResult {
     ensure_configured()?;
-    syscall::remember_socket_call(syscall::arg0(ctx)? as i32, syscall::arg1(ctx)? as i32)
+    let mut call = syscall::socket_call(syscall::arg0(ctx)? as i32, syscall::arg1(ctx)? as i32)?;
+    // What the peer sends after the shutdown is measured from here: read at the exit, the
+    // receive side would already count the peer's reply to a FIN the call sent, if the caller
+    // was preempted before returning.
+    call.receive = kernel::receive_side(call.sock);
+    syscall::remember(call);
+    Ok(())
 }
 
 #[tracepoint]
@@ -41,6 +48,7 @@ fn on_shutdown_exit(ret: i64) -> ProbeResult {
     event.how = call.how;
     event.ret = ret;
     event.ino = call.ino;
+    event.receive = Some(call.receive);
     emit(call.sock, meta, &event)
 }
 

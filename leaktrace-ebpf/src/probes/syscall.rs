@@ -4,8 +4,8 @@ use aya_ebpf::programs::TracePointContext;
 use crate::{
     config,
     emit::{self, current},
-    error::{ProbeError, ProbeResult},
-    kernel,
+    error::ProbeError,
+    kernel::{self, ReceiveSide},
     maps::{PendingCall, PENDING},
 };
 
@@ -34,18 +34,18 @@ pub fn remember(call: PendingCall) {
     let _ = PENDING.insert(current().tid, call, 0);
 }
 
-/// At a socket syscall's entry: remembers `fd`, `how` and the TCP socket `fd` names.
+/// At a socket syscall's entry: `fd`, `how` and the TCP socket `fd` names, to `remember`.
 #[inline(always)]
-pub fn remember_socket_call(fd: i32, how: i32) -> ProbeResult {
+pub fn socket_call(fd: i32, how: i32) -> Result<PendingCall, ProbeError> {
     let socket = kernel::tcp_sock_of_fd(fd)?;
-    remember(PendingCall {
+    Ok(PendingCall {
         ts_ns: emit::now(),
         sock: socket.sk,
         fd,
         how,
         ino: socket.ino,
-    });
-    Ok(())
+        receive: ReceiveSide::UNREAD,
+    })
 }
 
 /// At a syscall's exit: what its entry remembered, forgotten now.
