@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    cli::DemoArgs,
+    cli::{DemoArgs, LeakArgs},
     error::Failure,
     session::{Scope, Session, SessionOptions},
 };
@@ -34,21 +34,14 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
             humantime::format_duration(DURATION),
         );
     }
-    let options = SessionOptions {
-        scope: Scope::Pids(vec![std::process::id()]),
-        follow_children: false,
-        json: args.common.json,
-        report_to_stderr: false,
-        hooks: args.common.hooks,
-        ring_size: args.common.ring_size,
-        interval: args.common.interval,
-        max_sockets: args.common.max_sockets,
-        metrics: args.common.metrics,
-        trace_out: args.common.trace_out,
+    let leaks = LeakArgs {
         leak_after: LEAK_AFTER,
         // The demo has no proxy: nothing of it is ever idle_half_closed.
         idle_after: LEAK_AFTER,
+    };
+    let options = SessionOptions {
         duration: Some(DURATION),
+        ..SessionOptions::new(Scope::Pids(vec![std::process::id()]), args.common, leaks)
     };
     let mut session = Session::start(&options)?;
     // Only now: nothing the servers do may happen before tracing starts.

@@ -59,24 +59,15 @@ fn main() -> ExitCode {
 }
 
 async fn trace(args: TraceArgs) -> Result<(), Failure> {
+    let scope = if args.pids.is_empty() {
+        Scope::All
+    } else {
+        Scope::Pids(args.pids)
+    };
     let options = SessionOptions {
-        scope: if args.pids.is_empty() {
-            Scope::All
-        } else {
-            Scope::Pids(args.pids)
-        },
         follow_children: args.follow_children,
-        json: args.common.json,
-        report_to_stderr: false,
-        hooks: args.common.hooks,
-        ring_size: args.common.ring_size,
-        interval: args.common.interval,
-        max_sockets: args.common.max_sockets,
-        metrics: args.common.metrics,
-        trace_out: args.common.trace_out,
-        leak_after: args.leaks.leak_after,
-        idle_after: args.leaks.idle_after,
         duration: args.duration,
+        ..SessionOptions::new(scope, args.common, args.leaks)
     };
     let mut session = Session::start(&options)?;
     session.run_until(std::future::pending()).await?;

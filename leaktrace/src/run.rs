@@ -24,19 +24,9 @@ const NOT_FOUND: u8 = 127;
 
 pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     let options = SessionOptions {
-        scope: Scope::Added,
         follow_children: true,
-        json: args.common.json,
         report_to_stderr: true,
-        hooks: args.common.hooks,
-        ring_size: args.common.ring_size,
-        interval: args.common.interval,
-        max_sockets: args.common.max_sockets,
-        metrics: args.common.metrics,
-        trace_out: args.common.trace_out,
-        leak_after: args.leaks.leak_after,
-        idle_after: args.leaks.idle_after,
-        duration: None,
+        ..SessionOptions::new(Scope::Added, args.common, args.leaks)
     };
     let mut session = Session::start(&options)?;
     // While leaktrace itself is traced, the kernel adds the process it starts to the traced

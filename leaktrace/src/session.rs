@@ -1,14 +1,6 @@
 //! One trace session: attach the hooks, then move records from the ring buffer through the
 //! decoder, the timeline store and the detectors to a reporter until told to stop.
-use std::{
-    collections::BTreeSet,
-    future::Future,
-    io,
-    net::SocketAddr,
-    os::fd::RawFd,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeSet, future::Future, io, os::fd::RawFd, path::Path, time::Duration};
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -18,10 +10,11 @@ use tokio::{
 };
 
 use crate::{
+    cli::{CommonArgs, LeakArgs},
     decoder::{self, EventKind},
     detect::Detectors,
     error::Failure,
-    hooks::{self, Attached, HookFamily, LoadOptions},
+    hooks::{self, Attached, LoadOptions},
     report::{
         ring_size_hint, FinalReport, IngestCounts, JsonReporter, Metrics, Reporter, StartInfo,
         TextReporter, TraceOut,
@@ -72,22 +65,26 @@ impl Scope {
 pub struct SessionOptions {
     pub scope: Scope,
     pub follow_children: bool,
-    pub json: bool,
     /// Where the report goes: stdout, except under `run`, whose command owns stdout.
     pub report_to_stderr: bool,
-    pub hooks: HookFamily,
-    pub ring_size: u32,
-    pub leak_after: Duration,
-    pub idle_after: Duration,
     pub duration: Option<Duration>,
-    /// Print a summary line this often while running.
-    pub interval: Option<Duration>,
-    /// Timelines kept in memory at most.
-    pub max_sockets: usize,
-    /// `--metrics`: serve Prometheus metrics there.
-    pub metrics: Option<SocketAddr>,
-    /// `--trace-out`: write the timelines there.
-    pub trace_out: Option<PathBuf>,
+    /// What every mode takes from the command line: output, hooks, limits.
+    pub common: CommonArgs,
+    pub leaks: LeakArgs,
+}
+
+impl SessionOptions {
+    /// A session until stopped, reporting to stdout, following no children.
+    pub fn new(scope: Scope, common: CommonArgs, leaks: LeakArgs) -> Self {
+        Self {
+            scope,
+            follow_children: false,
+            report_to_stderr: false,
+            duration: None,
+            common,
+            leaks,
+        }
+    }
 }
 
 /// Why the main loop ended.
@@ -146,13 +143,15 @@ impl Session {
         // Before tracing starts: a port in use or an unwritable file is the user's to fix, and
         // must not cost a session's worth of tracing.
         let metrics = options
+            .common
             .metrics
             .map(|addr| {
-                Metrics::serve(addr, options.ring_size)
+                Metrics::serve(addr, options.common.ring_size)
                     .map_err(|e| Failure::Output(anyhow!("cannot serve metrics on {addr}: {e}")))
             })
             .transpose()?;
         let trace_out = options
+            .common
             .trace_out
             .as_deref()
             .map(|path| {
@@ -167,10 +166,10 @@ impl Session {
         };
         let mut attached = hooks::load(&LoadOptions {
             object: EBPF_OBJECT,
-            family: options.hooks,
+            family: options.common.hooks,
             filter_targets: !matches!(options.scope, Scope::All),
             follow_children: options.follow_children,
-            ring_size: options.ring_size,
+            ring_size: options.common.ring_size,
         })?;
         if options.follow_children && !attached.serves("fork") {
             return Err(Failure::HookRefused {
@@ -222,7 +221,7 @@ impl Session {
         } else {
             (Box::new(io::stdout()), libc::STDOUT_FILENO)
         };
-        let mut reporter: Box<dyn Reporter> = if options.json {
+        let mut reporter: Box<dyn Reporter> = if options.common.json {
             Box::new(JsonReporter::new(out))
         } else {
             Box::new(TextReporter::new(out))
@@ -239,8 +238,8 @@ impl Session {
                     .collect(),
                 pids: pids.clone(),
                 scope: options.scope.describe(options.follow_children),
-                leak_after: options.leak_after,
-                idle_after: options.idle_after,
+                leak_after: options.leaks.leak_after,
+                idle_after: options.leaks.idle_after,
                 kernel: kernel_release(),
                 metrics: metrics.as_ref().and_then(Metrics::local_addr),
             })
@@ -251,7 +250,7 @@ impl Session {
             lost,
             reporter,
             store: {
-                let store = Store::with_capacity_limit(options.max_sockets);
+                let store = Store::with_capacity_limit(options.common.max_sockets);
                 if trace_out.is_some() {
                     store.keeping_swept()
                 } else {
@@ -260,14 +259,14 @@ impl Session {
             },
             metrics,
             trace_out,
-            detectors: Detectors::new(options.leak_after, options.idle_after),
+            detectors: Detectors::new(options.leaks.leak_after, options.leaks.idle_after),
             counts: IngestCounts {
-                ring_size: options.ring_size,
+                ring_size: options.common.ring_size,
                 ..IngestCounts::default()
             },
             live: pids.into_iter().collect(),
             deadline: options.duration.map(|d| Instant::now() + d),
-            interval: options.interval,
+            interval: options.common.interval,
             stops,
             report_fd,
         })
