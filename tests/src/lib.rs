@@ -437,6 +437,63 @@ pub fn run_client(fixture: &str, args: &[&str]) -> Result<ClientRun> {
     })
 }
 
+/// The loopback address family of a fixture's sockets.
+#[derive(Clone, Copy)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn flags(self) -> &'static [&'static str] {
+        match self {
+            Family::V4 => &[],
+            Family::V6 => &["--ipv6"],
+        }
+    }
+
+    /// How leaktrace must render a loopback endpoint of this family.
+    pub fn endpoint(self, port: u16) -> String {
+        match self {
+            Family::V4 => format!("127.0.0.1:{port}"),
+            Family::V6 => format!("[::1]:{port}"),
+        }
+    }
+}
+
+/// Incident 1's server: takes `conns` connections, reads their requests and never closes them.
+pub fn close_wait_server(fixture: &str, family: Family, conns: usize) -> Result<Fixture> {
+    let conns = conns.to_string();
+    Fixture::server(
+        fixture,
+        &[&["close-wait-server", "--conns", &conns], family.flags()].concat(),
+    )
+}
+
+/// Incident 1's client: sends a request, then closes. The pause lets the server drain the request
+/// and sleep in read() before the FIN arrives, so the FIN is processed in softirq in the client's
+/// context instead of from the socket backlog in the server's; only then does a test of
+/// attribution test anything.
+pub fn close_wait_client(
+    fixture: &str,
+    server: &Fixture,
+    family: Family,
+    conns: usize,
+) -> Result<ClientRun> {
+    let (port, conns) = (server.port().to_string(), conns.to_string());
+    let args = [
+        "--port",
+        &port,
+        "--send",
+        "5",
+        "--pause-ms",
+        "100",
+        "--conns",
+        &conns,
+    ];
+    run_client(fixture, &[&args, family.flags()].concat())
+}
+
 /// A finished leaktrace run, whatever its end: a usage error, `--help`, SIGKILL, a closed stdout.
 pub struct Finished {
     pub status: ExitStatus,

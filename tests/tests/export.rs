@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use leaktrace_tests::{
-    comm, is_root, run_client, run_leaktrace, skip, Accepted, Fixture, Leaktrace,
+    close_wait_client, close_wait_server, comm, is_root, run_client, run_leaktrace, skip, Accepted,
+    Family, Fixture, Leaktrace,
 };
 use serde_json::Value;
 
@@ -25,26 +26,6 @@ const RUN_LIMIT: &str = "60s";
 
 /// Exit status for an output that cannot be opened (`--metrics`, `--trace-out`).
 const OUTPUT_UNAVAILABLE: i32 = 8;
-
-/// Incident 1's client (see kernel.rs): sends a request, pauses so the server sleeps in read()
-/// before the FIN arrives, then closes.
-fn close_wait_client(port: u16, conns: usize) -> Result<()> {
-    let (port, conns) = (port.to_string(), conns.to_string());
-    run_client(
-        FIXTURE,
-        &[
-            "--port",
-            &port,
-            "--send",
-            "5",
-            "--pause-ms",
-            "100",
-            "--conns",
-            &conns,
-        ],
-    )?;
-    Ok(())
-}
 
 /// `GET /metrics`, as Prometheus does it; the body.
 fn scrape(addr: SocketAddr) -> Result<String> {
@@ -70,7 +51,7 @@ fn sample(body: &str, series: &str) -> Option<f64> {
 fn metrics_show_open_close_wait_leaks() -> Result<()> {
     const CONNS: usize = 2;
     let test = "metrics_show_open_close_wait_leaks";
-    let mut server = Fixture::server(FIXTURE, &["close-wait-server", "--conns", "2"])?;
+    let mut server = close_wait_server(FIXTURE, Family::V4, CONNS)?;
     // A bare port: leaktrace chooses where to listen, and must choose loopback.
     let Some(mut leaktrace) =
         Leaktrace::start_with(test, &[server.pid()], RUN_LIMIT, &["--metrics", "0"])?
@@ -93,7 +74,7 @@ fn metrics_show_open_close_wait_leaks() -> Result<()> {
         "open leaks before any connection:\n{before}"
     );
 
-    close_wait_client(server.port(), CONNS)?;
+    close_wait_client(FIXTURE, &server, Family::V4, CONNS)?;
     server.accepted(CONNS)?;
     server.lines("EOF ", CONNS)?;
     leaktrace.wait_for_leaks(CONNS, FINDING_TIMEOUT)?;
@@ -311,7 +292,7 @@ impl Track<'_> {
 fn trace_out_has_a_track_per_socket() -> Result<()> {
     let test = "trace_out_has_a_track_per_socket";
     let file = TraceFile::new(test);
-    let mut leaky = Fixture::server(FIXTURE, &["close-wait-server", "--conns", "1"])?;
+    let mut leaky = close_wait_server(FIXTURE, Family::V4, 1)?;
     let mut echo = Fixture::server(FIXTURE, &["echo-server"])?;
     let path = file.0.to_string_lossy().into_owned();
     let Some(mut leaktrace) = Leaktrace::start_with(
@@ -331,7 +312,7 @@ fn trace_out_has_a_track_per_socket() -> Result<()> {
     // leaktrace keeps a destroyed socket's timeline for 1s of later records' time; the leaky
     // connection's records come after that.
     thread::sleep(Duration::from_millis(1200));
-    close_wait_client(leaky.port(), 1)?;
+    close_wait_client(FIXTURE, &leaky, Family::V4, 1)?;
     let leaked = leaky.accepted(1)?.remove(0);
     leaky.lines("EOF ", 1)?;
     leaktrace.wait_for_leaks(1, FINDING_TIMEOUT)?;

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use leaktrace_tests::{
-    comm, kernel_socket, kernel_sockets, run_client, Accepted, ClientRun, Fixture, Leaktrace,
-    Report, LEAK_AFTER_MS, TCP_CLOSE, TCP_CLOSE_WAIT,
+    close_wait_client, close_wait_server, comm, kernel_socket, kernel_sockets, run_client,
+    Accepted, ClientRun, Family, Fixture, Leaktrace, Report, LEAK_AFTER_MS, TCP_CLOSE,
+    TCP_CLOSE_WAIT,
 };
 use serde_json::{json, Value};
 
@@ -27,56 +28,6 @@ const RUN_LIMIT: &str = "60s";
 
 /// What the incident 3 client sends after the server's FIN: `RSET\r\nQUIT\r\n`.
 const LATE_BYTES: usize = 12;
-
-#[derive(Clone, Copy)]
-enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    fn flags(self) -> &'static [&'static str] {
-        match self {
-            Family::V4 => &[],
-            Family::V6 => &["--ipv6"],
-        }
-    }
-
-    /// How leaktrace must render a loopback endpoint of this family.
-    fn endpoint(self, port: u16) -> String {
-        match self {
-            Family::V4 => format!("127.0.0.1:{port}"),
-            Family::V6 => format!("[::1]:{port}"),
-        }
-    }
-}
-
-fn close_wait_server(family: Family, conns: usize) -> Result<Fixture> {
-    let conns = conns.to_string();
-    Fixture::server(
-        FIXTURE,
-        &[&["close-wait-server", "--conns", &conns], family.flags()].concat(),
-    )
-}
-
-/// Incident 1's client: sends a request, then closes. The pause lets the server drain the request
-/// and sleep in read() before the FIN arrives, so the FIN is processed in softirq in the client's
-/// context instead of from the socket backlog in the server's; only then does the attribution
-/// check below test anything.
-fn close_wait_client(server: &Fixture, family: Family, conns: usize) -> Result<ClientRun> {
-    let (port, conns) = (server.port().to_string(), conns.to_string());
-    let args = [
-        "--port",
-        &port,
-        "--send",
-        "5",
-        "--pause-ms",
-        "100",
-        "--conns",
-        &conns,
-    ];
-    run_client(FIXTURE, &[&args, family.flags()].concat())
-}
 
 /// The `stats` line, which must come right before the summary.
 fn stats(report: &Report) -> &Value {
@@ -192,13 +143,13 @@ fn assert_close_wait_findings(
 /// softirq attribution check (f).
 fn close_wait(test: &str, family: Family) -> Result<()> {
     const CONNS: usize = 3;
-    let mut server = close_wait_server(family, CONNS)?;
+    let mut server = close_wait_server(FIXTURE, family, CONNS)?;
     let Some(mut leaktrace) =
         Leaktrace::start_with(test, &[server.pid()], RUN_LIMIT, &["--interval", "1s"])?
     else {
         return Ok(());
     };
-    let client = close_wait_client(&server, family, CONNS)?;
+    let client = close_wait_client(FIXTURE, &server, family, CONNS)?;
     let accepted = server.accepted(CONNS)?;
     server.lines("EOF ", CONNS)?;
     leaktrace.wait_for_leaks(CONNS, FINDING_TIMEOUT)?;
@@ -401,8 +352,8 @@ fn shut_wr_read_then_stop_fin_with_data() -> Result<()> {
 #[test]
 fn close_wait_stuck_before_tracing() -> Result<()> {
     const CONNS: usize = 2;
-    let mut server = close_wait_server(Family::V4, CONNS)?;
-    let client = close_wait_client(&server, Family::V4, CONNS)?;
+    let mut server = close_wait_server(FIXTURE, Family::V4, CONNS)?;
+    let client = close_wait_client(FIXTURE, &server, Family::V4, CONNS)?;
     let accepted = server.accepted(CONNS)?;
     server.lines("EOF ", CONNS)?;
     assert_eq!(
@@ -505,7 +456,7 @@ fn leaks_mended_later_are_resolved() -> Result<()> {
     else {
         return Ok(());
     };
-    close_wait_client(&close_wait, Family::V4, 1)?;
+    close_wait_client(FIXTURE, &close_wait, Family::V4, 1)?;
     let port = shut_wr.port().to_string();
     run_client(FIXTURE, &["--port", &port, "--wait-eof", "--send", &late])?;
     let close_wait_fd = close_wait.accepted(1)?[0].fd;
@@ -934,8 +885,8 @@ fn assert_fd_after_close<'a>(
 #[test]
 fn pid_filter_ignores_other_processes() -> Result<()> {
     const CONNS: usize = 2;
-    let mut traced = close_wait_server(Family::V4, CONNS)?;
-    let mut other = close_wait_server(Family::V4, CONNS)?;
+    let mut traced = close_wait_server(FIXTURE, Family::V4, CONNS)?;
+    let mut other = close_wait_server(FIXTURE, Family::V4, CONNS)?;
     let Some(mut leaktrace) = Leaktrace::start(
         "pid_filter_ignores_other_processes",
         &[traced.pid()],
@@ -944,8 +895,8 @@ fn pid_filter_ignores_other_processes() -> Result<()> {
     else {
         return Ok(());
     };
-    let other_client = close_wait_client(&other, Family::V4, CONNS)?;
-    let client = close_wait_client(&traced, Family::V4, CONNS)?;
+    let other_client = close_wait_client(FIXTURE, &other, Family::V4, CONNS)?;
+    let client = close_wait_client(FIXTURE, &traced, Family::V4, CONNS)?;
     let accepted = traced.accepted(CONNS)?;
     traced.lines("EOF ", CONNS)?;
     other.lines("EOF ", CONNS)?;

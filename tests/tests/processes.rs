@@ -3,7 +3,10 @@
 //! that exit. Privileged like kernel.rs: SKIPPED without root unless CI=true.
 
 use anyhow::Result;
-use leaktrace_tests::{is_root, run_client, run_leaktrace, skip, Fixture, Leaktrace};
+use leaktrace_tests::{
+    close_wait_client, close_wait_server, is_root, run_client, run_leaktrace, skip, Family,
+    Fixture, Leaktrace,
+};
 use serde_json::Value;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
@@ -138,7 +141,7 @@ fn run_passes_a_clean_command_status_through() -> Result<()> {
 /// run with its final report.
 #[test]
 fn owner_exit_resolves_and_ends_the_trace() -> Result<()> {
-    let mut server = Fixture::server(FIXTURE, &["close-wait-server", "--conns", "1"])?;
+    let mut server = close_wait_server(FIXTURE, Family::V4, 1)?;
     let Some(mut leaktrace) = Leaktrace::start(
         "owner_exit_resolves_and_ends_the_trace",
         &[server.pid()],
@@ -147,11 +150,7 @@ fn owner_exit_resolves_and_ends_the_trace() -> Result<()> {
     else {
         return Ok(());
     };
-    let port = server.port().to_string();
-    run_client(
-        FIXTURE,
-        &["--port", &port, "--send", "5", "--pause-ms", "100"],
-    )?;
+    close_wait_client(FIXTURE, &server, Family::V4, 1)?;
     server.accepted(1)?;
     leaktrace.wait_for_leaks(1, std::time::Duration::from_secs(10))?;
     let server_pid = server.pid();

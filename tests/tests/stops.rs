@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use leaktrace_tests::{run_client, signal_run, BpfObjects, Fixture, Leaktrace};
+use leaktrace_tests::{
+    close_wait_client, close_wait_server, signal_run, BpfObjects, Family, Fixture, Leaktrace,
+};
 use serde_json::Value;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
@@ -30,14 +32,13 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 /// A server holding one connection in CLOSE_WAIT, and leaktrace, started on it, reporting it.
 fn traced_leak(test: &str) -> Result<Option<(Fixture, Leaktrace, BpfObjects)>> {
-    let mut server = Fixture::server(FIXTURE, &["close-wait-server", "--conns", "1"])?;
+    let mut server = close_wait_server(FIXTURE, Family::V4, 1)?;
     let Some(mut leaktrace) = Leaktrace::start(test, &[server.pid()], RUN_LIMIT)? else {
         return Ok(None);
     };
     // Once the start line is out, everything is loaded and attached.
     let held = BpfObjects::held_by(leaktrace.pid())?;
-    let port = server.port().to_string();
-    run_client(FIXTURE, &["--port", &port, "--send", "5", "--conns", "1"])?;
+    close_wait_client(FIXTURE, &server, Family::V4, 1)?;
     server.lines("EOF ", 1)?;
     leaktrace.wait_for_leaks(1, FINDING_TIMEOUT)?;
     Ok(Some((server, leaktrace, held)))
