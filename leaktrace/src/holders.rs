@@ -2,7 +2,7 @@
 //! accepted or connected it may have passed it on (fork, exec, dup, SCM_RIGHTS) and closed its
 //! own copy. /proc/<pid>/fd shows each fd of a socket as `socket:[inode]`; one scan answers for
 //! every inode of interest.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use procfs::process::FDTarget;
 
@@ -43,14 +43,61 @@ pub fn find(inodes: &BTreeSet<u64>) -> BTreeMap<u64, Vec<Holder>> {
     found
 }
 
+/// Whether a process's fd is still the socket it was known to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdHeld {
+    Yes,
+    /// Closed, or reused for another file.
+    No,
+    /// The process itself is gone, or a zombie whose fds are released.
+    ProcessGone,
+}
+
+/// Answers [`FdLookup::holds`] for many sockets, opening each process's /proc entry once.
+#[derive(Default)]
+pub struct FdLookup {
+    processes: HashMap<u32, Option<procfs::process::Process>>,
+}
+
+impl FdLookup {
+    /// Looks at `/proc/<pid>/fd/<fd>`. Without the socket's inode only a closed fd can be told
+    /// apart; an fd reused for another file then passes as held.
+    pub fn holds(&mut self, pid: u32, fd: i32, ino: Option<u64>) -> FdHeld {
+        let process = self
+            .processes
+            .entry(pid)
+            .or_insert_with(|| live_process(pid));
+        let Some(process) = process else {
+            return FdHeld::ProcessGone;
+        };
+        match (process.fd_from_fd(fd), ino) {
+            (Ok(info), Some(ino)) if info.target != FDTarget::Socket(ino) => FdHeld::No,
+            (Ok(_), _) => FdHeld::Yes,
+            (Err(_), _) => FdHeld::No,
+        }
+    }
+}
+
+/// Whether `pid` runs, neither gone nor a zombie.
+pub fn alive(pid: u32) -> bool {
+    live_process(pid).is_some()
+}
+
+fn live_process(pid: u32) -> Option<procfs::process::Process> {
+    procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .ok()
+        .filter(|p| p.is_alive())
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
 
     use super::*;
 
-    fn inode_of(fd: i32) -> u64 {
+    /// The inode of this process's socket `fd`.
+    pub(crate) fn inode_of(fd: i32) -> u64 {
         let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
         let link = link.to_string_lossy();
         link.strip_prefix("socket:[")
@@ -82,5 +129,24 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(found.get(&inode), Some(&expected));
         assert!(find(&BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn tells_a_held_fd_from_a_closed_or_reused_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let pid = std::process::id();
+        let (fd, inode) = (stream.as_raw_fd(), inode_of(stream.as_raw_fd()));
+        let holds = |pid, fd, ino| FdLookup::default().holds(pid, fd, ino);
+        let other = inode_of(listener.as_raw_fd());
+        assert_eq!(holds(pid, fd, Some(inode)), FdHeld::Yes);
+        assert_eq!(holds(pid, fd, None), FdHeld::Yes);
+        assert_eq!(holds(pid, fd, Some(other)), FdHeld::No, "fd reused");
+        drop(stream);
+        assert_eq!(holds(pid, fd, Some(inode)), FdHeld::No);
+        // Not `fd` itself: the lookup may open /proc on the number just freed.
+        assert_eq!(holds(pid, 1 << 20, None), FdHeld::No, "never open");
+        // Beyond pid_max: no such process.
+        assert_eq!(holds(1 << 23, fd, Some(inode)), FdHeld::ProcessGone);
     }
 }

@@ -14,6 +14,7 @@ use crate::{
     decoder::{self, EventKind},
     detect::Detectors,
     error::Failure,
+    holders,
     hooks::{self, Attached, LoadOptions},
     report::{
         ring_size_hint, FinalReport, IngestCounts, JsonReporter, Metrics, Reporter, StartInfo,
@@ -30,9 +31,13 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// it matured.
 const EVALUATE_EVERY: Duration = Duration::from_millis(100);
 
-/// How often the session looks for lost records and for a reader that went away: soon enough
-/// to warn while the burst is on, and for a pipeline to end, at no cost worth measuring.
+/// How often the session looks for a reader that went away: soon enough for a pipeline to end,
+/// at no cost worth measuring.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// After records were lost, the owners are looked up in /proc at most this often: a scan per
+/// tracked socket is what a host overflowing the ring buffer can least afford every second.
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Which processes to trace.
 pub enum Scope {
@@ -111,6 +116,9 @@ pub struct Session {
     counts: IngestCounts,
     /// Traced processes still alive; the session ends when the last one exits.
     live: BTreeSet<u32>,
+    /// Records were lost since the owners were last looked up in /proc, and when that was.
+    loss_unchecked: bool,
+    rechecked: Option<Instant>,
     deadline: Option<Instant>,
     interval: Option<Duration>,
     stops: StopSignals,
@@ -265,6 +273,8 @@ impl Session {
                 ..IngestCounts::default()
             },
             live: pids.into_iter().collect(),
+            loss_unchecked: false,
+            rechecked: None,
             deadline: options.duration.map(|d| Instant::now() + d),
             interval: options.common.interval,
             stops,
@@ -342,8 +352,8 @@ impl Session {
     /// final report.
     pub fn finish(mut self) -> Result<FinalReport, Failure> {
         self.read_ring();
+        self.note_losses(true)?;
         self.evaluate()?;
-        self.counts.lost_events = self.lost_events()?;
         let now = monotonic_ns();
         let report = self.detectors.summary(&mut self.store, now, self.counts);
         self.reporter.finish(&report).map_err(Failure::writing)?;
@@ -377,6 +387,7 @@ impl Session {
     }
 
     fn evaluate(&mut self) -> Result<(), Failure> {
+        self.note_losses(false)?;
         let now = monotonic_ns();
         for outcome in self.detectors.evaluate(&mut self.store, now) {
             self.reporter.outcome(&outcome).map_err(Failure::writing)?;
@@ -395,13 +406,19 @@ impl Session {
         Ok(())
     }
 
-    /// Ends the session once nobody reads the report; warns the first time records are lost,
-    /// while the burst that overflowed the ring buffer can still be matched to what the user
-    /// sees, rather than only in the summary.
+    /// Ends the session once nobody reads the report.
     fn watch(&mut self) -> Result<(), Failure> {
         if stop::reader_gone(self.report_fd) {
             return Err(Failure::OutputClosed);
         }
+        Ok(())
+    }
+
+    /// Warns the first time records are lost, while the burst that overflowed the ring buffer
+    /// can still be matched to what the user sees, rather than only in the summary; and makes up
+    /// for what was lost from /proc before the detectors look, at most every `RECHECK_EVERY`
+    /// unless `now`.
+    fn note_losses(&mut self, now: bool) -> Result<(), Failure> {
         let lost = self.lost_events()?;
         if lost > 0 && self.counts.lost_events == 0 {
             eprintln!(
@@ -409,12 +426,41 @@ impl Session {
                 ring_size_hint(self.counts.ring_size)
             );
         }
+        self.loss_unchecked |= lost > self.counts.lost_events;
         self.counts.lost_events = lost;
+        let due = now
+            || self
+                .rechecked
+                .is_none_or(|at| at.elapsed() >= RECHECK_EVERY);
+        if self.loss_unchecked && due {
+            self.recheck_after_loss();
+        }
         Ok(())
     }
 
-    /// The counts with the lost events as of now. `watch` alone updates the session's own copy,
-    /// so that it notices the first loss and warns.
+    /// A lost close, exit or hand-over would leave a socket held in leaktrace's view for good:
+    /// what the kernel says now, in /proc, replaces what the lost records would have said.
+    fn recheck_after_loss(&mut self) {
+        // What did arrive goes first: a close in the ring is a close recorded.
+        self.read_ring();
+        let now = monotonic_ns();
+        let exited: Vec<u32> = self
+            .live
+            .iter()
+            .copied()
+            .filter(|&pid| !holders::alive(pid))
+            .collect();
+        for pid in exited {
+            self.live.remove(&pid);
+            self.store.owner_exited(pid, now);
+        }
+        self.store.recheck_owners(now);
+        self.loss_unchecked = false;
+        self.rechecked = Some(Instant::now());
+    }
+
+    /// The counts with the lost events as of now. `note_losses` alone updates the session's own
+    /// copy, so that it notices each new loss.
     fn counts_now(&self) -> Result<IngestCounts, Failure> {
         Ok(IngestCounts {
             lost_events: self.lost_events()?,

@@ -104,6 +104,9 @@ pub struct Timeline {
     owner: Option<Stamped<OwnerInfo>>,
     write_shutdown: Option<WriteShutdown>,
     closed_ns: Option<u64>,
+    /// The close was inferred from /proc after records were lost (see
+    /// [`Store::recheck_owners`]), not recorded.
+    close_unrecorded: bool,
     destroyed_ns: Option<u64>,
     receive: Option<Stamped<ReceiveState>>,
     /// When the owning process exited: every finding on the socket ends there, unless another
@@ -366,6 +369,11 @@ impl Timeline {
         self.closed_ns.is_some()
     }
 
+    /// The socket was found closed in /proc after records were lost, its close not recorded.
+    pub fn close_unrecorded(&self) -> bool {
+        self.close_unrecorded
+    }
+
     pub fn destroyed(&self) -> bool {
         self.destroyed_ns.is_some()
     }
@@ -422,7 +430,6 @@ impl Timeline {
         )
     }
 
-    /// The process holding the socket and the socket's state, while a process holds it.
     /// The inode to look for holders of, when the recorded owner let go of the socket (closed
     /// its fd while others held it, or exited) and the socket may live on elsewhere.
     fn orphan_inode(&self) -> Option<u64> {
@@ -430,6 +437,21 @@ impl Timeline {
         (let_go && !self.closed() && !self.destroyed()).then_some(self.ino?)
     }
 
+    /// `holder` holds the socket now, found in /proc rather than recorded.
+    fn hand_over(&mut self, holder: &holders::Holder) {
+        self.owner = Some(Stamped {
+            ts_ns: self.owner.map_or(0, |o| o.ts_ns),
+            value: OwnerInfo {
+                tgid: holder.pid,
+                fd: Some(holder.fd),
+            },
+        });
+        self.reattributed = true;
+        self.owner_released_ns = None;
+        self.owner_exited_ns = None;
+    }
+
+    /// The process holding the socket and the socket's state, while a process holds it.
     fn held(&self) -> Option<(u32, u8)> {
         if self.closed() || self.destroyed() || self.owner_exited() {
             return None;
@@ -614,16 +636,55 @@ impl Store {
                 continue;
             };
             let held = timeline.held();
-            timeline.owner = Some(Stamped {
-                ts_ns: timeline.owner.map_or(0, |o| o.ts_ns),
-                value: OwnerInfo {
-                    tgid: holder.pid,
-                    fd: Some(holder.fd),
-                },
-            });
-            timeline.reattributed = true;
-            timeline.owner_released_ns = None;
-            timeline.owner_exited_ns = None;
+            timeline.hand_over(holder);
+            self.counts.move_held(held, timeline.held());
+        }
+    }
+
+    /// After records were lost: every socket's recorded owner is looked up in /proc. A close,
+    /// an exit or a hand-over among the lost records would otherwise leave the socket held in
+    /// leaktrace's view for good, and a leak reported that has ended.
+    pub fn recheck_owners(&mut self, now_ns: u64) {
+        let mut exited = BTreeSet::new();
+        let mut let_go = Vec::new();
+        let mut lookup = holders::FdLookup::default();
+        for (key, timeline) in &self.timelines {
+            // A released socket's holders are looked for anyway (see `reattribute`).
+            let checkable = timeline.live() && timeline.owner_released_ns.is_none();
+            let Some(owner) = timeline.owner().filter(|_| checkable) else {
+                continue;
+            };
+            let Some(fd) = owner.fd else {
+                continue;
+            };
+            match lookup.holds(owner.tgid, fd, timeline.ino) {
+                holders::FdHeld::Yes => {}
+                holders::FdHeld::No => let_go.push(*key),
+                holders::FdHeld::ProcessGone => {
+                    exited.insert(owner.tgid);
+                }
+            }
+        }
+        for tgid in exited {
+            self.owner_exited(tgid, now_ns);
+        }
+        let inodes = let_go
+            .iter()
+            .filter_map(|key| self.timelines.get(key)?.ino)
+            .collect();
+        let found = holders::find(&inodes);
+        for key in let_go {
+            let Some(timeline) = self.timelines.get_mut(&key) else {
+                continue;
+            };
+            let held = timeline.held();
+            match timeline.ino.and_then(|ino| found.get(&ino)?.first()) {
+                Some(holder) => timeline.hand_over(holder),
+                None => {
+                    timeline.closed_ns.get_or_insert(now_ns);
+                    timeline.close_unrecorded = true;
+                }
+            }
             self.counts.move_held(held, timeline.held());
         }
     }
@@ -1251,6 +1312,63 @@ pub(crate) mod tests {
                 .all(|(_, states)| states.values().sum::<u64>() <= 9),
             "evicted sockets leave the held counts"
         );
+    }
+
+    /// After lost records, /proc decides: a socket still held stays as it was, one whose fd
+    /// was copied before the (lost) close moves to the copy, one closed for good is closed,
+    /// and one whose owner is gone has its owner exited.
+    #[test]
+    fn lost_records_are_made_up_for_from_proc() {
+        use std::net::{TcpListener, TcpStream};
+        use std::os::fd::AsRawFd;
+
+        fn owned_by_me(store: &mut Store, sock: SockKey, stream: &TcpStream) {
+            let fd = stream.as_raw_fd();
+            let mut accept = event(sock, 10, EventKind::Accept { fd });
+            accept.task.tgid = std::process::id();
+            accept.owner = Some(Owner {
+                tgid: std::process::id(),
+                fd: Some(fd),
+            });
+            accept.ino = Some(holders::tests::inode_of(fd));
+            store.insert(accept);
+        }
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let connect = || TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (held, copied, closed) = (connect(), connect(), connect());
+        let mut store = Store::default();
+        let (held_key, copied_key, closed_key, gone_key) =
+            (key(1, 1), key(2, 2), key(3, 3), key(4, 4));
+        owned_by_me(&mut store, held_key, &held);
+        owned_by_me(&mut store, copied_key, &copied);
+        owned_by_me(&mut store, closed_key, &closed);
+        // Beyond any pid_max: a process that is gone.
+        let mut gone = event(gone_key, 10, EventKind::Accept { fd: 7 });
+        gone.owner = Some(Owner {
+            tgid: 1 << 23,
+            fd: Some(7),
+        });
+        store.insert(gone);
+        let copy = copied.try_clone().unwrap();
+        drop((copied, closed));
+
+        store.recheck_owners(1_000);
+        store.apply_exits();
+        let timeline = |key| store.get(&key).unwrap();
+        assert!(timeline(held_key).live());
+        assert!(!timeline(held_key).close_unrecorded());
+        assert_eq!(
+            timeline(copied_key).owner(),
+            Some(OwnerInfo {
+                tgid: std::process::id(),
+                fd: Some(copy.as_raw_fd()),
+            })
+        );
+        assert!(timeline(copied_key).live());
+        assert!(timeline(closed_key).closed() && timeline(closed_key).close_unrecorded());
+        assert!(timeline(gone_key).owner_exited());
+        assert!(!timeline(gone_key).close_unrecorded());
     }
 
     #[test]

@@ -587,6 +587,87 @@ fn lost_events_are_counted_and_reported() -> Result<()> {
     Ok(())
 }
 
+/// A close lost with a full ring buffer does not keep its leak open for good: after a loss,
+/// leaktrace looks each socket's owner up in /proc. The leak mended while records were lost is
+/// resolved; the one still held stays open.
+#[test]
+fn a_leak_mended_while_records_were_lost_is_resolved() -> Result<()> {
+    let test = "a_leak_mended_while_records_were_lost_is_resolved";
+    let mut mended = Fixture::server(
+        FIXTURE,
+        &["close-wait-server", "--conns", "1", "--release-on-connect"],
+    )?;
+    let mut kept = close_wait_server(FIXTURE, Family::V4, 1)?;
+    let echo = Fixture::server(FIXTURE, &["echo-server"])?;
+    let Some(mut leaktrace) = Leaktrace::start_with(
+        test,
+        &[mended.pid(), kept.pid(), echo.pid()],
+        RUN_LIMIT,
+        &["--ring-size", "4096"],
+    )?
+    else {
+        return Ok(());
+    };
+    close_wait_client(FIXTURE, &mended, Family::V4, 1)?;
+    close_wait_client(FIXTURE, &kept, Family::V4, 1)?;
+    let mended_fd = mended.accepted(1)?[0].fd;
+    let kept_fd = kept.accepted(1)?[0].fd;
+    leaktrace.wait_for_leaks(2, FINDING_TIMEOUT)?;
+
+    // With nobody reading, the churn fills the one-page ring; the close that mends the leak
+    // comes after it, and is lost.
+    leaktrace.signal(libc::SIGSTOP)?;
+    let (echo_port, mended_port) = (echo.port().to_string(), mended.port().to_string());
+    let lost_close = run_client(
+        FIXTURE,
+        &[
+            "--port", &echo_port, "--send", "8", "--echo", "--conns", "100",
+        ],
+    )
+    .and_then(|_| run_client(FIXTURE, &["--port", &mended_port]))
+    .and_then(|_| mended.lines("RELEASED", 1));
+    leaktrace.signal(libc::SIGCONT)?;
+    lost_close?;
+    leaktrace.settle(SETTLE)?;
+    let report = leaktrace.stop()?;
+
+    assert!(
+        report.summary()["lost_events"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "the churn did not overflow the ring: nothing was tested\n{report}"
+    );
+    let resolved: Vec<&Value> = report
+        .lines
+        .iter()
+        .filter(|l| l["type"] == "resolved")
+        .collect();
+    let mended_resolved = resolved
+        .iter()
+        .find(|l| l["pid"] == mended.pid() && l["fd"] == mended_fd)
+        .unwrap_or_else(|| panic!("the mended leak is not resolved\n{report}"));
+    assert_eq!(mended_resolved["kind"], "close_wait", "{report}");
+    assert_eq!(
+        mended_resolved["how"], "closed (found in /proc; the close was among the lost records)",
+        "{report}"
+    );
+    assert!(
+        !resolved.iter().any(|l| l["pid"] == kept.pid()),
+        "the leak still held was resolved\n{report}"
+    );
+    assert_eq!(
+        report.summary()["leaks_open"],
+        1,
+        "only the leak still held is open\n{report}"
+    );
+    assert_eq!(
+        kernel_socket(kept.pid(), kept_fd)?.0,
+        TCP_CLOSE_WAIT,
+        "the kept leak is real\n{report}"
+    );
+    Ok(())
+}
+
 /// A well-behaved server under churn: no false positives, and enough sockets seen to prove the
 /// probes were live (otherwise "no leaks" would hold trivially).
 #[test]

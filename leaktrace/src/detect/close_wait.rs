@@ -6,12 +6,6 @@ use super::{Since, Verdict};
 use crate::timeline::Timeline;
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
-    if timeline.closed() {
-        return Verdict::Clear { how: "closed" };
-    }
-    if timeline.destroyed() {
-        return Verdict::Clear { how: "destroyed" };
-    }
     match (timeline.state(), timeline.close_wait_since()) {
         (Some(tcp_state::CLOSE_WAIT), Some(ns)) => Verdict::Holds {
             since: Since {

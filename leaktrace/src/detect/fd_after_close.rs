@@ -14,12 +14,6 @@ use super::{Since, Verdict};
 use crate::timeline::Timeline;
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
-    if timeline.closed() {
-        return Verdict::Clear { how: "closed" };
-    }
-    if timeline.destroyed() {
-        return Verdict::Clear { how: "destroyed" };
-    }
     // A socket without a peer never had a connection to end: created and not yet connected, or a
     // listener shut down; both are in CLOSE too.
     let (Some(tcp_state::CLOSE), Some((ended, found_at_start)), Some(_)) = (

@@ -19,12 +19,6 @@ use crate::timeline::Timeline;
 const QUIET_SLACK_NS: u64 = 1_000_000_000;
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
-    if timeline.closed() {
-        return Verdict::Clear { how: "closed" };
-    }
-    if timeline.destroyed() {
-        return Verdict::Clear { how: "destroyed" };
-    }
     let Some(partner) = timeline.partner() else {
         return Verdict::Clear { how: "traffic" };
     };

@@ -58,7 +58,8 @@ struct Since {
     before_trace: bool,
 }
 
-/// What every detector file provides.
+/// What every detector file provides. It sees only sockets some process still holds: the
+/// ends every class shares are [`ended`]'s.
 type Check = fn(&Timeline) -> Verdict;
 
 /// Adding a leak class: a new file with a `check`, a `LeakKind` variant, one line here. The
@@ -74,6 +75,22 @@ const DETECTORS: [(LeakKind, Check); 4] = [
 /// Every leak class, in the order the detectors run.
 pub fn kinds() -> impl Iterator<Item = LeakKind> {
     DETECTORS.into_iter().map(|(kind, _)| kind)
+}
+
+/// What ends a socket's leaks whatever their class: the owner's exit releases every fd, and a
+/// socket closed or destroyed is held by nobody.
+fn ended(timeline: &Timeline) -> Option<&'static str> {
+    if timeline.owner_exited() {
+        Some("owner exited")
+    } else if timeline.close_unrecorded() {
+        Some("closed (found in /proc; the close was among the lost records)")
+    } else if timeline.closed() {
+        Some("closed")
+    } else if timeline.destroyed() {
+        Some("destroyed")
+    } else {
+        None
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,13 +191,9 @@ impl Detectors {
         for (key, timeline) in store.iter() {
             for (kind, check) in DETECTORS {
                 let id = (*key, kind);
-                // Whatever the class, a leak ends with its owner: the exit releases every fd.
-                let verdict = if timeline.owner_exited() {
-                    Verdict::Clear {
-                        how: "owner exited",
-                    }
-                } else {
-                    check(timeline)
+                let verdict = match ended(timeline) {
+                    Some(how) => Verdict::Clear { how },
+                    None => check(timeline),
                 };
                 match (verdict, self.tracked.get(&id)) {
                     (Verdict::Holds { .. }, Some(Tracked::Reported { .. })) => {}

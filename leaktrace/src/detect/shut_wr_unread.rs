@@ -6,12 +6,6 @@ use crate::decoder::ReceiveState;
 use crate::timeline::Timeline;
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
-    if timeline.closed() {
-        return Verdict::Clear { how: "closed" };
-    }
-    if timeline.destroyed() {
-        return Verdict::Clear { how: "destroyed" };
-    }
     match unconsumed(timeline) {
         Unconsumed::Since(ns) => Verdict::Holds {
             since: Since {

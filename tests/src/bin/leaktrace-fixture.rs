@@ -18,9 +18,10 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
-  close-wait-server --conns N [--release-after-ms MS]
+  close-wait-server --conns N [--release-after-ms MS] [--release-on-connect]
                                      read each connection to EOF, never close it (incident 1);
-                                     with --release-after-ms, close them all MS later
+                                     with --release-after-ms, close them all MS later; with
+                                     --release-on-connect, when one more connection comes
   shut-wr-server --mode never-read|read-then-stop --expect BYTES [--pause-ms MS]
                  [--release-after-ms MS]
                                      reply, shutdown(SHUT_WR), then never read the peer's
@@ -112,6 +113,8 @@ struct Opts {
     expect: usize,
     /// A leak that its owner finally mends, to check it is reported as resolved.
     release_after: Option<Duration>,
+    /// Mend it when the test says so, by connecting once more: at a moment of its choosing.
+    release_on_connect: bool,
     exit_code: i32,
     fd: i32,
 }
@@ -137,6 +140,7 @@ impl Opts {
             mode: Mode::NeverRead,
             expect: 0,
             release_after: None,
+            release_on_connect: false,
             exit_code: 0,
             fd: -1,
         };
@@ -153,6 +157,7 @@ impl Opts {
                 "--propagate" => o.propagate = true,
                 "--reset" => o.reset = true,
                 "--close-first" => o.close_first = true,
+                "--release-on-connect" => o.release_on_connect = true,
                 "--conns" => o.conns = value()?.parse()?,
                 "--concurrency" => o.concurrency = value()?.parse()?,
                 "--port" => o.port = value()?.parse()?,
@@ -237,6 +242,12 @@ fn close_wait_server(o: &Opts) -> Result<()> {
     }
     if let Some(after) = o.release_after {
         thread::sleep(after);
+        drop(held);
+        println!("RELEASED");
+        hold_forever(Vec::new())
+    }
+    if o.release_on_connect {
+        drop(accept(&listener)?);
         drop(held);
         println!("RELEASED");
         hold_forever(Vec::new())
