@@ -63,6 +63,7 @@ mod tests {
 
     use leaktrace_common::tcp_state::*;
 
+    use super::super::tests::{leaks, the_leak};
     use super::super::{Detectors, LeakKind, Outcome};
     use crate::activity::{KernelTimer, Sample, Wanted};
     use crate::decoder::{Event, EventKind, Owner, SockKey};
@@ -197,16 +198,6 @@ mod tests {
         ));
     }
 
-    fn leaks(outcomes: &[Outcome]) -> Vec<&super::super::Finding> {
-        outcomes
-            .iter()
-            .filter_map(|o| match o {
-                Outcome::Leak(f) => Some(f),
-                Outcome::Resolved(_) => None,
-            })
-            .collect()
-    }
-
     #[test]
     fn upstream_silent_after_the_client_half_closed() {
         let kernel = Kernel::default();
@@ -224,10 +215,7 @@ mod tests {
         assert_eq!(kernel.reads(), 1);
         kernel.quiet_since(505, 3504, None);
         assert!(detectors.evaluate(&mut store, 3504 * MS).is_empty());
-        let outcomes = detectors.evaluate(&mut store, 3506 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 3506 * MS);
         assert_eq!(finding.kind, LeakKind::IdleHalfClosed);
         assert_eq!((finding.pid, finding.fd), (OWNER, Some(6)));
         assert_eq!(finding.state, "ESTABLISHED");

@@ -460,7 +460,7 @@ mod tests {
         Detectors::new(Duration::from_secs(1), Duration::from_secs(3))
     }
 
-    fn leaks(outcomes: &[Outcome]) -> Vec<&Finding> {
+    pub(super) fn leaks(outcomes: &[Outcome]) -> Vec<&Finding> {
         outcomes
             .iter()
             .filter_map(|o| match o {
@@ -468,6 +468,15 @@ mod tests {
                 Outcome::Resolved(_) => None,
             })
             .collect()
+    }
+
+    /// The one leak the detectors report at `now_ns`, and nothing else.
+    pub(super) fn the_leak(detectors: &mut Detectors, store: &mut Store, now_ns: u64) -> Finding {
+        let outcomes = detectors.evaluate(store, now_ns);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
+        finding.clone()
     }
 
     fn kinds(outcomes: &[Outcome]) -> Vec<LeakKind> {
@@ -511,10 +520,7 @@ mod tests {
         close_wait(&mut store, SOCK, 100 * MS);
 
         assert!(detectors.evaluate(&mut store, 1099 * MS).is_empty());
-        let outcomes = detectors.evaluate(&mut store, 1100 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 1100 * MS);
         assert_eq!(finding.kind, LeakKind::CloseWait);
         assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
         assert_eq!(finding.comm, "mailer");
@@ -624,10 +630,7 @@ mod tests {
         close_wait(&mut store, second, 500 * MS);
 
         assert!(detectors.evaluate(&mut store, 1499 * MS).is_empty());
-        let outcomes = detectors.evaluate(&mut store, 1600 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 1600 * MS);
         assert_eq!(finding.sock, second);
         assert_eq!(finding.age, Duration::from_millis(1100));
         assert!(finding.timeline.iter().all(|e| e.sock == second));
@@ -684,10 +687,7 @@ mod tests {
         peer_sends_and_closes(&mut store, 6);
 
         assert!(detectors.evaluate(&mut store, 1199 * MS).is_empty());
-        let outcomes = detectors.evaluate(&mut store, 1200 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 1200 * MS);
         assert_eq!(finding.kind, LeakKind::ShutWrUnread);
         assert_eq!(finding.state, "CLOSE");
         assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
@@ -710,10 +710,7 @@ mod tests {
             peer_sends_and_closes(&mut store, 6);
             recv(&mut store, 220 * MS, 6, copied_after_read, 1007);
 
-            let outcomes = detectors.evaluate(&mut store, 1200 * MS);
-            let [finding] = leaks(&outcomes)[..] else {
-                panic!("expected one leak: {outcomes:?}");
-            };
+            let finding = the_leak(&mut detectors, &mut store, 1200 * MS);
             assert_eq!(
                 (
                     finding.unread_bytes,
@@ -766,10 +763,7 @@ mod tests {
             true,
         )));
         recv(&mut store, 20 * MS, 0, 1001, 1001);
-        let outcomes = detectors.evaluate(&mut store, 1100 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 1100 * MS);
         assert_eq!(finding.kind, LeakKind::CloseWait);
         assert_eq!((finding.unread_bytes, finding.eof_unread), (0, false));
     }
@@ -793,10 +787,7 @@ mod tests {
         let mut store = Store::default();
         let mut detectors = detectors();
         store.insert(present(100 * MS, CLOSE_WAIT, false, 1001, true));
-        let outcomes = detectors.evaluate(&mut store, 150 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 150 * MS);
         assert_eq!(finding.kind, LeakKind::CloseWait);
         assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
         assert!(finding.age_at_least);
@@ -820,10 +811,7 @@ mod tests {
             state(ESTABLISHED, CLOSE_WAIT),
         )));
         assert!(detectors.evaluate(&mut store, 1199 * MS).is_empty());
-        let outcomes = detectors.evaluate(&mut store, 1200 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 1200 * MS);
         assert!(!finding.age_at_least);
     }
 
@@ -832,10 +820,7 @@ mod tests {
         let mut store = Store::default();
         let mut detectors = detectors();
         store.insert(present(100 * MS, CLOSE, true, 1013, true));
-        let outcomes = detectors.evaluate(&mut store, 100 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 100 * MS);
         assert_eq!(finding.kind, LeakKind::ShutWrUnread);
         assert_eq!((finding.unread_bytes, finding.eof_unread), (12, true));
         assert!(finding.age_at_least);
@@ -867,10 +852,7 @@ mod tests {
         };
         store.insert(event(SOCK, 100 * MS, shutdown));
         peer_sends_and_closes(&mut store, 6);
-        let outcomes = detectors.evaluate(&mut store, 1200 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 1200 * MS);
         assert_eq!(finding.bytes_after_shutdown, 6);
     }
 
@@ -910,10 +892,7 @@ mod tests {
         let mut detectors = detectors();
         shut_down(&mut store, SHUT_WR);
         peer_sends_and_closes(&mut store, 0);
-        let outcomes = detectors.evaluate(&mut store, 1300 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 1300 * MS);
         assert_eq!(
             (
                 finding.unread_bytes,
@@ -953,10 +932,7 @@ mod tests {
             false,
         )));
         assert!(detectors.evaluate(&mut store, 1399 * MS).is_empty());
-        let outcomes = detectors.evaluate(&mut store, 1400 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 1400 * MS);
         assert_eq!(
             (finding.unread_bytes, finding.bytes_after_shutdown),
             (4, 10)
@@ -1051,10 +1027,7 @@ mod tests {
             reset(&mut store, SOCK, 100 * MS);
 
             assert!(detectors.evaluate(&mut store, 1099 * MS).is_empty());
-            let outcomes = detectors.evaluate(&mut store, 1100 * MS);
-            let [finding] = leaks(&outcomes)[..] else {
-                panic!("expected one leak: {outcomes:?}");
-            };
+            let finding = the_leak(&mut detectors, &mut store, 1100 * MS);
             assert_eq!(finding.kind, LeakKind::FdAfterClose);
             assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
             assert_eq!(finding.state, "CLOSE");
@@ -1108,10 +1081,7 @@ mod tests {
         );
         assert!(leaks(&outcomes).is_empty());
         assert!(detectors.evaluate(&mut store, 6199 * MS).is_empty());
-        let outcomes = detectors.evaluate(&mut store, 6200 * MS);
-        let [finding] = leaks(&outcomes)[..] else {
-            panic!("expected one leak: {outcomes:?}");
-        };
+        let finding = the_leak(&mut detectors, &mut store, 6200 * MS);
         assert_eq!(finding.kind, LeakKind::FdAfterClose);
         assert_eq!(finding.age, Duration::from_secs(1));
         assert_eq!((finding.unread_bytes, finding.eof_unread), (0, false));
@@ -1145,10 +1115,7 @@ mod tests {
             let mut store = Store::default();
             let mut detectors = detectors();
             store.insert(present(100 * MS, CLOSE, true, rcv_nxt, fin));
-            let outcomes = detectors.evaluate(&mut store, 150 * MS);
-            let [finding] = leaks(&outcomes)[..] else {
-                panic!("expected one leak: {outcomes:?}");
-            };
+            let finding = the_leak(&mut detectors, &mut store, 150 * MS);
             assert_eq!(finding.kind, LeakKind::FdAfterClose);
             assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
             assert_eq!(finding.state, "CLOSE");
