@@ -63,14 +63,13 @@ mod tests {
 
     use leaktrace_common::tcp_state::*;
 
-    use super::super::tests::{leaks, the_leak};
+    use super::super::tests::{leaks, the_leak, MS};
     use super::super::{Detectors, LeakKind, Outcome};
     use crate::activity::{KernelTimer, Sample, Wanted};
     use crate::decoder::{Event, EventKind, Owner, SockKey};
     use crate::timeline::tests::{event, from_peer, key, state, OWNER};
     use crate::timeline::Store;
 
-    const MS: u64 = 1_000_000;
     /// The proxy's socket for its client, and the one it connected upstream for that client.
     const CLIENT: SockKey = SockKey {
         addr: 0xa000,
@@ -108,6 +107,13 @@ mod tests {
         fn reads(&self) -> u32 {
             *self.reads.lock().unwrap()
         }
+    }
+
+    /// A proxy with no sockets yet: the kernel's answers, its timelines, its detectors.
+    fn proxy() -> (Kernel, Store, Detectors) {
+        let kernel = Kernel::default();
+        let detectors = detectors(&kernel);
+        (kernel, Store::default(), detectors)
     }
 
     /// The proxy's detectors (idle after 3s) reading `kernel`.
@@ -200,9 +206,7 @@ mod tests {
 
     #[test]
     fn upstream_silent_after_the_client_half_closed() {
-        let kernel = Kernel::default();
-        let mut store = Store::default();
-        let mut detectors = detectors(&kernel);
+        let (kernel, mut store, mut detectors) = proxy();
         proxied_pair(&mut store, 110);
         // Nothing to ask the kernel about before a half-close.
         assert!(detectors.evaluate(&mut store, 400 * MS).is_empty());
@@ -239,9 +243,7 @@ mod tests {
 
     #[test]
     fn without_an_inode_the_sample_is_found_by_addresses() {
-        let kernel = Kernel::default();
-        let mut store = Store::default();
-        let mut detectors = detectors(&kernel);
+        let (kernel, mut store, mut detectors) = proxy();
         proxied_pair_with(&mut store, 110, None);
         client_half_closes(&mut store, 500);
         kernel.quiet_since(505, 3600, None);
@@ -252,9 +254,7 @@ mod tests {
     #[test]
     fn with_an_inode_only_the_inode_matches() {
         // A sample of another inode is not this socket's, whatever the addresses say.
-        let kernel = Kernel::default();
-        let mut store = Store::default();
-        let mut detectors = detectors(&kernel);
+        let (kernel, mut store, mut detectors) = proxy();
         proxied_pair_with(&mut store, 110, Some(UPSTREAM_INO + 1));
         client_half_closes(&mut store, 500);
         kernel.quiet_since(505, 3600, None);
@@ -264,9 +264,7 @@ mod tests {
     #[test]
     fn keepalive_or_data_in_flight_is_no_leak() {
         for timer in [KernelTimer::Keepalive, KernelTimer::Other] {
-            let kernel = Kernel::default();
-            let mut store = Store::default();
-            let mut detectors = detectors(&kernel);
+            let (kernel, mut store, mut detectors) = proxy();
             proxied_pair(&mut store, 110);
             client_half_closes(&mut store, 500);
             for now_ms in [600, 1600, 2600, 3600, 60_000] {
@@ -280,9 +278,7 @@ mod tests {
     fn upstream_still_talking_after_the_half_close_is_no_leak() {
         // The client sent its request and half-closed; the upstream answered afterwards and the
         // proxy keeps the connection (a response still streaming, or the proxy about to close it).
-        let kernel = Kernel::default();
-        let mut store = Store::default();
-        let mut detectors = detectors(&kernel);
+        let (kernel, mut store, mut detectors) = proxy();
         proxied_pair(&mut store, 110);
         client_half_closes(&mut store, 500);
         for now_ms in [600, 1600, 2600, 3600, 60_000] {
@@ -295,9 +291,7 @@ mod tests {
     fn a_pooled_connection_has_no_partner() {
         // Opened for an earlier client long before this one: idle in the pool, no leak, and not
         // even a look at the kernel's socket table.
-        let kernel = Kernel::default();
-        let mut store = Store::default();
-        let mut detectors = detectors(&kernel);
+        let (kernel, mut store, mut detectors) = proxy();
         proxied_pair(&mut store, 100 + 10_000);
         client_half_closes(&mut store, 10_500);
         kernel.quiet_since(10_505, 60_000, None);
@@ -310,9 +304,7 @@ mod tests {
     #[test]
     fn two_accepted_clients_are_no_pair() {
         // A plain server: one client half-closes, another accepted at once sits idle.
-        let kernel = Kernel::default();
-        let mut store = Store::default();
-        let mut detectors = detectors(&kernel);
+        let (kernel, mut store, mut detectors) = proxy();
         let (server, client) = ("127.0.0.1:8080", "127.0.0.1:50400");
         store.insert(on(CLIENT, 100, EventKind::Accept { fd: 5 }, server, client));
         let other = key(0xc000, 3);
@@ -326,9 +318,7 @@ mod tests {
 
     #[test]
     fn the_upstream_closing_too_is_close_wait_only() {
-        let kernel = Kernel::default();
-        let mut store = Store::default();
-        let mut detectors = detectors(&kernel);
+        let (kernel, mut store, mut detectors) = proxy();
         proxied_pair(&mut store, 110);
         client_half_closes(&mut store, 500);
         kernel.quiet_since(505, 3600, None);

@@ -450,7 +450,7 @@ mod tests {
     use crate::decoder::EventKind;
     use crate::timeline::tests::{event, from_peer, key, state, with_receive, OWNER};
 
-    const MS: u64 = 1_000_000;
+    pub(super) const MS: u64 = 1_000_000;
     const SOCK: SockKey = SockKey {
         addr: 0x1000,
         born_ns: 1,
