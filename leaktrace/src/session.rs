@@ -379,7 +379,7 @@ impl Session {
     fn progress(&mut self) -> Result<(), Failure> {
         let progress = self
             .detectors
-            .progress(&self.store, monotonic_ns(), self.counts_now()?);
+            .progress(&self.store, monotonic_ns(), self.counts);
         self.reporter
             .progress(&progress)
             .map_err(Failure::writing)?;
@@ -401,7 +401,7 @@ impl Session {
                 .context("writing the trace file")?;
         }
         if let Some(metrics) = &self.metrics {
-            metrics.totals(&self.counts_now()?, self.store.tracked());
+            metrics.totals(&self.counts, self.store.tracked());
         }
         Ok(())
     }
@@ -457,15 +457,6 @@ impl Session {
         self.store.recheck_owners(now);
         self.loss_unchecked = false;
         self.rechecked = Some(Instant::now());
-    }
-
-    /// The counts with the lost events as of now. `note_losses` alone updates the session's own
-    /// copy, so that it notices each new loss.
-    fn counts_now(&self) -> Result<IngestCounts, Failure> {
-        Ok(IngestCounts {
-            lost_events: self.lost_events()?,
-            ..self.counts
-        })
     }
 
     /// Records that did not fit in the ring buffer, counted per CPU by the kernel side.
