@@ -1,144 +1,303 @@
 //! Reads of kernel structs at the offsets userspace resolved from BTF.
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+//!
+//! Two ways to read, chosen by the program type: [`Btf`] loads fields straight from the
+//! BTF-typed pointers that `tp_btf`, `fentry` and `fexit` programs receive (the verifier checks
+//! each load against the kernel's types, knowing the offset because `CONFIG` is frozen
+//! `.rodata`, and the JIT emits a plain load with a fault handler: no helper call); [`Probe`]
+//! goes through `bpf_probe_read_kernel`, which classic tracepoints and kprobes need, as their
+//! pointers are bare integers. Each pointer has its own type ([`Sock`], [`Socket`], [`File`]),
+//! so an offset of one struct is never applied to another.
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_skc_to_tcp_sock};
 use leaktrace_common::{
-    Record, AF_INET, AF_INET6, FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE, OFFSET_UNKNOWN,
+    shutdown_how, ProbeFailure, AF_INET, AF_INET6, FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE,
+    OFFSET_UNKNOWN,
 };
 
-use crate::{config, error::ProbeError};
+use crate::{config, failure::count_failure};
 
 const IPPROTO_TCP: u16 = 6;
-// File type bits of `inode.i_mode`: part of the stat(2) ABI, not a kernel-internal layout.
-const S_IFMT: u16 = 0o170000;
-const S_IFSOCK: u16 = 0o140000;
+// include/net/sock.h: `#define RCV_SHUTDOWN 1`, `#define SEND_SHUTDOWN 2`, macros BTF does not
+// carry; unchanged since the first TCP implementation.
+const RCV_SHUTDOWN: u8 = 1;
+const SEND_SHUTDOWN: u8 = 2;
 
-#[inline(always)]
-pub fn read<T>(base: u64, offset: u32) -> Result<T, ProbeError> {
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }
-        .map_err(|_| ProbeError::Read)
+/// How a program reads kernel memory.
+pub trait Reader {
+    /// The `T` at `base + offset`; `None` (counted as a failed read) if it cannot be read.
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T>;
+
+    /// The `tcp_sock` view of `sk` (the same address) for reading its TCP fields.
+    fn tcp_sock(sk: Sock) -> Option<u64>;
 }
 
-/// A TCP socket reached through an fd.
-pub struct FdSocket {
-    pub sk: u64,
-    /// The `struct file` the fd points to.
-    pub file: u64,
-    /// Its inode number: `socket:[ino]` in /proc/<pid>/fd.
-    pub ino: u64,
-}
+/// Direct loads through BTF-typed pointers: only for `tp_btf`, `fentry` and `fexit` programs,
+/// and only on pointers that came from their arguments or from loads through those.
+pub enum Btf {}
 
-impl FdSocket {
-    /// Whether references other than this fd's keep the file open (a dup, a forked child's
-    /// copy, an fd passed over a unix socket): closing this fd then releases nothing.
+impl Reader for Btf {
     #[inline(always)]
-    pub fn shared(&self) -> Result<bool, ProbeError> {
-        let count: i64 = read(self.file, config!(kernel.file_count))?;
-        Ok(count > config!(kernel.file_count_one) as i64)
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+        // SAFETY: the verifier accepts the load only where `base` is a BTF pointer and the
+        // offset names a field of type T in its struct; a fault (a NULL or stale pointer) reads
+        // zeros instead of crashing.
+        Some(unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize).cast()) })
+    }
+
+    #[inline(always)]
+    fn tcp_sock(sk: Sock) -> Option<u64> {
+        // SAFETY: the helper checks that `sk` is a full TCP socket and returns NULL otherwise.
+        let tcp = unsafe { bpf_skc_to_tcp_sock(sk.0 as *mut _) };
+        (!tcp.is_null()).then_some(tcp as u64)
     }
 }
 
-/// The TCP socket behind `fd` in the current task's fd table:
-/// task->files->fdt->fd[fd]->private_data (a `struct socket`)->sk.
-#[inline(always)]
-pub fn tcp_sock_of_fd(fd: i32) -> Result<FdSocket, ProbeError> {
-    if fd < 0 {
-        return Err(ProbeError::NotTcpSocket);
+/// `bpf_probe_read_kernel`: for programs whose pointers are plain integers.
+pub enum Probe {}
+
+impl Reader for Probe {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+        // SAFETY: the helper validates the address and copies nothing on a fault.
+        match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
+            Ok(value) => Some(value),
+            Err(_) => {
+                count_failure(ProbeFailure::Read);
+                None
+            }
+        }
     }
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, config!(kernel.task_files))?;
-    let fdt: u64 = read(files, config!(kernel.files_fdt))?;
-    let max_fds: u32 = read(fdt, config!(kernel.fdtable_max_fds))?;
-    if fd as u32 >= max_fds {
-        return Err(ProbeError::NotTcpSocket);
+
+    #[inline(always)]
+    fn tcp_sock(sk: Sock) -> Option<u64> {
+        Some(sk.0)
     }
-    let fd_array: u64 = read(fdt, config!(kernel.fdtable_fd))?;
-    let file: u64 = read(fd_array, fd as u32 * 8)?;
-    if file == 0 {
-        return Err(ProbeError::NotTcpSocket);
-    }
-    let inode: u64 = read(file, config!(kernel.file_inode))?;
-    let mode: u16 = read(inode, config!(kernel.inode_mode))?;
-    if mode & S_IFMT != S_IFSOCK {
-        return Err(ProbeError::NotTcpSocket);
-    }
-    let socket: u64 = read(file, config!(kernel.file_private_data))?;
-    let sk: u64 = read(socket, config!(kernel.socket_sk))?;
-    if sk == 0 || !is_tcp(sk)? {
-        return Err(ProbeError::NotTcpSocket);
-    }
-    let ino = read(inode, config!(kernel.inode_ino))?;
-    Ok(FdSocket { sk, file, ino })
 }
 
-#[inline(always)]
-pub fn is_tcp(sk: u64) -> Result<bool, ProbeError> {
-    let family = family(sk)?;
-    if family != AF_INET && family != AF_INET6 {
-        return Ok(false);
+/// A `struct sock *`.
+#[derive(Clone, Copy)]
+pub struct Sock(pub u64);
+
+/// A `struct socket *`: the socket's file side, present once a process holds it.
+#[derive(Clone, Copy)]
+pub struct Socket(u64);
+
+/// A `struct file *`.
+#[derive(Clone, Copy)]
+pub struct File(u64);
+
+/// Whether a file still has references, as read while a TCP state changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FileRefs {
+    /// Some fd (or an in-flight SCM_RIGHTS message, or a duplicate) still refers to it.
+    Held,
+    /// The last reference went: the kernel is closing the socket (`close(2)`, process exit).
+    Released,
+}
+
+impl Sock {
+    #[inline(always)]
+    pub fn addr(self) -> u64 {
+        self.0
     }
-    let protocol = if config!(kernel.sock_protocol_size) == 1 {
-        read::<u8>(sk, config!(kernel.sock_protocol))? as u16
-    } else {
-        read::<u16>(sk, config!(kernel.sock_protocol))?
-    };
-    Ok(protocol == IPPROTO_TCP)
-}
 
-#[inline(always)]
-pub fn family(sk: u64) -> Result<u16, ProbeError> {
-    read(sk, config!(kernel.sock_family))
-}
-
-#[inline(always)]
-pub fn local_port(sk: u64) -> Result<u16, ProbeError> {
-    read(sk, config!(kernel.sock_num))
-}
-
-#[inline(always)]
-pub fn state(sk: u64) -> Result<u8, ProbeError> {
-    read(sk, config!(kernel.sock_state))
-}
-
-/// `sk_shutdown & SEND_SHUTDOWN`: the sending side was shut down (shutdown(2) or close).
-#[inline(always)]
-pub fn send_shutdown(sk: u64) -> Result<bool, ProbeError> {
-    // include/net/sock.h: `#define SEND_SHUTDOWN 2`, a macro BTF does not carry; it has not
-    // changed since the first TCP implementation.
-    const SEND_SHUTDOWN: u8 = 2;
-    let offset = config!(kernel.sock_shutdown);
-    if offset == OFFSET_UNKNOWN {
-        return Ok(false);
+    #[inline(always)]
+    pub fn family<R: Reader>(self) -> u16 {
+        R::read(self.0, config!(kernel.sock_family)).unwrap_or(0)
     }
-    Ok(read::<u8>(sk, offset)? & SEND_SHUTDOWN != 0)
+
+    #[inline(always)]
+    pub fn is_tcp<R: Reader>(self) -> bool {
+        let family = self.family::<R>();
+        if family != AF_INET && family != AF_INET6 {
+            return false;
+        }
+        let protocol = if config!(kernel.sock_protocol_size) == 1 {
+            R::read::<u8>(self.0, config!(kernel.sock_protocol)).map(u16::from)
+        } else {
+            R::read::<u16>(self.0, config!(kernel.sock_protocol))
+        };
+        protocol == Some(IPPROTO_TCP)
+    }
+
+    #[inline(always)]
+    pub fn local_port<R: Reader>(self) -> u16 {
+        R::read(self.0, config!(kernel.sock_num)).unwrap_or(0)
+    }
+
+    #[inline(always)]
+    pub fn state<R: Reader>(self) -> Option<u8> {
+        R::read(self.0, config!(kernel.sock_state))
+    }
+
+    #[inline(always)]
+    fn flag<R: Reader>(self, bit: u32) -> bool {
+        R::read::<u64>(self.0, config!(kernel.sock_flags))
+            .is_some_and(|flags| flags & (1u64 << (bit & 63)) != 0)
+    }
+
+    #[inline(always)]
+    fn shutdown_bits<R: Reader>(self) -> u8 {
+        let offset = config!(kernel.sock_shutdown);
+        if offset == OFFSET_UNKNOWN {
+            return 0;
+        }
+        R::read::<u8>(self.0, offset).unwrap_or(0)
+    }
+
+    /// The sending side was shut down (shutdown(2) or close).
+    #[inline(always)]
+    pub fn send_shutdown<R: Reader>(self) -> bool {
+        self.shutdown_bits::<R>() & SEND_SHUTDOWN != 0
+    }
+
+    /// `shutdown(2)`'s `how`, as the socket's shutdown bits show it after a shutdown that
+    /// stopped sending.
+    #[inline(always)]
+    pub fn shutdown_how<R: Reader>(self) -> i32 {
+        if self.shutdown_bits::<R>() & RCV_SHUTDOWN != 0 {
+            shutdown_how::SHUT_RDWR
+        } else {
+            shutdown_how::SHUT_WR
+        }
+    }
+
+    /// The socket's file side; `None` before `accept` has given it one.
+    #[inline(always)]
+    pub fn socket<R: Reader>(self) -> Option<Socket> {
+        R::read::<u64>(self.0, config!(kernel.sock_socket))
+            .filter(|&socket| socket != 0)
+            .map(Socket)
+    }
+
+    /// Addresses and ports: `(family, local port, remote port)`, and the addresses into `saddr`
+    /// and `daddr`. A failed read leaves zeros.
+    #[inline(always)]
+    pub fn endpoints<R: Reader>(
+        self,
+        saddr: &mut [u8; 16],
+        daddr: &mut [u8; 16],
+    ) -> (u16, u16, u16) {
+        let family = self.family::<R>();
+        let sport = self.local_port::<R>();
+        let dport = u16::from_be(R::read(self.0, config!(kernel.sock_dport)).unwrap_or(0));
+        if family == AF_INET {
+            let local: u32 = R::read(self.0, config!(kernel.sock_rcv_saddr)).unwrap_or(0);
+            let remote: u32 = R::read(self.0, config!(kernel.sock_daddr)).unwrap_or(0);
+            saddr[..4].copy_from_slice(&local.to_ne_bytes());
+            daddr[..4].copy_from_slice(&remote.to_ne_bytes());
+        } else if family == AF_INET6 {
+            copy_v6::<R>(self.0, config!(kernel.sock_v6_rcv_saddr), saddr);
+            copy_v6::<R>(self.0, config!(kernel.sock_v6_daddr), daddr);
+        }
+        (family, sport, dport)
+    }
+
+    /// The receive side now; `ReceiveSide::UNREAD` if it cannot be read.
+    #[inline(always)]
+    pub fn receive_side<R: Reader>(self) -> ReceiveSide {
+        let Some(tcp) = R::tcp_sock(self) else {
+            return ReceiveSide::UNREAD;
+        };
+        let (Some(rcv_nxt), Some(copied_seq), Some(qlen)) = (
+            R::read::<u32>(tcp, config!(kernel.tcp_rcv_nxt)),
+            R::read::<u32>(tcp, config!(kernel.tcp_copied_seq)),
+            R::read::<u32>(self.0, config!(kernel.sock_receive_qlen)),
+        ) else {
+            return ReceiveSide::UNREAD;
+        };
+        let mut flags = FLAG_HAS_RECEIVE_STATE;
+        if self.flag::<R>(config!(kernel.sock_done_bit)) {
+            flags |= FLAG_FIN_RECEIVED;
+        }
+        ReceiveSide {
+            rcv_nxt,
+            copied_seq,
+            qlen,
+            flags,
+        }
+    }
 }
 
-/// Addresses and ports of `sk`, into `record`. Best effort: a failed read leaves zeros.
+/// Four 32-bit loads: one 16-byte copy is no single instruction, and a load must stay inside
+/// one field of `struct in6_addr` for the verifier.
 #[inline(always)]
-pub fn fill_endpoints(record: &mut Record, sk: u64) {
-    let family = family(sk).unwrap_or(0);
-    record.family = family;
-    record.sport = local_port(sk).unwrap_or(0);
-    record.dport = u16::from_be(read(sk, config!(kernel.sock_dport)).unwrap_or(0));
-    if family == AF_INET {
-        let saddr: [u8; 4] = read(sk, config!(kernel.sock_rcv_saddr)).unwrap_or([0; 4]);
-        let daddr: [u8; 4] = read(sk, config!(kernel.sock_daddr)).unwrap_or([0; 4]);
-        record.saddr[..4].copy_from_slice(&saddr);
-        record.daddr[..4].copy_from_slice(&daddr);
-    } else if family == AF_INET6 {
-        record.saddr = read(sk, config!(kernel.sock_v6_rcv_saddr)).unwrap_or([0; 16]);
-        record.daddr = read(sk, config!(kernel.sock_v6_daddr)).unwrap_or([0; 16]);
+fn copy_v6<R: Reader>(base: u64, offset: u32, out: &mut [u8; 16]) {
+    for i in 0..4 {
+        let word: u32 = R::read(base, offset + i * 4).unwrap_or(0);
+        out[i as usize * 4..i as usize * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+}
+
+impl Socket {
+    #[inline(always)]
+    pub fn file<R: Reader>(self) -> Option<File> {
+        R::read::<u64>(self.0, config!(kernel.socket_file))
+            .filter(|&file| file != 0)
+            .map(File)
+    }
+
+    #[inline(always)]
+    pub fn sock<R: Reader>(self) -> Option<Sock> {
+        R::read::<u64>(self.0, config!(kernel.socket_sk))
+            .filter(|&sk| sk != 0)
+            .map(Sock)
+    }
+}
+
+impl File {
+    #[inline(always)]
+    pub fn from_raw(file: u64) -> Option<File> {
+        (file != 0).then_some(File(file))
+    }
+
+    /// Whether anything still refers to the file. Read while the kernel closes the socket, the
+    /// counter has already dropped past one reference (`f_count` to 0, `f_ref` below 0).
+    #[inline(always)]
+    pub fn refs<R: Reader>(self) -> FileRefs {
+        match R::read::<i64>(self.0, config!(kernel.file_count)) {
+            Some(count) if count < config!(kernel.file_count_one) as i64 => FileRefs::Released,
+            _ => FileRefs::Held,
+        }
+    }
+
+    /// The inode number: `socket:[ino]` in /proc/<pid>/fd.
+    #[inline(always)]
+    pub fn ino<R: Reader>(self) -> u64 {
+        R::read::<u64>(self.0, config!(kernel.file_inode))
+            .filter(|&inode| inode != 0)
+            .and_then(|inode| R::read::<u64>(inode, config!(kernel.inode_ino)))
+            .unwrap_or(0)
+    }
+
+    /// Whether the file is a socket (`S_IFSOCK` in the inode's mode).
+    #[inline(always)]
+    pub fn is_socket<R: Reader>(self) -> bool {
+        // File type bits of `inode.i_mode`: part of the stat(2) ABI, not a kernel layout.
+        const S_IFMT: u16 = 0o170000;
+        const S_IFSOCK: u16 = 0o140000;
+        R::read::<u64>(self.0, config!(kernel.file_inode))
+            .filter(|&inode| inode != 0)
+            .and_then(|inode| R::read::<u16>(inode, config!(kernel.inode_mode)))
+            .is_some_and(|mode| mode & S_IFMT == S_IFSOCK)
+    }
+
+    #[inline(always)]
+    pub fn socket<R: Reader>(self) -> Option<Socket> {
+        R::read::<u64>(self.0, config!(kernel.file_private_data))
+            .filter(|&socket| socket != 0)
+            .map(Socket)
     }
 }
 
 /// The receive side of a TCP socket at one moment: how far the peer's stream reached, how far
 /// the owner read it, whether the peer's FIN came, how many buffers are queued.
-#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ReceiveSide {
     pub rcv_nxt: u32,
     pub copied_seq: u32,
     pub qlen: u32,
     /// `FLAG_HAS_RECEIVE_STATE` (the reads succeeded) and `FLAG_FIN_RECEIVED`.
-    pub flags: u32,
+    pub flags: u16,
 }
 
 impl ReceiveSide {
@@ -149,35 +308,4 @@ impl ReceiveSide {
         qlen: 0,
         flags: 0,
     };
-
-    #[inline(always)]
-    pub fn write_to(&self, record: &mut Record) {
-        record.rcv_nxt = self.rcv_nxt;
-        record.copied_seq = self.copied_seq;
-        record.rcv_qlen = self.qlen;
-        record.flags |= self.flags as u8;
-    }
-}
-
-/// `sk`'s receive side now; `ReceiveSide::UNREAD` if a read fails.
-#[inline(always)]
-pub fn receive_side(sk: u64) -> ReceiveSide {
-    let (Ok(rcv_nxt), Ok(copied_seq), Ok(sk_flags), Ok(qlen)) = (
-        read::<u32>(sk, config!(kernel.tcp_rcv_nxt)),
-        read::<u32>(sk, config!(kernel.tcp_copied_seq)),
-        read::<u64>(sk, config!(kernel.sock_flags)),
-        read::<u32>(sk, config!(kernel.sock_receive_qlen)),
-    ) else {
-        return ReceiveSide::UNREAD;
-    };
-    let mut flags = FLAG_HAS_RECEIVE_STATE;
-    if sk_flags & (1u64 << (config!(kernel.sock_done_bit) & 63)) != 0 {
-        flags |= FLAG_FIN_RECEIVED;
-    }
-    ReceiveSide {
-        rcv_nxt,
-        copied_seq,
-        qlen,
-        flags: u32::from(flags),
-    }
 }

@@ -59,15 +59,20 @@ pub struct Wanted {
 /// Where samples come from: [`sampler`], or what a test makes up.
 pub type Sampler = dyn FnMut(&[Wanted]) -> io::Result<Vec<Sample>> + Send;
 
-/// The wanted sockets' samples, and maybe others': from sock_diag, else through their fds. The
-/// dump covers leaktrace's network namespace only, so the wanted sockets it lacks (a traced
-/// process in a container's namespace) are read through their fds too. Once the kernel said it
-/// has no TCP part of sock_diag (ENOENT: the module is not loaded and could not be), it is not
-/// asked again, nor made to try its module loader every second.
+/// Up to this many sockets are read through their fds: a sock_diag dump walks every TCP socket
+/// of the host, TIME_WAIT ones included, which on a host churning connections costs far more
+/// than a few `getsockopt` calls.
+const THROUGH_FDS_AT_MOST: usize = 32;
+
+/// The wanted sockets' samples, and maybe others': through their fds when they are few, else
+/// from sock_diag. The dump covers leaktrace's network namespace only, so the wanted sockets it
+/// lacks (a traced process in a container's namespace) are read through their fds too. Once the
+/// kernel said it has no TCP part of sock_diag (ENOENT: the module is not loaded and could not
+/// be), it is not asked again, nor made to try its module loader every second.
 pub fn sampler() -> Box<Sampler> {
     let mut diag_missing = false;
     Box::new(move |wanted: &[Wanted]| {
-        let diag_error = if diag_missing {
+        let diag_error = if diag_missing || wanted.len() <= THROUGH_FDS_AT_MOST {
             None
         } else {
             match sock_diag() {

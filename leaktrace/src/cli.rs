@@ -160,6 +160,13 @@ pub struct CommonArgs {
     /// syscall. Written as sockets go away and at the end, so memory stays bounded.
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
+    /// Also say which hooks were tried and refused, and why.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Attach every hook with programs that return at once: what the attach points cost by
+    /// themselves, for `cargo xtask bench`. Finds nothing.
+    #[arg(long, hide = true)]
+    pub floor: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

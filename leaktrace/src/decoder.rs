@@ -1,12 +1,13 @@
 //! Turns ring-buffer bytes into typed events: the only place that knows the raw [`Record`] layout
-//! and its sentinel values.
+//! and its sentinel values and flags.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use leaktrace_common::{
-    shutdown_how, Record, RecordKind, AF_INET, AF_INET6, FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE,
-    FLAG_OWNER_CONTEXT, FLAG_SEND_SHUTDOWN, FLAG_STILL_HELD, NO_FD, OWNER_UNKNOWN, RESULT_UNKNOWN,
+    shutdown_how, Record, RecordKind, AF_INET, AF_INET6, COMM_LEN, FLAG_FINAL, FLAG_FIN_RECEIVED,
+    FLAG_HAS_RECEIVE_STATE, FLAG_OWNER_CONTEXT, FLAG_RELEASED, FLAG_SEND_SHUTDOWN, FLAG_SHUTDOWN,
+    FLAG_TIME_WAIT, FLAG_UNTRACED, NO_FD, OWNER_UNKNOWN, RESULT_UNKNOWN,
 };
 
 /// One socket over its lifetime: the kernel reuses `struct sock` addresses, so the address alone
@@ -17,18 +18,55 @@ pub struct SockKey {
     pub born_ns: u64,
 }
 
+/// A task's name as the kernel keeps it: at most 16 bytes, NUL-padded. Kept as bytes so a record
+/// costs no allocation; spelled (lossily, as UTF-8) only when printed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm([u8; COMM_LEN]);
+
+impl Comm {
+    pub fn new(name: &str) -> Self {
+        let mut raw = [0; COMM_LEN];
+        let len = name.len().min(COMM_LEN);
+        raw[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self(raw)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        &self.0[..len]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0[0] == 0
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        String::from_utf8_lossy(self.bytes()).fmt(f)
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
 /// The task that was running when the event fired, which is not necessarily the socket's owner.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Task {
     pub tgid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Comm,
 }
 
 /// The process the kernel side has bound to the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub tgid: u32,
+    /// Known only for sockets found at start (from the fd leaktrace inspected); otherwise it is
+    /// looked up in /proc when a finding needs it.
     pub fd: Option<i32>,
 }
 
@@ -65,24 +103,27 @@ pub enum EventKind {
         old: u8,
         new: u8,
     },
+    /// The owner's connect(): its SYN_SENT transition, which the kernel side leaves for the
+    /// timeline to rebuild from the socket's birth (see [`Event::opening`]).
+    Connect,
+    /// Another process than the listener's took the connection (accept, or its first read).
+    /// `traced`: false when that process is not traced; the socket leaves the trace.
     Accept {
-        fd: i32,
+        traced: bool,
     },
+    /// The owner's shutdown(2) made the state change recorded with it.
     Shutdown {
-        fd: i32,
         how: i32,
-        ret: i64,
     },
-    /// `fd` is `None` when the kernel's `tcp_close` reported the release rather than `close(2)`.
+    /// The owner's last close (or its exit) released the socket. `final_record`: nothing more
+    /// will be recorded about it.
     Close {
-        fd: Option<i32>,
+        final_record: bool,
     },
-    /// `close(fd)` that released nothing: another fd (a dup, a forked child's copy, one passed
-    /// over a unix socket) still holds the socket.
-    FdClosed {
-        fd: i32,
+    /// `time_wait`: after its owner's close, the socket went through TIME_WAIT.
+    Destroy {
+        time_wait: bool,
     },
-    Destroy,
     /// `ret` is `None` where the hook cannot see the read's result.
     Recv {
         ret: Option<i64>,
@@ -95,9 +136,10 @@ pub enum EventKind {
         state: u8,
         send_shutdown: bool,
     },
-    Connect {
+    /// Not from the kernel: /proc showed that the task's process holds the socket as `fd` now,
+    /// after its recorded owner let go of it (passed it on, exited) or records of it were lost.
+    HandedOver {
         fd: i32,
-        ret: i64,
     },
     /// Not about a socket: the task's process started `child`, which is traced from now on.
     Fork {
@@ -107,7 +149,7 @@ pub enum EventKind {
     Exit,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
@@ -118,9 +160,77 @@ pub struct Event {
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub receive: Option<ReceiveState>,
-    /// The socket file's inode (`socket:[ino]` in /proc/<pid>/fd), where the hook knew it.
+    /// The socket file's inode (`socket:[ino]` in /proc/<pid>/fd), where the socket had one.
     pub ino: Option<u64>,
     pub kind: EventKind,
+}
+
+impl Event {
+    /// The transitions that opened the socket, which the kernel side does not record: their time
+    /// is the socket's birth and their states follow from the first recorded transition's
+    /// `old`. For the first event seen of a socket; empty when it tells nothing of an opening.
+    pub fn opening(&self) -> impl Iterator<Item = Event> {
+        let (connected, accepted) = match self.kind {
+            EventKind::State { old, .. } => (
+                old == leaktrace_common::tcp_state::SYN_SENT,
+                old == leaktrace_common::tcp_state::SYN_RECV,
+            ),
+            _ => (false, false),
+        };
+        let at_birth = |kind| Event {
+            ts_ns: self.sock.born_ns,
+            task: match self.owner {
+                // connect() ran in the owner; a passive opening ran in softirq, for nobody.
+                Some(owner) if connected => Task {
+                    tgid: owner.tgid,
+                    tid: owner.tgid,
+                    comm: Comm::default(),
+                },
+                _ => Task {
+                    tgid: 0,
+                    tid: 0,
+                    comm: Comm::default(),
+                },
+            },
+            in_owner_context: connected,
+            receive: None,
+            kind,
+            ..*self
+        };
+        use leaktrace_common::tcp_state::{CLOSE, LISTEN, SYN_RECV, SYN_SENT};
+        let connect = connected.then(|| at_birth(EventKind::Connect));
+        let transition = (connected || accepted).then(|| {
+            at_birth(if connected {
+                EventKind::State {
+                    old: CLOSE,
+                    new: SYN_SENT,
+                }
+            } else {
+                EventKind::State {
+                    old: LISTEN,
+                    new: SYN_RECV,
+                }
+            })
+        });
+        connect.into_iter().chain(transition)
+    }
+}
+
+/// The events one record carries: one, or two where the owner's call made a state change (the
+/// call, then the change).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub first: Event,
+    pub second: Option<Event>,
+}
+
+impl IntoIterator for Decoded {
+    type Item = Event;
+    type IntoIter = std::iter::Chain<std::iter::Once<Event>, std::option::IntoIter<Event>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        std::iter::once(self.first).chain(self.second)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,16 +264,16 @@ pub fn shutdown_how_name(how: i32) -> &'static str {
     }
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     if bytes.len() != Record::SIZE {
         return Err(DecodeError::Length { got: bytes.len() });
     }
     // SAFETY: the length is exactly one Record, Record is plain integer data for which every bit
     // pattern is valid, and read_unaligned copes with the ring buffer's lack of alignment.
     let record = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Record>()) };
-    let kind = RecordKind::from_u8(record.kind).ok_or(DecodeError::UnknownKind(record.kind))?;
-    let fd = |fd: i32| (fd != NO_FD).then_some(fd);
-    Ok(Event {
+    let kind = RecordKind::try_from(record.kind).map_err(DecodeError::UnknownKind)?;
+    let flag = |bit: u16| record.flags & bit != 0;
+    let event = Event {
         ts_ns: record.ts_ns,
         sock: SockKey {
             addr: record.sock,
@@ -172,62 +282,91 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         task: Task {
             tgid: record.tgid,
             tid: record.tid,
-            comm: comm(&record.comm),
+            comm: Comm(record.comm),
         },
-        owner: (record.owner_tgid != OWNER_UNKNOWN).then(|| Owner {
+        owner: (record.owner_tgid != OWNER_UNKNOWN).then_some(Owner {
             tgid: record.owner_tgid,
-            fd: fd(record.owner_fd),
+            fd: (kind == RecordKind::Present && record.fd != NO_FD).then_some(record.fd),
         }),
-        in_owner_context: record.flags & FLAG_OWNER_CONTEXT != 0,
+        in_owner_context: flag(FLAG_OWNER_CONTEXT),
         local: socket_addr(record.family, &record.saddr, record.sport),
         remote: socket_addr(record.family, &record.daddr, record.dport),
-        receive: (record.flags & FLAG_HAS_RECEIVE_STATE != 0).then_some(ReceiveState {
+        receive: flag(FLAG_HAS_RECEIVE_STATE).then_some(ReceiveState {
             rcv_nxt: record.rcv_nxt,
             copied_seq: record.copied_seq,
-            fin_received: record.flags & FLAG_FIN_RECEIVED != 0,
+            fin_received: flag(FLAG_FIN_RECEIVED),
             queue_len: record.rcv_qlen,
         }),
         ino: (record.ino != 0).then_some(record.ino),
-        kind: match kind {
-            RecordKind::State => EventKind::State {
-                old: record.old_state,
-                new: record.new_state,
-            },
-            RecordKind::Accept => EventKind::Accept { fd: record.fd },
-            RecordKind::Shutdown => EventKind::Shutdown {
-                fd: record.fd,
-                how: record.how,
-                ret: record.ret,
-            },
-            RecordKind::Close if record.flags & FLAG_STILL_HELD != 0 => {
-                EventKind::FdClosed { fd: record.fd }
+        kind: EventKind::Exit,
+    };
+    let with = |kind| Event { kind, ..event };
+    let state = with(EventKind::State {
+        old: record.old_state,
+        new: record.new_state,
+    });
+    Ok(match kind {
+        RecordKind::State if flag(FLAG_RELEASED) => {
+            let close = with(EventKind::Close {
+                final_record: flag(FLAG_FINAL),
+            });
+            // Closing a socket in FIN_WAIT1 or FIN_WAIT2 restates its state: nothing changed.
+            let changed = record.old_state != record.new_state;
+            Decoded {
+                first: close,
+                second: changed.then_some(state),
             }
-            RecordKind::Close => EventKind::Close { fd: fd(record.fd) },
-            RecordKind::Destroy => EventKind::Destroy,
-            RecordKind::Recv => EventKind::Recv {
-                ret: (record.ret != RESULT_UNKNOWN).then_some(record.ret),
-            },
-            RecordKind::Arrival => EventKind::Arrival,
-            RecordKind::Connect => EventKind::Connect {
-                fd: record.fd,
-                ret: record.ret,
-            },
-            RecordKind::Fork => EventKind::Fork {
-                child: record.owner_tgid,
-            },
-            RecordKind::Exit => EventKind::Exit,
-            RecordKind::Present => EventKind::Present {
-                fd: record.fd,
-                state: record.new_state,
-                send_shutdown: record.flags & FLAG_SEND_SHUTDOWN != 0,
-            },
+        }
+        RecordKind::State if flag(FLAG_SHUTDOWN) => Decoded {
+            first: with(EventKind::Shutdown { how: record.how }),
+            second: Some(state),
+        },
+        RecordKind::State => Decoded {
+            first: state,
+            second: None,
+        },
+        RecordKind::Destroy => {
+            let destroy = with(EventKind::Destroy {
+                time_wait: flag(FLAG_TIME_WAIT),
+            });
+            // Closing a socket whose connection was already over destroys it at once.
+            if flag(FLAG_RELEASED) {
+                Decoded {
+                    first: with(EventKind::Close {
+                        final_record: false,
+                    }),
+                    second: Some(destroy),
+                }
+            } else {
+                Decoded {
+                    first: destroy,
+                    second: None,
+                }
+            }
+        }
+        other => Decoded {
+            first: with(match other {
+                RecordKind::Accept => EventKind::Accept {
+                    traced: !flag(FLAG_UNTRACED),
+                },
+                RecordKind::Recv => EventKind::Recv {
+                    ret: (record.ret != RESULT_UNKNOWN).then_some(record.ret),
+                },
+                RecordKind::Arrival => EventKind::Arrival,
+                RecordKind::Present => EventKind::Present {
+                    fd: record.fd,
+                    state: record.new_state,
+                    send_shutdown: flag(FLAG_SEND_SHUTDOWN),
+                },
+                RecordKind::Fork => EventKind::Fork {
+                    child: record.child_tgid,
+                },
+                RecordKind::Exit => EventKind::Exit,
+                RecordKind::State | RecordKind::Destroy => unreachable!("matched above"),
+            }),
+            second: None,
         },
     })
-}
-
-fn comm(raw: &[u8]) -> String {
-    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..len]).into_owned()
 }
 
 fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
@@ -259,11 +398,12 @@ mod tests {
             ts_ns: 1_000,
             sock: 0xffff_8880_1234_5678,
             sock_born_ns: 500,
+            ino: 0,
             ret: 0,
             tgid: 4242,
             tid: 4243,
             owner_tgid: 4242,
-            owner_fd: 7,
+            child_tgid: 0,
             fd: 7,
             how: shutdown_how::SHUT_WR,
             rcv_nxt: 110,
@@ -272,15 +412,14 @@ mod tests {
             sport: 8080,
             dport: 50412,
             family: AF_INET,
+            flags: FLAG_OWNER_CONTEXT | FLAG_HAS_RECEIVE_STATE | FLAG_FIN_RECEIVED,
             kind: RecordKind::State as u8,
             old_state: tcp_state::ESTABLISHED,
             new_state: tcp_state::CLOSE_WAIT,
-            flags: FLAG_OWNER_CONTEXT | FLAG_HAS_RECEIVE_STATE | FLAG_FIN_RECEIVED,
-            _pad: [0; 2],
+            _pad: [0; 1],
             saddr,
             daddr,
             comm,
-            ino: 0,
         }
     }
 
@@ -290,9 +429,15 @@ mod tests {
             .to_vec()
     }
 
+    fn one(record: &Record) -> Event {
+        let decoded = decode(&bytes(record)).unwrap();
+        assert_eq!(decoded.second, None, "{decoded:?}");
+        decoded.first
+    }
+
     #[test]
     fn decodes_state_record() {
-        let event = decode(&bytes(&record())).unwrap();
+        let event = one(&record());
         assert_eq!(event.ts_ns, 1_000);
         assert_eq!(
             event.sock,
@@ -306,14 +451,15 @@ mod tests {
             Task {
                 tgid: 4242,
                 tid: 4243,
-                comm: "mailer".into()
+                comm: Comm::new("mailer")
             }
         );
+        // Only a socket found at start comes with its owner's fd.
         assert_eq!(
             event.owner,
             Some(Owner {
                 tgid: 4242,
-                fd: Some(7)
+                fd: None
             })
         );
         assert!(event.in_owner_context);
@@ -337,7 +483,7 @@ mod tests {
     fn decodes_unaligned_input() {
         let mut buf = vec![0u8];
         buf.extend(bytes(&record()));
-        assert_eq!(decode(&buf[1..]).unwrap().ts_ns, 1_000);
+        assert_eq!(decode(&buf[1..]).unwrap().first.ts_ns, 1_000);
     }
 
     #[test]
@@ -345,50 +491,146 @@ mod tests {
         let mut r = record();
         r.owner_tgid = OWNER_UNKNOWN;
         r.flags = 0;
-        r.kind = RecordKind::Close as u8;
-        r.fd = NO_FD;
-        let event = decode(&bytes(&r)).unwrap();
+        let event = one(&r);
         assert_eq!(event.owner, None);
         assert!(!event.in_owner_context);
         assert_eq!(event.receive, None);
-        assert_eq!(event.kind, EventKind::Close { fd: None });
+        assert_eq!(event.ino, None);
 
+        r.kind = RecordKind::Present as u8;
         r.owner_tgid = 4242;
-        r.owner_fd = NO_FD;
-        r.fd = 9;
-        let event = decode(&bytes(&r)).unwrap();
+        r.ino = 77;
+        let event = one(&r);
         assert_eq!(
             event.owner,
             Some(Owner {
                 tgid: 4242,
-                fd: None
+                fd: Some(7)
             })
         );
-        assert_eq!(event.kind, EventKind::Close { fd: Some(9) });
+        assert_eq!(event.ino, Some(77));
+        r.fd = NO_FD;
+        assert_eq!(one(&r).owner.unwrap().fd, None);
     }
 
     #[test]
-    fn decodes_every_kind() {
+    fn the_owners_calls_come_before_the_change_they_made() {
+        let mut r = record();
+        r.old_state = tcp_state::ESTABLISHED;
+        r.new_state = tcp_state::FIN_WAIT1;
+        r.flags |= FLAG_SHUTDOWN;
+        r.how = shutdown_how::SHUT_RDWR;
+        let decoded = decode(&bytes(&r)).unwrap();
+        assert_eq!(
+            decoded.first.kind,
+            EventKind::Shutdown {
+                how: shutdown_how::SHUT_RDWR
+            }
+        );
+        assert_eq!(
+            decoded.second.map(|e| e.kind),
+            Some(EventKind::State {
+                old: tcp_state::ESTABLISHED,
+                new: tcp_state::FIN_WAIT1
+            })
+        );
+
+        r.flags = FLAG_RELEASED | FLAG_FINAL;
+        r.old_state = tcp_state::CLOSE_WAIT;
+        r.new_state = tcp_state::LAST_ACK;
+        let decoded = decode(&bytes(&r)).unwrap();
+        assert_eq!(decoded.first.kind, EventKind::Close { final_record: true });
+        assert!(decoded.second.is_some());
+
+        // A close that restates the state is the close alone.
+        r.flags = FLAG_RELEASED;
+        r.old_state = tcp_state::FIN_WAIT2;
+        r.new_state = tcp_state::FIN_WAIT2;
+        assert_eq!(
+            one(&r).kind,
+            EventKind::Close {
+                final_record: false
+            }
+        );
+
+        // Closing a finished connection destroys it at once.
+        r.kind = RecordKind::Destroy as u8;
+        let decoded = decode(&bytes(&r)).unwrap();
+        assert_eq!(
+            decoded.first.kind,
+            EventKind::Close {
+                final_record: false
+            }
+        );
+        assert_eq!(
+            decoded.second.map(|e| e.kind),
+            Some(EventKind::Destroy { time_wait: false })
+        );
+        r.flags = FLAG_TIME_WAIT;
+        assert_eq!(one(&r).kind, EventKind::Destroy { time_wait: true });
+    }
+
+    #[test]
+    fn decodes_every_other_kind() {
         let cases = [
-            (RecordKind::Accept, EventKind::Accept { fd: 7 }),
+            (RecordKind::Accept, 0, EventKind::Accept { traced: true }),
             (
-                RecordKind::Shutdown,
-                EventKind::Shutdown {
-                    fd: 7,
-                    how: shutdown_how::SHUT_WR,
-                    ret: -107,
-                },
+                RecordKind::Accept,
+                FLAG_UNTRACED,
+                EventKind::Accept { traced: false },
             ),
-            (RecordKind::Destroy, EventKind::Destroy),
-            (RecordKind::Recv, EventKind::Recv { ret: Some(-107) }),
-            (RecordKind::Arrival, EventKind::Arrival),
+            (RecordKind::Recv, 0, EventKind::Recv { ret: Some(-107) }),
+            (RecordKind::Arrival, 0, EventKind::Arrival),
+            (RecordKind::Fork, 0, EventKind::Fork { child: 99 }),
+            (RecordKind::Exit, 0, EventKind::Exit),
         ];
-        for (kind, expected) in cases {
+        for (kind, flags, expected) in cases {
             let mut r = record();
             r.kind = kind as u8;
+            r.flags = flags;
             r.ret = -107;
-            assert_eq!(decode(&bytes(&r)).unwrap().kind, expected);
+            r.child_tgid = 99;
+            assert_eq!(one(&r).kind, expected);
         }
+        let mut r = record();
+        r.kind = RecordKind::Recv as u8;
+        r.ret = RESULT_UNKNOWN;
+        assert_eq!(one(&r).kind, EventKind::Recv { ret: None });
+    }
+
+    #[test]
+    fn the_opening_is_rebuilt_from_the_birth() {
+        let mut r = record();
+        r.old_state = tcp_state::SYN_SENT;
+        r.new_state = tcp_state::ESTABLISHED;
+        let opening: Vec<Event> = one(&r).opening().collect();
+        assert_eq!(opening.len(), 2);
+        assert_eq!(opening[0].kind, EventKind::Connect);
+        assert!(opening
+            .iter()
+            .all(|e| e.ts_ns == 500 && e.task.tgid == 4242));
+        assert_eq!(
+            opening[1].kind,
+            EventKind::State {
+                old: tcp_state::CLOSE,
+                new: tcp_state::SYN_SENT
+            }
+        );
+
+        r.old_state = tcp_state::SYN_RECV;
+        let opening: Vec<Event> = one(&r).opening().collect();
+        assert_eq!(opening.len(), 1);
+        assert!(!opening[0].in_owner_context);
+        assert_eq!(
+            opening[0].kind,
+            EventKind::State {
+                old: tcp_state::LISTEN,
+                new: tcp_state::SYN_RECV
+            }
+        );
+
+        r.old_state = tcp_state::ESTABLISHED;
+        assert_eq!(one(&r).opening().count(), 0);
     }
 
     #[test]
@@ -397,26 +639,23 @@ mod tests {
         r.family = AF_INET6;
         r.saddr = Ipv6Addr::LOCALHOST.octets();
         r.daddr = "2001:db8::2".parse::<Ipv6Addr>().unwrap().octets();
-        let event = decode(&bytes(&r)).unwrap();
+        let event = one(&r);
         assert_eq!(event.local.unwrap().to_string(), "[::1]:8080");
         assert_eq!(event.remote.unwrap().to_string(), "[2001:db8::2]:50412");
 
         r.saddr = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
-        assert_eq!(
-            decode(&bytes(&r)).unwrap().local.unwrap().to_string(),
-            "127.0.0.1:8080"
-        );
+        assert_eq!(one(&r).local.unwrap().to_string(), "127.0.0.1:8080");
 
         r.daddr = [0; 16];
         r.dport = 0;
-        assert_eq!(decode(&bytes(&r)).unwrap().remote, None);
+        assert_eq!(one(&r).remote, None);
 
         // A finished connection whose port the kernel released: the address alone is no endpoint.
         r.sport = 0;
-        assert_eq!(decode(&bytes(&r)).unwrap().local, None);
+        assert_eq!(one(&r).local, None);
 
         r.family = 1;
-        let event = decode(&bytes(&r)).unwrap();
+        let event = one(&r);
         assert_eq!((event.local, event.remote), (None, None));
     }
 
@@ -424,9 +663,10 @@ mod tests {
     fn comm_is_trimmed_and_lossy() {
         let mut r = record();
         r.comm = *b"abc\xff\0garbage\0\0\0\0";
-        assert_eq!(decode(&bytes(&r)).unwrap().task.comm, "abc\u{fffd}");
+        assert_eq!(one(&r).task.comm.to_string(), "abc\u{fffd}");
         r.comm = *b"sixteen-chars-xx";
-        assert_eq!(decode(&bytes(&r)).unwrap().task.comm, "sixteen-chars-xx");
+        assert_eq!(one(&r).task.comm.to_string(), "sixteen-chars-xx");
+        assert!(Comm::default().is_empty());
     }
 
     #[test]

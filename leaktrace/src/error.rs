@@ -2,6 +2,8 @@
 //! missing privilege from a kernel that lacks what leaktrace needs.
 use std::{fmt, io};
 
+use crate::hooks::LoadError;
+
 /// Exit statuses, documented in `--help` and the README. Usage errors exit with 2, clap's status.
 pub mod exit_code {
     pub const RUNTIME: u8 = 1;
@@ -19,14 +21,8 @@ pub mod exit_code {
 pub enum Failure {
     NotRoot,
     NoSuchProcess(u32),
-    NoBtf,
-    /// BTF exists but lacks something leaktrace reads.
-    Btf(anyhow::Error),
-    NoTracefs(anyhow::Error),
-    HookRefused {
-        event: &'static str,
-        reasons: Vec<String>,
-    },
+    /// The kernel side could not be set up.
+    Load(LoadError),
     /// Whoever read the report closed it (`leaktrace | head -1`): nobody is left to tell.
     OutputClosed,
     /// An output the user asked for cannot be opened (`--metrics` address in use,
@@ -40,9 +36,10 @@ impl Failure {
         match self {
             Self::NotRoot => exit_code::NOT_ROOT,
             Self::NoSuchProcess(_) => exit_code::NO_SUCH_PROCESS,
-            Self::NoBtf | Self::Btf(_) => exit_code::NO_BTF,
-            Self::NoTracefs(_) => exit_code::NO_TRACEFS,
-            Self::HookRefused { .. } => exit_code::HOOK_REFUSED,
+            Self::Load(LoadError::NoBtf | LoadError::Btf(_)) => exit_code::NO_BTF,
+            Self::Load(LoadError::NoTracefs(_)) => exit_code::NO_TRACEFS,
+            Self::Load(LoadError::HookRefused { .. }) => exit_code::HOOK_REFUSED,
+            Self::Load(LoadError::NoObject | LoadError::Other(_)) => exit_code::RUNTIME,
             Self::OutputClosed | Self::Output(_) => exit_code::OUTPUT,
             Self::Runtime(_) => exit_code::RUNTIME,
         }
@@ -66,24 +63,19 @@ impl fmt::Display for Failure {
                 "leaktrace loads eBPF programs and needs root (CAP_BPF and CAP_PERFMON): run it with sudo"
             ),
             Self::NoSuchProcess(pid) => write!(f, "no process with pid {pid}"),
-            Self::NoBtf => write!(
-                f,
-                "this kernel has no BTF ({} is missing): leaktrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
-                crate::hooks::VMLINUX_BTF
-            ),
-            Self::Btf(e) => write!(f, "cannot use this kernel's BTF: {e:#}"),
-            Self::NoTracefs(e) => write!(f, "tracefs unavailable: {e:#}"),
-            Self::HookRefused { event, reasons } => write!(
-                f,
-                "the kernel refused every hook for the {event} event: {}",
-                reasons.join("; ")
-            ),
+            Self::Load(e) => e.fmt(f),
             Self::OutputClosed => write!(
                 f,
                 "the report's reader closed it (broken pipe): stopped tracing"
             ),
             Self::Output(e) | Self::Runtime(e) => write!(f, "{e:#}"),
         }
+    }
+}
+
+impl From<LoadError> for Failure {
+    fn from(e: LoadError) -> Self {
+        Self::Load(e)
     }
 }
 

@@ -53,21 +53,27 @@ pub enum FdHeld {
     ProcessGone,
 }
 
-/// Answers [`FdLookup::holds`] for many sockets, opening each process's /proc entry once.
+/// Answers [`FdLookup::holds`] and [`FdLookup::fd_of`] for many sockets, opening each
+/// process's /proc entry once and listing its fds at most once.
 #[derive(Default)]
 pub struct FdLookup {
     processes: HashMap<u32, Option<procfs::process::Process>>,
+    /// Per process, the fd of each socket inode it holds (the lowest, where several do).
+    sockets: HashMap<u32, HashMap<u64, i32>>,
 }
 
 impl FdLookup {
+    fn process(&mut self, pid: u32) -> Option<&procfs::process::Process> {
+        self.processes
+            .entry(pid)
+            .or_insert_with(|| live_process(pid))
+            .as_ref()
+    }
+
     /// Looks at `/proc/<pid>/fd/<fd>`. Without the socket's inode only a closed fd can be told
     /// apart; an fd reused for another file then passes as held.
     pub fn holds(&mut self, pid: u32, fd: i32, ino: Option<u64>) -> FdHeld {
-        let process = self
-            .processes
-            .entry(pid)
-            .or_insert_with(|| live_process(pid));
-        let Some(process) = process else {
+        let Some(process) = self.process(pid) else {
             return FdHeld::ProcessGone;
         };
         match (process.fd_from_fd(fd), ino) {
@@ -75,6 +81,23 @@ impl FdLookup {
             (Ok(_), _) => FdHeld::Yes,
             (Err(_), _) => FdHeld::No,
         }
+    }
+
+    /// The fd by which `pid` holds the socket `ino`, if it does.
+    pub fn fd_of(&mut self, pid: u32, ino: u64) -> Option<i32> {
+        if !self.sockets.contains_key(&pid) {
+            let mut sockets = HashMap::new();
+            if let Some(Ok(fds)) = self.process(pid).map(|p| p.fd()) {
+                for fd in fds.flatten() {
+                    if let FDTarget::Socket(inode) = fd.target {
+                        let lowest = sockets.entry(inode).or_insert(fd.fd);
+                        *lowest = (*lowest).min(fd.fd);
+                    }
+                }
+            }
+            self.sockets.insert(pid, sockets);
+        }
+        self.sockets.get(&pid)?.get(&ino).copied()
     }
 }
 

@@ -4,6 +4,7 @@ use std::{collections::BTreeSet, future::Future, io, os::fd::RawFd, path::Path, 
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use leaktrace_common::ProbeFailure;
 use tokio::{
     io::unix::AsyncFd,
     time::{interval, interval_at, sleep_until, Instant, MissedTickBehavior},
@@ -11,11 +12,11 @@ use tokio::{
 
 use crate::{
     cli::{CommonArgs, LeakArgs},
-    decoder::{self, EventKind},
+    decoder::{self, Event, EventKind},
     detect::Detectors,
     error::Failure,
     holders,
-    hooks::{self, Attached, LoadOptions},
+    hooks::{self, Attached, LoadError, LoadOptions},
     report::{
         ring_size_hint, FinalReport, IngestCounts, JsonReporter, Metrics, Reporter, StartInfo,
         TextReporter, TraceOut,
@@ -108,10 +109,14 @@ pub struct Session {
     attached: Attached,
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
+    /// Per-CPU counts of what the programs could not do, by `ProbeFailure`.
+    probe_failures: PerCpuArray<MapData, u64>,
     reporter: Box<dyn Reporter>,
     metrics: Option<Metrics>,
     trace_out: Option<TraceOut>,
     store: Store,
+    /// One read of the ring buffer's events, kept to reuse its allocation.
+    batch: Vec<Event>,
     detectors: Detectors,
     counts: IngestCounts,
     /// Traced processes still alive; the session ends when the last one exits.
@@ -178,14 +183,16 @@ impl Session {
             filter_targets: !matches!(options.scope, Scope::All),
             follow_children: options.follow_children,
             ring_size: options.common.ring_size,
+            floor: options.common.floor,
         })?;
         if options.follow_children && !attached.serves("fork") {
-            return Err(Failure::HookRefused {
+            return Err(LoadError::HookRefused {
                 event: "fork",
                 reasons: vec![
                     "following child processes needs tracepoint:task:task_newtask".into(),
                 ],
-            });
+            }
+            .into());
         }
         {
             let mut targets = targets(&mut attached)?;
@@ -195,7 +202,7 @@ impl Session {
                     .with_context(|| format!("tracing pid {pid}"))?;
             }
         }
-        if attached.serves("present") && !matches!(options.scope, Scope::Added) {
+        if attached.can_seed && !matches!(options.scope, Scope::Added) {
             let seeded = hooks::seed_existing(&mut attached.ebpf, &pids)?;
             if let Some(why) = &seeded.first_failure {
                 eprintln!(
@@ -212,11 +219,18 @@ impl Session {
                 .ok_or_else(|| anyhow!("LOST map missing"))?,
         )
         .map_err(anyhow::Error::from)?;
+        let probe_failures = PerCpuArray::<MapData, u64>::try_from(
+            attached
+                .ebpf
+                .take_map("PROBE_FAILURES")
+                .ok_or_else(|| anyhow!("PROBE_FAILURES map missing"))?,
+        )
+        .map_err(anyhow::Error::from)?;
         let ring = RingBuf::try_from(
             attached
                 .ebpf
-                .take_map("EVENTS")
-                .ok_or_else(|| anyhow!("EVENTS map missing"))?,
+                .take_map("RECORDS")
+                .ok_or_else(|| anyhow!("RECORDS map missing"))?,
         )
         .map_err(anyhow::Error::from)?;
         let ring = register(ring)?;
@@ -234,8 +248,10 @@ impl Session {
         } else {
             Box::new(TextReporter::new(out))
         };
-        for refused in &attached.refused {
-            eprintln!("leaktrace: hook not used: {refused}");
+        if options.common.verbose {
+            for refused in &attached.refused {
+                eprintln!("leaktrace: hook not used: {refused}");
+            }
         }
         reporter
             .start(&StartInfo {
@@ -256,6 +272,7 @@ impl Session {
             attached,
             ring,
             lost,
+            probe_failures,
             reporter,
             store: {
                 let store = Store::with_capacity_limit(options.common.max_sockets);
@@ -267,6 +284,7 @@ impl Session {
             },
             metrics,
             trace_out,
+            batch: Vec::new(),
             detectors: Detectors::new(options.leaks.leak_after, options.leaks.idle_after),
             counts: IngestCounts {
                 ring_size: options.common.ring_size,
@@ -369,6 +387,7 @@ impl Session {
     fn read_ring(&mut self) {
         drain(
             self.ring.get_mut(),
+            &mut self.batch,
             &mut self.store,
             &mut self.live,
             &mut self.counts,
@@ -420,6 +439,7 @@ impl Session {
     /// unless `now`.
     fn note_losses(&mut self, now: bool) -> Result<(), Failure> {
         let lost = self.lost_events()?;
+        self.counts.probe_failures = self.probe_failures()?;
         if lost > 0 && self.counts.lost_events == 0 {
             eprintln!(
                 "leaktrace: warning: {lost} events lost so far (ring buffer full): {}",
@@ -459,6 +479,20 @@ impl Session {
         self.rechecked = Some(Instant::now());
     }
 
+    /// What the programs could not do, by `ProbeFailure`, summed over the CPUs.
+    fn probe_failures(&self) -> Result<[u64; ProbeFailure::COUNT as usize], Failure> {
+        let mut counts = [0; ProbeFailure::COUNT as usize];
+        for (index, count) in counts.iter_mut().enumerate() {
+            *count = self
+                .probe_failures
+                .get(&(index as u32), 0)
+                .context("reading the probe failure counters")?
+                .iter()
+                .sum();
+        }
+        Ok(counts)
+    }
+
     /// Records that did not fit in the ring buffer, counted per CPU by the kernel side.
     fn lost_events(&self) -> Result<u64, Failure> {
         let per_cpu = self
@@ -486,18 +520,20 @@ fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, Failure
 
 fn drain(
     ring: &mut RingBuf<MapData>,
+    batch: &mut Vec<Event>,
     store: &mut Store,
     live: &mut BTreeSet<u32>,
     counts: &mut IngestCounts,
     metrics: Option<&Metrics>,
 ) {
     let (mut records, mut bytes) = (0, 0);
+    batch.clear();
     while let Some(item) = ring.next() {
         counts.records += 1;
         records += 1;
         bytes += item.len();
-        let event = match decoder::decode(&item) {
-            Ok(event) => event,
+        let decoded = match decoder::decode(&item) {
+            Ok(decoded) => decoded,
             Err(e) => {
                 if counts.decode_errors == 0 {
                     // Once is enough: a layout mismatch would repeat for every record.
@@ -509,20 +545,23 @@ fn drain(
                 continue;
             }
         };
-        if let Some(metrics) = metrics {
-            metrics.event(&event);
-        }
-        match event.kind {
-            EventKind::Fork { child } => {
-                live.insert(child);
+        for event in decoded {
+            if let Some(metrics) = metrics {
+                metrics.event(&event);
             }
-            EventKind::Exit => {
-                live.remove(&event.task.tgid);
-                store.owner_exited(event.task.tgid, event.ts_ns);
+            match event.kind {
+                EventKind::Fork { child } => {
+                    live.insert(child);
+                }
+                EventKind::Exit => {
+                    live.remove(&event.task.tgid);
+                    store.owner_exited(event.task.tgid, event.ts_ns);
+                }
+                _ => batch.push(event),
             }
-            _ => store.insert(event),
         }
     }
+    store.insert_batch(batch);
     if let Some(metrics) = metrics {
         metrics.drained(records, bytes);
     }

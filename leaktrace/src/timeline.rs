@@ -5,14 +5,20 @@
 mod stats;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::net::SocketAddr;
 
 use leaktrace_common::{shutdown_how, tcp_state};
 
 use crate::activity::{KernelTimer, Sample, Sampler, Wanted};
-use crate::decoder::{Event, EventKind, ReceiveState, SockKey};
+use crate::decoder::{Comm, Event, EventKind, Owner, ReceiveState, SockKey, Task};
 use crate::holders;
 pub use stats::{Counts, Remote};
+
+/// Entries a socket's timeline usually ends up with (opening, establishment, the peer's or the
+/// owner's end, the release), allocated at once.
+const TYPICAL_ENTRIES: usize = 6;
 
 /// Entries one timeline keeps. Only reads and arrivals on a shut-down socket can repeat without
 /// bound (a peer streaming into a half-closed connection); past this many entries those are
@@ -112,8 +118,6 @@ pub struct Timeline {
     /// When the owning process exited: every finding on the socket ends there, unless another
     /// process still holds it (see [`Store::reattribute`]).
     owner_exited_ns: Option<u64>,
-    /// When the owner closed its fd while other fds still held the socket.
-    owner_released_ns: Option<u64>,
     /// The owner was found by looking for who holds the socket, not from a record: later
     /// records, which carry the kernel's first idea of the owner, must not undo it.
     reattributed: bool,
@@ -172,15 +176,6 @@ struct Opened {
 
 impl Timeline {
     fn insert(&mut self, event: Event) {
-        // Another process closing its own copy of the socket's fd changes nothing here: the
-        // owner still holds it. Such copies are often brief and not the application's (a second
-        // leaktrace or a debugger duplicating fds with pidfd_getfd to inspect them), so they are
-        // left out of the timeline rather than shown as closes.
-        if let EventKind::FdClosed { .. } = event.kind {
-            if self.owner().is_some_and(|o| o.tgid != event.task.tgid) {
-                return;
-            }
-        }
         let ts = event.ts_ns;
         self.last_ns = self.last_ns.max(ts);
         self.learn_owner(&event);
@@ -203,6 +198,9 @@ impl Timeline {
                 if new == tcp_state::CLOSE_WAIT {
                     self.close_wait_since = Some(self.close_wait_since.map_or(ts, |t| t.min(ts)));
                     self.close_wait_entered = true;
+                }
+                if new == tcp_state::SYN_RECV {
+                    self.opened_at(ts, true);
                 }
             }
             EventKind::Present {
@@ -232,7 +230,7 @@ impl Timeline {
                     });
                 }
             }
-            EventKind::Shutdown { how, ret: 0, .. }
+            EventKind::Shutdown { how }
                 if (how == shutdown_how::SHUT_WR || how == shutdown_how::SHUT_RDWR)
                     && self.write_shutdown.is_none_or(|first| ts < first.ts_ns) =>
             {
@@ -242,25 +240,11 @@ impl Timeline {
                     before_trace: false,
                 });
             }
-            EventKind::Accept { .. } | EventKind::Connect { .. }
-                if self.opened.is_none_or(|o| ts < o.ts_ns) =>
-            {
-                self.opened = Some(Opened {
-                    ts_ns: ts,
-                    accepted: matches!(event.kind, EventKind::Accept { .. }),
-                });
-            }
+            EventKind::Connect => self.opened_at(ts, false),
             EventKind::Close { .. } => {
                 self.closed_ns = Some(self.closed_ns.map_or(ts, |t| t.min(ts)));
             }
-            EventKind::Destroy => self.destroyed_ns = Some(ts),
-            EventKind::FdClosed { fd }
-                if self
-                    .owner()
-                    .is_some_and(|o| o.tgid == event.task.tgid && o.fd == Some(fd)) =>
-            {
-                self.owner_released_ns.get_or_insert(ts);
-            }
+            EventKind::Destroy { .. } => self.destroyed_ns = Some(ts),
             EventKind::Recv { ret: Some(ret) } => {
                 self.recv_results_known = true;
                 if ret == 0 {
@@ -280,25 +264,28 @@ impl Timeline {
         self.entries.insert(at, event);
     }
 
+    /// The earliest opening seen: whether accepted, and when.
+    fn opened_at(&mut self, ts_ns: u64, accepted: bool) {
+        if self.opened.is_none_or(|o| ts_ns < o.ts_ns) {
+            self.opened = Some(Opened { ts_ns, accepted });
+        }
+    }
+
     fn learn_owner(&mut self, event: &Event) {
         if let Some(ino) = event.ino {
             self.ino = Some(ino);
         }
-        let learned = match event.kind {
-            EventKind::Accept { fd }
-            | EventKind::Connect { fd, .. }
-            | EventKind::Shutdown { fd, .. } => OwnerInfo {
-                tgid: event.task.tgid,
-                fd: Some(fd),
-            },
-            _ if self.reattributed => return,
-            _ => match event.owner {
-                Some(owner) => OwnerInfo {
-                    tgid: owner.tgid,
-                    fd: owner.fd,
-                },
-                None => return,
-            },
+        // The kernel's claim stands until /proc showed another holder; a process taking the
+        // socket from its listener is newer than either.
+        if self.reattributed && !matches!(event.kind, EventKind::Accept { .. }) {
+            return;
+        }
+        let Some(owner) = event.owner else {
+            return;
+        };
+        let learned = OwnerInfo {
+            tgid: owner.tgid,
+            fd: owner.fd,
         };
         let ts = event.ts_ns;
         match &mut self.owner {
@@ -430,15 +417,39 @@ impl Timeline {
         )
     }
 
-    /// The inode to look for holders of, when the recorded owner let go of the socket (closed
-    /// its fd while others held it, or exited) and the socket may live on elsewhere.
+    /// The inode to look for holders of, when the recorded owner exited and the socket may
+    /// live on elsewhere (a child that inherited it, a process it was passed to).
     fn orphan_inode(&self) -> Option<u64> {
-        let let_go = self.owner_released_ns.is_some() || self.owner_exited_ns.is_some();
+        let let_go = self.owner_exited_ns.is_some();
         (let_go && !self.closed() && !self.destroyed()).then_some(self.ino?)
     }
 
-    /// `holder` holds the socket now, found in /proc rather than recorded.
-    fn hand_over(&mut self, holder: &holders::Holder) {
+    /// `holder` holds the socket now, found in /proc at `now_ns` rather than recorded; the
+    /// timeline says so.
+    fn hand_over(&mut self, sock: SockKey, holder: &holders::Holder, now_ns: u64) {
+        let owner = Owner {
+            tgid: holder.pid,
+            fd: Some(holder.fd),
+        };
+        let ts_ns = now_ns.max(self.last_ns);
+        let found = Event {
+            ts_ns,
+            sock,
+            task: Task {
+                tgid: holder.pid,
+                tid: holder.pid,
+                comm: Comm::default(),
+            },
+            owner: Some(owner),
+            in_owner_context: true,
+            local: self.local(),
+            remote: self.remote(),
+            receive: None,
+            ino: self.ino,
+            kind: EventKind::HandedOver { fd: holder.fd },
+        };
+        let at = self.entries.partition_point(|e| e.ts_ns <= ts_ns);
+        self.entries.insert(at, found);
         self.owner = Some(Stamped {
             ts_ns: self.owner.map_or(0, |o| o.ts_ns),
             value: OwnerInfo {
@@ -447,7 +458,6 @@ impl Timeline {
             },
         });
         self.reattributed = true;
-        self.owner_released_ns = None;
         self.owner_exited_ns = None;
     }
 
@@ -474,31 +484,40 @@ pub struct Dropped {
 
 #[derive(Debug)]
 pub struct Store {
-    timelines: HashMap<SockKey, Timeline>,
+    /// Boxed: a timeline is a few hundred bytes, and on a busy host one is made and dropped per
+    /// socket; the map then moves pointers, not timelines.
+    timelines: FxHashMap<SockKey, Box<Timeline>>,
     /// Process names by tgid, learned from records the owner itself produced or from /proc.
-    comms: HashMap<u32, String>,
+    comms: FxHashMap<u32, Comm>,
     sockets_seen: u64,
     latest_ns: u64,
     counts: Counts,
-    /// Sockets destroyed since the last sweep (and those an open finding kept): the candidates
-    /// for dropping, so a sweep looks at them only, not at every timeline.
-    destroyed: VecDeque<(u64, SockKey)>,
+    /// Sockets whose story ended since the last sweep (destroyed, closed for good, or taken by
+    /// an untraced process), and those an open finding kept: the candidates for dropping, so a
+    /// sweep looks at them only, not at every timeline.
+    ended: VecDeque<(u64, SockKey)>,
     /// When the timelines were last looked through for sockets closed longer than
     /// [`CLOSED_RETENTION_NS`]; a queue of every close would hold a minute of closes (tens of
     /// MiB under churn) for the few sockets the kernel keeps that long.
     closed_scanned_ns: u64,
-    /// Dropped timelines' sockets, with when they were dropped, for [`RETIRED_GRACE_NS`].
-    retired: HashMap<SockKey, u64>,
-    retired_order: VecDeque<(u64, SockKey)>,
+    /// Sockets whose timeline was dropped, or that never needed one, for at least
+    /// [`RETIRED_GRACE_NS`].
+    retired: Retired,
+    /// The stories of one batch's sockets that need no timeline (see [`Self::insert_batch`]),
+    /// kept between batches for its allocation.
+    stories: FxHashMap<SockKey, Story>,
+    /// Sockets without a timeline whose peer half-closed, for the next pairing to look at once
+    /// (see [`Self::pair_half_closed`]).
+    story_half_closes: Vec<HalfClosed>,
     /// Exits not yet applied to the timelines: one pass over them per evaluation, not per exit,
     /// as on a busy host every process's exit is a record.
-    exits: HashMap<u32, u64>,
+    exits: FxHashMap<u32, u64>,
     /// When the kernel's socket table was last read for traffic and timers.
     activity_sampled_ns: Option<u64>,
     /// Reading it failed once already, and said so.
     activity_failed: bool,
     /// Timelines dropped, until [`Self::take_swept`]; `None`: nobody wants them.
-    swept: Option<Vec<(SockKey, Timeline)>>,
+    swept: Option<Vec<(SockKey, Box<Timeline>)>>,
     max_sockets: usize,
     dropped: Dropped,
 }
@@ -513,16 +532,17 @@ impl Store {
     /// A store that keeps at most `max_sockets` timelines (at least one).
     pub fn with_capacity_limit(max_sockets: usize) -> Self {
         Self {
-            timelines: HashMap::new(),
-            comms: HashMap::new(),
+            timelines: FxHashMap::default(),
+            comms: FxHashMap::default(),
             sockets_seen: 0,
             latest_ns: 0,
             counts: Counts::default(),
-            destroyed: VecDeque::new(),
+            ended: VecDeque::new(),
             closed_scanned_ns: 0,
-            retired: HashMap::new(),
-            retired_order: VecDeque::new(),
-            exits: HashMap::new(),
+            retired: Retired::default(),
+            stories: FxHashMap::default(),
+            story_half_closes: Vec::new(),
+            exits: FxHashMap::default(),
             activity_sampled_ns: None,
             activity_failed: false,
             swept: None,
@@ -541,7 +561,7 @@ impl Store {
     }
 
     /// The timelines swept since the last call, oldest sweep first.
-    pub fn take_swept(&mut self) -> Vec<(SockKey, Timeline)> {
+    pub fn take_swept(&mut self) -> Vec<(SockKey, Box<Timeline>)> {
         self.swept.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
@@ -550,26 +570,80 @@ impl Store {
         self.timelines.len()
     }
 
+    /// Takes the events of one read of the ring buffer. A socket whose whole story lies in it
+    /// (no timeline yet, and its end among these events) is only counted: its leak conditions,
+    /// if any, ended before any evaluation could see them, as they would have with a timeline.
+    /// On a busy host that is nearly every socket, and a timeline made and dropped for each
+    /// would be most of leaktrace's work.
+    pub fn insert_batch(&mut self, events: &[Event]) {
+        if self.swept.is_some() {
+            // Whoever asked for dropped timelines gets every socket's.
+            events.iter().for_each(|event| self.insert(*event));
+            return;
+        }
+        let mut stories = std::mem::take(&mut self.stories);
+        for event in events {
+            if ends_story(&event.kind)
+                && !self.timelines.contains_key(&event.sock)
+                && !self.retired.contains(&event.sock)
+            {
+                stories.insert(event.sock, Story::default());
+            }
+        }
+        for event in events {
+            let Some(story) = stories.get_mut(&event.sock) else {
+                self.insert(*event);
+                continue;
+            };
+            self.latest_ns = self.latest_ns.max(event.ts_ns);
+            self.counts.observe(&mut story.tally, event, story.remote);
+            story.learn(event);
+            if ends_story(&event.kind) {
+                if let Some(half_closed) = story.half_closed(event.sock) {
+                    self.story_half_closes.push(half_closed);
+                }
+                stories.remove(&event.sock);
+                self.sockets_seen += 1;
+                self.dropped.finished += 1;
+                self.retired.insert(event.sock, self.latest_ns);
+            }
+        }
+        stories.clear();
+        self.stories = stories;
+    }
+
     pub fn insert(&mut self, event: Event) {
         self.latest_ns = self.latest_ns.max(event.ts_ns);
-        if self.retired.contains_key(&event.sock) {
+        if self.retired.contains(&event.sock) {
             self.dropped.late_records += 1;
             return;
         }
-        if event.kind == EventKind::Destroy {
-            self.destroyed.push_back((event.ts_ns, event.sock));
+        if ends_story(&event.kind) {
+            self.ended.push_back((event.ts_ns, event.sock));
         }
-        let timeline = self.timelines.entry(event.sock).or_insert_with(|| {
+        if !self.timelines.contains_key(&event.sock) {
             self.sockets_seen += 1;
-            Timeline::default()
+            for opening in event.opening() {
+                self.record(opening);
+            }
+        }
+        self.record(event);
+    }
+
+    fn record(&mut self, event: Event) {
+        let timeline = self.timelines.entry(event.sock).or_insert_with(|| {
+            Box::new(Timeline {
+                entries: Vec::with_capacity(TYPICAL_ENTRIES),
+                ..Timeline::default()
+            })
         });
-        let task = event.task.clone();
+        let task = event.task;
         let held = timeline.held();
         let remote = timeline.remote();
         self.counts.observe(&mut timeline.tally, &event, remote);
         timeline.insert(event);
         self.counts.move_held(held, timeline.held());
-        if timeline.owner().is_some_and(|o| o.tgid == task.tgid) {
+        if !task.comm.is_empty() && timeline.owner().is_some_and(|o| o.tgid == task.tgid) {
             // A thread's comm can differ from its process's; the main thread's is the one
             // `ps` shows, so it wins over another thread's.
             let is_main_thread = task.tid == task.tgid;
@@ -621,13 +695,13 @@ impl Store {
                 t.holders_scanned_ns
                     .is_none_or(|at| now_ns.saturating_sub(at) >= RESCAN_NS)
             })
-            .filter_map(Timeline::orphan_inode)
+            .filter_map(|t| t.orphan_inode())
             .collect();
         if wanted.is_empty() {
             return;
         }
         let found = holders::find(&wanted);
-        for timeline in self.timelines.values_mut() {
+        for (key, timeline) in &mut self.timelines {
             let Some(ino) = timeline.orphan_inode().filter(|ino| wanted.contains(ino)) else {
                 continue;
             };
@@ -636,30 +710,35 @@ impl Store {
                 continue;
             };
             let held = timeline.held();
-            timeline.hand_over(holder);
+            timeline.hand_over(*key, holder, now_ns);
             self.counts.move_held(held, timeline.held());
         }
     }
 
-    /// After records were lost: every socket's recorded owner is looked up in /proc. A close,
-    /// an exit or a hand-over among the lost records would otherwise leave the socket held in
-    /// leaktrace's view for good, and a leak reported that has ended.
+    /// After records were lost: every socket's owner is looked up in /proc. A close, an exit or
+    /// a hand-over among the lost records would otherwise leave the socket held in leaktrace's
+    /// view for good, and a leak reported that has ended.
     pub fn recheck_owners(&mut self, now_ns: u64) {
         let mut exited = BTreeSet::new();
-        let mut let_go = Vec::new();
+        let mut elsewhere = Vec::new();
         let mut lookup = holders::FdLookup::default();
         for (key, timeline) in &self.timelines {
-            // A released socket's holders are looked for anyway (see `reattribute`).
-            let checkable = timeline.live() && timeline.owner_released_ns.is_none();
-            let Some(owner) = timeline.owner().filter(|_| checkable) else {
+            let Some(owner) = timeline.owner().filter(|_| timeline.live()) else {
                 continue;
             };
-            let Some(fd) = owner.fd else {
-                continue;
+            let held = match (owner.fd, timeline.ino) {
+                (Some(fd), ino) => lookup.holds(owner.tgid, fd, ino),
+                (None, Some(_)) if !holders::alive(owner.tgid) => holders::FdHeld::ProcessGone,
+                (None, Some(ino)) => match lookup.fd_of(owner.tgid, ino) {
+                    Some(_) => holders::FdHeld::Yes,
+                    None => holders::FdHeld::No,
+                },
+                // Not accepted yet, or no record named its file: nothing to look for.
+                (None, None) => continue,
             };
-            match lookup.holds(owner.tgid, fd, timeline.ino) {
+            match held {
                 holders::FdHeld::Yes => {}
-                holders::FdHeld::No => let_go.push(*key),
+                holders::FdHeld::No => elsewhere.push(*key),
                 holders::FdHeld::ProcessGone => {
                     exited.insert(owner.tgid);
                 }
@@ -668,18 +747,51 @@ impl Store {
         for tgid in exited {
             self.owner_exited(tgid, now_ns);
         }
-        let inodes = let_go
+        self.hand_over_or_close(&elsewhere, now_ns);
+    }
+
+    /// Finds by which fd the owner of each of `keys` holds it now: the kernel side names a
+    /// socket's file (its inode), not the fd. Where the owner no longer holds it, whoever does
+    /// becomes the owner; where nobody does, it was closed without a record of it.
+    pub fn resolve_fds(&mut self, keys: &[SockKey], now_ns: u64) {
+        let mut lookup = holders::FdLookup::default();
+        let mut elsewhere = Vec::new();
+        for key in keys {
+            let Some(timeline) = self.timelines.get_mut(key) else {
+                continue;
+            };
+            let (Some(owner), Some(ino)) = (timeline.owner(), timeline.ino) else {
+                continue;
+            };
+            if owner.fd.is_some() || !timeline.live() {
+                continue;
+            }
+            match lookup.fd_of(owner.tgid, ino) {
+                Some(fd) => {
+                    if let Some(known) = &mut timeline.owner {
+                        known.value.fd = Some(fd);
+                    }
+                }
+                None => elsewhere.push(*key),
+            }
+        }
+        self.hand_over_or_close(&elsewhere, now_ns);
+    }
+
+    /// Sockets their recorded owner no longer holds: to whoever holds them now, else closed.
+    fn hand_over_or_close(&mut self, keys: &[SockKey], now_ns: u64) {
+        let inodes = keys
             .iter()
             .filter_map(|key| self.timelines.get(key)?.ino)
             .collect();
         let found = holders::find(&inodes);
-        for key in let_go {
-            let Some(timeline) = self.timelines.get_mut(&key) else {
+        for key in keys {
+            let Some(timeline) = self.timelines.get_mut(key) else {
                 continue;
             };
             let held = timeline.held();
             match timeline.ino.and_then(|ino| found.get(&ino)?.first()) {
-                Some(holder) => timeline.hand_over(holder),
+                Some(holder) => timeline.hand_over(*key, holder, now_ns),
                 None => {
                     timeline.closed_ns.get_or_insert(now_ns);
                     timeline.close_unrecorded = true;
@@ -698,22 +810,22 @@ impl Store {
     }
 
     pub fn get(&self, key: &SockKey) -> Option<&Timeline> {
-        self.timelines.get(key)
+        self.timelines.get(key).map(|t| &**t)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&SockKey, &Timeline)> {
-        self.timelines.iter()
+        self.timelines.iter().map(|(key, t)| (key, &**t))
     }
 
     /// The owner's process name: from its own records if any, else from /proc (cached, as a
     /// finding is reported long after the records that named the process).
     pub fn comm(&mut self, tgid: u32) -> Option<String> {
         if let Some(comm) = self.comms.get(&tgid) {
-            return Some(comm.clone());
+            return Some(comm.to_string());
         }
         let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm")).ok()?;
         let comm = comm.trim_end_matches('\n').to_owned();
-        self.comms.insert(tgid, comm.clone());
+        self.comms.insert(tgid, Comm::new(&comm));
         Some(comm)
     }
 
@@ -725,10 +837,17 @@ impl Store {
         let due = self
             .activity_sampled_ns
             .is_none_or(|at| now_ns.saturating_sub(at) >= ACTIVITY_EVERY_NS);
-        if !due || !self.timelines.values().any(Self::wants_activity) {
+        if !due || !self.timelines.values().any(|t| Self::wants_activity(t)) {
             return;
         }
         self.activity_sampled_ns = Some(now_ns);
+        let unresolved: Vec<SockKey> = self
+            .timelines
+            .iter()
+            .filter(|(_, t)| Self::wants_activity(t) && t.owner().is_some_and(|o| o.fd.is_none()))
+            .map(|(key, _)| *key)
+            .collect();
+        self.resolve_fds(&unresolved, now_ns);
         let wanted: Vec<Wanted> = self
             .timelines
             .values()
@@ -766,11 +885,9 @@ impl Store {
     /// for until the window has passed, as the proxy may open the other socket only after the
     /// half-close (the client sent its request and its FIN at once).
     fn pair_half_closed(&mut self, now_ns: u64) {
-        let half_closed: Vec<(SockKey, u32, Opened, Partner)> = self
-            .timelines
-            .iter()
-            .filter(|(_, t)| !t.paired)
-            .filter_map(|(key, t)| {
+        let mut half_closed = std::mem::take(&mut self.story_half_closes);
+        half_closed.extend(self.timelines.iter().filter(|(_, t)| !t.paired).filter_map(
+            |(key, t)| {
                 let half_closed_ns = t.close_wait_since.filter(|_| t.close_wait_entered)?;
                 let owner = t.owner()?;
                 let partner = Partner {
@@ -780,16 +897,20 @@ impl Store {
                     remote: t.remote(),
                     half_closed_ns,
                 };
-                Some((*key, owner.tgid, t.opened?, partner))
-            })
-            .collect();
+                Some(HalfClosed {
+                    owner: owner.tgid,
+                    opened: t.opened?,
+                    partner,
+                })
+            },
+        ));
         if half_closed.is_empty() {
             return;
         }
         // Per owner and direction, the open sockets without a partner by opening time, built once
         // per call: looking through every timeline for each half-closed socket would cost a
         // server under churn (all of whose clients half-close) the square of its connections.
-        let owners: HashSet<u32> = half_closed.iter().map(|&(_, pid, ..)| pid).collect();
+        let owners: HashSet<u32> = half_closed.iter().map(|h| h.owner).collect();
         let mut unpaired: HashMap<(u32, bool), Vec<(u64, SockKey)>> = HashMap::new();
         for (key, t) in &self.timelines {
             let (Some(owner), Some(opened)) = (t.owner(), t.opened) else {
@@ -805,15 +926,20 @@ impl Store {
         for list in unpaired.values_mut() {
             list.sort_unstable();
         }
-        for (key, pid, opened, partner) in half_closed {
+        for HalfClosed {
+            owner,
+            opened,
+            partner,
+        } in half_closed
+        {
             let mate = unpaired
-                .get_mut(&(pid, !opened.accepted))
+                .get_mut(&(owner, !opened.accepted))
                 .and_then(|list| take_closest(list, opened.ts_ns));
             if let Some(mate) = mate.and_then(|m| self.timelines.get_mut(&m)) {
                 mate.partner = Some(partner);
             }
             let window_passed = now_ns.saturating_sub(opened.ts_ns) > PAIR_WINDOW_NS;
-            if let Some(timeline) = self.timelines.get_mut(&key) {
+            if let Some(timeline) = self.timelines.get_mut(&partner.sock) {
                 timeline.paired = mate.is_some() || window_passed;
             }
         }
@@ -860,22 +986,16 @@ impl Store {
     /// past `max_sockets`, the least recently active.
     pub fn sweep(&mut self, keep: impl Fn(&SockKey) -> bool) {
         let now = self.latest_ns;
-        while let Some(&(at, key)) = self.retired_order.front() {
-            if now.saturating_sub(at) < RETIRED_GRACE_NS {
-                break;
-            }
-            self.retired_order.pop_front();
-            self.retired.remove(&key);
-        }
+        self.retired.expire(now);
         let mut kept = Vec::new();
-        while let Some((_, key)) = self.destroyed.pop_front() {
+        while let Some((_, key)) = self.ended.pop_front() {
             if keep(&key) {
                 kept.push((now, key));
             } else if self.retire(key) {
                 self.dropped.finished += 1;
             }
         }
-        self.destroyed.extend(kept);
+        self.ended.extend(kept);
         if now.saturating_sub(self.closed_scanned_ns) >= CLOSED_SCAN_EVERY_NS {
             self.closed_scanned_ns = now;
             let expired: Vec<SockKey> = self
@@ -932,12 +1052,109 @@ impl Store {
         };
         self.counts.move_held(timeline.held(), None);
         self.retired.insert(key, self.latest_ns);
-        self.retired_order.push_back((self.latest_ns, key));
         if let Some(swept) = &mut self.swept {
             swept.push((key, timeline));
         }
         true
     }
+}
+
+/// Sockets leaktrace is done with, whose late records are ignored. Two generations, each as old
+/// as [`RETIRED_GRACE_NS`] at most, the older dropped whole: under churn a socket retires every
+/// few microseconds, and forgetting them one by one would cost as much as remembering them.
+#[derive(Debug, Default)]
+struct Retired {
+    current: FxHashSet<SockKey>,
+    previous: FxHashSet<SockKey>,
+    /// When `current` began.
+    since_ns: u64,
+}
+
+impl Retired {
+    fn insert(&mut self, key: SockKey, now_ns: u64) {
+        self.expire(now_ns);
+        self.current.insert(key);
+    }
+
+    fn contains(&self, key: &SockKey) -> bool {
+        self.current.contains(key) || self.previous.contains(key)
+    }
+
+    /// A socket stays at least [`RETIRED_GRACE_NS`]: in `current` until it is that old, then in
+    /// `previous` for as long again.
+    fn expire(&mut self, now_ns: u64) {
+        if now_ns.saturating_sub(self.since_ns) < RETIRED_GRACE_NS {
+            return;
+        }
+        std::mem::swap(&mut self.current, &mut self.previous);
+        self.current.clear();
+        self.since_ns = now_ns;
+    }
+}
+
+/// What is kept of a socket that never gets a timeline: for the counts, and for pairing it
+/// should its peer have half-closed.
+#[derive(Debug, Default)]
+struct Story {
+    tally: stats::Tally,
+    owner: Option<u32>,
+    opened: Option<Opened>,
+    half_closed_ns: Option<u64>,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+}
+
+impl Story {
+    fn learn(&mut self, event: &Event) {
+        self.owner = event.owner.map(|o| o.tgid).or(self.owner);
+        self.local = self.local.or(event.local);
+        self.remote = self.remote.or(event.remote);
+        if let EventKind::State { old, new } = event.kind {
+            // As the timeline's rebuilt opening would have it (see [`Event::opening`]).
+            if old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV {
+                self.opened.get_or_insert(Opened {
+                    ts_ns: event.sock.born_ns,
+                    accepted: old == tcp_state::SYN_RECV,
+                });
+            }
+            if new == tcp_state::CLOSE_WAIT {
+                self.half_closed_ns.get_or_insert(event.ts_ns);
+            }
+        }
+    }
+
+    /// The socket as a proxied pair's half-closed side, if its peer half-closed.
+    fn half_closed(&self, sock: SockKey) -> Option<HalfClosed> {
+        Some(HalfClosed {
+            owner: self.owner?,
+            opened: self.opened?,
+            partner: Partner {
+                sock,
+                fd: None,
+                local: self.local,
+                remote: self.remote,
+                half_closed_ns: self.half_closed_ns?,
+            },
+        })
+    }
+}
+
+/// A socket whose peer half-closed, looking for the other socket of its proxied pair.
+#[derive(Debug)]
+struct HalfClosed {
+    owner: u32,
+    opened: Opened,
+    partner: Partner,
+}
+
+/// Whether nothing more will be recorded of the socket after this event (for leaktrace).
+fn ends_story(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Destroy { .. }
+            | EventKind::Close { final_record: true }
+            | EventKind::Accept { traced: false }
+    )
 }
 
 /// Removes and returns the socket of `by_opening` (sorted by opening time) opened closest to
@@ -974,7 +1191,7 @@ pub(crate) mod tests {
             task: Task {
                 tgid: OWNER,
                 tid: OWNER,
-                comm: "mailer".into(),
+                comm: Comm::new("mailer"),
             },
             owner: Some(Owner {
                 tgid: OWNER,
@@ -994,7 +1211,7 @@ pub(crate) mod tests {
         event.task = Task {
             tgid: PEER,
             tid: PEER,
-            comm: "curl".into(),
+            comm: Comm::new("curl"),
         };
         event.in_owner_context = false;
         event
@@ -1019,6 +1236,12 @@ pub(crate) mod tests {
         EventKind::State { old, new }
     }
 
+    pub(crate) const DESTROY: EventKind = EventKind::Destroy { time_wait: false };
+    pub(crate) const RELEASE: EventKind = EventKind::Close {
+        final_record: false,
+    };
+    pub(crate) const ACCEPT: EventKind = EventKind::Accept { traced: true };
+
     #[test]
     fn address_reuse_makes_two_timelines() {
         let mut store = Store::default();
@@ -1034,7 +1257,7 @@ pub(crate) mod tests {
             200,
             state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
         ));
-        store.insert(event(first, 300, EventKind::Destroy));
+        store.insert(event(first, 300, DESTROY));
         store.insert(event(
             second,
             600,
@@ -1044,10 +1267,11 @@ pub(crate) mod tests {
         assert_eq!(store.sockets_seen(), 2);
         let old = store.get(&first).unwrap();
         let new = store.get(&second).unwrap();
-        assert_eq!(old.entries().len(), 3);
+        // Each with its opening, rebuilt from its birth.
+        assert_eq!(old.entries().len(), 4);
         assert!(old.destroyed());
         assert_eq!(old.close_wait_since(), Some(200));
-        assert_eq!(new.entries().len(), 1);
+        assert_eq!(new.entries().len(), 2);
         assert!(!new.destroyed());
         assert_eq!(new.state(), Some(tcp_state::ESTABLISHED));
         assert_eq!(new.close_wait_since(), None);
@@ -1063,12 +1287,7 @@ pub(crate) mod tests {
             300,
             state(tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK),
         ));
-        store.insert(with_receive(
-            event(sock, 250, EventKind::Close { fd: Some(7) }),
-            11,
-            11,
-            true,
-        ));
+        store.insert(with_receive(event(sock, 250, RELEASE), 11, 11, true));
         store.insert(from_peer(with_receive(
             event(
                 sock,
@@ -1095,7 +1314,7 @@ pub(crate) mod tests {
     fn equal_times_keep_arrival_order() {
         let mut store = Store::default();
         let sock = key(1, 1);
-        store.insert(event(sock, 5, EventKind::Accept { fd: 3 }));
+        store.insert(event(sock, 5, ACCEPT));
         store.insert(event(sock, 5, EventKind::Arrival));
         let kinds: Vec<_> = store
             .get(&sock)
@@ -1104,30 +1323,56 @@ pub(crate) mod tests {
             .iter()
             .map(|e| e.kind)
             .collect();
-        assert_eq!(kinds, [EventKind::Accept { fd: 3 }, EventKind::Arrival]);
+        assert_eq!(kinds, [ACCEPT, EventKind::Arrival]);
     }
 
     #[test]
-    fn owner_from_accept_and_shutdown() {
+    fn owner_from_the_kernel_and_from_accept() {
         let mut store = Store::default();
         let sock = key(1, 1);
-        let mut accept = event(sock, 10, EventKind::Accept { fd: 9 });
-        accept.owner = None;
+        let mut first = event(sock, 10, state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED));
+        first.owner = Some(Owner {
+            tgid: PEER,
+            fd: None,
+        });
+        store.insert(first);
+        assert_eq!(store.get(&sock).unwrap().owner().unwrap().tgid, PEER);
+
+        // Another process took it from the listener.
+        let mut accept = event(sock, 20, ACCEPT);
+        accept.owner = Some(Owner {
+            tgid: OWNER,
+            fd: None,
+        });
         accept.task.tid = OWNER + 1;
-        accept.task.comm = "worker".into();
+        accept.task.comm = Comm::new("worker");
         store.insert(accept);
         assert_eq!(
             store.get(&sock).unwrap().owner(),
             Some(OwnerInfo {
                 tgid: OWNER,
-                fd: Some(9)
+                fd: None
             })
         );
         assert_eq!(store.comm(OWNER).as_deref(), Some("worker"));
 
-        // A later record that knows the owner but not the fd keeps the fd; the main thread's
-        // comm replaces the worker thread's.
-        let mut arrival = event(sock, 20, EventKind::Arrival);
+        // A socket found at start names its fd; a later record that knows the owner but not the
+        // fd keeps it, and the main thread's comm replaces the worker thread's.
+        let mut present = event(
+            sock,
+            30,
+            EventKind::Present {
+                fd: 9,
+                state: tcp_state::ESTABLISHED,
+                send_shutdown: false,
+            },
+        );
+        present.owner = Some(Owner {
+            tgid: OWNER,
+            fd: Some(9),
+        });
+        store.insert(present);
+        let mut arrival = event(sock, 40, EventKind::Arrival);
         arrival.owner = Some(Owner {
             tgid: OWNER,
             fd: None,
@@ -1143,43 +1388,23 @@ pub(crate) mod tests {
         store.insert(state_change);
         assert_eq!(store.get(&other).unwrap().owner(), None);
         assert!(!store.comms.contains_key(&PEER));
-
-        let mut shutdown = from_peer(event(
-            other,
-            40,
-            EventKind::Shutdown {
-                fd: 4,
-                how: shutdown_how::SHUT_WR,
-                ret: 0,
-            },
-        ));
-        shutdown.owner = None;
-        store.insert(shutdown);
-        assert_eq!(
-            store.get(&other).unwrap().owner(),
-            Some(OwnerInfo {
-                tgid: PEER,
-                fd: Some(4)
-            })
-        );
     }
 
     #[test]
-    fn first_successful_write_shutdown() {
+    fn first_write_shutdown() {
         let mut store = Store::default();
         let sock = key(1, 1);
-        let shutdown = |how, ret| EventKind::Shutdown { fd: 7, how, ret };
-        store.insert(event(sock, 10, shutdown(shutdown_how::SHUT_RD, 0)));
-        store.insert(event(sock, 20, shutdown(shutdown_how::SHUT_WR, -107)));
+        let shutdown = |how| EventKind::Shutdown { how };
+        store.insert(event(sock, 10, shutdown(shutdown_how::SHUT_RD)));
         assert_eq!(store.get(&sock).unwrap().write_shutdown(), None);
         store.insert(with_receive(
-            event(sock, 40, shutdown(shutdown_how::SHUT_WR, 0)),
+            event(sock, 40, shutdown(shutdown_how::SHUT_WR)),
             5,
             5,
             false,
         ));
         store.insert(with_receive(
-            event(sock, 30, shutdown(shutdown_how::SHUT_RDWR, 0)),
+            event(sock, 30, shutdown(shutdown_how::SHUT_RDWR)),
             3,
             3,
             false,
@@ -1187,6 +1412,80 @@ pub(crate) mod tests {
         let first = store.get(&sock).unwrap().write_shutdown().unwrap();
         assert_eq!(first.ts_ns, 30);
         assert_eq!(first.receive.unwrap().rcv_nxt, 3);
+    }
+
+    #[test]
+    fn the_opening_the_kernel_left_out_is_rebuilt_once() {
+        let mut store = Store::default();
+        let connected = key(1, 5);
+        store.insert(event(
+            connected,
+            10,
+            state(tcp_state::SYN_SENT, tcp_state::ESTABLISHED),
+        ));
+        store.insert(event(
+            connected,
+            20,
+            state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
+        ));
+        let kinds: Vec<_> = store
+            .get(&connected)
+            .unwrap()
+            .entries()
+            .iter()
+            .map(|e| (e.ts_ns, e.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (5, EventKind::Connect),
+                (5, state(tcp_state::CLOSE, tcp_state::SYN_SENT)),
+                (10, state(tcp_state::SYN_SENT, tcp_state::ESTABLISHED)),
+                (20, state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT)),
+            ]
+        );
+        assert_eq!(
+            store.get(&connected).unwrap().opened,
+            Some(Opened {
+                ts_ns: 5,
+                accepted: false
+            })
+        );
+        let accepted = key(2, 7);
+        store.insert(event(
+            accepted,
+            10,
+            state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
+        ));
+        let timeline = store.get(&accepted).unwrap();
+        assert_eq!(timeline.entries().len(), 2);
+        assert_eq!(
+            timeline.opened,
+            Some(Opened {
+                ts_ns: 7,
+                accepted: true
+            })
+        );
+        assert_eq!(store.sockets_seen(), 2);
+    }
+
+    #[test]
+    fn a_final_close_or_an_untraced_acceptor_ends_the_story() {
+        let mut store = Store::default();
+        let closed = key(1, 1);
+        let taken = key(2, 2);
+        store.insert(event(closed, 10, ACCEPT));
+        store.insert(event(closed, 20, EventKind::Close { final_record: true }));
+        store.insert(event(
+            taken,
+            10,
+            state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
+        ));
+        store.insert(event(taken, 20, EventKind::Accept { traced: false }));
+        store.sweep(|_| false);
+        assert_eq!(store.tracked(), 0);
+        assert_eq!(store.dropped().finished, 2);
+        assert_eq!(store.counts().held().count(), 0);
     }
 
     #[test]
@@ -1201,7 +1500,7 @@ pub(crate) mod tests {
                 false,
             ));
         }
-        store.insert(event(sock, 5_000, EventKind::Close { fd: Some(7) }));
+        store.insert(event(sock, 5_000, RELEASE));
         let timeline = store.get(&sock).unwrap();
         assert_eq!(timeline.entries().len(), MAX_ENTRIES + 1);
         assert_eq!(timeline.elided(), 50);
@@ -1218,9 +1517,9 @@ pub(crate) mod tests {
         let dead = key(1, 1);
         let kept = key(2, 2);
         let alive = key(3, 3);
-        store.insert(event(dead, 100, EventKind::Accept { fd: 7 }));
-        store.insert(event(dead, 150, EventKind::Destroy));
-        store.insert(event(kept, 100, EventKind::Destroy));
+        store.insert(event(dead, 100, ACCEPT));
+        store.insert(event(dead, 150, DESTROY));
+        store.insert(event(kept, 100, DESTROY));
         store.insert(event(alive, 200, EventKind::Arrival));
         store.sweep(|k| *k == kept);
         assert!(store.get(&dead).is_none());
@@ -1231,11 +1530,16 @@ pub(crate) mod tests {
         store.insert(event(dead, 140, EventKind::Arrival));
         assert!(store.get(&dead).is_none());
         assert_eq!(store.dropped().late_records, 1);
-        // ...until the grace period is over: the address may belong to a new socket by then.
+        // ...until the grace period is over (twice over at most): the address may belong to a
+        // new socket by then.
         store.insert(event(alive, 200 + RETIRED_GRACE_NS, EventKind::Arrival));
         store.sweep(|_| false);
         assert!(store.get(&kept).is_none(), "dropped once no longer kept");
         store.insert(event(dead, 300 + RETIRED_GRACE_NS, EventKind::Arrival));
+        assert!(store.get(&dead).is_none(), "still within the grace period");
+        store.insert(event(alive, 200 + 2 * RETIRED_GRACE_NS, EventKind::Arrival));
+        store.sweep(|_| false);
+        store.insert(event(dead, 300 + 2 * RETIRED_GRACE_NS, EventKind::Arrival));
         assert!(store.get(&dead).is_some());
         assert_eq!(store.sockets_seen(), 4);
         assert_eq!(
@@ -1243,16 +1547,65 @@ pub(crate) mod tests {
             Dropped {
                 finished: 2,
                 evicted: 0,
-                late_records: 1
+                late_records: 2
             }
         );
+    }
+
+    #[test]
+    fn a_story_wholly_within_one_read_makes_no_timeline() {
+        let mut store = Store::default();
+        let (churned, lasting) = (key(1, 1), key(2, 2));
+        let mut opened = event(
+            churned,
+            10,
+            state(tcp_state::SYN_SENT, tcp_state::ESTABLISHED),
+        );
+        opened.remote = Some("10.0.0.5:5432".parse().unwrap());
+        store.insert_batch(&[
+            opened,
+            event(churned, 20, RELEASE),
+            event(
+                churned,
+                20,
+                state(tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1),
+            ),
+            event(
+                lasting,
+                25,
+                state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
+            ),
+            event(churned, 30, EventKind::Destroy { time_wait: true }),
+        ]);
+        assert!(store.get(&churned).is_none());
+        assert!(store.get(&lasting).is_some());
+        assert_eq!(store.sockets_seen(), 2);
+        assert_eq!(store.dropped().finished, 1);
+        let remotes: Vec<_> = store.counts().remotes().collect();
+        assert!(
+            remotes.contains(&(
+                Remote::Service("10.0.0.5:5432".parse().unwrap()),
+                stats::RemoteCounts {
+                    connections: 1,
+                    time_wait: 1
+                }
+            )),
+            "{remotes:?}"
+        );
+        // A straggler after its end is ignored, as for a dropped timeline.
+        store.insert_batch(&[event(churned, 40, EventKind::Arrival)]);
+        assert!(store.get(&churned).is_none());
+
+        // A story that began in an earlier read ends in its timeline.
+        store.insert_batch(&[event(lasting, 50, DESTROY)]);
+        assert!(store.get(&lasting).unwrap().destroyed());
     }
 
     #[test]
     fn closed_sockets_stay_for_the_retention_window() {
         let mut store = Store::default();
         let sock = key(1, 1);
-        store.insert(event(sock, 100, EventKind::Close { fd: Some(7) }));
+        store.insert(event(sock, 100, RELEASE));
         store.insert(event(
             sock,
             200,
@@ -1270,11 +1623,7 @@ pub(crate) mod tests {
         assert_eq!(store.dropped().finished, 1);
         // A kept socket stays past the window, until nothing needs it.
         let kept = key(3, 3);
-        store.insert(event(
-            kept,
-            200 + CLOSED_RETENTION_NS,
-            EventKind::Close { fd: Some(8) },
-        ));
+        store.insert(event(kept, 200 + CLOSED_RETENTION_NS, RELEASE));
         let later = 200 + 2 * CLOSED_RETENTION_NS;
         store.insert(event(key(2, 2), later, EventKind::Arrival));
         store.sweep(|sock| *sock == kept);
@@ -1292,9 +1641,9 @@ pub(crate) mod tests {
     fn past_the_cap_the_least_recently_active_go_first() {
         let mut store = Store::with_capacity_limit(10);
         let leak = key(100, 100);
-        store.insert(event(leak, 1, EventKind::Accept { fd: 7 }));
+        store.insert(event(leak, 1, ACCEPT));
         for n in 0..10 {
-            store.insert(event(key(n, n), 10 + n, EventKind::Accept { fd: 8 }));
+            store.insert(event(key(n, n), 10 + n, ACCEPT));
         }
         assert_eq!(store.tracked(), 11);
         store.sweep(|k| *k == leak);
@@ -1309,7 +1658,7 @@ pub(crate) mod tests {
             store
                 .counts()
                 .held()
-                .all(|(_, states)| states.values().sum::<u64>() <= 9),
+                .all(|(_, states)| states.iter().map(|(_, n)| n).sum::<u64>() <= 9),
             "evicted sockets leave the held counts"
         );
     }
@@ -1322,29 +1671,40 @@ pub(crate) mod tests {
         use std::net::{TcpListener, TcpStream};
         use std::os::fd::AsRawFd;
 
-        fn owned_by_me(store: &mut Store, sock: SockKey, stream: &TcpStream) {
+        /// `fd_known`: found at start, with its fd; else only its file (the inode) is known.
+        fn owned_by_me(store: &mut Store, sock: SockKey, stream: &TcpStream, fd_known: bool) {
             let fd = stream.as_raw_fd();
-            let mut accept = event(sock, 10, EventKind::Accept { fd });
-            accept.task.tgid = std::process::id();
-            accept.owner = Some(Owner {
+            let mut present = event(
+                sock,
+                10,
+                EventKind::Present {
+                    fd,
+                    state: tcp_state::ESTABLISHED,
+                    send_shutdown: false,
+                },
+            );
+            present.task.tgid = std::process::id();
+            present.owner = Some(Owner {
                 tgid: std::process::id(),
-                fd: Some(fd),
+                fd: fd_known.then_some(fd),
             });
-            accept.ino = Some(holders::tests::inode_of(fd));
-            store.insert(accept);
+            present.ino = Some(holders::tests::inode_of(fd));
+            store.insert(present);
         }
 
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let connect = || TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (held, copied, closed) = (connect(), connect(), connect());
+        let (held, copied, closed, by_file) = (connect(), connect(), connect(), connect());
         let mut store = Store::default();
-        let (held_key, copied_key, closed_key, gone_key) =
-            (key(1, 1), key(2, 2), key(3, 3), key(4, 4));
-        owned_by_me(&mut store, held_key, &held);
-        owned_by_me(&mut store, copied_key, &copied);
-        owned_by_me(&mut store, closed_key, &closed);
+        let (held_key, copied_key, closed_key, gone_key, by_file_key) =
+            (key(1, 1), key(2, 2), key(3, 3), key(4, 4), key(5, 5));
+        owned_by_me(&mut store, held_key, &held, true);
+        owned_by_me(&mut store, copied_key, &copied, true);
+        owned_by_me(&mut store, closed_key, &closed, true);
+        owned_by_me(&mut store, by_file_key, &by_file, false);
         // Beyond any pid_max: a process that is gone.
-        let mut gone = event(gone_key, 10, EventKind::Accept { fd: 7 });
+        let mut gone = event(gone_key, 10, ACCEPT);
+        gone.ino = Some(1);
         gone.owner = Some(Owner {
             tgid: 1 << 23,
             fd: Some(7),
@@ -1369,6 +1729,14 @@ pub(crate) mod tests {
         assert!(timeline(closed_key).closed() && timeline(closed_key).close_unrecorded());
         assert!(timeline(gone_key).owner_exited());
         assert!(!timeline(gone_key).close_unrecorded());
+        assert!(timeline(by_file_key).live());
+
+        // The fd of a socket known by its file alone is looked up when a finding needs it.
+        store.resolve_fds(&[by_file_key], 2_000);
+        assert_eq!(
+            store.get(&by_file_key).unwrap().owner().unwrap().fd,
+            Some(by_file.as_raw_fd())
+        );
     }
 
     #[test]
@@ -1389,25 +1757,10 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn another_process_closing_its_copy_is_not_a_close() {
-        let mut store = Store::default();
-        let sock = key(1, 1);
-        store.insert(event(sock, 10, EventKind::Accept { fd: 7 }));
-        store.insert(from_peer(event(sock, 20, EventKind::FdClosed { fd: 40 })));
-        let timeline = store.get(&sock).unwrap();
-        assert_eq!(timeline.entries().len(), 1, "{:?}", timeline.entries());
-        assert_eq!(timeline.owner_released_ns, None);
-        store.insert(event(sock, 30, EventKind::FdClosed { fd: 7 }));
-        let timeline = store.get(&sock).unwrap();
-        assert_eq!(timeline.entries().len(), 2, "the owner's own close counts");
-        assert_eq!(timeline.owner_released_ns, Some(30));
-    }
-
-    #[test]
     fn exits_apply_at_the_next_evaluation() {
         let mut store = Store::default();
         let sock = key(1, 1);
-        store.insert(event(sock, 10, EventKind::Accept { fd: 7 }));
+        store.insert(event(sock, 10, ACCEPT));
         store.owner_exited(OWNER, 20);
         assert!(!store.get(&sock).unwrap().owner_exited());
         store.apply_exits();
@@ -1417,14 +1770,14 @@ pub(crate) mod tests {
     #[test]
     fn dropped_timelines_go_to_whoever_asked() {
         let mut store = Store::default();
-        store.insert(event(key(9, 9), 50, EventKind::Destroy));
+        store.insert(event(key(9, 9), 50, DESTROY));
         store.sweep(|_| false);
         assert!(store.take_swept().is_empty(), "nobody asked for them");
 
         let mut store = Store::default().keeping_swept();
         let dead = key(1, 1);
-        store.insert(event(dead, 100, EventKind::Accept { fd: 7 }));
-        store.insert(event(dead, 200, EventKind::Destroy));
+        store.insert(event(dead, 100, ACCEPT));
+        store.insert(event(dead, 200, DESTROY));
         store.sweep(|_| false);
         let swept = store.take_swept();
         let [(swept_key, timeline)] = &swept[..] else {

@@ -65,8 +65,9 @@ pub fn skip(test: &str, reason: &str) {
     let _ = io::stderr().write_all(format!("SKIPPED {test}: {reason}\n").as_bytes());
 }
 
-/// The events whose hook depends on the family; the others are tracepoints in every family.
-pub const FAMILY_EVENTS: [&str; 3] = ["state", "accept", "close"];
+/// The events whose hook tells the family apart: state changes and the rest are tracepoints in
+/// every family (BTF or classic), which connection was accepted by which process is not.
+pub const FAMILY_EVENTS: [&str; 1] = ["accept"];
 
 /// The hook family (`fentry`, `kprobe` or `tracepoint`, as `--hooks` names them) serving the
 /// family-specific events of a leaktrace `start` record; an error if they are served by a mix.
@@ -80,7 +81,7 @@ pub fn hook_family(start: &Value) -> Result<&'static str> {
         families.push(match hook.split_once(':').map(|(kind, _)| kind) {
             Some("fentry" | "fexit") => "fentry",
             Some("kprobe" | "kretprobe") => "kprobe",
-            // tp_btf, classic tracepoints, and the accept syscall's fd table lookup.
+            // What a tracepoint (the first read) or the listener says.
             _ => "tracepoint",
         });
         hooks.push(format!("{event}={hook}"));

@@ -1,83 +1,80 @@
-//! accept: binds the accepted socket to its owner (tgid, fd). The fd exists only once the
-//! syscall returns, so the record is written at `sys_exit_accept{,4}`; where the kernel lets us
-//! hook `inet_csk_accept`, it hands over the socket directly instead of an fd-table walk.
+//! Who accepted a connection. Until then it is claimed by the process listening on its port;
+//! where several processes accept on one listener (a prefork server's workers), the one that
+//! takes it is learned from `inet_csk_accept`'s return (fexit, kretprobe) or, where neither can
+//! be hooked, from the first read of the socket (see `receive`).
 use aya_ebpf::{
-    macros::{fexit, kretprobe, tracepoint},
-    programs::{FExitContext, RetProbeContext, TracePointContext},
+    macros::{fexit, kretprobe},
+    programs::{FExitContext, RetProbeContext},
 };
-use leaktrace_common::RecordKind;
+use leaktrace_common::{RecordKind, FLAG_UNTRACED};
 
-use super::syscall;
 use crate::{
-    emit::{self, current, emit, ensure_configured, owner_traced, sock_meta, Event},
-    error::{ProbeError, ProbeResult},
-    kernel::{self, ReceiveSide},
-    maps::PendingCall,
+    emit::{now, socket_record, Event},
+    idle,
+    kernel::{Btf, Probe, Reader, Sock},
+    sock_meta::{claim, current, followed, forget, traced, SockMeta, FROM_LISTENER},
 };
 
-fn stash_accepted(sk: u64) {
-    if sk == 0 {
+/// `tgid` holds `sk`, which its listener's process claimed: the socket moves to `tgid`, and out
+/// of the trace if `tgid` is not traced. Whether it is still followed.
+#[inline(always)]
+pub fn taken_over<R: Reader>(sk: Sock, meta: &mut SockMeta, tgid: u32, now: u64) -> bool {
+    meta.flags &= !FROM_LISTENER;
+    if meta.owner_tgid == tgid {
+        return true;
+    }
+    meta.owner_tgid = tgid;
+    let followed = traced(tgid);
+    let mut event = Event::new(RecordKind::Accept, now);
+    if !followed {
+        event.flags |= FLAG_UNTRACED;
+    }
+    event.file = sk.socket::<R>().and_then(|socket| socket.file::<R>());
+    socket_record::<R>(sk, meta, &event);
+    if !followed {
+        forget(sk);
+    }
+    followed
+}
+
+#[inline(always)]
+fn on_accepted<R: Reader>(sk: Sock) {
+    if sk.addr() == 0 {
         return;
     }
-    syscall::remember(PendingCall {
-        ts_ns: emit::now(),
-        sock: sk,
-        fd: -1,
-        how: 0,
-        ino: 0,
-        receive: ReceiveSide::UNREAD,
-    });
+    let (tgid, _) = current();
+    let now = now();
+    match followed(sk) {
+        Some(meta) => {
+            let _ = taken_over::<R>(sk, meta, tgid, now);
+        }
+        // Its listener is nobody's we trace, but a traced process took it.
+        None => {
+            if let Some(meta) = claim(sk, tgid, now, 0) {
+                let mut event = Event::new(RecordKind::Accept, now);
+                event.file = sk.socket::<R>().and_then(|socket| socket.file::<R>());
+                socket_record::<R>(sk, meta, &event);
+            }
+        }
+    }
 }
 
 #[fexit(function = "inet_csk_accept")]
 pub fn accept_fexit(ctx: FExitContext) -> i32 {
+    if idle() {
+        return 0;
+    }
     if let Ok(sk) = ctx.ret::<u64>() {
-        stash_accepted(sk);
+        on_accepted::<Btf>(Sock(sk));
     }
     0
 }
 
 #[kretprobe]
 pub fn accept_kretprobe(ctx: RetProbeContext) -> u32 {
-    stash_accepted(ctx.ret::<u64>());
-    0
-}
-
-fn on_accept_exit(ret: i64) -> ProbeResult {
-    ensure_configured()?;
-    let task = current();
-    // Present only where `inet_csk_accept` is hooked; otherwise the fd table tells.
-    let stashed = syscall::recall().ok().map(|call| call.sock);
-    if ret < 0 {
-        return Ok(());
+    if idle() {
+        return 0;
     }
-    let fd = ret as i32;
-    // The fd table walk also yields the inode, which finds the socket's holders later.
-    let (sk, ino) = match (stashed, kernel::tcp_sock_of_fd(fd)) {
-        (Some(sk), socket) if sk != 0 => (sk, socket.map_or(0, |s| s.ino)),
-        (_, socket) => {
-            let socket = socket?;
-            (socket.sk, socket.ino)
-        }
-    };
-    let now = emit::now();
-    let meta = unsafe { &mut *sock_meta(sk, now, task.tgid)? };
-    meta.owner_tgid = task.tgid;
-    meta.owner_fd = fd;
-    if !owner_traced(meta.owner_tgid) {
-        return Err(ProbeError::Filtered);
-    }
-    let mut event = Event::new(RecordKind::Accept, now);
-    event.fd = fd;
-    event.ret = ret;
-    event.ino = ino;
-    emit(sk, meta, &event)
-}
-
-#[tracepoint]
-pub fn accept_exit(ctx: TracePointContext) -> u32 {
-    if let Ok(ret) = syscall::ret(&ctx) {
-        let _ = on_accept_exit(ret);
-    }
+    on_accepted::<Probe>(Sock(ctx.ret::<u64>()));
     0
 }

@@ -1,16 +1,12 @@
-//! One module per kernel area. Each module's entry points (one per hook family) only extract
-//! their arguments and call that area's handler, so every family produces the same records.
+//! One module per kernel area. Each module's entry points (one per program type) only extract
+//! their arguments and call that area's handler, generic over how kernel memory is read, so every
+//! hook family produces the same records.
 mod accept;
-mod close;
-mod connect;
 mod destroy;
-mod listen;
 mod process;
 mod receive;
 mod seed;
-mod shutdown;
 mod state;
-mod syscall;
 
 /// Key of `LISTENERS`.
 #[inline(always)]

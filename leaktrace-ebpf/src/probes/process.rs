@@ -1,71 +1,74 @@
 //! Processes: with `--follow-children` (and in `leaktrace run`), a process started by a traced
 //! process is traced from its first instruction, because the kernel adds it to `TARGETS` before
 //! it runs; and a traced process's exit is recorded so its findings resolve and leaktrace knows
-//! when nothing it traces is left.
+//! when nothing it traces is left. Rare events: classic tracepoints are cheap enough here.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use leaktrace_common::{RecordKind, OFFSET_UNKNOWN};
+use leaktrace_common::{ProbeFailure, RecordKind, OFFSET_UNKNOWN};
 
 use crate::{
-    config,
-    emit::{self, current, emit_process, ensure_configured, Event},
-    error::{ProbeError, ProbeResult},
-    maps::TARGETS,
+    config, emit::process_record, failure::count_failure, idle, maps::TARGETS, sock_meta::current,
 };
 
 // include/uapi/linux/sched.h: a new thread, not a new process.
 const CLONE_THREAD: u64 = 0x0001_0000;
 
-fn on_newtask(ctx: &TracePointContext) -> ProbeResult {
-    ensure_configured()?;
+#[inline(always)]
+fn on_newtask(ctx: &TracePointContext) -> Option<()> {
     if config!(follow_children) == 0 {
-        return Ok(());
+        return None;
     }
     // Runs in the parent, before the child is first scheduled.
-    let parent = current().tgid;
-    if unsafe { TARGETS.get(parent) }.is_none() {
-        return Err(ProbeError::Filtered);
-    }
-    let read = |offset: u32| -> Result<u64, ProbeError> {
-        unsafe { ctx.read_at::<u64>(offset as usize) }.map_err(|_| ProbeError::Read)
-    };
+    let (parent, _) = current();
+    // SAFETY: the value is not used, only its presence.
+    unsafe { TARGETS.get(parent) }?;
+    // SAFETY: offsets from this kernel's tracefs format file for the event.
+    let read = |offset: u32| unsafe { ctx.read_at::<u64>(offset as usize) }.ok();
     if read(config!(tracepoints.newtask_clone_flags))? & CLONE_THREAD != 0 {
-        return Ok(());
+        return None;
     }
     let child = read(config!(tracepoints.newtask_pid))? as u32;
-    let _ = TARGETS.insert(child, 1, 0);
-    emit_process(&Event::new(RecordKind::Fork, emit::now()), child)
+    if TARGETS.insert(child, 1, 0).is_err() {
+        count_failure(ProbeFailure::TargetMapFull);
+    }
+    process_record(RecordKind::Fork, child);
+    Some(())
 }
 
 #[tracepoint]
 pub fn newtask(ctx: TracePointContext) -> u32 {
-    let _ = on_newtask(&ctx);
+    if !idle() {
+        let _ = on_newtask(&ctx);
+    }
     0
 }
 
-fn on_process_exit(ctx: &TracePointContext) -> ProbeResult {
-    ensure_configured()?;
-    let task = current();
+#[inline(always)]
+fn on_process_exit(ctx: &TracePointContext) -> Option<()> {
+    let (tgid, tid) = current();
     let offset = config!(tracepoints.process_exit_group_dead);
     let process_ends = if offset == OFFSET_UNKNOWN {
         // Older kernels do not say whether this is the last thread: the leader's exit stands in.
-        task.tid == task.tgid
+        tid == tgid
     } else {
-        unsafe { ctx.read_at::<u8>(offset as usize) }.map_err(|_| ProbeError::Read)? != 0
+        // SAFETY: offset from this kernel's tracefs format file for the event.
+        unsafe { ctx.read_at::<u8>(offset as usize) }.ok()? != 0
     };
     if !process_ends {
-        return Ok(());
+        return None;
     }
     if config!(filter_targets) != 0 {
-        if unsafe { TARGETS.get(task.tgid) }.is_none() {
-            return Err(ProbeError::Filtered);
-        }
-        let _ = TARGETS.remove(task.tgid);
+        // SAFETY: the value is not used, only its presence.
+        unsafe { TARGETS.get(tgid) }?;
+        let _ = TARGETS.remove(tgid);
     }
-    emit_process(&Event::new(RecordKind::Exit, emit::now()), task.tgid)
+    process_record(RecordKind::Exit, 0);
+    Some(())
 }
 
 #[tracepoint]
 pub fn process_exit(ctx: TracePointContext) -> u32 {
-    let _ = on_process_exit(&ctx);
+    if !idle() {
+        let _ = on_process_exit(&ctx);
+    }
     0
 }

@@ -1,62 +1,123 @@
-//! The receive side of watched (shut-down) sockets: the owner's reads (`sock:sock_recv_length`,
-//! or `tcp:tcp_rcv_space_adjust` on kernels before 6.3, which does not see end-of-stream reads)
-//! and the peer's data arriving (`sock:sk_data_ready`, 6.4+). Every other socket returns after
-//! one map lookup, which keeps these per-packet and per-read hooks cheap.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+//! The receive side of watched sockets: the owner's reads of a socket it shut down or whose peer
+//! did (CLOSE_WAIT) (`sock:sock_recv_length`, or `tcp:tcp_rcv_space_adjust` on kernels before
+//! 6.3, which does not see end-of-stream reads), and the peer's data arriving after the owner's
+//! shutdown (`sock:sk_data_ready`, 6.4+).
+//! These run on every read and every packet of every socket: anything not followed stops at one
+//! map lookup. Where no accept hook exists, the first read of a connection also says which
+//! process accepted it.
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use leaktrace_common::{RecordKind, RESULT_UNKNOWN};
 
+use super::accept::taken_over;
 use crate::{
     config,
-    emit::{self, emit, owner_traced, Event},
-    error::{ProbeError, ProbeResult},
-    maps::SOCKS,
+    emit::{now, socket_record, Event},
+    idle,
+    kernel::{Btf, Probe, Reader, Sock},
+    sock_meta::{current, followed, ARRIVALS_WATCHED, FROM_LISTENER, READS_WATCHED, RELEASED},
 };
 
-fn on_watched(sk: u64, kind: RecordKind, ret: i64) -> ProbeResult {
-    let Some(meta) = (unsafe { SOCKS.get(sk) }).copied() else {
-        return Ok(());
+#[inline(always)]
+fn on_read<R: Reader>(sk: Sock, ret: i64) {
+    let Some(meta) = followed(sk) else {
+        return;
     };
-    if meta.watched == 0 {
-        return Ok(());
+    // With an accept hook the flag is gone by now; without one, the first reader accepted it.
+    if meta.flags & FROM_LISTENER != 0 && !taken_over::<R>(sk, meta, current().0, now()) {
+        return;
     }
-    if !owner_traced(meta.owner_tgid) {
-        return Err(ProbeError::Filtered);
+    if meta.flags & (READS_WATCHED | RELEASED) != READS_WATCHED {
+        return;
     }
-    let mut event = Event::new(kind, emit::now());
+    let mut event = Event::new(RecordKind::Recv, now());
     event.ret = ret;
-    emit(sk, &meta, &event)
+    socket_record::<R>(sk, meta, &event);
 }
 
-fn read_ptr(ctx: &TracePointContext, offset: u32) -> Result<u64, ProbeError> {
-    unsafe { ctx.read_at(offset as usize) }.map_err(|_| ProbeError::Read)
+#[inline(always)]
+fn on_arrival<R: Reader>(sk: Sock) {
+    let Some(meta) = followed(sk) else {
+        return;
+    };
+    if meta.flags & (ARRIVALS_WATCHED | RELEASED) != ARRIVALS_WATCHED {
+        return;
+    }
+    socket_record::<R>(sk, meta, &Event::new(RecordKind::Arrival, now()));
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn recv_length_tp_btf(ctx: BtfTracePointContext) -> i32 {
+    if idle() {
+        return 0;
+    }
+    let sk: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    on_read::<Btf>(Sock(sk), ret as i64);
+    0
 }
 
 #[tracepoint]
-pub fn recv_length(ctx: TracePointContext) -> u32 {
-    let read = || -> Result<(u64, i32), ProbeError> {
-        let sk = read_ptr(&ctx, config!(tracepoints.recv_length_sk))?;
-        let ret = unsafe { ctx.read_at::<i32>(config!(tracepoints.recv_length_ret) as usize) }
-            .map_err(|_| ProbeError::Read)?;
-        Ok((sk, ret))
+pub fn recv_length_tp(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
+    // SAFETY: offsets from this kernel's tracefs format file for the event.
+    let read = || -> Result<(u64, i32), i64> {
+        unsafe {
+            Ok((
+                ctx.read_at(config!(tracepoints.recv_length_sk) as usize)?,
+                ctx.read_at(config!(tracepoints.recv_length_ret) as usize)?,
+            ))
+        }
     };
     if let Ok((sk, ret)) = read() {
-        let _ = on_watched(sk, RecordKind::Recv, ret as i64);
+        on_read::<Probe>(Sock(sk), ret as i64);
     }
     0
 }
 
-#[tracepoint]
-pub fn recv_space_adjust(ctx: TracePointContext) -> u32 {
-    if let Ok(sk) = read_ptr(&ctx, config!(tracepoints.rcv_space_adjust_skaddr)) {
-        let _ = on_watched(sk, RecordKind::Recv, RESULT_UNKNOWN);
+#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
+pub fn rcv_space_adjust_tp_btf(ctx: BtfTracePointContext) -> i32 {
+    if idle() {
+        return 0;
     }
+    on_read::<Btf>(Sock(ctx.arg(0)), RESULT_UNKNOWN);
     0
 }
 
 #[tracepoint]
-pub fn data_ready(ctx: TracePointContext) -> u32 {
-    if let Ok(sk) = read_ptr(&ctx, config!(tracepoints.data_ready_sk)) {
-        let _ = on_watched(sk, RecordKind::Arrival, 0);
+pub fn rcv_space_adjust_tp(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
+    // SAFETY: offset from this kernel's tracefs format file for the event.
+    let sk = unsafe { ctx.read_at::<u64>(config!(tracepoints.rcv_space_adjust_skaddr) as usize) };
+    if let Ok(sk) = sk {
+        on_read::<Probe>(Sock(sk), RESULT_UNKNOWN);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sk_data_ready")]
+pub fn data_ready_tp_btf(ctx: BtfTracePointContext) -> i32 {
+    if idle() {
+        return 0;
+    }
+    on_arrival::<Btf>(Sock(ctx.arg(0)));
+    0
+}
+
+#[tracepoint]
+pub fn data_ready_tp(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
+    // SAFETY: offset from this kernel's tracefs format file for the event.
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(config!(tracepoints.data_ready_sk) as usize) } {
+        on_arrival::<Probe>(Sock(sk));
     }
     0
 }

@@ -1,64 +1,99 @@
 //! Sockets that predate the trace. For each socket fd of a traced process, leaktrace duplicates
 //! the fd into itself (pidfd_getfd), writes whose it is into `SEED_REQUEST`, and calls
 //! `getsockname` on the duplicate: this program, in leaktrace's own context, resolves the fd to
-//! the socket, binds it to its real owner (so the --pid filter passes its softirq transitions
-//! from now on), and records its present state and receive side.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use leaktrace_common::{tcp_state, RecordKind, FLAG_SEND_SHUTDOWN, OWNER_UNKNOWN};
+//! the socket, binds it to its real owner (so its later transitions are followed), and records
+//! its present state and receive side. Attached only while leaktrace seeds, at start: a syscall
+//! tracepoint left attached would slow every syscall on the host.
+use aya_ebpf::{helpers::bpf_get_current_task, macros::tracepoint, programs::TracePointContext};
+use leaktrace_common::{tcp_state, ProbeFailure, RecordKind, FLAG_SEND_SHUTDOWN};
 
-use super::{listener_key, syscall};
+use super::listener_key;
 use crate::{
     config,
-    emit::{self, current, emit, ensure_configured, owner_traced, sock_meta, Event},
-    error::{ProbeError, ProbeResult},
-    kernel,
-    maps::{LISTENERS, SEED_DUPS, SEED_REQUEST},
+    emit::{now, socket_record, Event},
+    failure::count_failure,
+    idle,
+    kernel::{File, Probe, Reader, Sock},
+    maps::{LISTENERS, SEED_REQUEST},
+    sock_meta::{claim, current, followed, ARRIVALS_WATCHED, READS_WATCHED},
 };
 
-fn on_seed(ctx: &TracePointContext) -> ProbeResult {
-    ensure_configured()?;
-    if current().tgid != config!(seeder_tgid) {
-        return Ok(());
+/// The TCP socket behind `fd` in the current task's fd table, and its file:
+/// task->files->fdt->fd[fd], a socket file whose private data is the `struct socket`.
+#[inline(always)]
+fn tcp_socket_of_fd(fd: i32) -> Option<(Sock, File)> {
+    if fd < 0 {
+        return None;
     }
-    let fd = syscall::arg0(ctx)? as i32;
-    let socket = kernel::tcp_sock_of_fd(fd)?;
-    let sk = socket.sk;
-    let request = SEED_REQUEST
-        .get(0)
-        .copied()
-        .ok_or(ProbeError::NoPendingCall)?;
-    let _ = SEED_DUPS.insert(fd, 1, 0);
-    let now = emit::now();
-    let meta = unsafe { &mut *sock_meta(sk, now, request.owner_tgid)? };
-    if meta.owner_tgid == OWNER_UNKNOWN {
-        meta.owner_tgid = request.owner_tgid;
-        meta.owner_fd = request.owner_fd;
+    // SAFETY: no preconditions; the task is only read through bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = Probe::read(task, config!(kernel.task_files))?;
+    let fdt: u64 = Probe::read(files, config!(kernel.files_fdt))?;
+    let max_fds: u32 = Probe::read(fdt, config!(kernel.fdtable_max_fds))?;
+    if fd as u32 >= max_fds {
+        return None;
     }
-    let state = kernel::state(sk)?;
+    let fd_array: u64 = Probe::read(fdt, config!(kernel.fdtable_fd))?;
+    let file = File::from_raw(Probe::read(fd_array, fd as u32 * 8)?)?;
+    if !file.is_socket::<Probe>() {
+        return None;
+    }
+    let sk = file.socket::<Probe>()?.sock::<Probe>()?;
+    sk.is_tcp::<Probe>().then_some((sk, file))
+}
+
+/// Records `sk`, held by the fd of `SEED_REQUEST`, as present since before the trace.
+#[inline(always)]
+fn present<R: Reader>(sk: Sock, file: Option<File>) -> Option<()> {
+    let request = *SEED_REQUEST.get(0)?;
+    if request.owner_tgid == 0 || !sk.is_tcp::<R>() {
+        return None;
+    }
+    let now = now();
+    let meta = match followed(sk) {
+        Some(meta) => meta,
+        None => claim(sk, request.owner_tgid, now, 0)?,
+    };
+    let state = sk.state::<R>()?;
     if state == tcp_state::LISTEN {
-        let key = listener_key(kernel::family(sk)?, kernel::local_port(sk)?);
-        let _ = LISTENERS.insert(key, meta.owner_tgid, 0);
+        let key = listener_key(sk.family::<R>(), sk.local_port::<R>());
+        if LISTENERS.insert(key, meta.owner_tgid, 0).is_err() {
+            count_failure(ProbeFailure::ListenerMapFull);
+        }
     }
-    let send_shutdown = kernel::send_shutdown(sk)?;
-    if send_shutdown || state == tcp_state::CLOSE_WAIT {
-        meta.watched = 1;
-    }
-    if !owner_traced(meta.owner_tgid) {
-        return Err(ProbeError::Filtered);
+    let send_shutdown = sk.send_shutdown::<R>();
+    if send_shutdown {
+        meta.flags |= READS_WATCHED | ARRIVALS_WATCHED;
+    } else if state == tcp_state::CLOSE_WAIT {
+        meta.flags |= READS_WATCHED;
     }
     let mut event = Event::new(RecordKind::Present, now);
     event.old_state = state;
     event.new_state = state;
     event.fd = request.owner_fd;
-    event.ino = socket.ino;
+    event.file = file;
     if send_shutdown {
         event.flags = FLAG_SEND_SHUTDOWN;
     }
-    emit(sk, meta, &event)
+    socket_record::<R>(sk, meta, &event);
+    Some(())
+}
+
+#[inline(always)]
+fn on_getsockname(ctx: &TracePointContext) -> Option<()> {
+    if current().0 != config!(seeder_tgid) {
+        return None;
+    }
+    // SAFETY: offset from this kernel's tracefs format file for the event.
+    let fd = unsafe { ctx.read_at::<i64>(config!(tracepoints.syscall_arg0) as usize) }.ok()? as i32;
+    let (sk, file) = tcp_socket_of_fd(fd)?;
+    present::<Probe>(sk, Some(file))
 }
 
 #[tracepoint]
 pub fn seed(ctx: TracePointContext) -> u32 {
-    let _ = on_seed(&ctx);
+    if !idle() {
+        let _ = on_getsockname(&ctx);
+    }
     0
 }

@@ -1,75 +1,164 @@
-//! TCP state transitions: `tcp_set_state` (fentry, kprobe) or `inet_sock_set_state` (tp_btf,
-//! classic tracepoint).
+//! TCP state transitions (`inet_sock_set_state`): most of a socket's story, and the owner's own
+//! calls too. connect() moves the socket to SYN_SENT, listen() to LISTEN, shutdown() and close()
+//! to FIN_WAIT1 or LAST_ACK, each inside the caller's call with the socket locked, so no syscall
+//! hook is needed for them (a syscall tracepoint would put every syscall of every process on
+//! the kernel's slow path). What tells a close from a shutdown is the socket's file: while the
+//! kernel closes a socket, the last reference to its file is already gone.
 use aya_ebpf::{
-    macros::{btf_tracepoint, fentry, kprobe, tracepoint},
-    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
-use leaktrace_common::{tcp_state, RecordKind, OWNER_UNKNOWN};
+use leaktrace_common::{
+    tcp_state::{self, enters_time_wait},
+    ProbeFailure, RecordKind, FLAG_FINAL, FLAG_RELEASED, FLAG_SHUTDOWN,
+};
 
-use super::listener_key;
+use super::{accept::taken_over, listener_key};
 use crate::{
     config,
-    emit::{self, current, emit, ensure_configured, owner_traced, sock_meta, Event},
-    error::{ProbeError, ProbeResult},
-    kernel,
+    emit::{now, socket_record, Event},
+    failure::count_failure,
+    idle,
+    kernel::{Btf, FileRefs, Probe, Reader, Sock},
     maps::LISTENERS,
+    sock_meta::{
+        claim, current, followed, forget, SockMeta, ARRIVALS_WATCHED, FROM_LISTENER, READS_WATCHED,
+        RELEASED, TIME_WAIT,
+    },
 };
 
-fn on_state(sk: u64, old: u8, new: u8) -> ProbeResult {
-    ensure_configured()?;
-    if !kernel::is_tcp(sk)? {
-        return Err(ProbeError::NotTcpSocket);
+#[inline(always)]
+fn on_state<R: Reader>(sk: Sock, old: u8, new: u8) {
+    if !sk.is_tcp::<R>() {
+        return;
     }
     if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
-        let _ = LISTENERS.remove(listener_key(kernel::family(sk)?, kernel::local_port(sk)?));
+        let _ = LISTENERS.remove(listener_key(sk.family::<R>(), sk.local_port::<R>()));
     }
-    let now = emit::now();
-    let claimant = claimant(sk, old, new)?;
-    let meta = unsafe { &mut *sock_meta(sk, now, claimant)? };
-    if meta.owner_tgid == OWNER_UNKNOWN {
-        meta.owner_tgid = claimant;
+    match followed(sk) {
+        Some(meta) => on_followed::<R>(sk, meta, old, new),
+        None => on_first_sight::<R>(sk, old, new),
     }
-    if new == tcp_state::CLOSE_WAIT {
-        // Whether the owner then reads the end-of-stream is part of a CLOSE_WAIT finding.
-        meta.watched = 1;
+}
+
+/// A socket not followed yet is claimed where its owner is known: the caller of connect() or
+/// listen(), or for a connection not accepted yet, the process listening on its port. The opening
+/// itself is not recorded: the next record carries its time (`sock_born_ns`).
+#[inline(always)]
+fn on_first_sight<R: Reader>(sk: Sock, old: u8, new: u8) {
+    match (old, new) {
+        (_, tcp_state::LISTEN) => {
+            let (tgid, _) = current();
+            // Every listener, traced or not: a process traced later (--follow-children) may
+            // accept on it.
+            let key = listener_key(sk.family::<R>(), sk.local_port::<R>());
+            if LISTENERS.insert(key, tgid, 0).is_err() {
+                count_failure(ProbeFailure::ListenerMapFull);
+            }
+            let now = now();
+            if let Some(meta) = claim(sk, tgid, now, 0) {
+                let mut event = Event::new(RecordKind::State, now);
+                event.old_state = old;
+                event.new_state = new;
+                event.file = sk.socket::<R>().and_then(|socket| socket.file::<R>());
+                socket_record::<R>(sk, meta, &event);
+            }
+        }
+        (_, tcp_state::SYN_SENT) => {
+            let _ = claim(sk, current().0, now(), 0);
+        }
+        (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
+            let key = listener_key(sk.family::<R>(), sk.local_port::<R>());
+            // SAFETY: the value is copied out at once.
+            if let Some(&owner) = unsafe { LISTENERS.get(key) } {
+                let _ = claim(sk, owner, now(), FROM_LISTENER);
+            }
+        }
+        _ => {}
     }
-    if !owner_traced(meta.owner_tgid) {
-        return Err(ProbeError::Filtered);
+}
+
+#[inline(always)]
+fn on_followed<R: Reader>(sk: Sock, meta: &mut SockMeta, old: u8, new: u8) {
+    if meta.flags & RELEASED != 0 {
+        if enters_time_wait(old, new) {
+            meta.flags |= TIME_WAIT;
+        }
+        return;
     }
+    let now = now();
+    // Only these steps can be the owner's close or shutdown; the file is not looked at otherwise.
+    let owners_step = old == new || new == tcp_state::CLOSE || stops_sending(old, new);
+    let file = if owners_step {
+        sk.socket::<R>().and_then(|socket| socket.file::<R>())
+    } else {
+        None
+    };
+    let released = file.is_some_and(|file| file.refs::<R>() == FileRefs::Released);
     let mut event = Event::new(RecordKind::State, now);
     event.old_state = old;
     event.new_state = new;
-    emit(sk, meta, &event)
-}
-
-/// Who will own a socket whose transition is the first thing seen of it.
-fn claimant(sk: u64, old: u8, new: u8) -> Result<u32, ProbeError> {
-    if new == tcp_state::SYN_SENT {
-        // connect() moves the socket to SYN_SENT in the caller's own context.
-        return Ok(current().tgid);
+    event.file = file;
+    if released {
+        event.flags |= FLAG_RELEASED;
+        // Past LAST_ACK or CLOSE a socket cannot reach TIME_WAIT: nothing is left to tell.
+        if matches!(new, tcp_state::CLOSE | tcp_state::LAST_ACK) {
+            event.flags |= FLAG_FINAL;
+        }
+    } else if file.is_some() && stops_sending(old, new) {
+        // Only shutdown(2) makes these steps while an fd still holds the socket.
+        if meta.flags & FROM_LISTENER != 0 && !taken_over::<R>(sk, meta, current().0, now) {
+            return;
+        }
+        event.flags |= FLAG_SHUTDOWN;
+        event.how = sk.shutdown_how::<R>();
+        meta.flags |= READS_WATCHED | ARRIVALS_WATCHED;
     }
-    if old == tcp_state::LISTEN || old == tcp_state::SYN_RECV {
-        // A passive connection before accept(): its listener's process will own it.
-        let key = listener_key(kernel::family(sk)?, kernel::local_port(sk)?);
-        if let Some(tgid) = unsafe { LISTENERS.get(key) } {
-            return Ok(*tgid);
+    if new == tcp_state::CLOSE_WAIT {
+        // Whether the owner then reads the end-of-stream is part of a CLOSE_WAIT finding.
+        meta.flags |= READS_WATCHED;
+    }
+    socket_record::<R>(sk, meta, &event);
+    if event.flags & FLAG_FINAL != 0 {
+        forget(sk);
+    } else if released {
+        meta.flags |= RELEASED;
+        if enters_time_wait(old, new) {
+            meta.flags |= TIME_WAIT;
         }
     }
-    Ok(OWNER_UNKNOWN)
+}
+
+/// The steps `tcp_close_state` takes when the owner stops sending: a FIN goes out.
+#[inline(always)]
+fn stops_sending(old: u8, new: u8) -> bool {
+    matches!(
+        (old, new),
+        (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1)
+            | (tcp_state::SYN_RECV, tcp_state::FIN_WAIT1)
+            | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK)
+    )
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn state_tp_btf(ctx: BtfTracePointContext) -> i32 {
+    if idle() {
+        return 0;
+    }
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    let _ = on_state(sk, old as u8, new as u8);
+    on_state::<Btf>(Sock(sk), old as u8, new as u8);
     0
 }
 
 #[tracepoint]
 pub fn state_tp(ctx: TracePointContext) -> u32 {
-    let read = || -> Result<(u64, i32, i32), i32> {
+    if idle() {
+        return 0;
+    }
+    // SAFETY: offsets from this kernel's tracefs format file for the event.
+    let read = || -> Result<(u64, i32, i32), i64> {
         unsafe {
             Ok((
                 ctx.read_at(config!(tracepoints.set_state_skaddr) as usize)?,
@@ -79,27 +168,7 @@ pub fn state_tp(ctx: TracePointContext) -> u32 {
         }
     };
     if let Ok((sk, old, new)) = read() {
-        let _ = on_state(sk, old as u8, new as u8);
-    }
-    0
-}
-
-/// `tcp_set_state(sk, state)` runs before the store, so the old state is still in the socket.
-fn on_tcp_set_state(sk: u64, new: i32) -> ProbeResult {
-    let old = kernel::state(sk)?;
-    on_state(sk, old, new as u8)
-}
-
-#[fentry(function = "tcp_set_state")]
-pub fn state_fentry(ctx: FEntryContext) -> i32 {
-    let _ = on_tcp_set_state(ctx.arg(0), ctx.arg(1));
-    0
-}
-
-#[kprobe]
-pub fn state_kprobe(ctx: ProbeContext) -> u32 {
-    if let (Some(sk), Some(new)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1)) {
-        let _ = on_tcp_set_state(sk, new);
+        on_state::<Probe>(Sock(sk), old as u8, new as u8);
     }
     0
 }

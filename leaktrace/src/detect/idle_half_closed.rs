@@ -67,7 +67,7 @@ mod tests {
     use super::super::{Detectors, LeakKind, Outcome};
     use crate::activity::{KernelTimer, Sample, Wanted};
     use crate::decoder::{Event, EventKind, Owner, SockKey};
-    use crate::timeline::tests::{event, from_peer, key, state, OWNER};
+    use crate::timeline::tests::{event, from_peer, key, state, ACCEPT, OWNER, RELEASE};
     use crate::timeline::Store;
 
     /// The proxy's socket for its client, and the one it connected upstream for that client.
@@ -127,13 +127,14 @@ mod tests {
         detectors
     }
 
-    /// An event of the proxy's; only its accept and connect records name the fd.
+    /// An event of the proxy's, which holds its client as fd 5 and its upstream as fd 6 (as
+    /// /proc would say).
     fn on(sock: SockKey, at_ms: u64, kind: EventKind, local: &str, remote: &str) -> Event {
         let mut event = event(sock, at_ms * MS, kind);
         (event.local, event.remote) = (addr(local), addr(remote));
         event.owner = Some(Owner {
             tgid: OWNER,
-            fd: None,
+            fd: Some(if sock == UPSTREAM { 6 } else { 5 }),
         });
         event
     }
@@ -150,15 +151,9 @@ mod tests {
             from_peer(on(CLIENT, 99, state(SYN_RECV, ESTABLISHED), proxy, client));
         established.owner = None;
         store.insert(established);
-        store.insert(on(CLIENT, 100, EventKind::Accept { fd: 5 }, proxy, client));
+        store.insert(on(CLIENT, 100, ACCEPT, proxy, client));
         let (ours, upstream) = ("127.0.0.1:41000", "127.0.0.1:9000");
-        let mut connect = on(
-            UPSTREAM,
-            upstream_ms,
-            EventKind::Connect { fd: 6, ret: -115 },
-            ours,
-            upstream,
-        );
+        let mut connect = on(UPSTREAM, upstream_ms, EventKind::Connect, ours, upstream);
         connect.ino = ino;
         store.insert(connect);
         store.insert(on(
@@ -188,13 +183,7 @@ mod tests {
             proxy,
             client,
         )));
-        store.insert(on(
-            CLIENT,
-            fin_ms + 1,
-            EventKind::Close { fd: Some(5) },
-            proxy,
-            client,
-        ));
+        store.insert(on(CLIENT, fin_ms + 1, RELEASE, proxy, client));
         store.insert(on(
             CLIENT,
             fin_ms + 1,
@@ -306,9 +295,9 @@ mod tests {
         // A plain server: one client half-closes, another accepted at once sits idle.
         let (kernel, mut store, mut detectors) = proxy();
         let (server, client) = ("127.0.0.1:8080", "127.0.0.1:50400");
-        store.insert(on(CLIENT, 100, EventKind::Accept { fd: 5 }, server, client));
+        store.insert(on(CLIENT, 100, ACCEPT, server, client));
         let other = key(0xc000, 3);
-        store.insert(event(other, 105 * MS, EventKind::Accept { fd: 7 }));
+        store.insert(event(other, 105 * MS, ACCEPT));
         client_half_closes(&mut store, 500);
         for now_ms in [600, 3600, 60_000] {
             assert!(detectors.evaluate(&mut store, now_ms * MS).is_empty());

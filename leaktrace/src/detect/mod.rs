@@ -118,6 +118,14 @@ pub struct Finding {
     pub partner: Option<Partner>,
 }
 
+impl Finding {
+    /// The fd by which the process behind `event` holds the socket, where that is the owner's:
+    /// the kernel side names no fds, /proc named the owner's.
+    pub fn fd_of(&self, event: &Event) -> Option<i32> {
+        (event.task.tgid == self.pid).then_some(self.fd).flatten()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
     pub kind: LeakKind,
@@ -238,7 +246,14 @@ impl Detectors {
             }
         }
         matured.sort_unstable();
+        // The kernel side names each socket's file, not its fd: /proc says which fd holds it,
+        // or that another process does, or nobody (closed among lost records).
+        let keys: Vec<SockKey> = matured.iter().map(|(_, (key, _))| *key).collect();
+        store.resolve_fds(&keys, now_ns);
         for (since, (key, kind)) in matured {
+            if store.get(&key).is_none_or(|t| ended(t).is_some()) {
+                continue;
+            }
             if let Some(finding) = finding(store, key, kind, since, now_ns) {
                 if !since.before_trace {
                     let (n, comm) = self.new_leaks.entry(finding.pid).or_default();
@@ -308,6 +323,13 @@ impl Detectors {
 
     /// The final report: findings still open, with their timelines as of `now_ns`, and counts.
     pub fn summary(&self, store: &mut Store, now_ns: u64, ingest: IngestCounts) -> FinalReport {
+        let reported: Vec<SockKey> = self
+            .tracked
+            .iter()
+            .filter(|(_, tracked)| matches!(tracked, Tracked::Reported { .. }))
+            .map(|((key, _), _)| *key)
+            .collect();
+        store.resolve_fds(&reported, now_ns);
         let mut open: Vec<Finding> = self
             .tracked
             .iter()
@@ -346,8 +368,7 @@ impl Detectors {
         }
         let mut per_pid: BTreeMap<u32, PerPid> = BTreeMap::new();
         for (pid, states) in store.counts().held() {
-            per_pid.entry(pid).or_default().states =
-                states.iter().map(|(&state, &n)| (state, n)).collect();
+            per_pid.entry(pid).or_default().states = states;
         }
         for (&pid, (n, _)) in &self.new_leaks {
             per_pid.entry(pid).or_default().leaks_new = *n;
@@ -448,7 +469,9 @@ mod tests {
 
     use super::*;
     use crate::decoder::EventKind;
-    use crate::timeline::tests::{event, from_peer, key, state, with_receive, OWNER};
+    use crate::timeline::tests::{
+        event, from_peer, key, state, with_receive, ACCEPT, DESTROY, OWNER, RELEASE,
+    };
 
     pub(super) const MS: u64 = 1_000_000;
     const SOCK: SockKey = SockKey {
@@ -499,7 +522,7 @@ mod tests {
             from_peer(event(sock, fin_ms - 50 * MS, state(SYN_RECV, ESTABLISHED)));
         established.owner = None;
         store.insert(established);
-        store.insert(event(sock, fin_ms - 49 * MS, EventKind::Accept { fd: 7 }));
+        store.insert(event(sock, fin_ms - 49 * MS, ACCEPT));
         store.insert(from_peer(with_receive(
             event(sock, fin_ms, state(ESTABLISHED, CLOSE_WAIT)),
             101,
@@ -509,7 +532,7 @@ mod tests {
     }
 
     fn close(store: &mut Store, sock: SockKey, at: u64) {
-        store.insert(event(sock, at, EventKind::Close { fd: Some(7) }));
+        store.insert(event(sock, at, RELEASE));
         store.insert(event(sock, at, state(CLOSE_WAIT, LAST_ACK)));
     }
 
@@ -529,7 +552,8 @@ mod tests {
         assert_eq!((finding.unread_bytes, finding.eof_unread), (0, true));
         assert_eq!(finding.local, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!(finding.remote, Some("127.0.0.1:50412".parse().unwrap()));
-        assert_eq!(finding.timeline.len(), 3);
+        // With its opening (LISTEN -> SYN_RECV), rebuilt from the socket's birth.
+        assert_eq!(finding.timeline.len(), 4);
         // Reported once only.
         assert!(detectors.evaluate(&mut store, 2000 * MS).is_empty());
 
@@ -577,14 +601,10 @@ mod tests {
         close_wait(&mut store, other, 100 * MS);
         assert_eq!(leaks(&detectors.evaluate(&mut store, 1100 * MS)).len(), 2);
 
-        let shutdown = EventKind::Shutdown {
-            fd: 7,
-            how: SHUT_WR,
-            ret: 0,
-        };
+        let shutdown = EventKind::Shutdown { how: SHUT_WR };
         store.insert(event(SOCK, 1200 * MS, shutdown));
         store.insert(event(SOCK, 1200 * MS, state(CLOSE_WAIT, LAST_ACK)));
-        store.insert(event(other, 1200 * MS, EventKind::Destroy));
+        store.insert(event(other, 1200 * MS, DESTROY));
         let mut outcomes = resolutions(&detectors.evaluate(&mut store, 1300 * MS));
         outcomes.sort_unstable();
         assert_eq!(
@@ -626,7 +646,7 @@ mod tests {
         let second = key(0x1000, 400 * MS);
         close_wait(&mut store, first, 100 * MS);
         close(&mut store, first, 200 * MS);
-        store.insert(event(first, 300 * MS, EventKind::Destroy));
+        store.insert(event(first, 300 * MS, DESTROY));
         close_wait(&mut store, second, 500 * MS);
 
         assert!(detectors.evaluate(&mut store, 1499 * MS).is_empty());
@@ -638,8 +658,8 @@ mod tests {
 
     /// Accepted at 1 ms, shut down with `how` at 100 ms with nothing unread, FIN_WAIT2 after.
     fn shut_down(store: &mut Store, how: i32) {
-        store.insert(event(SOCK, MS, EventKind::Accept { fd: 7 }));
-        let shutdown = EventKind::Shutdown { fd: 7, how, ret: 0 };
+        store.insert(event(SOCK, MS, ACCEPT));
+        let shutdown = EventKind::Shutdown { how };
         store.insert(with_receive(
             event(SOCK, 100 * MS, shutdown),
             1000,
@@ -755,7 +775,7 @@ mod tests {
     fn close_wait_reports_whether_the_owner_read_the_eof() {
         let mut store = Store::default();
         let mut detectors = detectors();
-        store.insert(event(SOCK, MS, EventKind::Accept { fd: 7 }));
+        store.insert(event(SOCK, MS, ACCEPT));
         store.insert(from_peer(with_receive(
             event(SOCK, 10 * MS, state(ESTABLISHED, CLOSE_WAIT)),
             1001,
@@ -794,7 +814,7 @@ mod tests {
         assert_eq!(finding.age, Duration::from_millis(50));
 
         // Its later transitions join the same timeline: the owner finally closes.
-        store.insert(event(SOCK, 200 * MS, EventKind::Close { fd: Some(7) }));
+        store.insert(event(SOCK, 200 * MS, RELEASE));
         store.insert(event(SOCK, 200 * MS, state(CLOSE_WAIT, LAST_ACK)));
         let outcomes = detectors.evaluate(&mut store, 300 * MS);
         assert_eq!(resolutions(&outcomes), [(LeakKind::CloseWait, "closed")]);
@@ -839,17 +859,13 @@ mod tests {
         let mut store = Store::default();
         let mut detectors = detectors();
         store.insert(with_receive(
-            event(SOCK, 50 * MS, EventKind::Accept { fd: 7 }),
+            event(SOCK, 50 * MS, ACCEPT),
             1000,
             1000,
             false,
         ));
         // This shutdown record carries no receive state.
-        let shutdown = EventKind::Shutdown {
-            fd: 7,
-            how: SHUT_WR,
-            ret: 0,
-        };
+        let shutdown = EventKind::Shutdown { how: SHUT_WR };
         store.insert(event(SOCK, 100 * MS, shutdown));
         peer_sends_and_closes(&mut store, 6);
         let finding = the_leak(&mut detectors, &mut store, 1200 * MS);
@@ -881,8 +897,8 @@ mod tests {
         peer_sends_and_closes(&mut store, 6);
         recv(&mut store, 220 * MS, 6, 1006, 1007);
         recv(&mut store, 230 * MS, 0, 1007, 1007);
-        store.insert(event(SOCK, 240 * MS, EventKind::Close { fd: Some(7) }));
-        store.insert(event(SOCK, 240 * MS, EventKind::Destroy));
+        store.insert(event(SOCK, 240 * MS, RELEASE));
+        store.insert(event(SOCK, 240 * MS, DESTROY));
         assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
     }
 
@@ -942,10 +958,7 @@ mod tests {
 
     #[test]
     fn shut_wr_resolved_by_close_and_destroy() {
-        for (end, how) in [
-            (EventKind::Close { fd: Some(7) }, "closed"),
-            (EventKind::Destroy, "destroyed"),
-        ] {
+        for (end, how) in [(RELEASE, "closed"), (DESTROY, "destroyed")] {
             let mut store = Store::default();
             let mut detectors = detectors();
             shut_down(&mut store, SHUT_WR);
@@ -969,13 +982,14 @@ mod tests {
             decode_errors: 1,
             lost_events: 2,
             ring_size: 4096,
+            probe_failures: [0; 4],
         };
         let report = detectors.summary(&mut store, 5100 * MS, ingest);
         let [finding] = &report.open[..] else {
             panic!("expected one open finding: {report:?}");
         };
         assert_eq!(finding.age, Duration::from_secs(5));
-        assert_eq!(finding.timeline.len(), 4);
+        assert_eq!(finding.timeline.len(), 5);
         assert_eq!(report.ingest, ingest);
         assert_eq!((report.sockets_seen, report.leaks_resolved), (1, 0));
     }
@@ -986,7 +1000,7 @@ mod tests {
         let mut detectors = detectors();
         close_wait(&mut store, SOCK, 100 * MS);
         assert_eq!(leaks(&detectors.evaluate(&mut store, 1100 * MS)).len(), 1);
-        store.insert(event(SOCK, 1200 * MS, EventKind::Destroy));
+        store.insert(event(SOCK, 1200 * MS, DESTROY));
         // A later record elsewhere moves kernel time past the grace period.
         store.insert(event(key(0x9000, 1), 3000 * MS, EventKind::Arrival));
         let outcomes = detectors.evaluate(&mut store, 3000 * MS);
@@ -1004,7 +1018,7 @@ mod tests {
         ));
         established.owner = None;
         store.insert(established);
-        store.insert(event(sock, reset_ms - 49 * MS, EventKind::Accept { fd: 7 }));
+        store.insert(event(sock, reset_ms - 49 * MS, ACCEPT));
         let mut reset = from_peer(with_receive(
             event(sock, reset_ms, state(ESTABLISHED, CLOSE)),
             1005,
@@ -1018,10 +1032,7 @@ mod tests {
 
     #[test]
     fn fd_after_close_reset_while_held() {
-        for (end, how) in [
-            (EventKind::Close { fd: Some(7) }, "closed"),
-            (EventKind::Destroy, "destroyed"),
-        ] {
+        for (end, how) in [(RELEASE, "closed"), (DESTROY, "destroyed")] {
             let mut store = Store::default();
             let mut detectors = detectors();
             reset(&mut store, SOCK, 100 * MS);
@@ -1053,8 +1064,8 @@ mod tests {
         let mut store = Store::default();
         let mut detectors = detectors();
         reset(&mut store, SOCK, 100 * MS);
-        store.insert(event(SOCK, 1099 * MS, EventKind::Close { fd: Some(7) }));
-        store.insert(event(SOCK, 1099 * MS, EventKind::Destroy));
+        store.insert(event(SOCK, 1099 * MS, RELEASE));
+        store.insert(event(SOCK, 1099 * MS, DESTROY));
         assert!(detectors.evaluate(&mut store, 1100 * MS).is_empty());
         assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
     }
@@ -1102,7 +1113,7 @@ mod tests {
         recv(&mut store, 5100 * MS, 0, 1001, 1001);
         let outcomes = detectors.evaluate(&mut store, 5150 * MS);
         assert!(leaks(&outcomes).is_empty(), "{outcomes:?}");
-        store.insert(event(SOCK, 5160 * MS, EventKind::Close { fd: Some(7) }));
+        store.insert(event(SOCK, 5160 * MS, RELEASE));
         assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
     }
 
@@ -1198,11 +1209,11 @@ mod tests {
 
     /// Closes a connection first, as a pool retiring it does: it leaves a TIME_WAIT behind.
     fn close_actively(store: &mut Store, sock: SockKey, at: u64) {
-        store.insert(event(sock, at, EventKind::Close { fd: Some(7) }));
+        store.insert(event(sock, at, RELEASE));
         store.insert(event(sock, at, state(ESTABLISHED, FIN_WAIT1)));
         store.insert(from_peer(event(sock, at + MS, state(FIN_WAIT1, FIN_WAIT2))));
         store.insert(from_peer(event(sock, at + MS, state(FIN_WAIT2, CLOSE))));
-        store.insert(from_peer(event(sock, at + MS, EventKind::Destroy)));
+        store.insert(from_peer(event(sock, at + MS, DESTROY)));
     }
 
     #[test]

@@ -45,6 +45,8 @@ impl KernelBtf {
             inode_mode: off("inode", "i_mode")?,
             inode_ino: off("inode", "i_ino")?,
             socket_sk: off("socket", "sk")?,
+            socket_file: off("socket", "file")?,
+            sock_socket: off("sock", "sk_socket")?,
             sock_family: off("sock", "__sk_common.skc_family")?,
             sock_state: off("sock", "__sk_common.skc_state")?,
             sock_num: off("sock", "__sk_common.skc_num")?,
@@ -73,6 +75,14 @@ impl KernelBtf {
         self.btf
             .resolve_types_by_name(name)
             .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+    }
+
+    /// Whether the kernel has a tracepoint of this name that BTF programs (`tp_btf`) can attach
+    /// to: each has a `btf_trace_<name>` typedef.
+    pub fn has_btf_tracepoint(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Typedef(_))))
     }
 
     /// Byte offset and size of `path` ("a.b.c") inside struct `ty`; members of anonymous
@@ -198,8 +208,11 @@ mod tests {
         assert!(offsets.tcp_rcv_nxt > offsets.sock_receive_qlen);
         assert!(offsets.tcp_copied_seq > offsets.sock_receive_qlen);
         assert_eq!(offsets.sock_done_bit, 1);
-        assert!(btf.has_function("tcp_set_state"));
+        assert!(offsets.sock_socket > offsets.sock_flags);
+        assert!(btf.has_function("inet_csk_accept"));
         assert!(!btf.has_function("no_such_kernel_function"));
+        assert!(btf.has_btf_tracepoint("inet_sock_set_state"));
+        assert!(!btf.has_btf_tracepoint("no_such_tracepoint"));
     }
 
     #[test]

@@ -1,80 +1,183 @@
 //! Loading the eBPF object and attaching one hook per event, chosen by probing this kernel.
 //!
-//! Each event has candidates in order of preference. The design's hooks (fentry/fexit or
-//! kprobes on `tcp_set_state`, `inet_csk_accept`, `tcp_close`) come first; tracepoints are the
-//! fallback that works on kernels without kprobes or where fentry is refused. Events only a
-//! syscall or a tracepoint can see have tracepoint candidates alone.
+//! Each event has candidates in order of cost. BTF tracepoints (`tp_btf`) come first: they run
+//! without building a trace record and read fields with plain loads. fentry/fexit and kprobes
+//! serve what no tracepoint shows (which process accepted a connection); classic tracepoints are
+//! the fallback for kernels that refuse the others. No syscall tracepoint stays attached: one
+//! would put every syscall of every process on the kernel's slow path, so connect, listen,
+//! shutdown and close are read off the state changes they make (see the eBPF crate's `state`).
 mod btf;
 mod seed;
 mod tracefs;
 
 use std::{collections::BTreeSet, fmt, path::Path};
 
-use anyhow::{anyhow, Context as _};
+use anyhow::anyhow;
 use aya::{
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
+    programs::{BtfTracePoint, FExit, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use clap::ValueEnum;
 use leaktrace_common::Config;
 
-use crate::error::Failure;
 pub use btf::VMLINUX_BTF;
-pub use seed::{pidfd_getfd, pidfd_open, seed_existing};
+pub use seed::{pidfd_getfd, pidfd_open, seed_existing, SEED_HOOK};
 
 /// Which hook family to use (`--hooks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum HookFamily {
-    /// Probe the kernel: fentry, then kprobes, then tracepoints.
+    /// Probe the kernel: for each event the cheapest hook it accepts.
     Auto,
-    /// Tracepoints only (`tp_btf`, classic and syscall tracepoints): works without kprobes.
+    /// Tracepoints only (BTF tracepoints, else classic ones): works without kprobes or fentry.
     Tracepoint,
-    /// fentry/fexit on `tcp_set_state`, `inet_csk_accept`, `tcp_close`.
+    /// BTF programs only: tp_btf, and fexit on inet_csk_accept.
     Fentry,
-    /// kprobes/kretprobes on the same functions.
+    /// Programs that read through bpf_probe_read_kernel: kretprobe on inet_csk_accept and
+    /// classic tracepoints.
     Kprobe,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    Fentry,
-    Kprobe,
-    Tracepoint,
+/// Why the kernel side could not be set up.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The binary was built without its eBPF object.
+    NoObject,
+    NoBtf,
+    /// BTF exists but lacks something leaktrace reads.
+    Btf(anyhow::Error),
+    NoTracefs(anyhow::Error),
+    HookRefused {
+        event: &'static str,
+        reasons: Vec<String>,
+    },
+    /// Anything else the kernel or the object refused.
+    Other(anyhow::Error),
 }
 
-#[derive(Clone, Copy)]
-enum Target {
-    Fentry(&'static str),
-    Fexit(&'static str),
-    Kprobe(&'static str),
-    Kretprobe(&'static str),
-    BtfTracepoint(&'static str),
-    Tracepoint(&'static str, &'static str),
-}
-
-impl fmt::Display for Target {
+impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Fentry(function) => write!(f, "fentry:{function}"),
-            Self::Fexit(function) => write!(f, "fexit:{function}"),
-            Self::Kprobe(function) => write!(f, "kprobe:{function}"),
-            Self::Kretprobe(function) => write!(f, "kretprobe:{function}"),
-            Self::BtfTracepoint(name) => write!(f, "tp_btf:{name}"),
-            Self::Tracepoint(category, name) => write!(f, "tracepoint:{category}:{name}"),
+            Self::NoObject => write!(
+                f,
+                "this leaktrace was built without its eBPF object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
+            ),
+            Self::NoBtf => write!(
+                f,
+                "this kernel has no BTF ({VMLINUX_BTF} is missing): leaktrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+            ),
+            Self::Btf(e) => write!(f, "cannot use this kernel's BTF: {e:#}"),
+            Self::NoTracefs(e) => write!(f, "tracefs unavailable: {e:#}"),
+            Self::HookRefused { event, reasons } => write!(
+                f,
+                "the kernel refused every hook for the {event} event: {}",
+                reasons.join("; ")
+            ),
+            Self::Other(e) => write!(f, "{e:#}"),
         }
     }
 }
 
-struct Attachment {
-    program: &'static str,
-    target: Target,
+impl From<anyhow::Error> for LoadError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Other(e)
+    }
 }
 
+/// What a program is attached to.
+#[derive(Clone, Copy)]
+enum Hook {
+    TpBtf {
+        program: &'static str,
+        event: &'static str,
+    },
+    Fexit {
+        program: &'static str,
+        function: &'static str,
+    },
+    Kretprobe {
+        program: &'static str,
+        function: &'static str,
+    },
+    Tracepoint {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+    },
+}
+
+impl Hook {
+    fn program(self) -> &'static str {
+        match self {
+            Self::TpBtf { program, .. }
+            | Self::Fexit { program, .. }
+            | Self::Kretprobe { program, .. }
+            | Self::Tracepoint { program, .. } => program,
+        }
+    }
+
+    /// The `--hooks` family this hook belongs to.
+    fn family(self) -> HookFamily {
+        match self {
+            Self::TpBtf { .. } | Self::Tracepoint { .. } => HookFamily::Tracepoint,
+            Self::Fexit { .. } => HookFamily::Fentry,
+            Self::Kretprobe { .. } => HookFamily::Kprobe,
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TpBtf { event, .. } => write!(f, "tp_btf:{event}"),
+            Self::Fexit { function, .. } => write!(f, "fexit:{function}"),
+            Self::Kretprobe { function, .. } => write!(f, "kretprobe:{function}"),
+            Self::Tracepoint { category, name, .. } => write!(f, "tracepoint:{category}:{name}"),
+        }
+    }
+}
+
+/// One way to serve an event: a hook, or what another event's hook already gives.
 struct Candidate {
-    family: Family,
-    attachments: &'static [Attachment],
-    /// Shown instead of the attachments where they tell only half the story.
-    note: Option<&'static str>,
+    hook: Option<Hook>,
+    /// Without a hook: what serves the event, and the programs one of which must be attached.
+    derived: Option<(&'static str, &'static [&'static str])>,
+}
+
+const fn tp_btf(program: &'static str, event: &'static str) -> Candidate {
+    Candidate {
+        hook: Some(Hook::TpBtf { program, event }),
+        derived: None,
+    }
+}
+
+const fn tracepoint(
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+) -> Candidate {
+    Candidate {
+        hook: Some(Hook::Tracepoint {
+            program,
+            category,
+            name,
+        }),
+        derived: None,
+    }
+}
+
+impl Candidate {
+    fn family(&self) -> HookFamily {
+        // Derived candidates ride on tracepoints.
+        self.hook.map_or(HookFamily::Tracepoint, Hook::family)
+    }
+
+    fn describe(&self) -> String {
+        match (self.hook, self.derived) {
+            (Some(hook), _) => hook.to_string(),
+            (None, Some((what, _))) => what.to_owned(),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 struct EventHooks {
@@ -85,46 +188,35 @@ struct EventHooks {
     candidates: &'static [Candidate],
 }
 
-use Family::{Fentry as FENTRY, Kprobe as KPROBE, Tracepoint as TRACEPOINT};
+/// The programs that read a socket's first read, for accepting by it.
+const READ_PROGRAMS: &[&str] = &["recv_length_tp_btf", "recv_length_tp"];
 
 /// Which hook serves which event, in order of preference. The README's hook table mirrors this.
-static EVENTS: &[EventHooks] = &[
+static HOOKS: &[EventHooks] = &[
     EventHooks {
         event: "state",
         required: true,
         candidates: &[
-            Candidate {
-                family: FENTRY,
-                attachments: &[Attachment {
-                    program: "state_fentry",
-                    target: Target::Fentry("tcp_set_state"),
-                }],
-                note: None,
-            },
-            Candidate {
-                family: KPROBE,
-                attachments: &[Attachment {
-                    program: "state_kprobe",
-                    target: Target::Kprobe("tcp_set_state"),
-                }],
-                note: None,
-            },
-            Candidate {
-                family: TRACEPOINT,
-                attachments: &[Attachment {
-                    program: "state_tp_btf",
-                    target: Target::BtfTracepoint("inet_sock_set_state"),
-                }],
-                note: None,
-            },
-            Candidate {
-                family: TRACEPOINT,
-                attachments: &[Attachment {
-                    program: "state_tp",
-                    target: Target::Tracepoint("sock", "inet_sock_set_state"),
-                }],
-                note: None,
-            },
+            tp_btf("state_tp_btf", "inet_sock_set_state"),
+            tracepoint("state_tp", "sock", "inet_sock_set_state"),
+        ],
+    },
+    EventHooks {
+        event: "destroy",
+        required: true,
+        candidates: &[
+            tp_btf("destroy_tp_btf", "tcp_destroy_sock"),
+            tracepoint("destroy_tp", "tcp", "tcp_destroy_sock"),
+        ],
+    },
+    EventHooks {
+        event: "recv",
+        required: false,
+        candidates: &[
+            tp_btf("recv_length_tp_btf", "sock_recv_length"),
+            tracepoint("recv_length_tp", "sock", "sock_recv_length"),
+            tp_btf("rcv_space_adjust_tp_btf", "tcp_rcv_space_adjust"),
+            tracepoint("rcv_space_adjust_tp", "tcp", "tcp_rcv_space_adjust"),
         ],
     },
     EventHooks {
@@ -132,224 +224,46 @@ static EVENTS: &[EventHooks] = &[
         required: true,
         candidates: &[
             Candidate {
-                family: FENTRY,
-                attachments: &[Attachment {
+                hook: Some(Hook::Fexit {
                     program: "accept_fexit",
-                    target: Target::Fexit("inet_csk_accept"),
-                }],
-                note: None,
+                    function: "inet_csk_accept",
+                }),
+                derived: None,
             },
             Candidate {
-                family: KPROBE,
-                attachments: &[Attachment {
+                hook: Some(Hook::Kretprobe {
                     program: "accept_kretprobe",
-                    target: Target::Kretprobe("inet_csk_accept"),
-                }],
-                note: None,
+                    function: "inet_csk_accept",
+                }),
+                derived: None,
             },
             Candidate {
-                family: TRACEPOINT,
-                attachments: &[],
-                note: Some("fd table lookup at the accept syscall's exit"),
+                hook: None,
+                derived: Some(("the connection's first read (recv)", READ_PROGRAMS)),
+            },
+            Candidate {
+                hook: None,
+                derived: Some(("the listening process, until a shutdown shows another", &[])),
             },
         ],
-    },
-    EventHooks {
-        event: "accept_fd",
-        required: true,
-        candidates: &[Candidate {
-            family: TRACEPOINT,
-            attachments: &[
-                Attachment {
-                    program: "accept_exit",
-                    target: Target::Tracepoint("syscalls", "sys_exit_accept4"),
-                },
-                Attachment {
-                    program: "accept_exit",
-                    target: Target::Tracepoint("syscalls", "sys_exit_accept"),
-                },
-            ],
-            note: None,
-        }],
-    },
-    EventHooks {
-        event: "connect",
-        required: true,
-        candidates: &[Candidate {
-            family: TRACEPOINT,
-            attachments: &[
-                Attachment {
-                    program: "connect_enter",
-                    target: Target::Tracepoint("syscalls", "sys_enter_connect"),
-                },
-                Attachment {
-                    program: "connect_exit",
-                    target: Target::Tracepoint("syscalls", "sys_exit_connect"),
-                },
-            ],
-            note: None,
-        }],
-    },
-    EventHooks {
-        event: "close",
-        required: true,
-        candidates: &[
-            Candidate {
-                family: FENTRY,
-                attachments: &[Attachment {
-                    program: "close_fentry",
-                    target: Target::Fentry("tcp_close"),
-                }],
-                note: None,
-            },
-            Candidate {
-                family: KPROBE,
-                attachments: &[Attachment {
-                    program: "close_kprobe",
-                    target: Target::Kprobe("tcp_close"),
-                }],
-                note: None,
-            },
-            Candidate {
-                family: TRACEPOINT,
-                attachments: &[],
-                note: Some("close(2) on a TCP fd (see close_fd)"),
-            },
-        ],
-    },
-    EventHooks {
-        // Every family: tcp_close only sees the last reference go, while ownership follows
-        // the fds (a close of a shared fd hands the socket to whoever else holds it).
-        event: "close_fd",
-        required: true,
-        candidates: &[Candidate {
-            family: TRACEPOINT,
-            attachments: &[Attachment {
-                program: "close_enter",
-                target: Target::Tracepoint("syscalls", "sys_enter_close"),
-            }],
-            note: None,
-        }],
-    },
-    EventHooks {
-        event: "shutdown",
-        required: true,
-        candidates: &[Candidate {
-            family: TRACEPOINT,
-            attachments: &[
-                Attachment {
-                    program: "shutdown_enter",
-                    target: Target::Tracepoint("syscalls", "sys_enter_shutdown"),
-                },
-                Attachment {
-                    program: "shutdown_exit",
-                    target: Target::Tracepoint("syscalls", "sys_exit_shutdown"),
-                },
-            ],
-            note: None,
-        }],
-    },
-    EventHooks {
-        event: "listen",
-        required: true,
-        candidates: &[Candidate {
-            family: TRACEPOINT,
-            attachments: &[
-                Attachment {
-                    program: "listen_enter",
-                    target: Target::Tracepoint("syscalls", "sys_enter_listen"),
-                },
-                Attachment {
-                    program: "listen_exit",
-                    target: Target::Tracepoint("syscalls", "sys_exit_listen"),
-                },
-            ],
-            note: None,
-        }],
-    },
-    EventHooks {
-        event: "destroy",
-        required: true,
-        candidates: &[Candidate {
-            family: TRACEPOINT,
-            attachments: &[Attachment {
-                program: "destroy_tp",
-                target: Target::Tracepoint("tcp", "tcp_destroy_sock"),
-            }],
-            note: None,
-        }],
-    },
-    EventHooks {
-        event: "recv",
-        required: false,
-        candidates: &[
-            Candidate {
-                family: TRACEPOINT,
-                attachments: &[Attachment {
-                    program: "recv_length",
-                    target: Target::Tracepoint("sock", "sock_recv_length"),
-                }],
-                note: None,
-            },
-            Candidate {
-                family: TRACEPOINT,
-                attachments: &[Attachment {
-                    program: "recv_space_adjust",
-                    target: Target::Tracepoint("tcp", "tcp_rcv_space_adjust"),
-                }],
-                note: Some(
-                    "tracepoint:tcp:tcp_rcv_space_adjust (data reads only, not end-of-stream)",
-                ),
-            },
-        ],
-    },
-    EventHooks {
-        event: "present",
-        required: false,
-        candidates: &[Candidate {
-            family: TRACEPOINT,
-            attachments: &[Attachment {
-                program: "seed",
-                target: Target::Tracepoint("syscalls", "sys_enter_getsockname"),
-            }],
-            note: Some("leaktrace's own getsockname on pidfd_getfd duplicates"),
-        }],
-    },
-    EventHooks {
-        event: "fork",
-        required: false,
-        candidates: &[Candidate {
-            family: TRACEPOINT,
-            attachments: &[Attachment {
-                program: "newtask",
-                target: Target::Tracepoint("task", "task_newtask"),
-            }],
-            note: None,
-        }],
-    },
-    EventHooks {
-        event: "exit",
-        required: true,
-        candidates: &[Candidate {
-            family: TRACEPOINT,
-            attachments: &[Attachment {
-                program: "process_exit",
-                target: Target::Tracepoint("sched", "sched_process_exit"),
-            }],
-            note: None,
-        }],
     },
     EventHooks {
         event: "arrival",
         required: false,
-        candidates: &[Candidate {
-            family: TRACEPOINT,
-            attachments: &[Attachment {
-                program: "data_ready",
-                target: Target::Tracepoint("sock", "sk_data_ready"),
-            }],
-            note: None,
-        }],
+        candidates: &[
+            tp_btf("data_ready_tp_btf", "sk_data_ready"),
+            tracepoint("data_ready_tp", "sock", "sk_data_ready"),
+        ],
+    },
+    EventHooks {
+        event: "fork",
+        required: false,
+        candidates: &[tracepoint("newtask", "task", "task_newtask")],
+    },
+    EventHooks {
+        event: "exit",
+        required: true,
+        candidates: &[tracepoint("process_exit", "sched", "sched_process_exit")],
     },
 ];
 
@@ -357,7 +271,7 @@ static EVENTS: &[EventHooks] = &[
 #[derive(Clone, Debug)]
 pub struct HookChoice {
     pub event: &'static str,
-    /// e.g. "tracepoint:sock:inet_sock_set_state", or "unavailable: <why>".
+    /// e.g. "tp_btf:inet_sock_set_state", or "unavailable: <why>".
     pub hook: String,
 }
 
@@ -365,8 +279,10 @@ pub struct HookChoice {
 pub struct Attached {
     pub ebpf: Ebpf,
     pub choices: Vec<HookChoice>,
-    /// Candidates that were tried and refused, for the startup log.
+    /// Candidates that were tried and refused, for `--verbose` and the JSON start record.
     pub refused: Vec<String>,
+    /// Whether the seeding program can run here (its tracepoint exists).
+    pub can_seed: bool,
 }
 
 impl Attached {
@@ -387,45 +303,70 @@ pub struct LoadOptions<'a> {
     pub filter_targets: bool,
     pub follow_children: bool,
     pub ring_size: u32,
+    /// Programs that return at once: what the attach points cost by themselves.
+    pub floor: bool,
 }
 
-pub fn load(options: &LoadOptions<'_>) -> Result<Attached, Failure> {
+pub fn load(options: &LoadOptions<'_>) -> Result<Attached, LoadError> {
     if options.object.is_empty() {
-        return Err(Failure::Runtime(anyhow!(
-            "this leaktrace was built without its eBPF object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
-        )));
+        return Err(LoadError::NoObject);
     }
     let btf_path = Path::new(VMLINUX_BTF);
     if !btf_path.exists() {
-        return Err(Failure::NoBtf);
+        return Err(LoadError::NoBtf);
     }
-    let kernel_btf = btf::KernelBtf::load(btf_path).map_err(Failure::Btf)?;
-    let tracefs = tracefs::Tracefs::open().map_err(Failure::NoTracefs)?;
+    let kernel_btf = btf::KernelBtf::load(btf_path).map_err(LoadError::Btf)?;
+    let tracefs = tracefs::Tracefs::open().map_err(LoadError::NoTracefs)?;
     let config = Config {
         ready: 1,
+        floor: options.floor.into(),
         filter_targets: options.filter_targets.into(),
         seeder_tgid: std::process::id(),
         follow_children: options.follow_children.into(),
-        kernel: kernel_btf.offsets().map_err(Failure::Btf)?,
-        tracepoints: tracefs.offsets().map_err(Failure::NoTracefs)?,
+        kernel: kernel_btf.offsets().map_err(LoadError::Btf)?,
+        tracepoints: tracefs.offsets().map_err(LoadError::NoTracefs)?,
     };
-    let functions = kernel_functions(&kernel_btf);
+    let in_btf = btf_targets(&kernel_btf);
     // Two parsed copies of the kernel's BTF at once would double leaktrace's peak memory: the
-    // offsets and the functions are all that is needed of this one.
+    // offsets and the hook targets are all that is needed of this one.
     drop(kernel_btf);
-    let aya_btf = Btf::from_sys_fs().map_err(|e| Failure::Btf(e.into()))?;
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&aya_btf))
-        .override_global("CONFIG", &config, true)
-        .map_max_entries("EVENTS", options.ring_size)
-        .load(options.object)
-        .context("loading the eBPF object")
-        .map_err(Failure::Runtime)?;
+    let aya_btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.into()))?;
+    attach_all(
+        options,
+        &config,
+        &Kernel {
+            btf: &aya_btf,
+            tracefs: &tracefs,
+            in_btf: &in_btf,
+        },
+    )
+}
 
+/// What the running kernel offers hooks.
+struct Kernel<'a> {
+    btf: &'a Btf,
+    tracefs: &'a tracefs::Tracefs,
+    /// The kernel functions and BTF tracepoints of the candidates that it has.
+    in_btf: &'a BTreeSet<&'static str>,
+}
+
+/// Loads the object with `config` and attaches, for each event, the first candidate the kernel
+/// accepts.
+fn attach_all(
+    options: &LoadOptions<'_>,
+    config: &Config,
+    kernel: &Kernel<'_>,
+) -> Result<Attached, LoadError> {
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(kernel.btf))
+        .override_global("CONFIG", config, true)
+        .map_max_entries("RECORDS", options.ring_size)
+        .load(options.object)
+        .map_err(|e| LoadError::Other(anyhow::Error::new(e).context("loading the eBPF object")))?;
     let mut choices = Vec::new();
     let mut refused = Vec::new();
-    let mut loaded = Vec::new();
-    for event in EVENTS {
+    let mut attached = Vec::new();
+    for event in HOOKS {
         let mut chosen = None;
         let mut reasons = Vec::new();
         for candidate in event
@@ -433,27 +374,40 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Attached, Failure> {
             .iter()
             .filter(|c| allowed(event, c, options.family))
         {
-            let outcome = candidate.attachments.iter().try_for_each(|attachment| {
-                let available = match attachment.target {
-                    Target::Tracepoint(category, name) => tracefs.has_event(category, name),
-                    Target::Fentry(f)
-                    | Target::Fexit(f)
-                    | Target::Kprobe(f)
-                    | Target::Kretprobe(f) => functions.contains(f),
-                    Target::BtfTracepoint(_) => true,
-                };
-                if !available {
-                    return Err(anyhow!("not in this kernel"));
+            let outcome = match (candidate.hook, candidate.derived) {
+                (Some(hook), _) => {
+                    let available = match hook {
+                        Hook::Tracepoint { category, name, .. } => {
+                            kernel.tracefs.has_event(category, name)
+                        }
+                        Hook::Fexit { function, .. }
+                        | Hook::Kretprobe { function, .. }
+                        | Hook::TpBtf {
+                            event: function, ..
+                        } => kernel.in_btf.contains(function),
+                    };
+                    if available {
+                        attach(&mut ebpf, kernel.btf, hook).map(|()| attached.push(hook.program()))
+                    } else {
+                        Err(anyhow!("not in this kernel"))
+                    }
                 }
-                attach(&mut ebpf, &aya_btf, attachment, &mut loaded)
-            });
+                (None, Some((_, needs))) => {
+                    if needs.is_empty() || needs.iter().any(|p| attached.contains(p)) {
+                        Ok(())
+                    } else {
+                        Err(anyhow!("no {} hook", needs.join(" or ")))
+                    }
+                }
+                (None, None) => Err(anyhow!("nothing to attach")),
+            };
             match outcome {
                 Ok(()) => {
-                    chosen = Some(describe(candidate));
+                    chosen = Some(candidate.describe());
                     break;
                 }
                 Err(e) => {
-                    let why = format!("{}: {e:#}", describe(candidate));
+                    let why = format!("{}: {e:#}", candidate.describe());
                     reasons.push(why.clone());
                     refused.push(format!("{}: {why}", event.event));
                 }
@@ -465,7 +419,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Attached, Failure> {
                 hook,
             }),
             None if event.required => {
-                return Err(Failure::HookRefused {
+                return Err(LoadError::HookRefused {
                     event: event.event,
                     reasons: if reasons.is_empty() {
                         vec![format!(
@@ -483,97 +437,84 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Attached, Failure> {
             }),
         }
     }
+    let can_seed = kernel.tracefs.has_event(SEED_HOOK.0, SEED_HOOK.1);
+    choices.push(HookChoice {
+        event: "present",
+        hook: if can_seed {
+            format!(
+                "tracepoint:{}:{} on leaktrace's own calls, while it starts",
+                SEED_HOOK.0, SEED_HOOK.1
+            )
+        } else {
+            format!(
+                "{UNAVAILABLE} (no tracepoint:{}:{})",
+                SEED_HOOK.0, SEED_HOOK.1
+            )
+        },
+    });
     Ok(Attached {
         ebpf,
         choices,
         refused,
+        can_seed,
     })
 }
 
-/// The kernel functions some candidate hooks that this kernel has.
-fn kernel_functions(btf: &btf::KernelBtf) -> BTreeSet<&'static str> {
-    EVENTS
+/// The kernel functions and BTF tracepoints some candidate hooks that this kernel has.
+fn btf_targets(btf: &btf::KernelBtf) -> BTreeSet<&'static str> {
+    HOOKS
         .iter()
         .flat_map(|event| event.candidates)
-        .flat_map(|candidate| candidate.attachments)
-        .filter_map(|attachment| match attachment.target {
-            Target::Fentry(f) | Target::Fexit(f) | Target::Kprobe(f) | Target::Kretprobe(f) => {
-                Some(f)
+        .filter_map(|candidate| match candidate.hook? {
+            Hook::Fexit { function, .. } | Hook::Kretprobe { function, .. } => {
+                btf.has_function(function).then_some(function)
             }
-            Target::Tracepoint(..) | Target::BtfTracepoint(_) => None,
+            Hook::TpBtf { event, .. } => btf.has_btf_tracepoint(event).then_some(event),
+            Hook::Tracepoint { .. } => None,
         })
-        .filter(|f| btf.has_function(f))
         .collect()
 }
 
 /// With an explicit family, an event that family can serve must be served by it; events only
-/// tracepoints can see (syscalls, destruction) use tracepoints in every family.
+/// tracepoints can see use tracepoints in every family. Within the tracepoint family, and in
+/// the kprobe family, each keeps to its way of reading kernel memory: BTF tracepoints read
+/// fields directly, classic ones through `bpf_probe_read_kernel`.
 fn allowed(event: &EventHooks, candidate: &Candidate, family: HookFamily) -> bool {
-    let wanted = match family {
-        HookFamily::Auto => return true,
-        HookFamily::Fentry => Family::Fentry,
-        HookFamily::Kprobe => Family::Kprobe,
-        HookFamily::Tracepoint => Family::Tracepoint,
+    let fits = |c: &Candidate| match (family, c.hook) {
+        (HookFamily::Auto, _) => true,
+        (HookFamily::Fentry, Some(Hook::TpBtf { .. } | Hook::Fexit { .. })) => true,
+        (HookFamily::Kprobe, Some(Hook::Tracepoint { .. } | Hook::Kretprobe { .. })) => true,
+        (HookFamily::Fentry | HookFamily::Kprobe, _) => false,
+        (HookFamily::Tracepoint, _) => c.family() == HookFamily::Tracepoint,
     };
-    candidate.family == wanted || !event.candidates.iter().any(|c| c.family == wanted)
+    fits(candidate) || !event.candidates.iter().any(fits)
 }
 
-fn describe(candidate: &Candidate) -> String {
-    if let Some(note) = candidate.note {
-        return note.to_owned();
-    }
-    candidate
-        .attachments
-        .iter()
-        .map(|a| a.target.to_string())
-        .collect::<Vec<_>>()
-        .join(" + ")
-}
-
-fn attach(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    attachment: &Attachment,
-    loaded: &mut Vec<&'static str>,
-) -> anyhow::Result<()> {
-    let program = ebpf.program_mut(attachment.program).ok_or_else(|| {
-        anyhow!(
-            "program {} missing from the eBPF object",
-            attachment.program
-        )
-    })?;
-    let first_use = !loaded.contains(&attachment.program);
-    match attachment.target {
-        Target::Fentry(function) => {
-            let program: &mut FEntry = program.try_into()?;
-            program.load(function, btf)?;
+fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> anyhow::Result<()> {
+    let program = ebpf
+        .program_mut(hook.program())
+        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", hook.program()))?;
+    match hook {
+        Hook::TpBtf { event, .. } => {
+            let program: &mut BtfTracePoint = program.try_into()?;
+            program.load(event, btf)?;
             program.attach()?;
         }
-        Target::Fexit(function) => {
+        Hook::Fexit { function, .. } => {
             let program: &mut FExit = program.try_into()?;
             program.load(function, btf)?;
             program.attach()?;
         }
-        Target::Kprobe(function) | Target::Kretprobe(function) => {
+        Hook::Kretprobe { function, .. } => {
             let program: &mut KProbe = program.try_into()?;
             program.load()?;
             program.attach(function, 0)?;
         }
-        Target::BtfTracepoint(name) => {
-            let program: &mut BtfTracePoint = program.try_into()?;
-            program.load(name, btf)?;
-            program.attach()?;
-        }
-        Target::Tracepoint(category, name) => {
+        Hook::Tracepoint { category, name, .. } => {
             let program: &mut TracePoint = program.try_into()?;
-            if first_use {
-                program.load()?;
-            }
+            program.load()?;
             program.attach(category, name)?;
         }
-    }
-    if first_use {
-        loaded.push(attachment.program);
     }
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! duplicate; the program records the socket's present state and binds it to its owner in the
 //! kernel, so its later transitions join the same timeline. Unlike a sock_diag dump, this also
 //! finds sockets whose connection already finished (CLOSE) but whose fd is still held: exactly
-//! the shape of a half-close leak.
+//! the shape of a half-close leak. The program's syscall tracepoint is attached only while
+//! seeding: left attached, it would put every syscall on the host on the kernel's slow path.
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
@@ -13,6 +14,7 @@ use std::{
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{Array, MapData},
+    programs::TracePoint,
     Ebpf,
 };
 use leaktrace_common::SeedRequest;
@@ -28,11 +30,29 @@ pub struct Seeded {
     pub first_failure: Option<String>,
 }
 
+/// The tracepoint the `seed` program runs on, on leaktrace's own calls.
+pub const SEED_HOOK: (&str, &str) = ("syscalls", "sys_enter_getsockname");
+
+/// Records every TCP socket the processes `pids` (all processes if empty) hold now.
 pub fn seed_existing(ebpf: &mut Ebpf, pids: &[u32]) -> Result<Seeded> {
     let mut request: Array<MapData, SeedRequest> = Array::try_from(
         ebpf.take_map("SEED_REQUEST")
             .ok_or_else(|| anyhow!("SEED_REQUEST map missing"))?,
     )?;
+    let program: &mut TracePoint = ebpf
+        .program_mut("seed")
+        .ok_or_else(|| anyhow!("program seed missing from the eBPF object"))?
+        .try_into()?;
+    program.load().context("loading the seed program")?;
+    let link = program
+        .attach(SEED_HOOK.0, SEED_HOOK.1)
+        .context("attaching the seed program")?;
+    let seeded = seed_pids(&mut request, pids);
+    program.detach(link).context("detaching the seed program")?;
+    seeded
+}
+
+fn seed_pids(request: &mut Array<MapData, SeedRequest>, pids: &[u32]) -> Result<Seeded> {
     let own = std::process::id();
     let pids: Vec<u32> = if pids.is_empty() {
         procfs::process::all_processes()
@@ -44,7 +64,7 @@ pub fn seed_existing(ebpf: &mut Ebpf, pids: &[u32]) -> Result<Seeded> {
     };
     let mut seeded = Seeded::default();
     for pid in pids.into_iter().filter(|&pid| pid != own) {
-        if let Err(e) = seed_process(&mut request, pid, &mut seeded) {
+        if let Err(e) = seed_process(request, pid, &mut seeded) {
             seeded.failed += 1;
             seeded
                 .first_failure

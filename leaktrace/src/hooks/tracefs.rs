@@ -71,9 +71,7 @@ impl Tracefs {
             recv_length_ret: optional("sock", "sock_recv_length", "ret")?,
             rcv_space_adjust_skaddr: optional("tcp", "tcp_rcv_space_adjust", "skaddr")?,
             data_ready_sk: optional("sock", "sk_data_ready", "skaddr")?,
-            syscall_arg0: self.field_offset("syscalls", "sys_enter_shutdown", "fd")?,
-            syscall_arg1: self.field_offset("syscalls", "sys_enter_shutdown", "how")?,
-            syscall_ret: self.field_offset("syscalls", "sys_exit_shutdown", "ret")?,
+            syscall_arg0: optional("syscalls", "sys_enter_getsockname", "fd")?,
             newtask_pid: optional("task", "task_newtask", "pid")?,
             newtask_clone_flags: optional("task", "task_newtask", "clone_flags")?,
             // Added in 6.x; before it the group leader's exit stands in for the process's.

@@ -97,6 +97,10 @@ impl Reporter for JsonReporter {
             "decode_errors": ingest.decode_errors,
             "ring_size": ingest.ring_size,
             "hint": hint,
+            "probe_failures": ingest
+                .failures()
+                .map(|(name, n)| (name.to_owned(), Value::from(n)))
+                .collect::<serde_json::Map<_, _>>(),
             "dropped": dropped(&report.dropped),
             "leaks_open_over_time": over_time,
         }))
@@ -136,7 +140,11 @@ fn leak(finding: &Finding) -> Value {
         "age_at_least": finding.age_at_least,
         "sock": format!("{:#x}", finding.sock.addr),
         "sock_born_ns": finding.sock.born_ns,
-        "timeline": finding.timeline.iter().map(entry).collect::<Vec<_>>(),
+        "timeline": finding
+            .timeline
+            .iter()
+            .map(|event| entry(event, finding.fd_of(event)))
+            .collect::<Vec<_>>(),
         "timeline_elided": finding.elided,
         "partner": finding.partner.as_ref().map_or(Value::Null, partner),
     })
@@ -155,29 +163,31 @@ fn partner(p: &Partner) -> Value {
     })
 }
 
-/// A timeline entry, as `--json` and `--trace-out` give it.
-pub(super) fn entry(event: &Event) -> Value {
+/// A timeline entry, as `--json` and `--trace-out` give it. `fd`: the fd by which the event's
+/// process holds the socket, where known, for the calls it made on it.
+pub(super) fn entry(event: &Event, fd: Option<i32>) -> Value {
     let mut entry = json!({
         "t_ns": event.ts_ns,
         "pid": event.task.tgid,
         "tid": event.task.tid,
-        "comm": event.task.comm,
+        "comm": event.task.comm.to_string(),
         "owner_context": event.in_owner_context,
     });
     let details = match event.kind {
         EventKind::State { old, new } => {
             json!({"event": "state", "old": tcp_state::name(old), "new": tcp_state::name(new)})
         }
-        EventKind::Accept { fd } => json!({"event": "accept", "fd": fd}),
-        EventKind::Shutdown { fd, how, ret } => {
-            json!({"event": "shutdown", "fd": fd, "how": shutdown_how_name(how), "ret": ret})
+        EventKind::Accept { traced } => json!({"event": "accept", "fd": fd, "traced": traced}),
+        // Only a shutdown that changed the state is seen: one that succeeded.
+        EventKind::Shutdown { how } => {
+            json!({"event": "shutdown", "fd": fd, "how": shutdown_how_name(how), "ret": 0})
         }
-        EventKind::Close { fd } => json!({"event": "close", "fd": fd}),
-        EventKind::FdClosed { fd } => json!({"event": "close", "fd": fd, "still_held": true}),
-        EventKind::Destroy => json!({"event": "destroy"}),
+        EventKind::Close { .. } => json!({"event": "close", "fd": fd}),
+        EventKind::Destroy { time_wait } => json!({"event": "destroy", "time_wait": time_wait}),
         EventKind::Recv { ret } => json!({"event": "recv", "ret": ret}),
         EventKind::Arrival => json!({"event": "arrival"}),
-        EventKind::Connect { fd, ret } => json!({"event": "connect", "fd": fd, "ret": ret}),
+        EventKind::Connect => json!({"event": "connect", "fd": fd}),
+        EventKind::HandedOver { fd } => json!({"event": "held", "fd": fd, "found_in": "/proc"}),
         EventKind::Fork { child } => json!({"event": "fork", "child": child}),
         EventKind::Exit => json!({"event": "exit"}),
         EventKind::Present {
@@ -334,7 +344,7 @@ mod tests {
                 {"t_ns": 1_000_000_000u64, "event": "state", "pid": 5151, "tid": 5151,
                  "comm": "curl", "owner_context": false, "old": "SYN_RECV", "new": "ESTABLISHED"},
                 {"t_ns": 1_000_200_000u64, "event": "accept", "pid": 4242, "tid": 4242,
-                 "comm": "mailer", "owner_context": true, "fd": 7},
+                 "comm": "mailer", "owner_context": true, "fd": 7, "traced": true},
                 {"t_ns": 1_412_000_000u64, "event": "shutdown", "pid": 4242, "tid": 4242,
                  "comm": "mailer", "owner_context": true, "fd": 7, "how": "SHUT_WR", "ret": 0,
                  "unread_bytes": 0, "eof_unread": false, "rcv_queue_len": 0},
@@ -345,9 +355,9 @@ mod tests {
                  "comm": "mailer", "owner_context": true, "ret": 6,
                  "unread_bytes": 0, "eof_unread": true, "rcv_queue_len": 0},
                 {"t_ns": 1_700_000_000u64, "event": "close", "pid": 4242, "tid": 4242,
-                 "comm": "mailer", "owner_context": true, "fd": null},
+                 "comm": "mailer", "owner_context": true, "fd": 7},
                 {"t_ns": 1_800_000_000u64, "event": "destroy", "pid": 4242, "tid": 4242,
-                 "comm": "mailer", "owner_context": true},
+                 "comm": "mailer", "owner_context": true, "time_wait": false},
             ])
         );
     }
@@ -423,6 +433,7 @@ mod tests {
                 "decode_errors": 3,
                 "ring_size": 4096,
                 "hint": "raise --ring-size (now 4096 bytes)",
+                "probe_failures": {},
                 "dropped": {"finished": 0, "evicted": 0, "late_records": 0},
                 "leaks_open_over_time": [],
             })

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leaktrace_common::tcp_state;
+use leaktrace_common::{tcp_state, ProbeFailure};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -49,6 +49,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -81,6 +86,7 @@ pub struct Metrics {
     sockets_tracked: Gauge,
     records: Counter,
     lost_events: Counter,
+    probe_failures: Family<ReasonLabels, Counter>,
     /// The labels each open finding counts under, so its resolution, which does not name the
     /// process, takes it off the same series.
     open: HashMap<(SockKey, LeakKind), LeakLabels>,
@@ -142,6 +148,18 @@ impl Metrics {
             "Records the kernel dropped because the ring buffer was full (raise --ring-size)",
             lost_events.clone(),
         );
+        let probe_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "probe_failures",
+            "What the eBPF programs could not do, by reason (read: a kernel read failed; \
+             *_map_full: a kernel map had no room), counted in the kernel",
+            probe_failures.clone(),
+        );
+        for failure in ProbeFailure::ALL {
+            probe_failures.get_or_create_owned(&ReasonLabels {
+                reason: failure.name(),
+            });
+        }
         let ring_fill = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "ring_buffer_fill_ratio",
@@ -162,6 +180,7 @@ impl Metrics {
             sockets_tracked,
             records,
             lost_events,
+            probe_failures,
             open: HashMap::new(),
             ring_size,
             server: None,
@@ -238,6 +257,13 @@ impl Metrics {
             .inc_by(counts.records.saturating_sub(self.records.get()));
         self.lost_events
             .inc_by(counts.lost_events.saturating_sub(self.lost_events.get()));
+        for failure in ProbeFailure::ALL {
+            let counter = self.probe_failures.get_or_create_owned(&ReasonLabels {
+                reason: failure.name(),
+            });
+            let total = counts.probe_failures[failure as usize];
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         self.sockets_tracked
             .set(i64::try_from(sockets_tracked).unwrap_or(i64::MAX));
     }
@@ -411,13 +437,14 @@ mod tests {
             2,
             state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
         ));
-        metrics.event(&event(sock, 3, EventKind::Accept { fd: 7 }));
+        metrics.event(&event(sock, 3, EventKind::Accept { traced: true }));
         metrics.totals(
             &IngestCounts {
                 records: 3,
                 decode_errors: 0,
                 lost_events: 2,
                 ring_size: 4096,
+                probe_failures: [0, 0, 0, 0],
             },
             1,
         );
@@ -427,6 +454,7 @@ mod tests {
                 decode_errors: 0,
                 lost_events: 2,
                 ring_size: 4096,
+                probe_failures: [1, 0, 0, 0],
             },
             4,
         );

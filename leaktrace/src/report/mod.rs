@@ -12,6 +12,8 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use leaktrace_common::ProbeFailure;
+
 pub use json::JsonReporter;
 pub use metrics::Metrics;
 pub use text::TextReporter;
@@ -43,6 +45,18 @@ pub struct IngestCounts {
     pub lost_events: u64,
     /// `--ring-size`, what to raise when records were lost.
     pub ring_size: u32,
+    /// What the eBPF programs could not do, by `ProbeFailure` discriminant.
+    pub probe_failures: [u64; ProbeFailure::COUNT as usize],
+}
+
+impl IngestCounts {
+    /// The probe failures that happened, by name.
+    pub fn failures(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        ProbeFailure::ALL
+            .iter()
+            .map(|failure| (failure.name(), self.probe_failures[*failure as usize]))
+            .filter(|(_, n)| *n > 0)
+    }
 }
 
 /// What to do about lost records, for the live warning and both summaries.
@@ -152,7 +166,7 @@ mod tests {
     use super::*;
     use crate::decoder::{EventKind, SockKey};
     use crate::detect::{LeakKind, Resolved};
-    use crate::timeline::tests::{event, from_peer, state, with_receive};
+    use crate::timeline::tests::{event, from_peer, state, with_receive, DESTROY, RELEASE};
     use crate::timeline::Partner;
 
     /// A writer the test can read back after handing it to a reporter.
@@ -210,9 +224,7 @@ mod tests {
     /// Incident 3's shape: shut down, 6 late bytes read by the runtime, the FIN never read.
     pub(super) fn finding() -> Finding {
         let shutdown = EventKind::Shutdown {
-            fd: 7,
             how: leaktrace_common::shutdown_how::SHUT_WR,
-            ret: 0,
         };
         Finding {
             kind: LeakKind::ShutWrUnread,
@@ -234,7 +246,7 @@ mod tests {
                     1_000_000_000,
                     state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
                 )),
-                event(SOCK, 1_000_200_000, EventKind::Accept { fd: 7 }),
+                event(SOCK, 1_000_200_000, EventKind::Accept { traced: true }),
                 with_receive(event(SOCK, 1_412_000_000, shutdown), 100, 100, false),
                 from_peer(with_receive(
                     event(SOCK, 1_500_000_000, EventKind::Arrival),
@@ -248,8 +260,8 @@ mod tests {
                     106,
                     true,
                 ),
-                event(SOCK, 1_700_000_000, EventKind::Close { fd: None }),
-                event(SOCK, 1_800_000_000, EventKind::Destroy),
+                event(SOCK, 1_700_000_000, RELEASE),
+                event(SOCK, 1_800_000_000, DESTROY),
             ],
             elided: 0,
             partner: None,
@@ -305,6 +317,7 @@ mod tests {
                 decode_errors: 3,
                 lost_events,
                 ring_size: 4096,
+                probe_failures: [0; 4],
             },
             stats: Stats::default(),
             dropped: Dropped::default(),

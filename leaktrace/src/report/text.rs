@@ -148,6 +148,17 @@ impl Reporter for TextReporter {
             report.unattributed,
             dropped(&report.dropped)
         ))?;
+        let failures: Vec<String> = ingest
+            .failures()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        if !failures.is_empty() {
+            self.line(&format!(
+                "warning: the kernel side could not do all it should ({}): some events may be \
+                 missing from the timelines",
+                failures.join(", ")
+            ))?;
+        }
         if report.dropped.evicted > 0 {
             self.line(&format!(
                 "warning: {} sockets were forgotten because leaktrace held --max-sockets \
@@ -409,11 +420,13 @@ fn timeline(f: &Finding) -> Vec<String> {
             offset(p.half_closed_ns)
         ));
     }
-    lines.extend(
-        f.timeline
-            .iter()
-            .map(|event| format!("  +{:.6}s  {}", offset(event.ts_ns), describe(event))),
-    );
+    lines.extend(f.timeline.iter().map(|event| {
+        format!(
+            "  +{:.6}s  {}",
+            offset(event.ts_ns),
+            describe(event, f.fd_of(event))
+        )
+    }));
     if f.elided > 0 {
         lines.push(format!(
             "  ({} later reads and arrivals not kept; the receive state above is current)",
@@ -423,25 +436,39 @@ fn timeline(f: &Finding) -> Vec<String> {
     lines
 }
 
-fn describe(event: &Event) -> String {
+/// `fd`: the fd by which the event's process holds the socket, where known.
+fn describe(event: &Event, fd: Option<i32>) -> String {
+    let on = |call: &str, rest: &str| match fd {
+        Some(fd) => format!("{call}(fd {fd}{rest})"),
+        None if rest.is_empty() => format!("{call}()"),
+        None => format!("{call}({})", rest.trim_start_matches(", ")),
+    };
     let mut text = match event.kind {
         EventKind::State { old, new } => {
             format!("{} -> {}", tcp_state::name(old), tcp_state::name(new))
         }
-        EventKind::Accept { fd } => format!("accept() = fd {fd}"),
-        EventKind::Shutdown { fd, how, ret } => {
-            format!("shutdown(fd {fd}, {}) = {ret}", shutdown_how_name(how))
+        EventKind::Accept { traced: true } => match fd {
+            Some(fd) => format!("accepted (fd {fd})"),
+            None => "accepted".to_owned(),
+        },
+        EventKind::Accept { traced: false } => "accepted by a process not traced".to_owned(),
+        EventKind::Shutdown { how } => {
+            format!(
+                "{} = 0",
+                on("shutdown", &format!(", {}", shutdown_how_name(how)))
+            )
         }
-        EventKind::Close { fd: Some(fd) } => format!("close(fd {fd})"),
-        EventKind::FdClosed { fd } => {
-            format!("close(fd {fd}), but another fd still holds the socket")
-        }
-        EventKind::Close { fd: None } => "released (tcp_close)".to_owned(),
-        EventKind::Destroy => "destroyed".to_owned(),
+        EventKind::Close { .. } => on("close", ""),
+        EventKind::Destroy { time_wait: false } => "destroyed".to_owned(),
+        EventKind::Destroy { time_wait: true } => "destroyed, after TIME_WAIT".to_owned(),
         EventKind::Recv { ret: Some(ret) } => format!("read() = {ret}"),
         EventKind::Recv { ret: None } => "read()".to_owned(),
         EventKind::Arrival => "peer data or FIN arrived".to_owned(),
-        EventKind::Connect { fd, ret } => format!("connect(fd {fd}) = {ret}"),
+        EventKind::Connect => on("connect", ""),
+        EventKind::HandedOver { fd } => format!(
+            "held by pid {} as fd {fd} (found in /proc)",
+            event.task.tgid
+        ),
         EventKind::Fork { child } => format!("started process {child}"),
         EventKind::Exit => "process exited".to_owned(),
         EventKind::Present {
@@ -467,7 +494,7 @@ fn describe(event: &Event) -> String {
     }
     // The owner's own actions need no attribution; anything else ran in softirq or in another
     // process (the peer, on loopback) on the socket's behalf.
-    if !event.in_owner_context {
+    if !event.in_owner_context && event.task.tgid != 0 {
         let _ = write!(
             text,
             "  (not owner: pid {} {})",
@@ -559,11 +586,11 @@ mod tests {
             "shut_wr_unread pid 4242 (mailer) fd 7  127.0.0.1:8080 <- 127.0.0.1:50412  \
              socket 0xffff888000001000:",
             "  +0.000000s  SYN_RECV -> ESTABLISHED  (not owner: pid 5151 curl)",
-            "  +0.000200s  accept() = fd 7",
+            "  +0.000200s  accepted (fd 7)",
             "  +0.412000s  shutdown(fd 7, SHUT_WR) = 0  unread 0",
             "  +0.500000s  peer data or FIN arrived  unread 6 + EOF  (not owner: pid 5151 curl)",
             "  +0.600000s  read() = 6  unread 0 + EOF",
-            "  +0.700000s  released (tcp_close)",
+            "  +0.700000s  close(fd 7)",
             "  +0.800000s  destroyed",
             "",
             "summary: leaks open 1, resolved 1; sockets seen 34, records 120, decode errors 3, \
@@ -597,7 +624,7 @@ mod tests {
                 "  its partner fd 5 (127.0.0.1:8080 <- 127.0.0.1:50400): its peer half-closed at \
                  +0.300000s",
                 "  +0.000000s  SYN_RECV -> ESTABLISHED  (not owner: pid 5151 curl)",
-                "  +0.000200s  accept() = fd 7",
+                "  +0.000200s  accepted (fd 6)",
             ],
             "{lines:#?}"
         );

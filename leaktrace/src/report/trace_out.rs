@@ -20,7 +20,7 @@ use leaktrace_common::tcp_state;
 use serde_json::{json, Value};
 
 use super::json::entry;
-use super::text::{addr, fd};
+use super::text::addr;
 use crate::decoder::{EventKind, SockKey};
 use crate::timeline::{Store, Timeline};
 
@@ -104,14 +104,14 @@ impl TraceOut {
                 "name": "process_name", "ph": "M", "pid": pid, "args": {"name": name},
             }));
         }
+        // The fd is known where /proc was asked (a finding, a socket found at start).
+        let endpoints = format!("{} -> {}", addr(timeline.local()), addr(timeline.remote()));
+        let name = match owner.and_then(|o| o.fd) {
+            Some(fd) => format!("fd {fd} {endpoints}"),
+            None => endpoints,
+        };
         events.push(json!({
-            "name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
-            "args": {"name": format!(
-                "fd {} {} -> {}",
-                fd(owner.and_then(|o| o.fd)),
-                addr(timeline.local()),
-                addr(timeline.remote())
-            )},
+            "name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name},
         }));
 
         let sock = format!("{:#x}", key.addr);
@@ -133,11 +133,16 @@ impl TraceOut {
                 EventKind::Present { state, .. } => Some((state, json!({"found_at_start": true}))),
                 _ => None,
             };
-            if let EventKind::Destroy = event.kind {
+            // After its owner's final close, nothing more is recorded of the socket.
+            if let EventKind::Destroy { .. } | EventKind::Close { final_record: true } = event.kind
+            {
                 destroyed_ns.get_or_insert(event.ts_ns);
             }
             if !matches!(event.kind, EventKind::State { .. }) {
-                events.push(instant(event, pid, tid));
+                let fd = owner
+                    .filter(|o| o.tgid == event.task.tgid)
+                    .and_then(|o| o.fd);
+                events.push(instant(event, fd, pid, tid));
             }
             if let Some((state, args)) = entered {
                 if let Some((previous, since, args)) = current.take() {
@@ -169,8 +174,8 @@ impl TraceOut {
 
 /// An event that is not a state change, as a thread-scoped instant with the `--json` entry's
 /// fields as its arguments.
-fn instant(event: &crate::decoder::Event, pid: u32, tid: u64) -> Value {
-    let mut args = entry(event);
+fn instant(event: &crate::decoder::Event, fd: Option<i32>, pid: u32, tid: u64) -> Value {
+    let mut args = entry(event, fd);
     let name = args.as_object_mut().and_then(|fields| {
         fields.remove("t_ns");
         fields.remove("event")
@@ -192,7 +197,9 @@ mod tests {
     use super::super::tests::Captured;
     use super::*;
     use crate::decoder::Owner;
-    use crate::timeline::tests::{event, from_peer, key, state, with_receive, OWNER};
+    use crate::timeline::tests::{
+        event, from_peer, key, state, with_receive, ACCEPT, DESTROY, OWNER, RELEASE,
+    };
 
     const MS: u64 = 1_000_000;
 
@@ -216,7 +223,7 @@ mod tests {
         let mut established = from_peer(event(leak, 10 * MS, state(SYN_RECV, ESTABLISHED)));
         established.owner = None;
         store.insert(established);
-        store.insert(event(leak, 11 * MS, EventKind::Accept { fd: 7 }));
+        store.insert(event(leak, 11 * MS, ACCEPT));
         store.insert(from_peer(with_receive(
             event(leak, 20 * MS, state(ESTABLISHED, CLOSE_WAIT)),
             6,
@@ -234,12 +241,12 @@ mod tests {
             });
             event
         };
-        store.insert(fd_8(30 * MS, EventKind::Accept { fd: 8 }));
+        store.insert(fd_8(30 * MS, ACCEPT));
         store.insert(fd_8(31 * MS, state(ESTABLISHED, CLOSE_WAIT)));
-        store.insert(fd_8(32 * MS, EventKind::Close { fd: Some(8) }));
+        store.insert(fd_8(32 * MS, RELEASE));
         store.insert(fd_8(32 * MS + 500, state(CLOSE_WAIT, LAST_ACK)));
         store.insert(fd_8(33 * MS, state(LAST_ACK, CLOSE)));
-        store.insert(fd_8(33 * MS, EventKind::Destroy));
+        store.insert(fd_8(33 * MS, DESTROY));
         store
     }
 
@@ -282,6 +289,8 @@ mod tests {
         assert_eq!(
             slices(leak_tid),
             [
+                // Its opening, rebuilt from its birth at 1 ns.
+                ("SYN_RECV".into(), 0.001, 9_999.999),
                 ("ESTABLISHED".into(), 10_000.0, 10_000.0),
                 ("CLOSE_WAIT".into(), 20_000.0, 30_000.0)
             ]
@@ -353,7 +362,7 @@ mod tests {
         );
         let thread = named(&events, "M", "thread_name")[0];
         assert_eq!(thread["pid"], NO_OWNER);
-        assert_eq!(thread["args"]["name"], "fd ? 127.0.0.1:8080 -> ?");
+        assert_eq!(thread["args"]["name"], "127.0.0.1:8080 -> ?");
         let slice = named(&events, "X", "CLOSE_WAIT")[0];
         assert_eq!(slice["args"]["found_at_start"], true);
         assert_eq!(slice["dur"], 1_000.0);

@@ -4,13 +4,18 @@
 //! (incident 4). Only counters: a process opening millions of connections costs no more memory
 //! than one opening ten.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
+
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use leaktrace_common::tcp_state;
 
 use crate::decoder::{Event, EventKind};
+
+/// TCP states are numbered below this (`include/net/tcp_states.h`).
+const STATES: usize = 16;
 
 /// Remote endpoints counted apart; connections to any further one count under
 /// [`Remote::Other`], so a process talking to ever new peers cannot grow memory without bound.
@@ -82,9 +87,10 @@ impl Tally {
 
 #[derive(Debug, Default)]
 pub struct Counts {
-    /// Sockets each process holds (neither closed nor destroyed), by TCP state.
-    held: HashMap<u32, BTreeMap<u8, u64>>,
-    remotes: HashMap<Remote, RemoteCounts>,
+    /// Sockets each process holds (neither closed nor destroyed), by TCP state: updated on
+    /// every record, so an array rather than a map.
+    held: FxHashMap<u32, [u64; STATES]>,
+    remotes: FxHashMap<Remote, RemoteCounts>,
     /// Local ports seen listening: a socket found at start on one of them was accepted.
     listening: HashSet<u16>,
 }
@@ -92,8 +98,14 @@ pub struct Counts {
 impl Counts {
     /// Per process: how many sockets it holds in each TCP state. Processes holding none are
     /// left out.
-    pub fn held(&self) -> impl Iterator<Item = (u32, &BTreeMap<u8, u64>)> {
-        self.held.iter().map(|(pid, states)| (*pid, states))
+    pub fn held(&self) -> impl Iterator<Item = (u32, Vec<(u8, u64)>)> + '_ {
+        self.held.iter().map(|(pid, states)| {
+            let states = (0..STATES)
+                .filter(|&state| states[state] > 0)
+                .map(|state| (state as u8, states[state]))
+                .collect();
+            (*pid, states)
+        })
     }
 
     pub fn remotes(&self) -> impl Iterator<Item = (Remote, RemoteCounts)> + '_ {
@@ -142,19 +154,15 @@ impl Counts {
         }
         if let Some((pid, state)) = from {
             if let Some(states) = self.held.get_mut(&pid) {
-                if let Some(n) = states.get_mut(&state) {
-                    *n -= 1;
-                    if *n == 0 {
-                        states.remove(&state);
-                    }
-                }
-                if states.is_empty() {
+                let n = &mut states[usize::from(state) % STATES];
+                *n = n.saturating_sub(1);
+                if states.iter().all(|&n| n == 0) {
                     self.held.remove(&pid);
                 }
             }
         }
         if let Some((pid, state)) = to {
-            *self.held.entry(pid).or_default().entry(state).or_default() += 1;
+            self.held.entry(pid).or_insert([0; STATES])[usize::from(state) % STATES] += 1;
         }
     }
 
@@ -164,7 +172,11 @@ impl Counts {
                 new: tcp_state::SYN_SENT,
                 ..
             }
-            | EventKind::Connect { .. } => Some(Direction::Out),
+            | EventKind::State {
+                old: tcp_state::SYN_SENT,
+                ..
+            }
+            | EventKind::Connect => Some(Direction::Out),
             EventKind::State {
                 old: tcp_state::LISTEN | tcp_state::SYN_RECV,
                 ..
@@ -204,23 +216,15 @@ fn listening_port(event: &Event) -> Option<u16> {
     }
 }
 
-/// Whether the connection entered TIME_WAIT: this side sent its FIN first. The kernel hands such
-/// a connection to a separate timewait socket (tcp_time_wait) and moves the socket itself to
-/// CLOSE, and `inet_sock_set_state` does not report on the timewait socket: what shows is
-/// FIN_WAIT2 -> CLOSE (also the moment an owner that closed its fd gets its FIN acknowledged:
-/// the rest of FIN_WAIT2 is waited out in the timewait socket too) or CLOSING -> CLOSE. A reset
-/// in FIN_WAIT2 looks the same and counts too. Kernels that report TIME_WAIT itself count there.
+/// Whether the connection entered TIME_WAIT: this side sent its FIN first (see
+/// [`tcp_state::enters_time_wait`]). After its owner's close the kernel side records no more
+/// transitions and says so with the socket's destruction instead.
 fn entered_time_wait(kind: &EventKind) -> bool {
-    matches!(
-        kind,
-        EventKind::State {
-            new: tcp_state::TIME_WAIT,
-            ..
-        } | EventKind::State {
-            old: tcp_state::FIN_WAIT2 | tcp_state::CLOSING,
-            new: tcp_state::CLOSE,
-        }
-    )
+    match *kind {
+        EventKind::State { old, new } => tcp_state::enters_time_wait(old, new),
+        EventKind::Destroy { time_wait } => time_wait,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -228,7 +232,7 @@ mod tests {
     use leaktrace_common::tcp_state::*;
 
     use super::*;
-    use crate::timeline::tests::{event, from_peer, key, state, OWNER};
+    use crate::timeline::tests::{event, from_peer, key, state, DESTROY, OWNER, RELEASE};
     use crate::timeline::Store;
 
     const DB: &str = "10.0.0.5:5432";
@@ -319,6 +323,16 @@ mod tests {
             // Still open.
             &[],
         ];
+        // Closed first by its owner, after which the kernel side only says, at the end, that
+        // it went through TIME_WAIT.
+        let sock = key(99, 1);
+        opened(&mut store, sock, DB, true);
+        store.insert(event(sock, 10, RELEASE));
+        store.insert(from_peer(event(
+            sock,
+            20,
+            EventKind::Destroy { time_wait: true },
+        )));
         for (i, changes) in endings.into_iter().enumerate() {
             let sock = key(i as u64, 1);
             opened(&mut store, sock, DB, true);
@@ -326,7 +340,7 @@ mod tests {
         }
         assert_eq!(
             remotes(&store),
-            [("10.0.0.5:5432".to_owned(), Some("out"), counts(6, 3))]
+            [("10.0.0.5:5432".to_owned(), Some("out"), counts(7, 4))]
         );
     }
 
@@ -338,7 +352,7 @@ mod tests {
         ended(&mut store, sock, &[(FIN_WAIT2, CLOSE)]);
         assert_eq!(remotes(&store), []);
         opened(&mut store, sock, DB, true);
-        store.insert(event(sock, 20, EventKind::Destroy));
+        store.insert(event(sock, 20, DESTROY));
         store.insert(event(key(2, 1), 5_000_000_000, EventKind::Arrival));
         store.sweep(|_| false);
         assert!(store.get(&sock).is_none());
@@ -400,11 +414,7 @@ mod tests {
     }
 
     fn held(store: &Store) -> Vec<(u32, Vec<(u8, u64)>)> {
-        let mut held: Vec<_> = store
-            .counts()
-            .held()
-            .map(|(pid, states)| (pid, states.iter().map(|(&s, &n)| (s, n)).collect()))
-            .collect();
+        let mut held: Vec<_> = store.counts().held().collect();
         held.sort();
         held
     }
@@ -425,26 +435,18 @@ mod tests {
         );
 
         // Closed: no longer the process's, whatever the kernel still does with it.
-        store.insert(event(key(0, 1), 20, EventKind::Close { fd: Some(7) }));
+        store.insert(event(key(0, 1), 20, RELEASE));
         store.insert(event(key(0, 1), 21, state(CLOSE_WAIT, LAST_ACK)));
-        // Handed to another process (fd passing), which shuts it down.
-        let mut handed = event(
-            key(2, 1),
-            30,
-            EventKind::Shutdown {
-                fd: 4,
-                how: leaktrace_common::shutdown_how::SHUT_WR,
-                ret: 0,
-            },
-        );
-        handed.task.tgid = 77;
+        // Taken by another process from its listener's.
+        let mut handed = event(key(2, 1), 30, EventKind::Accept { traced: true });
+        handed.owner = Some(crate::decoder::Owner { tgid: 77, fd: None });
         store.insert(handed);
         assert_eq!(
             held(&store),
             [(77, vec![(ESTABLISHED, 1)]), (OWNER, vec![(CLOSE, 1)])]
         );
 
-        store.insert(event(key(1, 1), 40, EventKind::Destroy));
+        store.insert(event(key(1, 1), 40, DESTROY));
         assert_eq!(held(&store), [(77, vec![(ESTABLISHED, 1)])]);
 
         // The exit releases every fd, whether or not the close is seen.
