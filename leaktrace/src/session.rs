@@ -25,9 +25,6 @@ use crate::{
     timeline::Store,
 };
 
-/// The object `leaktrace-ebpf` compiles to, built by build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
-
 /// How often the detectors look at the timelines: a leak is reported at most this long after
 /// it matured.
 const EVALUATE_EVERY: Duration = Duration::from_millis(100);
@@ -178,7 +175,6 @@ impl Session {
             Scope::All | Scope::Added => Vec::new(),
         };
         let mut attached = hooks::load(&LoadOptions {
-            object: EBPF_OBJECT,
             family: options.common.hooks,
             filter_targets: !matches!(options.scope, Scope::All),
             follow_children: options.follow_children,

@@ -296,9 +296,11 @@ impl Attached {
 
 const UNAVAILABLE: &str = "unavailable";
 
+/// The object `leaktrace-ebpf` compiles to, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
+
 /// What the kernel side needs to know before it is loaded.
-pub struct LoadOptions<'a> {
-    pub object: &'a [u8],
+pub struct LoadOptions {
     pub family: HookFamily,
     pub filter_targets: bool,
     pub follow_children: bool,
@@ -307,8 +309,8 @@ pub struct LoadOptions<'a> {
     pub floor: bool,
 }
 
-pub fn load(options: &LoadOptions<'_>) -> Result<Attached, LoadError> {
-    if options.object.is_empty() {
+pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
+    if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
     let btf_path = Path::new(VMLINUX_BTF);
@@ -353,7 +355,7 @@ struct Kernel<'a> {
 /// Loads the object with `config` and attaches, for each event, the first candidate the kernel
 /// accepts.
 fn attach_all(
-    options: &LoadOptions<'_>,
+    options: &LoadOptions,
     config: &Config,
     kernel: &Kernel<'_>,
 ) -> Result<Attached, LoadError> {
@@ -361,7 +363,7 @@ fn attach_all(
         .btf(Some(kernel.btf))
         .override_global("CONFIG", config, true)
         .map_max_entries("RECORDS", options.ring_size)
-        .load(options.object)
+        .load(OBJECT)
         .map_err(|e| LoadError::Other(anyhow::Error::new(e).context("loading the eBPF object")))?;
     let mut choices = Vec::new();
     let mut refused = Vec::new();
@@ -517,4 +519,58 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use aya_obj::{generated::bpf_insn, Object, ProgramSection};
+
+    use super::*;
+
+    // include/uapi/linux/bpf.h: BPF_JMP | BPF_CALL, and the helpers that read kernel memory
+    // (bpf_probe_read, bpf_probe_read_kernel, bpf_probe_read_kernel_str).
+    const CALL: u8 = 0x85;
+    const PROBE_READS: [i32; 3] = [4, 113, 115];
+
+    fn probe_reads(object: &Object, program: &str) -> usize {
+        let program = &object.programs[program];
+        object.functions[&program.function_key()]
+            .instructions
+            .iter()
+            .filter(|insn: &&bpf_insn| {
+                insn.code == CALL && insn.src_reg() == 0 && PROBE_READS.contains(&insn.imm)
+            })
+            .count()
+    }
+
+    /// BTF programs get typed pointers and load fields directly; a helper call per field is what
+    /// made leaktrace's programs slow. Classic tracepoints and kprobes must use the helper.
+    #[test]
+    fn btf_programs_read_kernel_memory_without_the_helper() {
+        assert!(
+            !OBJECT.is_empty(),
+            "leaktrace was built without its eBPF object (AYA_BUILD_SKIP)"
+        );
+        let object = Object::parse(OBJECT).expect("the eBPF object parses");
+        let mut btf_programs = 0;
+        for (name, program) in &object.programs {
+            if matches!(
+                program.section,
+                ProgramSection::BtfTracePoint
+                    | ProgramSection::FEntry { .. }
+                    | ProgramSection::FExit { .. }
+            ) {
+                btf_programs += 1;
+                assert_eq!(probe_reads(&object, name), 0, "{name} calls bpf_probe_read");
+            }
+        }
+        assert!(btf_programs >= 5, "only {btf_programs} BTF programs");
+        // The same handlers, read through the helper: the check above can see the calls.
+        for name in ["state_tp", "destroy_tp", "accept_kretprobe", "seed"] {
+            assert!(
+                probe_reads(&object, name) > 0,
+                "{name} reads without the helper?"
+            );
+        }
+    }
 }
