@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 
 use super::{
     churn::TRANSITIONS_PER_CONNECTION, median, mib, soak::Soak, Figures, Machine, Phase, Tracing,
-    TARGET_TRANSITIONS_PER_SECOND,
+    Workload, TARGET_TRANSITIONS_PER_SECOND,
 };
 
 const FILE: &str = "BENCHMARKS.md";
@@ -95,7 +95,7 @@ pub fn bench(machine: &Machine, figures: &Figures) -> String {
     let _ = writeln!(
         out,
         "# Benchmarks\n\nWhat leaktrace costs a busy host, measured on loopback by `{command}` \
-         (one command, from a fresh clone; about 10 minutes, `--quick` about 2). Written by the \
+         (one command, from a fresh clone; about 15 minutes, `--quick` about 4). Written by the \
          bench: do not edit by hand.\n"
     );
     if figures.quick {
@@ -128,42 +128,101 @@ pub fn bench(machine: &Machine, figures: &Figures) -> String {
         let _ = writeln!(out, "\n{}", notes.join("\n"));
     }
 
-    let _ = writeln!(out, "\n## Connection churn\n");
     let phase_len = figures
         .rounds
         .first()
         .map_or(Duration::ZERO, |p| p.churned.elapsed);
+    let rounds = figures.rounds.len() / (2 * Tracing::ROTATION.len());
     let _ = writeln!(
         out,
-        "{} worker threads, each connecting to its own loopback listener, accepting, writing 4 \
-         bytes, reading them and closing both ends (client first), for {}s per phase; {} rounds \
-         of the three phases, their order rotated each round. leaktrace runs with `--json` and \
-         its defaults (4 MiB ring); its figures cover the churn and {}s after it, until SIGINT. \
-         Its records include whatever else the machine did meanwhile.\n",
-        figures.plan_workers,
+        "\n## The workloads, traced four ways\n\nEach workload runs {}s per phase, {rounds} \
+         rounds of its four phases, their order rotated each round: no tracer; the **floor** \
+         (`leaktrace --floor`: the same hooks, every program returning at once, so what attaching \
+         costs by itself); leaktrace on every process; leaktrace `--pid`. leaktrace runs with \
+         `--json` and its defaults (4 MiB ring); its figures cover the load and {}s after it, \
+         until SIGINT, and its records include whatever else the machine did meanwhile.",
         phase_len.as_secs(),
-        figures.rounds.len() / 3,
         super::TAIL.as_secs()
     );
-    phase_table(
-        &mut out,
-        figures.rounds.iter().map(|p| (p.tracing.label(), p)),
-        figures,
-    );
-    let _ = writeln!(out);
-    for tracing in [Tracing::None, Tracing::All, Tracing::OtherPid] {
-        let rate = figures.median_rate(tracing);
-        let ratio = if tracing == Tracing::None {
-            String::new()
-        } else {
-            format!(", {:.3}x untraced", figures.ratio(tracing))
-        };
+    for (workload, about) in [
+        (
+            Workload::Churn,
+            format!(
+                "{} worker threads, each connecting to its own loopback listener, accepting, \
+                 writing 4 bytes, reading them and closing both ends (client first). `--pid` \
+                 names an idle process: what the hooks cost a host when nothing they see is \
+                 traced.",
+                figures.plan_workers
+            ),
+        ),
+        (
+            Workload::Nginx,
+            "Debian's nginx, one worker, answering `ab -c 20` (ApacheBench, a new connection \
+             per request) with 3 bytes on loopback. `--pid` names the nginx worker: the busy \
+             server itself is traced."
+                .to_owned(),
+        ),
+    ] {
+        let _ = writeln!(out, "\n### {}\n\n{about}\n", workload.name());
+        phase_table(
+            &mut out,
+            figures
+                .rounds
+                .iter()
+                .filter(|p| p.workload == workload)
+                .map(|p| (p.tracing.label(workload), p)),
+            figures,
+        );
+        let _ = writeln!(out);
+        for tracing in Tracing::ROTATION {
+            let rate = figures.median_rate(workload, tracing);
+            let ratio = if tracing == Tracing::None {
+                String::new()
+            } else {
+                format!(", {:.3}x untraced", figures.ratio(workload, tracing))
+            };
+            let _ = writeln!(
+                out,
+                "- median, {}: {rate:.0} connections/s{ratio}",
+                tracing.label(workload)
+            );
+        }
         let _ = writeln!(
             out,
-            "- median, {}: {rate:.0} connections/s{ratio}",
-            tracing.label()
+            "- records reaching userspace per connection (leaktrace, all processes): {:.1}",
+            figures.records_per_connection(workload)
         );
     }
+
+    let _ = writeln!(out, "\n## Which hook costs what\n");
+    let _ = writeln!(
+        out,
+        "The kernel's own accounting of each program's runs (`BPF_ENABLE_STATS`) over a stretch \
+         of churn, leaktrace on every process, then the floor over another stretch. The \
+         accounting costs each run itself (the floor's figures are mostly that), so it runs \
+         apart from the phases above. Per connection (both ends traced).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| program | runs | leaktrace ns/run | floor ns/run | leaktrace ns/connection | floor ns/connection |\n|---|---|---|---|---|---|"
+    );
+    let (mut total, mut floor_total) = (0.0, 0.0);
+    for hook in &figures.accounted.leaktrace {
+        let floor = figures.accounted.floor.iter().find(|f| f.name == hook.name);
+        total += hook.ns_per_connection();
+        floor_total += floor.map_or(0.0, |f| f.ns_per_connection());
+        let _ = writeln!(
+            out,
+            "| `{}` | {:.2} | {:.0} | {} | {:.0} | {} |",
+            hook.name,
+            hook.runs_per_connection,
+            hook.ns_per_run,
+            floor.map_or("-".to_owned(), |f| format!("{:.0}", f.ns_per_run)),
+            hook.ns_per_connection(),
+            floor.map_or("-".to_owned(), |f| format!("{:.0}", f.ns_per_connection())),
+        );
+    }
+    let _ = writeln!(out, "| all | | | | {total:.0} | {floor_total:.0} |");
 
     let _ = writeln!(out, "\n## At 100k transitions/s, and saturated\n");
     let _ = writeln!(
@@ -207,7 +266,7 @@ pub fn bench(machine: &Machine, figures: &Figures) -> String {
         );
     }
     if let Some(idle) = figures
-        .phases(Tracing::OtherPid)
+        .phases(Workload::Churn, Tracing::Pid)
         .find_map(|p| p.traced.as_ref())
     {
         let _ = writeln!(
@@ -254,7 +313,7 @@ pub fn bench(machine: &Machine, figures: &Figures) -> String {
             }
             let all_share = median(
                 figures
-                    .phases(Tracing::All)
+                    .phases(Workload::Churn, Tracing::All)
                     .filter_map(|p| p.traced.as_ref().map(|t| t.core_share()))
                     .collect(),
             );
@@ -276,7 +335,9 @@ fn phase_table<'a>(
     phases: impl Iterator<Item = (&'a str, &'a Phase)>,
     figures: &Figures,
 ) {
-    let baseline = figures.median_rate(Tracing::None);
+    let mut phases = phases.peekable();
+    let workload = phases.peek().map_or(Workload::Churn, |(_, p)| p.workload);
+    let baseline = figures.median_rate(workload, Tracing::None);
     let _ = writeln!(
         out,
         "| phase | connections/s | vs untraced median | records/s | lost | leaktrace CPU | share of a core | RSS / peak |\n|---|---|---|---|---|---|---|---|"
