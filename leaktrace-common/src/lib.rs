@@ -228,6 +228,9 @@ pub struct Config {
     pub seeder_tgid: u32,
     /// Non-zero: processes started by traced processes are traced too.
     pub follow_children: u32,
+    /// How many parameters `inet_csk_accept` takes here (2 since 6.10, 4 before): an fexit
+    /// program finds the return value right after them.
+    pub accept_params: u32,
     pub kernel: KernelOffsets,
     pub tracepoints: TracepointOffsets,
 }
@@ -275,6 +278,7 @@ impl Config {
             filter_targets: 0,
             seeder_tgid: 0,
             follow_children: 0,
+            accept_params: 0,
             kernel,
             tracepoints: TracepointOffsets {
                 set_state_skaddr: 0,

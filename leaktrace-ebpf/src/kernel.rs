@@ -7,7 +7,9 @@
 //! goes through `bpf_probe_read_kernel`, which classic tracepoints and kprobes need, as their
 //! pointers are bare integers. Each pointer has its own type ([`Sock`], [`Socket`], [`File`]),
 //! so an offset of one struct is never applied to another.
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_skc_to_tcp_sock};
+use core::mem::{size_of, MaybeUninit};
+
+use aya_ebpf::helpers::{bpf_skc_to_tcp_sock, generated as gen};
 use leaktrace_common::{
     shutdown_how, ProbeFailure, AF_INET, AF_INET6, FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE,
     OFFSET_UNKNOWN,
@@ -23,8 +25,10 @@ const SEND_SHUTDOWN: u8 = 2;
 
 /// How a program reads kernel memory.
 pub trait Reader {
-    /// The `T` at `base + offset`; `None` (counted as a failed read) if it cannot be read.
-    fn read<T: Copy>(base: u64, offset: u32) -> Option<T>;
+    /// The `T` at `base + offset`; zeros if it cannot be read (a failure counted). Never an
+    /// `Option`: a branch per read multiplies the paths the verifier walks, past what older
+    /// kernels' verifiers accept in a program with many reads.
+    fn read<T: Copy>(base: u64, offset: u32) -> T;
 
     /// The `tcp_sock` view of `sk` (the same address) for reading its TCP fields.
     fn tcp_sock(sk: Sock) -> Option<u64>;
@@ -36,11 +40,11 @@ pub enum Btf {}
 
 impl Reader for Btf {
     #[inline(always)]
-    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    fn read<T: Copy>(base: u64, offset: u32) -> T {
         // SAFETY: the verifier accepts the load only where `base` is a BTF pointer and the
         // offset names a field of type T in its struct; a fault (a NULL or stale pointer) reads
         // zeros instead of crashing.
-        Some(unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize).cast()) })
+        unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize).cast()) }
     }
 
     #[inline(always)]
@@ -56,15 +60,22 @@ pub enum Probe {}
 
 impl Reader for Probe {
     #[inline(always)]
-    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
-        // SAFETY: the helper validates the address and copies nothing on a fault.
-        match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
-            Ok(value) => Some(value),
-            Err(_) => {
-                count_failure(ProbeFailure::Read);
-                None
-            }
+    fn read<T: Copy>(base: u64, offset: u32) -> T {
+        let mut value = MaybeUninit::<T>::zeroed();
+        // SAFETY: the helper validates the address and writes `size_of::<T>()` bytes into
+        // `value`, zeros on a fault.
+        let ret = unsafe {
+            gen::bpf_probe_read_kernel(
+                value.as_mut_ptr().cast(),
+                size_of::<T>() as u32,
+                (base + offset as u64) as *const _,
+            )
+        };
+        if ret != 0 {
+            count_failure(ProbeFailure::Read);
         }
+        // SAFETY: zeroed, then written by the helper; T is plain integer data.
+        unsafe { value.assume_init() }
     }
 
     #[inline(always)]
@@ -102,7 +113,7 @@ impl Sock {
 
     #[inline(always)]
     pub fn family<R: Reader>(self) -> u16 {
-        R::read(self.0, config!(kernel.sock_family)).unwrap_or(0)
+        R::read(self.0, config!(kernel.sock_family))
     }
 
     #[inline(always)]
@@ -112,27 +123,26 @@ impl Sock {
             return false;
         }
         let protocol = if config!(kernel.sock_protocol_size) == 1 {
-            R::read::<u8>(self.0, config!(kernel.sock_protocol)).map(u16::from)
+            u16::from(R::read::<u8>(self.0, config!(kernel.sock_protocol)))
         } else {
             R::read::<u16>(self.0, config!(kernel.sock_protocol))
         };
-        protocol == Some(IPPROTO_TCP)
+        protocol == IPPROTO_TCP
     }
 
     #[inline(always)]
     pub fn local_port<R: Reader>(self) -> u16 {
-        R::read(self.0, config!(kernel.sock_num)).unwrap_or(0)
+        R::read(self.0, config!(kernel.sock_num))
     }
 
     #[inline(always)]
-    pub fn state<R: Reader>(self) -> Option<u8> {
+    pub fn state<R: Reader>(self) -> u8 {
         R::read(self.0, config!(kernel.sock_state))
     }
 
     #[inline(always)]
     fn flag<R: Reader>(self, bit: u32) -> bool {
-        R::read::<u64>(self.0, config!(kernel.sock_flags))
-            .is_some_and(|flags| flags & (1u64 << (bit & 63)) != 0)
+        R::read::<u64>(self.0, config!(kernel.sock_flags)) & (1u64 << (bit & 63)) != 0
     }
 
     #[inline(always)]
@@ -141,7 +151,7 @@ impl Sock {
         if offset == OFFSET_UNKNOWN {
             return 0;
         }
-        R::read::<u8>(self.0, offset).unwrap_or(0)
+        R::read::<u8>(self.0, offset)
     }
 
     /// The sending side was shut down (shutdown(2) or close).
@@ -164,7 +174,7 @@ impl Sock {
     /// The socket's file side; `None` before `accept` has given it one.
     #[inline(always)]
     pub fn socket<R: Reader>(self) -> Option<Socket> {
-        R::read::<u64>(self.0, config!(kernel.sock_socket))
+        Some(R::read::<u64>(self.0, config!(kernel.sock_socket)))
             .filter(|&socket| socket != 0)
             .map(Socket)
     }
@@ -179,10 +189,10 @@ impl Sock {
     ) -> (u16, u16, u16) {
         let family = self.family::<R>();
         let sport = self.local_port::<R>();
-        let dport = u16::from_be(R::read(self.0, config!(kernel.sock_dport)).unwrap_or(0));
+        let dport = u16::from_be(R::read(self.0, config!(kernel.sock_dport)));
         if family == AF_INET {
-            let local: u32 = R::read(self.0, config!(kernel.sock_rcv_saddr)).unwrap_or(0);
-            let remote: u32 = R::read(self.0, config!(kernel.sock_daddr)).unwrap_or(0);
+            let local: u32 = R::read(self.0, config!(kernel.sock_rcv_saddr));
+            let remote: u32 = R::read(self.0, config!(kernel.sock_daddr));
             saddr[..4].copy_from_slice(&local.to_ne_bytes());
             daddr[..4].copy_from_slice(&remote.to_ne_bytes());
         } else if family == AF_INET6 {
@@ -198,13 +208,9 @@ impl Sock {
         let Some(tcp) = R::tcp_sock(self) else {
             return ReceiveSide::UNREAD;
         };
-        let (Some(rcv_nxt), Some(copied_seq), Some(qlen)) = (
-            R::read::<u32>(tcp, config!(kernel.tcp_rcv_nxt)),
-            R::read::<u32>(tcp, config!(kernel.tcp_copied_seq)),
-            R::read::<u32>(self.0, config!(kernel.sock_receive_qlen)),
-        ) else {
-            return ReceiveSide::UNREAD;
-        };
+        let rcv_nxt = R::read::<u32>(tcp, config!(kernel.tcp_rcv_nxt));
+        let copied_seq = R::read::<u32>(tcp, config!(kernel.tcp_copied_seq));
+        let qlen = R::read::<u32>(self.0, config!(kernel.sock_receive_qlen));
         let mut flags = FLAG_HAS_RECEIVE_STATE;
         if self.flag::<R>(config!(kernel.sock_done_bit)) {
             flags |= FLAG_FIN_RECEIVED;
@@ -223,7 +229,7 @@ impl Sock {
 #[inline(always)]
 fn copy_v6<R: Reader>(base: u64, offset: u32, out: &mut [u8; 16]) {
     for i in 0..4 {
-        let word: u32 = R::read(base, offset + i * 4).unwrap_or(0);
+        let word: u32 = R::read(base, offset + i * 4);
         out[i as usize * 4..i as usize * 4 + 4].copy_from_slice(&word.to_ne_bytes());
     }
 }
@@ -231,14 +237,14 @@ fn copy_v6<R: Reader>(base: u64, offset: u32, out: &mut [u8; 16]) {
 impl Socket {
     #[inline(always)]
     pub fn file<R: Reader>(self) -> Option<File> {
-        R::read::<u64>(self.0, config!(kernel.socket_file))
+        Some(R::read::<u64>(self.0, config!(kernel.socket_file)))
             .filter(|&file| file != 0)
             .map(File)
     }
 
     #[inline(always)]
     pub fn sock<R: Reader>(self) -> Option<Sock> {
-        R::read::<u64>(self.0, config!(kernel.socket_sk))
+        Some(R::read::<u64>(self.0, config!(kernel.socket_sk)))
             .filter(|&sk| sk != 0)
             .map(Sock)
     }
@@ -254,19 +260,22 @@ impl File {
     /// counter has already dropped past one reference (`f_count` to 0, `f_ref` below 0).
     #[inline(always)]
     pub fn refs<R: Reader>(self) -> FileRefs {
-        match R::read::<i64>(self.0, config!(kernel.file_count)) {
-            Some(count) if count < config!(kernel.file_count_one) as i64 => FileRefs::Released,
-            _ => FileRefs::Held,
+        if R::read::<i64>(self.0, config!(kernel.file_count))
+            < config!(kernel.file_count_one) as i64
+        {
+            FileRefs::Released
+        } else {
+            FileRefs::Held
         }
     }
 
     /// The inode number: `socket:[ino]` in /proc/<pid>/fd.
     #[inline(always)]
     pub fn ino<R: Reader>(self) -> u64 {
-        R::read::<u64>(self.0, config!(kernel.file_inode))
-            .filter(|&inode| inode != 0)
-            .and_then(|inode| R::read::<u64>(inode, config!(kernel.inode_ino)))
-            .unwrap_or(0)
+        match R::read::<u64>(self.0, config!(kernel.file_inode)) {
+            0 => 0,
+            inode => R::read::<u64>(inode, config!(kernel.inode_ino)),
+        }
     }
 
     /// Whether the file is a socket (`S_IFSOCK` in the inode's mode).
@@ -275,15 +284,15 @@ impl File {
         // File type bits of `inode.i_mode`: part of the stat(2) ABI, not a kernel layout.
         const S_IFMT: u16 = 0o170000;
         const S_IFSOCK: u16 = 0o140000;
-        R::read::<u64>(self.0, config!(kernel.file_inode))
-            .filter(|&inode| inode != 0)
-            .and_then(|inode| R::read::<u16>(inode, config!(kernel.inode_mode)))
-            .is_some_and(|mode| mode & S_IFMT == S_IFSOCK)
+        match R::read::<u64>(self.0, config!(kernel.file_inode)) {
+            0 => false,
+            inode => R::read::<u16>(inode, config!(kernel.inode_mode)) & S_IFMT == S_IFSOCK,
+        }
     }
 
     #[inline(always)]
     pub fn socket<R: Reader>(self) -> Option<Socket> {
-        R::read::<u64>(self.0, config!(kernel.file_private_data))
+        Some(R::read::<u64>(self.0, config!(kernel.file_private_data)))
             .filter(|&socket| socket != 0)
             .map(Socket)
     }

@@ -9,6 +9,7 @@ use aya_ebpf::{
 use leaktrace_common::{RecordKind, FLAG_UNTRACED};
 
 use crate::{
+    config,
     emit::{now, socket_record, Event},
     idle,
     kernel::{Btf, Probe, Reader, Sock},
@@ -64,9 +65,17 @@ pub fn accept_fexit(ctx: FExitContext) -> i32 {
     if idle() {
         return 0;
     }
-    if let Ok(sk) = ctx.ret::<u64>() {
-        on_accepted::<Btf>(Sock(sk));
-    }
+    // The return value follows the parameters in the context, typed as the kernel declares it:
+    // a BTF pointer to read from (`bpf_get_func_ret` would give a bare number). Each arm reads at
+    // a constant offset, as context reads must be; the verifier keeps the one CONFIG names.
+    let sk: u64 = match config!(accept_params) {
+        2 => ctx.arg(2),
+        3 => ctx.arg(3),
+        4 => ctx.arg(4),
+        5 => ctx.arg(5),
+        _ => return 0,
+    };
+    on_accepted::<Btf>(Sock(sk));
     0
 }
 

@@ -27,14 +27,14 @@ fn tcp_socket_of_fd(fd: i32) -> Option<(Sock, File)> {
     }
     // SAFETY: no preconditions; the task is only read through bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
-    let files: u64 = Probe::read(task, config!(kernel.task_files))?;
-    let fdt: u64 = Probe::read(files, config!(kernel.files_fdt))?;
-    let max_fds: u32 = Probe::read(fdt, config!(kernel.fdtable_max_fds))?;
+    let files: u64 = Probe::read(task, config!(kernel.task_files));
+    let fdt: u64 = Probe::read(files, config!(kernel.files_fdt));
+    let max_fds: u32 = Probe::read(fdt, config!(kernel.fdtable_max_fds));
     if fd as u32 >= max_fds {
         return None;
     }
-    let fd_array: u64 = Probe::read(fdt, config!(kernel.fdtable_fd))?;
-    let file = File::from_raw(Probe::read(fd_array, fd as u32 * 8)?)?;
+    let fd_array: u64 = Probe::read(fdt, config!(kernel.fdtable_fd));
+    let file = File::from_raw(Probe::read(fd_array, fd as u32 * 8))?;
     if !file.is_socket::<Probe>() {
         return None;
     }
@@ -54,7 +54,7 @@ fn present<R: Reader>(sk: Sock, file: Option<File>) -> Option<()> {
         Some(meta) => meta,
         None => claim(sk, request.owner_tgid, now, 0)?,
     };
-    let state = sk.state::<R>()?;
+    let state = sk.state::<R>();
     if state == tcp_state::LISTEN {
         let key = listener_key(sk.family::<R>(), sk.local_port::<R>());
         if LISTENERS.insert(key, meta.owner_tgid, 0).is_err() {

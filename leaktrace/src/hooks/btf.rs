@@ -77,6 +77,21 @@ impl KernelBtf {
             .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
     }
 
+    /// How many parameters the kernel function `name` takes, if it has one of that name.
+    pub fn parameter_count(&self, name: &str) -> Option<u32> {
+        self.btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Func(func) => match self.btf.resolve_chained_type(&func).ok()? {
+                    Type::FuncProto(proto) => u32::try_from(proto.parameters.len()).ok(),
+                    _ => None,
+                },
+                _ => None,
+            })
+    }
+
     /// Whether the kernel has a tracepoint of this name that BTF programs (`tp_btf`) can attach
     /// to: each has a `btf_trace_<name>` typedef.
     pub fn has_btf_tracepoint(&self, name: &str) -> bool {
@@ -210,6 +225,9 @@ mod tests {
         assert_eq!(offsets.sock_done_bit, 1);
         assert!(offsets.sock_socket > offsets.sock_flags);
         assert!(btf.has_function("inet_csk_accept"));
+        // struct sock *inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg), 6.10+.
+        assert_eq!(btf.parameter_count("inet_csk_accept"), Some(2));
+        assert_eq!(btf.parameter_count("no_such_kernel_function"), None);
         assert!(!btf.has_function("no_such_kernel_function"));
         assert!(btf.has_btf_tracepoint("inet_sock_set_state"));
         assert!(!btf.has_btf_tracepoint("no_such_tracepoint"));

@@ -188,6 +188,9 @@ struct EventHooks {
     candidates: &'static [Candidate],
 }
 
+/// The kernel function that hands an accepted connection to its acceptor.
+const ACCEPT_FUNCTION: &str = "inet_csk_accept";
+
 /// The programs that read a socket's first read, for accepting by it.
 const READ_PROGRAMS: &[&str] = &["recv_length_tp_btf", "recv_length_tp"];
 
@@ -325,6 +328,9 @@ pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
         filter_targets: options.filter_targets.into(),
         seeder_tgid: std::process::id(),
         follow_children: options.follow_children.into(),
+        accept_params: kernel_btf
+            .parameter_count(ACCEPT_FUNCTION)
+            .unwrap_or_default(),
         kernel: kernel_btf.offsets().map_err(LoadError::Btf)?,
         tracepoints: tracefs.offsets().map_err(LoadError::NoTracefs)?,
     };
