@@ -13,10 +13,9 @@
 //! - the opening transition (`CLOSE -> SYN_SENT`, `LISTEN -> SYN_RECV`): its time is the
 //!   socket's `sock_born_ns`, carried by every later record, and its states follow from the next
 //!   record's `old_state`;
-//! - what happens after the owner's close (the `RELEASED` record): no leak class outlives it.
-//!   Only whether the socket then went through TIME_WAIT is kept, for the counts per remote
-//!   endpoint, and sent with the `Destroy` record. A release that leaves nothing more to learn is
-//!   marked `FINAL`, and the socket is forgotten on both sides.
+//! - what happens after the owner's close (the `RELEASED` record): no leak class outlives it, and
+//!   the socket is forgotten on both sides. Whether the connection ends in TIME_WAIT on this side,
+//!   for the counts per remote endpoint, is known then: when this side's FIN went first.
 #![no_std]
 
 /// What a [`Record`] reports. Stored as `u8` in the record so the layout stays fixed.
@@ -72,20 +71,19 @@ pub const FLAG_HAS_RECEIVE_STATE: u16 = 1 << 2;
 /// `Record::flags` of a `Present` record: the socket's sending side was already shut down.
 pub const FLAG_SEND_SHUTDOWN: u16 = 1 << 3;
 /// `Record::flags` of a `State` or `Destroy` record: the last reference to the socket's file
-/// went with it: the owner's close (or its exit). A `Destroy` carries it when the socket was
-/// already over (CLOSE), as closing it then changes no state.
+/// went with it: the owner's close (or its exit), after which nothing more is recorded of the
+/// socket. A `Destroy` carries it when the socket was already over (CLOSE), as closing it then
+/// changes no state.
 pub const FLAG_RELEASED: u16 = 1 << 4;
 /// `Record::flags` of a `State` record: the owner's `shutdown(2)` made it; `how` says which.
 pub const FLAG_SHUTDOWN: u16 = 1 << 5;
-/// `Record::flags` of a released `State` record: nothing more will come for this socket (it
-/// cannot go through TIME_WAIT any more); its `Destroy` is not sent either.
-pub const FLAG_FINAL: u16 = 1 << 6;
-/// `Record::flags` of a `Destroy` record: after its owner's close, the socket went through
-/// TIME_WAIT (`FIN_WAIT2`/`CLOSING` -> `CLOSE`: the kernel hands the rest to a timewait socket).
-pub const FLAG_TIME_WAIT: u16 = 1 << 7;
+/// `Record::flags` of a released `State` record: this side's FIN went first (or both at once),
+/// so the connection ends in TIME_WAIT on this side, in a timewait socket the kernel makes once
+/// the peer's FIN comes (unless a reset ends it first).
+pub const FLAG_TIME_WAIT: u16 = 1 << 6;
 /// `Record::flags` of an `Accept` record: the process that took the socket is not traced; the
 /// socket leaves the trace with this record.
-pub const FLAG_UNTRACED: u16 = 1 << 8;
+pub const FLAG_UNTRACED: u16 = 1 << 7;
 
 /// `Record::ret` of a `Recv` whose hook cannot see the read's result.
 pub const RESULT_UNKNOWN: i64 = i64::MIN;
@@ -228,9 +226,6 @@ pub struct Config {
     pub seeder_tgid: u32,
     /// Non-zero: processes started by traced processes are traced too.
     pub follow_children: u32,
-    /// How many parameters `inet_csk_accept` takes here (2 since 6.10, 4 before): an fexit
-    /// program finds the return value right after them.
-    pub accept_params: u32,
     pub kernel: KernelOffsets,
     pub tracepoints: TracepointOffsets,
 }
@@ -278,7 +273,6 @@ impl Config {
             filter_targets: 0,
             seeder_tgid: 0,
             follow_children: 0,
-            accept_params: 0,
             kernel,
             tracepoints: TracepointOffsets {
                 set_state_skaddr: 0,

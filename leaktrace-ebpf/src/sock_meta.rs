@@ -15,16 +15,12 @@ use crate::{
 /// The owner shut the socket down or its peer did (CLOSE_WAIT): from now on its reads are
 /// recorded, for whether the owner ever reads the end-of-stream.
 pub const READS_WATCHED: u32 = 1 << 0;
-/// The owner closed it: only whether it goes through TIME_WAIT is left to learn.
-pub const RELEASED: u32 = 1 << 1;
-/// After its release, it went through TIME_WAIT.
-pub const TIME_WAIT: u32 = 1 << 2;
 /// It came from a listener and is claimed by the listener's process until the process that
 /// accepts it is known.
-pub const FROM_LISTENER: u32 = 1 << 3;
+pub const FROM_LISTENER: u32 = 1 << 1;
 /// The owner shut its sending side down: what the peer sends from now on is recorded too. (After
 /// the peer's own FIN nothing more can arrive, so CLOSE_WAIT alone does not need it.)
-pub const ARRIVALS_WATCHED: u32 = 1 << 4;
+pub const ARRIVALS_WATCHED: u32 = 1 << 2;
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use leaktrace_common::{
-    shutdown_how, Record, RecordKind, AF_INET, AF_INET6, COMM_LEN, FLAG_FINAL, FLAG_FIN_RECEIVED,
+    shutdown_how, Record, RecordKind, AF_INET, AF_INET6, COMM_LEN, FLAG_FIN_RECEIVED,
     FLAG_HAS_RECEIVE_STATE, FLAG_OWNER_CONTEXT, FLAG_RELEASED, FLAG_SEND_SHUTDOWN, FLAG_SHUTDOWN,
     FLAG_TIME_WAIT, FLAG_UNTRACED, NO_FD, OWNER_UNKNOWN, RESULT_UNKNOWN,
 };
@@ -115,15 +115,12 @@ pub enum EventKind {
     Shutdown {
         how: i32,
     },
-    /// The owner's last close (or its exit) released the socket. `final_record`: nothing more
-    /// will be recorded about it.
+    /// The owner's last close (or its exit) released the socket; nothing more is recorded of it.
+    /// `time_wait`: this side's FIN went first, so the connection ends in TIME_WAIT here.
     Close {
-        final_record: bool,
-    },
-    /// `time_wait`: after its owner's close, the socket went through TIME_WAIT.
-    Destroy {
         time_wait: bool,
     },
+    Destroy,
     /// `ret` is `None` where the hook cannot see the read's result.
     Recv {
         ret: Option<i64>,
@@ -308,7 +305,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     Ok(match kind {
         RecordKind::State if flag(FLAG_RELEASED) => {
             let close = with(EventKind::Close {
-                final_record: flag(FLAG_FINAL),
+                time_wait: flag(FLAG_TIME_WAIT),
             });
             // Closing a socket in FIN_WAIT1 or FIN_WAIT2 restates its state: nothing changed.
             let changed = record.old_state != record.new_state;
@@ -326,15 +323,11 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             second: None,
         },
         RecordKind::Destroy => {
-            let destroy = with(EventKind::Destroy {
-                time_wait: flag(FLAG_TIME_WAIT),
-            });
+            let destroy = with(EventKind::Destroy);
             // Closing a socket whose connection was already over destroys it at once.
             if flag(FLAG_RELEASED) {
                 Decoded {
-                    first: with(EventKind::Close {
-                        final_record: false,
-                    }),
+                    first: with(EventKind::Close { time_wait: false }),
                     second: Some(destroy),
                 }
             } else {
@@ -535,39 +528,26 @@ mod tests {
             })
         );
 
-        r.flags = FLAG_RELEASED | FLAG_FINAL;
-        r.old_state = tcp_state::CLOSE_WAIT;
-        r.new_state = tcp_state::LAST_ACK;
+        r.flags = FLAG_RELEASED | FLAG_TIME_WAIT;
+        r.old_state = tcp_state::ESTABLISHED;
+        r.new_state = tcp_state::FIN_WAIT1;
         let decoded = decode(&bytes(&r)).unwrap();
-        assert_eq!(decoded.first.kind, EventKind::Close { final_record: true });
+        assert_eq!(decoded.first.kind, EventKind::Close { time_wait: true });
         assert!(decoded.second.is_some());
 
         // A close that restates the state is the close alone.
         r.flags = FLAG_RELEASED;
         r.old_state = tcp_state::FIN_WAIT2;
         r.new_state = tcp_state::FIN_WAIT2;
-        assert_eq!(
-            one(&r).kind,
-            EventKind::Close {
-                final_record: false
-            }
-        );
+        assert_eq!(one(&r).kind, EventKind::Close { time_wait: false });
 
         // Closing a finished connection destroys it at once.
         r.kind = RecordKind::Destroy as u8;
         let decoded = decode(&bytes(&r)).unwrap();
-        assert_eq!(
-            decoded.first.kind,
-            EventKind::Close {
-                final_record: false
-            }
-        );
-        assert_eq!(
-            decoded.second.map(|e| e.kind),
-            Some(EventKind::Destroy { time_wait: false })
-        );
-        r.flags = FLAG_TIME_WAIT;
-        assert_eq!(one(&r).kind, EventKind::Destroy { time_wait: true });
+        assert_eq!(decoded.first.kind, EventKind::Close { time_wait: false });
+        assert_eq!(decoded.second.map(|e| e.kind), Some(EventKind::Destroy));
+        r.flags = 0;
+        assert_eq!(one(&r).kind, EventKind::Destroy);
     }
 
     #[test]

@@ -256,6 +256,7 @@ impl Session {
                     .iter()
                     .map(|c| (c.event.to_owned(), c.hook.clone()))
                     .collect(),
+                refused: attached.refused.clone(),
                 pids: pids.clone(),
                 scope: options.scope.describe(options.follow_children),
                 leak_after: options.leaks.leak_after,

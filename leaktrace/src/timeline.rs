@@ -244,7 +244,7 @@ impl Timeline {
             EventKind::Close { .. } => {
                 self.closed_ns = Some(self.closed_ns.map_or(ts, |t| t.min(ts)));
             }
-            EventKind::Destroy { .. } => self.destroyed_ns = Some(ts),
+            EventKind::Destroy => self.destroyed_ns = Some(ts),
             EventKind::Recv { ret: Some(ret) } => {
                 self.recv_results_known = true;
                 if ret == 0 {
@@ -1151,9 +1151,7 @@ struct HalfClosed {
 fn ends_story(kind: &EventKind) -> bool {
     matches!(
         kind,
-        EventKind::Destroy { .. }
-            | EventKind::Close { final_record: true }
-            | EventKind::Accept { traced: false }
+        EventKind::Destroy | EventKind::Close { .. } | EventKind::Accept { traced: false }
     )
 }
 
@@ -1236,10 +1234,8 @@ pub(crate) mod tests {
         EventKind::State { old, new }
     }
 
-    pub(crate) const DESTROY: EventKind = EventKind::Destroy { time_wait: false };
-    pub(crate) const RELEASE: EventKind = EventKind::Close {
-        final_record: false,
-    };
+    pub(crate) const DESTROY: EventKind = EventKind::Destroy;
+    pub(crate) const RELEASE: EventKind = EventKind::Close { time_wait: false };
     pub(crate) const ACCEPT: EventKind = EventKind::Accept { traced: true };
 
     #[test]
@@ -1475,7 +1471,7 @@ pub(crate) mod tests {
         let closed = key(1, 1);
         let taken = key(2, 2);
         store.insert(event(closed, 10, ACCEPT));
-        store.insert(event(closed, 20, EventKind::Close { final_record: true }));
+        store.insert(event(closed, 20, RELEASE));
         store.insert(event(
             taken,
             10,
@@ -1564,18 +1560,17 @@ pub(crate) mod tests {
         opened.remote = Some("10.0.0.5:5432".parse().unwrap());
         store.insert_batch(&[
             opened,
-            event(churned, 20, RELEASE),
+            event(
+                lasting,
+                15,
+                state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
+            ),
+            event(churned, 20, EventKind::Close { time_wait: true }),
             event(
                 churned,
                 20,
                 state(tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1),
             ),
-            event(
-                lasting,
-                25,
-                state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
-            ),
-            event(churned, 30, EventKind::Destroy { time_wait: true }),
         ]);
         assert!(store.get(&churned).is_none());
         assert!(store.get(&lasting).is_some());
@@ -1603,14 +1598,14 @@ pub(crate) mod tests {
 
     #[test]
     fn closed_sockets_stay_for_the_retention_window() {
+        // Found closed in /proc rather than recorded: no record ends its story.
+        fn closed_in_proc(store: &mut Store, sock: SockKey, at: u64) {
+            store.insert(event(sock, at, EventKind::Arrival));
+            store.timelines.get_mut(&sock).unwrap().closed_ns = Some(at);
+        }
         let mut store = Store::default();
         let sock = key(1, 1);
-        store.insert(event(sock, 100, RELEASE));
-        store.insert(event(
-            sock,
-            200,
-            state(tcp_state::FIN_WAIT1, tcp_state::FIN_WAIT2),
-        ));
+        closed_in_proc(&mut store, sock, 100);
         store.sweep(|_| false);
         assert!(store.get(&sock).is_some());
         store.insert(event(
@@ -1623,7 +1618,7 @@ pub(crate) mod tests {
         assert_eq!(store.dropped().finished, 1);
         // A kept socket stays past the window, until nothing needs it.
         let kept = key(3, 3);
-        store.insert(event(kept, 200 + CLOSED_RETENTION_NS, RELEASE));
+        closed_in_proc(&mut store, kept, 200 + CLOSED_RETENTION_NS);
         let later = 200 + 2 * CLOSED_RETENTION_NS;
         store.insert(event(key(2, 2), later, EventKind::Arrival));
         store.sweep(|sock| *sock == kept);
@@ -1635,6 +1630,19 @@ pub(crate) mod tests {
         ));
         store.sweep(|_| false);
         assert!(store.get(&kept).is_none());
+    }
+
+    #[test]
+    fn a_recorded_close_ends_the_story_at_once() {
+        let mut store = Store::default();
+        let (sock, kept) = (key(1, 1), key(2, 2));
+        for key in [sock, kept] {
+            store.insert(event(key, 10, ACCEPT));
+            store.insert(event(key, 20, RELEASE));
+        }
+        store.sweep(|k| *k == kept);
+        assert!(store.get(&sock).is_none());
+        assert!(store.get(&kept).unwrap().closed());
     }
 
     #[test]

@@ -9,7 +9,6 @@ use aya_ebpf::{
 use leaktrace_common::{RecordKind, FLAG_UNTRACED};
 
 use crate::{
-    config,
     emit::{now, socket_record, Event},
     idle,
     kernel::{Btf, Probe, Reader, Sock},
@@ -60,22 +59,25 @@ fn on_accepted<R: Reader>(sk: Sock) {
     }
 }
 
+// The return value follows the parameters in the context, typed as the kernel declares it: a BTF
+// pointer to read fields from (`bpf_get_func_ret` would hand back a bare number). Context reads
+// must be at a constant offset, so there is one program per signature and the loader picks.
+
+/// `inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg)`, 6.10+.
 #[fexit(function = "inet_csk_accept")]
-pub fn accept_fexit(ctx: FExitContext) -> i32 {
-    if idle() {
-        return 0;
+pub fn accept_fexit_2(ctx: FExitContext) -> i32 {
+    if !idle() {
+        on_accepted::<Btf>(Sock(ctx.arg(2)));
     }
-    // The return value follows the parameters in the context, typed as the kernel declares it:
-    // a BTF pointer to read from (`bpf_get_func_ret` would give a bare number). Each arm reads at
-    // a constant offset, as context reads must be; the verifier keeps the one CONFIG names.
-    let sk: u64 = match config!(accept_params) {
-        2 => ctx.arg(2),
-        3 => ctx.arg(3),
-        4 => ctx.arg(4),
-        5 => ctx.arg(5),
-        _ => return 0,
-    };
-    on_accepted::<Btf>(Sock(sk));
+    0
+}
+
+/// `inet_csk_accept(struct sock *sk, int flags, int *err, bool kern)`, before 6.10.
+#[fexit(function = "inet_csk_accept")]
+pub fn accept_fexit_4(ctx: FExitContext) -> i32 {
+    if !idle() {
+        on_accepted::<Btf>(Sock(ctx.arg(4)));
+    }
     0
 }
 

@@ -4,14 +4,14 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use leaktrace_common::{RecordKind, FLAG_RELEASED, FLAG_TIME_WAIT};
+use leaktrace_common::{RecordKind, FLAG_RELEASED};
 
 use crate::{
     config,
     emit::{now, socket_record, Event},
     idle,
     kernel::{Btf, Probe, Reader, Sock},
-    sock_meta::{followed, forget, RELEASED, TIME_WAIT},
+    sock_meta::{followed, forget},
 };
 
 #[inline(always)]
@@ -21,15 +21,10 @@ fn on_destroy<R: Reader>(sk: Sock) {
     };
     let mut meta = *meta;
     forget(sk);
+    // A followed socket was never released (a release forgets it): it is destroyed by its
+    // owner's close, which changes no state when its connection was already over (CLOSE).
     let mut event = Event::new(RecordKind::Destroy, now());
-    if meta.flags & TIME_WAIT != 0 {
-        event.flags |= FLAG_TIME_WAIT;
-    }
-    // A socket that was never released is destroyed by its owner's close: one whose connection
-    // was already over (CLOSE) changes no state when closed.
-    if meta.flags & RELEASED == 0 {
-        event.flags |= FLAG_RELEASED;
-    }
+    event.flags |= FLAG_RELEASED;
     socket_record::<R>(sk, &mut meta, &event);
 }
 

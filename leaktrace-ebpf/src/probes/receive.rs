@@ -17,7 +17,7 @@ use crate::{
     emit::{now, socket_record, Event},
     idle,
     kernel::{Btf, Probe, Reader, Sock},
-    sock_meta::{current, followed, ARRIVALS_WATCHED, FROM_LISTENER, READS_WATCHED, RELEASED},
+    sock_meta::{current, followed, ARRIVALS_WATCHED, FROM_LISTENER, READS_WATCHED},
 };
 
 #[inline(always)]
@@ -29,7 +29,7 @@ fn on_read<R: Reader>(sk: Sock, ret: i64) {
     if meta.flags & FROM_LISTENER != 0 && !taken_over::<R>(sk, meta, current().0, now()) {
         return;
     }
-    if meta.flags & (READS_WATCHED | RELEASED) != READS_WATCHED {
+    if meta.flags & READS_WATCHED == 0 {
         return;
     }
     let mut event = Event::new(RecordKind::Recv, now());
@@ -42,7 +42,7 @@ fn on_arrival<R: Reader>(sk: Sock) {
     let Some(meta) = followed(sk) else {
         return;
     };
-    if meta.flags & (ARRIVALS_WATCHED | RELEASED) != ARRIVALS_WATCHED {
+    if meta.flags & ARRIVALS_WATCHED == 0 {
         return;
     }
     socket_record::<R>(sk, meta, &Event::new(RecordKind::Arrival, now()));

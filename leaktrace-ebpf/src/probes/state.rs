@@ -9,8 +9,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use leaktrace_common::{
-    tcp_state::{self, enters_time_wait},
-    ProbeFailure, RecordKind, FLAG_FINAL, FLAG_RELEASED, FLAG_SHUTDOWN,
+    tcp_state, ProbeFailure, RecordKind, FLAG_RELEASED, FLAG_SHUTDOWN, FLAG_TIME_WAIT,
 };
 
 use super::{accept::taken_over, listener_key};
@@ -23,7 +22,6 @@ use crate::{
     maps::LISTENERS,
     sock_meta::{
         claim, current, followed, forget, SockMeta, ARRIVALS_WATCHED, FROM_LISTENER, READS_WATCHED,
-        RELEASED, TIME_WAIT,
     },
 };
 
@@ -80,12 +78,6 @@ fn on_first_sight<R: Reader>(sk: Sock, old: u8, new: u8) {
 
 #[inline(always)]
 fn on_followed<R: Reader>(sk: Sock, meta: &mut SockMeta, old: u8, new: u8) {
-    if meta.flags & RELEASED != 0 {
-        if enters_time_wait(old, new) {
-            meta.flags |= TIME_WAIT;
-        }
-        return;
-    }
     let now = now();
     // Only these steps can be the owner's close or shutdown; the file is not looked at otherwise.
     let owners_step = old == new || new == tcp_state::CLOSE || stops_sending(old, new);
@@ -101,9 +93,12 @@ fn on_followed<R: Reader>(sk: Sock, meta: &mut SockMeta, old: u8, new: u8) {
     event.file = file;
     if released {
         event.flags |= FLAG_RELEASED;
-        // Past LAST_ACK or CLOSE a socket cannot reach TIME_WAIT: nothing is left to tell.
-        if matches!(new, tcp_state::CLOSE | tcp_state::LAST_ACK) {
-            event.flags |= FLAG_FINAL;
+        // This side's FIN went first: the connection ends in TIME_WAIT here.
+        if matches!(
+            new,
+            tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::TIME_WAIT
+        ) {
+            event.flags |= FLAG_TIME_WAIT;
         }
     } else if file.is_some() && stops_sending(old, new) {
         // Only shutdown(2) makes these steps while an fd still holds the socket.
@@ -119,13 +114,9 @@ fn on_followed<R: Reader>(sk: Sock, meta: &mut SockMeta, old: u8, new: u8) {
         meta.flags |= READS_WATCHED;
     }
     socket_record::<R>(sk, meta, &event);
-    if event.flags & FLAG_FINAL != 0 {
+    if released {
+        // No leak class outlives the owner's close: nothing more is followed of the socket.
         forget(sk);
-    } else if released {
-        meta.flags |= RELEASED;
-        if enters_time_wait(old, new) {
-            meta.flags |= TIME_WAIT;
-        }
     }
 }
 

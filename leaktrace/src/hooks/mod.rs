@@ -10,7 +10,11 @@ mod btf;
 mod seed;
 mod tracefs;
 
-use std::{collections::BTreeSet, fmt, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    path::Path,
+};
 
 use anyhow::anyhow;
 use aya::{
@@ -90,9 +94,12 @@ enum Hook {
         program: &'static str,
         event: &'static str,
     },
+    /// `params`: the function's parameter count the program was written for (an fexit program
+    /// finds the return value after them).
     Fexit {
         program: &'static str,
         function: &'static str,
+        params: u32,
     },
     Kretprobe {
         program: &'static str,
@@ -228,15 +235,24 @@ static HOOKS: &[EventHooks] = &[
         candidates: &[
             Candidate {
                 hook: Some(Hook::Fexit {
-                    program: "accept_fexit",
-                    function: "inet_csk_accept",
+                    program: "accept_fexit_2",
+                    function: ACCEPT_FUNCTION,
+                    params: 2,
+                }),
+                derived: None,
+            },
+            Candidate {
+                hook: Some(Hook::Fexit {
+                    program: "accept_fexit_4",
+                    function: ACCEPT_FUNCTION,
+                    params: 4,
                 }),
                 derived: None,
             },
             Candidate {
                 hook: Some(Hook::Kretprobe {
                     program: "accept_kretprobe",
-                    function: "inet_csk_accept",
+                    function: ACCEPT_FUNCTION,
                 }),
                 derived: None,
             },
@@ -328,13 +344,14 @@ pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
         filter_targets: options.filter_targets.into(),
         seeder_tgid: std::process::id(),
         follow_children: options.follow_children.into(),
-        accept_params: kernel_btf
-            .parameter_count(ACCEPT_FUNCTION)
-            .unwrap_or_default(),
         kernel: kernel_btf.offsets().map_err(LoadError::Btf)?,
         tracepoints: tracefs.offsets().map_err(LoadError::NoTracefs)?,
     };
     let in_btf = btf_targets(&kernel_btf);
+    let parameters = in_btf
+        .iter()
+        .filter_map(|&f| Some((f, kernel_btf.parameter_count(f)?)))
+        .collect();
     // Two parsed copies of the kernel's BTF at once would double leaktrace's peak memory: the
     // offsets and the hook targets are all that is needed of this one.
     drop(kernel_btf);
@@ -346,6 +363,7 @@ pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
             btf: &aya_btf,
             tracefs: &tracefs,
             in_btf: &in_btf,
+            parameters: &parameters,
         },
     )
 }
@@ -356,6 +374,36 @@ struct Kernel<'a> {
     tracefs: &'a tracefs::Tracefs,
     /// The kernel functions and BTF tracepoints of the candidates that it has.
     in_btf: &'a BTreeSet<&'static str>,
+    /// How many parameters each of those functions takes.
+    parameters: &'a BTreeMap<&'static str, u32>,
+}
+
+impl Kernel<'_> {
+    /// Whether this kernel has what `hook` attaches to, as the program expects it.
+    fn offers(&self, hook: Hook) -> anyhow::Result<()> {
+        let found = match hook {
+            Hook::Tracepoint { category, name, .. } => self.tracefs.has_event(category, name),
+            Hook::Fexit {
+                function, params, ..
+            } => match self.parameters.get(function) {
+                Some(&n) if n != params => {
+                    return Err(anyhow!(
+                        "{function} takes {n} parameters here, this program expects {params}"
+                    ))
+                }
+                found => found.is_some(),
+            },
+            Hook::Kretprobe { function, .. }
+            | Hook::TpBtf {
+                event: function, ..
+            } => self.in_btf.contains(function),
+        };
+        if found {
+            Ok(())
+        } else {
+            Err(anyhow!("not in this kernel"))
+        }
+    }
 }
 
 /// Loads the object with `config` and attaches, for each event, the first candidate the kernel
@@ -383,23 +431,10 @@ fn attach_all(
             .filter(|c| allowed(event, c, options.family))
         {
             let outcome = match (candidate.hook, candidate.derived) {
-                (Some(hook), _) => {
-                    let available = match hook {
-                        Hook::Tracepoint { category, name, .. } => {
-                            kernel.tracefs.has_event(category, name)
-                        }
-                        Hook::Fexit { function, .. }
-                        | Hook::Kretprobe { function, .. }
-                        | Hook::TpBtf {
-                            event: function, ..
-                        } => kernel.in_btf.contains(function),
-                    };
-                    if available {
-                        attach(&mut ebpf, kernel.btf, hook).map(|()| attached.push(hook.program()))
-                    } else {
-                        Err(anyhow!("not in this kernel"))
-                    }
-                }
+                (Some(hook), _) => kernel
+                    .offers(hook)
+                    .and_then(|()| attach(&mut ebpf, kernel.btf, hook))
+                    .map(|()| attached.push(hook.program())),
                 (None, Some((_, needs))) => {
                     if needs.is_empty() || needs.iter().any(|p| attached.contains(p)) {
                         Ok(())

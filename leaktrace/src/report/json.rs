@@ -37,6 +37,7 @@ impl Reporter for JsonReporter {
         let mut start = json!({
             "type": "start",
             "hooks": hooks,
+            "refused": info.refused,
             "pids": info.pids,
             "leak_after_ms": millis(info.leak_after),
             "idle_after_ms": millis(info.idle_after),
@@ -182,8 +183,10 @@ pub(super) fn entry(event: &Event, fd: Option<i32>) -> Value {
         EventKind::Shutdown { how } => {
             json!({"event": "shutdown", "fd": fd, "how": shutdown_how_name(how), "ret": 0})
         }
-        EventKind::Close { .. } => json!({"event": "close", "fd": fd}),
-        EventKind::Destroy { time_wait } => json!({"event": "destroy", "time_wait": time_wait}),
+        EventKind::Close { time_wait } => {
+            json!({"event": "close", "fd": fd, "time_wait": time_wait})
+        }
+        EventKind::Destroy => json!({"event": "destroy"}),
         EventKind::Recv { ret } => json!({"event": "recv", "ret": ret}),
         EventKind::Arrival => json!({"event": "arrival"}),
         EventKind::Connect => json!({"event": "connect", "fd": fd}),
@@ -292,6 +295,7 @@ mod tests {
                     "state": "tracepoint:sock:inet_sock_set_state",
                     "shutdown": "tracepoint:syscalls:sys_exit_shutdown",
                 },
+                "refused": ["accept: fexit:inet_csk_accept: Operation not permitted"],
                 "pids": [4242],
                 "leak_after_ms": 1500,
                 "idle_after_ms": 60000,
@@ -355,9 +359,9 @@ mod tests {
                  "comm": "mailer", "owner_context": true, "ret": 6,
                  "unread_bytes": 0, "eof_unread": true, "rcv_queue_len": 0},
                 {"t_ns": 1_700_000_000u64, "event": "close", "pid": 4242, "tid": 4242,
-                 "comm": "mailer", "owner_context": true, "fd": 7},
+                 "comm": "mailer", "owner_context": true, "fd": 7, "time_wait": false},
                 {"t_ns": 1_800_000_000u64, "event": "destroy", "pid": 4242, "tid": 4242,
-                 "comm": "mailer", "owner_context": true, "time_wait": false},
+                 "comm": "mailer", "owner_context": true},
             ])
         );
     }

@@ -25,6 +25,8 @@ use crate::timeline::{Dropped, Remote};
 pub struct StartInfo {
     /// (event, hook) pairs, e.g. ("state", "tracepoint:sock:inet_sock_set_state").
     pub hooks: Vec<(String, String)>,
+    /// Hooks tried and refused, with the kernel's reason ("event: hook: why").
+    pub refused: Vec<String>,
     /// Empty when every process is traced.
     pub pids: Vec<u32>,
     /// What is traced, for people: "pid 4242", "all processes", ...
@@ -207,6 +209,7 @@ mod tests {
                     "tracepoint:syscalls:sys_exit_shutdown".into(),
                 ),
             ],
+            refused: vec!["accept: fexit:inet_csk_accept: Operation not permitted".into()],
             pids: vec![4242],
             scope: "pid 4242".into(),
             leak_after: Duration::from_millis(1500),

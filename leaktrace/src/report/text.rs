@@ -459,8 +459,7 @@ fn describe(event: &Event, fd: Option<i32>) -> String {
             )
         }
         EventKind::Close { .. } => on("close", ""),
-        EventKind::Destroy { time_wait: false } => "destroyed".to_owned(),
-        EventKind::Destroy { time_wait: true } => "destroyed, after TIME_WAIT".to_owned(),
+        EventKind::Destroy => "destroyed".to_owned(),
         EventKind::Recv { ret: Some(ret) } => format!("read() = {ret}"),
         EventKind::Recv { ret: None } => "read()".to_owned(),
         EventKind::Arrival => "peer data or FIN arrived".to_owned(),

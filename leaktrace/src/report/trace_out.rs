@@ -134,8 +134,7 @@ impl TraceOut {
                 _ => None,
             };
             // After its owner's final close, nothing more is recorded of the socket.
-            if let EventKind::Destroy { .. } | EventKind::Close { final_record: true } = event.kind
-            {
+            if let EventKind::Destroy | EventKind::Close { .. } = event.kind {
                 destroyed_ns.get_or_insert(event.ts_ns);
             }
             if !matches!(event.kind, EventKind::State { .. }) {

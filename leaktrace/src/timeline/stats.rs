@@ -216,13 +216,13 @@ fn listening_port(event: &Event) -> Option<u16> {
     }
 }
 
-/// Whether the connection entered TIME_WAIT: this side sent its FIN first (see
-/// [`tcp_state::enters_time_wait`]). After its owner's close the kernel side records no more
-/// transitions and says so with the socket's destruction instead.
+/// Whether the connection ends in TIME_WAIT on this side: this side sent its FIN first (see
+/// [`tcp_state::enters_time_wait`]). The kernel side records no transitions after the owner's
+/// close, and says at the close whose FIN went first.
 fn entered_time_wait(kind: &EventKind) -> bool {
     match *kind {
         EventKind::State { old, new } => tcp_state::enters_time_wait(old, new),
-        EventKind::Destroy { time_wait } => time_wait,
+        EventKind::Close { time_wait } => time_wait,
         _ => false,
     }
 }
@@ -327,12 +327,7 @@ mod tests {
         // it went through TIME_WAIT.
         let sock = key(99, 1);
         opened(&mut store, sock, DB, true);
-        store.insert(event(sock, 10, RELEASE));
-        store.insert(from_peer(event(
-            sock,
-            20,
-            EventKind::Destroy { time_wait: true },
-        )));
+        store.insert(event(sock, 10, EventKind::Close { time_wait: true }));
         for (i, changes) in endings.into_iter().enumerate() {
             let sock = key(i as u64, 1);
             opened(&mut store, sock, DB, true);
