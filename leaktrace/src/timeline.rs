@@ -598,17 +598,16 @@ impl Store {
             self.latest_ns = self.latest_ns.max(event.ts_ns);
             self.counts.observe(&mut story.tally, event, story.remote);
             story.learn(event);
-            if ends_story(&event.kind) {
-                if let Some(half_closed) = story.half_closed(event.sock) {
-                    self.story_half_closes.push(half_closed);
-                }
-                stories.remove(&event.sock);
-                self.sockets_seen += 1;
-                self.dropped.finished += 1;
-                self.retired.insert(event.sock, self.latest_ns);
-            }
         }
-        stories.clear();
+        // Ended: a record's later events (the state change a close made) come after its end.
+        for (sock, story) in stories.drain() {
+            if let Some(half_closed) = story.half_closed(sock) {
+                self.story_half_closes.push(half_closed);
+            }
+            self.sockets_seen += 1;
+            self.dropped.finished += 1;
+            self.retired.insert(sock, self.latest_ns);
+        }
         self.stories = stories;
     }
 
