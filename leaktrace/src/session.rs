@@ -208,20 +208,8 @@ impl Session {
             }
         }
         release_startup_memory();
-        let lost = PerCpuArray::<MapData, u64>::try_from(
-            attached
-                .ebpf
-                .take_map("LOST")
-                .ok_or_else(|| anyhow!("LOST map missing"))?,
-        )
-        .map_err(anyhow::Error::from)?;
-        let probe_failures = PerCpuArray::<MapData, u64>::try_from(
-            attached
-                .ebpf
-                .take_map("PROBE_FAILURES")
-                .ok_or_else(|| anyhow!("PROBE_FAILURES map missing"))?,
-        )
-        .map_err(anyhow::Error::from)?;
+        let lost = per_cpu_counters(&mut attached, "LOST")?;
+        let probe_failures = per_cpu_counters(&mut attached, "PROBE_FAILURES")?;
         let ring = RingBuf::try_from(
             attached
                 .ebpf
@@ -506,6 +494,18 @@ fn targets(attached: &mut Attached) -> Result<BpfHashMap<&mut MapData, u32, u8>,
         .map_mut("TARGETS")
         .ok_or_else(|| anyhow!("TARGETS map missing"))?;
     Ok(BpfHashMap::try_from(map).map_err(anyhow::Error::from)?)
+}
+
+/// The kernel side's per-CPU counters `name`, which the session reads on its own.
+fn per_cpu_counters(
+    attached: &mut Attached,
+    name: &str,
+) -> Result<PerCpuArray<MapData, u64>, Failure> {
+    let map = attached
+        .ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("{name} map missing"))?;
+    Ok(PerCpuArray::try_from(map).map_err(anyhow::Error::from)?)
 }
 
 fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, Failure> {
