@@ -226,6 +226,8 @@ pub struct Config {
     pub seeder_tgid: u32,
     /// Non-zero: processes started by traced processes are traced too.
     pub follow_children: u32,
+    /// The ring buffer's size in bytes (`--ring-size`).
+    pub ring_size: u32,
     pub kernel: KernelOffsets,
     pub tracepoints: TracepointOffsets,
 }
@@ -273,6 +275,7 @@ impl Config {
             filter_targets: 0,
             seeder_tgid: 0,
             follow_children: 0,
+            ring_size: 0,
             kernel,
             tracepoints: TracepointOffsets {
                 set_state_skaddr: 0,

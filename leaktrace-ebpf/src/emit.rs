@@ -1,13 +1,14 @@
 //! Writing records: the one place that fills a [`Record`] and reserves ring buffer space.
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
 };
 use leaktrace_common::{Record, RecordKind, COMM_LEN, FLAG_OWNER_CONTEXT, NO_FD, OWNER_UNKNOWN};
 
 use crate::{
+    config,
     kernel::{File, Reader, ReceiveSide, Sock},
-    maps::{LOST, RECORDS},
+    maps::{LOST, RECORDS, SINCE_FILL_CHECK},
     sock_meta::{current, SockMeta},
 };
 
@@ -146,14 +147,27 @@ fn submit(record: &Record) {
     entry.submit(wakeup_flags());
 }
 
+/// Records a CPU writes between two looks at the ring's fill: the look reads positions the
+/// reader writes on another CPU, a cache miss each time, and an eighth of the ring holds
+/// thousands of records.
+const FILL_CHECK_EVERY: u32 = 32;
+
 /// Wakes the reader only once an eighth of the ring is waiting; it drains what is less on its
 /// own every 100 ms. The default, a wake-up whenever the reader has caught up, costs the traced
 /// workload an irq_work and leaktrace a context switch per record or two on a busy host.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
-    let waiting = RECORDS.query(BPF_RB_AVAIL_DATA as u64);
-    let size = RECORDS.query(BPF_RB_RING_SIZE as u64);
-    if waiting >= size / 8 {
+    let Some(since) = SINCE_FILL_CHECK.get_ptr_mut(0) else {
+        return BPF_RB_NO_WAKEUP as u64;
+    };
+    // SAFETY: a per-CPU slot; programs do not preempt each other on one CPU.
+    let since = unsafe { &mut *since };
+    *since += 1;
+    if *since < FILL_CHECK_EVERY {
+        return BPF_RB_NO_WAKEUP as u64;
+    }
+    *since = 0;
+    if RECORDS.query(BPF_RB_AVAIL_DATA as u64) >= u64::from(config!(ring_size) / 8) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -14,6 +14,10 @@ pub static RECORDS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Records written since the ring's fill was last looked at, per CPU (see `emit::wakeup_flags`).
+#[map]
+pub static SINCE_FILL_CHECK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Failures by `ProbeFailure`, per CPU; userspace sums and reports them.
 #[map]
 pub static PROBE_FAILURES: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProbeFailure::COUNT, 0);

@@ -583,10 +583,9 @@ impl Store {
         }
         let mut stories = std::mem::take(&mut self.stories);
         for event in events {
-            if ends_story(&event.kind)
-                && !self.timelines.contains_key(&event.sock)
-                && !self.retired.contains(&event.sock)
-            {
+            // Nothing is recorded of a socket after its end, so an end is never of a socket
+            // already retired: no need to look through the many retired ones here.
+            if ends_story(&event.kind) && !self.timelines.contains_key(&event.sock) {
                 stories.insert(event.sock, Story::default());
             }
         }
@@ -606,21 +605,24 @@ impl Store {
             }
             self.sockets_seen += 1;
             self.dropped.finished += 1;
-            self.retired.insert(sock, self.latest_ns);
         }
         self.stories = stories;
     }
 
     pub fn insert(&mut self, event: Event) {
         self.latest_ns = self.latest_ns.max(event.ts_ns);
-        if self.retired.contains(&event.sock) {
+        let known = self.timelines.contains_key(&event.sock);
+        // A read or an arrival is recorded only of a socket recorded before: one that starts a
+        // timeline came after its socket's end, from a CPU that looked it up just before.
+        let stray = matches!(event.kind, EventKind::Recv { .. } | EventKind::Arrival);
+        if !known && (stray || self.retired.contains(&event.sock)) {
             self.dropped.late_records += 1;
             return;
         }
         if ends_story(&event.kind) {
             self.ended.push_back((event.ts_ns, event.sock));
         }
-        if !self.timelines.contains_key(&event.sock) {
+        if !known {
             self.sockets_seen += 1;
             for opening in event.opening() {
                 self.record(opening);
@@ -1487,7 +1489,8 @@ pub(crate) mod tests {
     fn busy_sockets_stay_bounded() {
         let mut store = Store::default();
         let sock = key(1, 1);
-        for ts in 0..(MAX_ENTRIES as u64 + 50) {
+        store.insert(event(sock, 0, ACCEPT));
+        for ts in 1..(MAX_ENTRIES as u64 + 50) {
             store.insert(with_receive(
                 event(sock, ts, EventKind::Arrival),
                 ts as u32,
@@ -1515,7 +1518,7 @@ pub(crate) mod tests {
         store.insert(event(dead, 100, ACCEPT));
         store.insert(event(dead, 150, DESTROY));
         store.insert(event(kept, 100, DESTROY));
-        store.insert(event(alive, 200, EventKind::Arrival));
+        store.insert(event(alive, 200, ACCEPT));
         store.sweep(|k| *k == kept);
         assert!(store.get(&dead).is_none());
         assert!(store.get(&kept).is_some());
@@ -1530,19 +1533,26 @@ pub(crate) mod tests {
         store.insert(event(alive, 200 + RETIRED_GRACE_NS, EventKind::Arrival));
         store.sweep(|_| false);
         assert!(store.get(&kept).is_none(), "dropped once no longer kept");
-        store.insert(event(dead, 300 + RETIRED_GRACE_NS, EventKind::Arrival));
+        store.insert(event(dead, 300 + RETIRED_GRACE_NS, ACCEPT));
         assert!(store.get(&dead).is_none(), "still within the grace period");
         store.insert(event(alive, 200 + 2 * RETIRED_GRACE_NS, EventKind::Arrival));
         store.sweep(|_| false);
-        store.insert(event(dead, 300 + 2 * RETIRED_GRACE_NS, EventKind::Arrival));
+        store.insert(event(dead, 300 + 2 * RETIRED_GRACE_NS, ACCEPT));
         assert!(store.get(&dead).is_some());
+        // A read or an arrival starts no timeline: it can only be a straggler.
+        store.insert(event(
+            key(8, 8),
+            400 + 2 * RETIRED_GRACE_NS,
+            EventKind::Arrival,
+        ));
+        assert!(store.get(&key(8, 8)).is_none());
         assert_eq!(store.sockets_seen(), 4);
         assert_eq!(
             store.dropped(),
             Dropped {
                 finished: 2,
                 evicted: 0,
-                late_records: 2
+                late_records: 3
             }
         );
     }
@@ -1599,7 +1609,7 @@ pub(crate) mod tests {
     fn closed_sockets_stay_for_the_retention_window() {
         // Found closed in /proc rather than recorded: no record ends its story.
         fn closed_in_proc(store: &mut Store, sock: SockKey, at: u64) {
-            store.insert(event(sock, at, EventKind::Arrival));
+            store.insert(event(sock, at, ACCEPT));
             store.timelines.get_mut(&sock).unwrap().closed_ns = Some(at);
         }
         let mut store = Store::default();
@@ -1607,11 +1617,7 @@ pub(crate) mod tests {
         closed_in_proc(&mut store, sock, 100);
         store.sweep(|_| false);
         assert!(store.get(&sock).is_some());
-        store.insert(event(
-            key(2, 2),
-            100 + CLOSED_RETENTION_NS,
-            EventKind::Arrival,
-        ));
+        store.insert(event(key(2, 2), 100 + CLOSED_RETENTION_NS, ACCEPT));
         store.sweep(|sock| *sock == key(2, 2));
         assert!(store.get(&sock).is_none());
         assert_eq!(store.dropped().finished, 1);

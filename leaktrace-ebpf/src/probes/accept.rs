@@ -82,7 +82,7 @@ pub fn accept_fexit_4(ctx: FExitContext) -> i32 {
 }
 
 #[kretprobe]
-pub fn accept_kretprobe(ctx: RetProbeContext) -> u32 {
+pub fn accept_retprobe(ctx: RetProbeContext) -> u32 {
     if idle() {
         return 0;
     }

@@ -49,7 +49,7 @@ fn on_arrival<R: Reader>(sk: Sock) {
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
-pub fn recv_length_tp_btf(ctx: BtfTracePointContext) -> i32 {
+pub fn recv_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
     }
@@ -60,7 +60,7 @@ pub fn recv_length_tp_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[tracepoint]
-pub fn recv_length_tp(ctx: TracePointContext) -> u32 {
+pub fn recv_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }
@@ -80,7 +80,7 @@ pub fn recv_length_tp(ctx: TracePointContext) -> u32 {
 }
 
 #[btf_tracepoint(function = "tcp_rcv_space_adjust")]
-pub fn rcv_space_adjust_tp_btf(ctx: BtfTracePointContext) -> i32 {
+pub fn rcvspace_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
     }
@@ -89,7 +89,7 @@ pub fn rcv_space_adjust_tp_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[tracepoint]
-pub fn rcv_space_adjust_tp(ctx: TracePointContext) -> u32 {
+pub fn rcvspace_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }
@@ -102,7 +102,7 @@ pub fn rcv_space_adjust_tp(ctx: TracePointContext) -> u32 {
 }
 
 #[btf_tracepoint(function = "sk_data_ready")]
-pub fn data_ready_tp_btf(ctx: BtfTracePointContext) -> i32 {
+pub fn arrival_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
     }
@@ -111,7 +111,7 @@ pub fn data_ready_tp_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[tracepoint]
-pub fn data_ready_tp(ctx: TracePointContext) -> u32 {
+pub fn arrival_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }

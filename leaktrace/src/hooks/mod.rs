@@ -199,7 +199,7 @@ struct EventHooks {
 const ACCEPT_FUNCTION: &str = "inet_csk_accept";
 
 /// The programs that read a socket's first read, for accepting by it.
-const READ_PROGRAMS: &[&str] = &["recv_length_tp_btf", "recv_length_tp"];
+const READ_PROGRAMS: &[&str] = &["recv_tp_btf", "recv_tp"];
 
 /// Which hook serves which event, in order of preference. The README's hook table mirrors this.
 static HOOKS: &[EventHooks] = &[
@@ -223,10 +223,10 @@ static HOOKS: &[EventHooks] = &[
         event: "recv",
         required: false,
         candidates: &[
-            tp_btf("recv_length_tp_btf", "sock_recv_length"),
-            tracepoint("recv_length_tp", "sock", "sock_recv_length"),
-            tp_btf("rcv_space_adjust_tp_btf", "tcp_rcv_space_adjust"),
-            tracepoint("rcv_space_adjust_tp", "tcp", "tcp_rcv_space_adjust"),
+            tp_btf("recv_tp_btf", "sock_recv_length"),
+            tracepoint("recv_tp", "sock", "sock_recv_length"),
+            tp_btf("rcvspace_tp_btf", "tcp_rcv_space_adjust"),
+            tracepoint("rcvspace_tp", "tcp", "tcp_rcv_space_adjust"),
         ],
     },
     EventHooks {
@@ -251,7 +251,7 @@ static HOOKS: &[EventHooks] = &[
             },
             Candidate {
                 hook: Some(Hook::Kretprobe {
-                    program: "accept_kretprobe",
+                    program: "accept_retprobe",
                     function: ACCEPT_FUNCTION,
                 }),
                 derived: None,
@@ -270,8 +270,8 @@ static HOOKS: &[EventHooks] = &[
         event: "arrival",
         required: false,
         candidates: &[
-            tp_btf("data_ready_tp_btf", "sk_data_ready"),
-            tracepoint("data_ready_tp", "sock", "sk_data_ready"),
+            tp_btf("arrival_tp_btf", "sk_data_ready"),
+            tracepoint("arrival_tp", "sock", "sk_data_ready"),
         ],
     },
     EventHooks {
@@ -344,6 +344,7 @@ pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
         filter_targets: options.filter_targets.into(),
         seeder_tgid: std::process::id(),
         follow_children: options.follow_children.into(),
+        ring_size: options.ring_size,
         kernel: kernel_btf.offsets().map_err(LoadError::Btf)?,
         tracepoints: tracefs.offsets().map_err(LoadError::NoTracefs)?,
     };
@@ -607,7 +608,7 @@ mod tests {
         }
         assert!(btf_programs >= 5, "only {btf_programs} BTF programs");
         // The same handlers, read through the helper: the check above can see the calls.
-        for name in ["state_tp", "destroy_tp", "accept_kretprobe", "seed"] {
+        for name in ["state_tp", "destroy_tp", "accept_retprobe", "seed"] {
             assert!(
                 probe_reads(&object, name) > 0,
                 "{name} reads without the helper?"
