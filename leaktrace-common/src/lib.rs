@@ -305,19 +305,12 @@ pub enum ProbeFailure {
     Read = 0,
     /// The socket map was full: a socket of a traced process is not followed.
     SocketMapFull = 1,
-    /// The listener map was full: connections to that listener are not attributed before accept.
-    ListenerMapFull = 2,
     /// The traced-process map was full: a child of a traced process is not traced.
-    TargetMapFull = 3,
+    TargetMapFull = 2,
 }
 
 impl ProbeFailure {
-    pub const ALL: [ProbeFailure; 4] = [
-        Self::Read,
-        Self::SocketMapFull,
-        Self::ListenerMapFull,
-        Self::TargetMapFull,
-    ];
+    pub const ALL: [ProbeFailure; 3] = [Self::Read, Self::SocketMapFull, Self::TargetMapFull];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     /// The name the summary and the metrics use.
@@ -325,7 +318,6 @@ impl ProbeFailure {
         match self {
             Self::Read => "read",
             Self::SocketMapFull => "socket_map_full",
-            Self::ListenerMapFull => "listener_map_full",
             Self::TargetMapFull => "target_map_full",
         }
     }

@@ -1,6 +1,6 @@
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use leaktrace_common::{ProbeFailure, SeedRequest};
 
@@ -33,11 +33,32 @@ pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static SOCKS: HashMap<u64, SockMeta> = HashMap::with_max_entries(65536, 0);
 
-/// Listening ports and the process that listens, by `family << 16 | port`: a connection's
-/// transitions before `accept` run in softirq and name no process, so they are attributed to
-/// the listener until the process that accepts it is known.
+/// How many followed sockets fall in each slot (see `sock_meta::slot`). With `--pid` most
+/// sockets the hooks see are nobody's traced: an empty slot turns one away with a load from an
+/// array, where a `SOCKS` lookup hashes the address and reads a bucket far from anything cached.
 #[map]
-pub static LISTENERS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+pub static FOLLOWED_SLOTS: Array<u32> = Array::with_max_entries(FOLLOWED_SLOT_COUNT, 0);
+
+/// How many followed sockets have `sock_meta::ARRIVALS_WATCHED`, or more (see
+/// `sock_meta::watch_arrivals`).
+#[map]
+pub static ARRIVALS_WATCHED_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// One number per CPU to pass a socket's address through (see `sock_meta::slot`).
+#[map]
+pub static ADDRESS_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slots of `FOLLOWED_SLOTS`: 64 KiB, a few thousand followed sockets leave most slots empty.
+pub const FOLLOWED_SLOT_BITS: u32 = 14;
+const FOLLOWED_SLOT_COUNT: u32 = 1 << FOLLOWED_SLOT_BITS;
+
+/// The process listening on each port (0: none), by `probes::listener` (IPv4 ports, then IPv6
+/// ports): a connection's transitions before `accept` run in softirq and name no process, so they
+/// are attributed to the listener until the process that accepts it is known. An array: a slot
+/// per port is one load for every connection a host accepts, where a hash costs a lookup, and it
+/// is never full.
+#[map]
+pub static LISTENERS: Array<u32> = Array::with_max_entries(2 << 16, 0);
 
 /// Which socket the seeding `getsockname` stands for (see `probes::seed`).
 #[map]

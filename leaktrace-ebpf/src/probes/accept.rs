@@ -32,7 +32,7 @@ pub fn taken_over<R: Reader>(sk: Sock, meta: &mut SockMeta, tgid: u32, now: u64)
     event.file = sk.socket::<R>().and_then(|socket| socket.file::<R>());
     socket_record::<R>(sk, meta, &event);
     if !followed {
-        forget(sk);
+        forget(sk, meta);
     }
     followed
 }
@@ -43,15 +43,14 @@ fn on_accepted<R: Reader>(sk: Sock) {
         return;
     }
     let (tgid, _) = current();
-    let now = now();
     match followed(sk) {
         Some(meta) => {
-            let _ = taken_over::<R>(sk, meta, tgid, now);
+            let _ = taken_over::<R>(sk, meta, tgid, now());
         }
         // Its listener is nobody's we trace, but a traced process took it.
         None => {
-            if let Some(meta) = claim(sk, tgid, now, 0) {
-                let mut event = Event::new(RecordKind::Accept, now);
+            if let Some(meta) = claim(sk, tgid, 0).then(|| followed(sk)).flatten() {
+                let mut event = Event::new(RecordKind::Accept, meta.born_ns);
                 event.file = sk.socket::<R>().and_then(|socket| socket.file::<R>());
                 socket_record::<R>(sk, meta, &event);
             }

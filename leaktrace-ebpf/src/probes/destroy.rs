@@ -20,7 +20,7 @@ fn on_destroy<R: Reader>(sk: Sock) {
         return;
     };
     let mut meta = *meta;
-    forget(sk);
+    forget(sk, &meta);
     // A followed socket was never released (a release forgets it): it is destroyed by its
     // owner's close, which changes no state when its connection was already over (CLOSE).
     let mut event = Event::new(RecordKind::Destroy, now());

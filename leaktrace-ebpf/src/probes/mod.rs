@@ -8,8 +8,19 @@ mod receive;
 mod seed;
 mod state;
 
-/// Key of `LISTENERS`.
+use leaktrace_common::AF_INET6;
+
+use crate::{
+    kernel::{Reader, Sock},
+    maps::LISTENERS,
+};
+
+/// The slot of `LISTENERS` for the family and port `sk` is bound to: who listens there.
 #[inline(always)]
-fn listener_key(family: u16, port: u16) -> u32 {
-    (family as u32) << 16 | port as u32
+fn listener<R: Reader>(sk: Sock) -> Option<&'static mut u32> {
+    let index = u32::from(sk.family::<R>() == AF_INET6) << 16 | u32::from(sk.local_port::<R>());
+    // SAFETY: an array slot lives as long as the map; a u32 store or load is never torn.
+    LISTENERS
+        .get_ptr_mut(index)
+        .map(|slot| unsafe { &mut *slot })
 }

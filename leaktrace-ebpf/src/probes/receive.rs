@@ -17,7 +17,9 @@ use crate::{
     emit::{now, socket_record, Event},
     idle,
     kernel::{Btf, Probe, Reader, Sock},
-    sock_meta::{current, followed, ARRIVALS_WATCHED, FROM_LISTENER, READS_WATCHED},
+    sock_meta::{
+        arrivals_watched, current, followed, ARRIVALS_WATCHED, FROM_LISTENER, READS_WATCHED,
+    },
 };
 
 #[inline(always)]
@@ -39,6 +41,9 @@ fn on_read<R: Reader>(sk: Sock, ret: i64) {
 
 #[inline(always)]
 fn on_arrival<R: Reader>(sk: Sock) {
+    if !arrivals_watched() {
+        return;
+    }
     let Some(meta) = followed(sk) else {
         return;
     };

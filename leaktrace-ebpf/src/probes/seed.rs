@@ -5,17 +5,16 @@
 //! its present state and receive side. Attached only while leaktrace seeds, at start: a syscall
 //! tracepoint left attached would slow every syscall on the host.
 use aya_ebpf::{helpers::bpf_get_current_task, macros::tracepoint, programs::TracePointContext};
-use leaktrace_common::{tcp_state, ProbeFailure, RecordKind, FLAG_SEND_SHUTDOWN};
+use leaktrace_common::{tcp_state, RecordKind, FLAG_SEND_SHUTDOWN};
 
-use super::listener_key;
+use super::listener;
 use crate::{
     config,
     emit::{now, socket_record, Event},
-    failure::count_failure,
     idle,
     kernel::{File, Probe, Reader, Sock},
-    maps::{LISTENERS, SEED_REQUEST},
-    sock_meta::{claim, current, followed, ARRIVALS_WATCHED, READS_WATCHED},
+    maps::SEED_REQUEST,
+    sock_meta::{claim, current, followed, watch_arrivals, READS_WATCHED},
 };
 
 /// The TCP socket behind `fd` in the current task's fd table, and its file:
@@ -52,18 +51,19 @@ fn present<R: Reader>(sk: Sock, file: Option<File>) -> Option<()> {
     let now = now();
     let meta = match followed(sk) {
         Some(meta) => meta,
-        None => claim(sk, request.owner_tgid, now, 0)?,
+        None if claim(sk, request.owner_tgid, 0) => followed(sk)?,
+        None => return None,
     };
     let state = sk.state::<R>();
     if state == tcp_state::LISTEN {
-        let key = listener_key(sk.family::<R>(), sk.local_port::<R>());
-        if LISTENERS.insert(key, meta.owner_tgid, 0).is_err() {
-            count_failure(ProbeFailure::ListenerMapFull);
+        if let Some(owner) = listener::<R>(sk) {
+            *owner = meta.owner_tgid;
         }
     }
     let send_shutdown = sk.send_shutdown::<R>();
     if send_shutdown {
-        meta.flags |= READS_WATCHED | ARRIVALS_WATCHED;
+        meta.flags |= READS_WATCHED;
+        watch_arrivals(meta);
     } else if state == tcp_state::CLOSE_WAIT {
         meta.flags |= READS_WATCHED;
     }

@@ -8,20 +8,16 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use leaktrace_common::{
-    tcp_state, ProbeFailure, RecordKind, FLAG_RELEASED, FLAG_SHUTDOWN, FLAG_TIME_WAIT,
-};
+use leaktrace_common::{tcp_state, RecordKind, FLAG_RELEASED, FLAG_SHUTDOWN, FLAG_TIME_WAIT};
 
-use super::{accept::taken_over, listener_key};
+use super::{accept::taken_over, listener};
 use crate::{
     config,
     emit::{now, socket_record, Event},
-    failure::count_failure,
     idle,
     kernel::{Btf, FileRefs, Probe, Reader, Sock},
-    maps::LISTENERS,
     sock_meta::{
-        claim, current, followed, forget, SockMeta, ARRIVALS_WATCHED, FROM_LISTENER, READS_WATCHED,
+        claim, current, followed, forget, watch_arrivals, SockMeta, FROM_LISTENER, READS_WATCHED,
     },
 };
 
@@ -31,7 +27,9 @@ fn on_state<R: Reader>(sk: Sock, old: u8, new: u8) {
         return;
     }
     if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
-        let _ = LISTENERS.remove(listener_key(sk.family::<R>(), sk.local_port::<R>()));
+        if let Some(owner) = listener::<R>(sk) {
+            *owner = 0;
+        }
     }
     match followed(sk) {
         Some(meta) => on_followed::<R>(sk, meta, old, new),
@@ -49,13 +47,11 @@ fn on_first_sight<R: Reader>(sk: Sock, old: u8, new: u8) {
             let (tgid, _) = current();
             // Every listener, traced or not: a process traced later (--follow-children) may
             // accept on it.
-            let key = listener_key(sk.family::<R>(), sk.local_port::<R>());
-            if LISTENERS.insert(key, tgid, 0).is_err() {
-                count_failure(ProbeFailure::ListenerMapFull);
+            if let Some(owner) = listener::<R>(sk) {
+                *owner = tgid;
             }
-            let now = now();
-            if let Some(meta) = claim(sk, tgid, now, 0) {
-                let mut event = Event::new(RecordKind::State, now);
+            if let Some(meta) = claim(sk, tgid, 0).then(|| followed(sk)).flatten() {
+                let mut event = Event::new(RecordKind::State, meta.born_ns);
                 event.old_state = old;
                 event.new_state = new;
                 event.file = sk.socket::<R>().and_then(|socket| socket.file::<R>());
@@ -63,13 +59,11 @@ fn on_first_sight<R: Reader>(sk: Sock, old: u8, new: u8) {
             }
         }
         (_, tcp_state::SYN_SENT) => {
-            let _ = claim(sk, current().0, now(), 0);
+            let _ = claim(sk, current().0, 0);
         }
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
-            let key = listener_key(sk.family::<R>(), sk.local_port::<R>());
-            // SAFETY: the value is copied out at once.
-            if let Some(&owner) = unsafe { LISTENERS.get(key) } {
-                let _ = claim(sk, owner, now(), FROM_LISTENER);
+            if let Some(&mut owner) = listener::<R>(sk) {
+                let _ = claim(sk, owner, FROM_LISTENER);
             }
         }
         _ => {}
@@ -107,7 +101,8 @@ fn on_followed<R: Reader>(sk: Sock, meta: &mut SockMeta, old: u8, new: u8) {
         }
         event.flags |= FLAG_SHUTDOWN;
         event.how = sk.shutdown_how::<R>();
-        meta.flags |= READS_WATCHED | ARRIVALS_WATCHED;
+        meta.flags |= READS_WATCHED;
+        watch_arrivals(meta);
     }
     if new == tcp_state::CLOSE_WAIT {
         // Whether the owner then reads the end-of-stream is part of a CLOSE_WAIT finding.
@@ -116,7 +111,7 @@ fn on_followed<R: Reader>(sk: Sock, meta: &mut SockMeta, old: u8, new: u8) {
     socket_record::<R>(sk, meta, &event);
     if released {
         // No leak class outlives the owner's close: nothing more is followed of the socket.
-        forget(sk);
+        forget(sk, meta);
     }
 }
 

@@ -982,7 +982,7 @@ mod tests {
             decode_errors: 1,
             lost_events: 2,
             ring_size: 4096,
-            probe_failures: [0; 4],
+            probe_failures: [0; leaktrace_common::ProbeFailure::COUNT as usize],
         };
         let report = detectors.summary(&mut store, 5100 * MS, ingest);
         let [finding] = &report.open[..] else {

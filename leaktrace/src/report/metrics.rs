@@ -444,7 +444,7 @@ mod tests {
                 decode_errors: 0,
                 lost_events: 2,
                 ring_size: 4096,
-                probe_failures: [0, 0, 0, 0],
+                probe_failures: [0; ProbeFailure::COUNT as usize],
             },
             1,
         );
@@ -454,7 +454,7 @@ mod tests {
                 decode_errors: 0,
                 lost_events: 2,
                 ring_size: 4096,
-                probe_failures: [1, 0, 0, 0],
+                probe_failures: [1, 0, 0],
             },
             4,
         );

@@ -320,7 +320,7 @@ mod tests {
                 decode_errors: 3,
                 lost_events,
                 ring_size: 4096,
-                probe_failures: [0; 4],
+                probe_failures: [0; ProbeFailure::COUNT as usize],
             },
             stats: Stats::default(),
             dropped: Dropped::default(),
