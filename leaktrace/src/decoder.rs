@@ -214,19 +214,17 @@ impl Event {
 }
 
 /// The events one record carries: one, or two where the owner's call made a state change (the
-/// call, then the change).
+/// call, then the change). The two differ only in their kind, which is all that is kept of the
+/// second: a record is decoded for every socket event of a busy host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decoded {
     pub first: Event,
-    pub second: Option<Event>,
+    pub then: Option<EventKind>,
 }
 
-impl IntoIterator for Decoded {
-    type Item = Event;
-    type IntoIter = std::iter::Chain<std::iter::Once<Event>, std::option::IntoIter<Event>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        std::iter::once(self.first).chain(self.second)
+impl Decoded {
+    pub fn second(&self) -> Option<Event> {
+        self.then.map(|kind| Event { kind, ..self.first })
     }
 }
 
@@ -270,7 +268,61 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let record = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Record>()) };
     let kind = RecordKind::try_from(record.kind).map_err(DecodeError::UnknownKind)?;
     let flag = |bit: u16| record.flags & bit != 0;
-    let event = Event {
+    let state = EventKind::State {
+        old: record.old_state,
+        new: record.new_state,
+    };
+    let (first, then) = match kind {
+        RecordKind::State if flag(FLAG_RELEASED) => {
+            // Closing a socket in FIN_WAIT1 or FIN_WAIT2 restates its state: nothing changed.
+            let changed = record.old_state != record.new_state;
+            (
+                EventKind::Close {
+                    time_wait: flag(FLAG_TIME_WAIT),
+                },
+                changed.then_some(state),
+            )
+        }
+        RecordKind::State if flag(FLAG_SHUTDOWN) => {
+            (EventKind::Shutdown { how: record.how }, Some(state))
+        }
+        RecordKind::State => (state, None),
+        // Closing a socket whose connection was already over destroys it at once.
+        RecordKind::Destroy if flag(FLAG_RELEASED) => (
+            EventKind::Close { time_wait: false },
+            Some(EventKind::Destroy),
+        ),
+        RecordKind::Destroy => (EventKind::Destroy, None),
+        RecordKind::Accept => (
+            EventKind::Accept {
+                traced: !flag(FLAG_UNTRACED),
+            },
+            None,
+        ),
+        RecordKind::Recv => (
+            EventKind::Recv {
+                ret: (record.ret != RESULT_UNKNOWN).then_some(record.ret),
+            },
+            None,
+        ),
+        RecordKind::Arrival => (EventKind::Arrival, None),
+        RecordKind::Present => (
+            EventKind::Present {
+                fd: record.fd,
+                state: record.new_state,
+                send_shutdown: flag(FLAG_SEND_SHUTDOWN),
+            },
+            None,
+        ),
+        RecordKind::Fork => (
+            EventKind::Fork {
+                child: record.child_tgid,
+            },
+            None,
+        ),
+        RecordKind::Exit => (EventKind::Exit, None),
+    };
+    let first = Event {
         ts_ns: record.ts_ns,
         sock: SockKey {
             addr: record.sock,
@@ -295,71 +347,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             queue_len: record.rcv_qlen,
         }),
         ino: (record.ino != 0).then_some(record.ino),
-        kind: EventKind::Exit,
+        kind: first,
     };
-    let with = |kind| Event { kind, ..event };
-    let state = with(EventKind::State {
-        old: record.old_state,
-        new: record.new_state,
-    });
-    Ok(match kind {
-        RecordKind::State if flag(FLAG_RELEASED) => {
-            let close = with(EventKind::Close {
-                time_wait: flag(FLAG_TIME_WAIT),
-            });
-            // Closing a socket in FIN_WAIT1 or FIN_WAIT2 restates its state: nothing changed.
-            let changed = record.old_state != record.new_state;
-            Decoded {
-                first: close,
-                second: changed.then_some(state),
-            }
-        }
-        RecordKind::State if flag(FLAG_SHUTDOWN) => Decoded {
-            first: with(EventKind::Shutdown { how: record.how }),
-            second: Some(state),
-        },
-        RecordKind::State => Decoded {
-            first: state,
-            second: None,
-        },
-        RecordKind::Destroy => {
-            let destroy = with(EventKind::Destroy);
-            // Closing a socket whose connection was already over destroys it at once.
-            if flag(FLAG_RELEASED) {
-                Decoded {
-                    first: with(EventKind::Close { time_wait: false }),
-                    second: Some(destroy),
-                }
-            } else {
-                Decoded {
-                    first: destroy,
-                    second: None,
-                }
-            }
-        }
-        other => Decoded {
-            first: with(match other {
-                RecordKind::Accept => EventKind::Accept {
-                    traced: !flag(FLAG_UNTRACED),
-                },
-                RecordKind::Recv => EventKind::Recv {
-                    ret: (record.ret != RESULT_UNKNOWN).then_some(record.ret),
-                },
-                RecordKind::Arrival => EventKind::Arrival,
-                RecordKind::Present => EventKind::Present {
-                    fd: record.fd,
-                    state: record.new_state,
-                    send_shutdown: flag(FLAG_SEND_SHUTDOWN),
-                },
-                RecordKind::Fork => EventKind::Fork {
-                    child: record.child_tgid,
-                },
-                RecordKind::Exit => EventKind::Exit,
-                RecordKind::State | RecordKind::Destroy => unreachable!("matched above"),
-            }),
-            second: None,
-        },
-    })
+    Ok(Decoded { first, then })
 }
 
 fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
@@ -424,7 +414,7 @@ mod tests {
 
     fn one(record: &Record) -> Event {
         let decoded = decode(&bytes(record)).unwrap();
-        assert_eq!(decoded.second, None, "{decoded:?}");
+        assert_eq!(decoded.then, None, "{decoded:?}");
         decoded.first
     }
 
@@ -521,7 +511,7 @@ mod tests {
             }
         );
         assert_eq!(
-            decoded.second.map(|e| e.kind),
+            decoded.then,
             Some(EventKind::State {
                 old: tcp_state::ESTABLISHED,
                 new: tcp_state::FIN_WAIT1
@@ -533,7 +523,7 @@ mod tests {
         r.new_state = tcp_state::FIN_WAIT1;
         let decoded = decode(&bytes(&r)).unwrap();
         assert_eq!(decoded.first.kind, EventKind::Close { time_wait: true });
-        assert!(decoded.second.is_some());
+        assert!(decoded.then.is_some());
 
         // A close that restates the state is the close alone.
         r.flags = FLAG_RELEASED;
@@ -545,7 +535,7 @@ mod tests {
         r.kind = RecordKind::Destroy as u8;
         let decoded = decode(&bytes(&r)).unwrap();
         assert_eq!(decoded.first.kind, EventKind::Close { time_wait: false });
-        assert_eq!(decoded.second.map(|e| e.kind), Some(EventKind::Destroy));
+        assert_eq!(decoded.then, Some(EventKind::Destroy));
         r.flags = 0;
         assert_eq!(one(&r).kind, EventKind::Destroy);
     }

@@ -542,7 +542,7 @@ fn drain(
                 continue;
             }
         };
-        for event in decoded {
+        for event in std::iter::once(decoded.first).chain(decoded.second()) {
             if let Some(metrics) = metrics {
                 metrics.event(&event);
             }
