@@ -1108,8 +1108,14 @@ struct Story {
 impl Story {
     fn learn(&mut self, event: &Event) {
         self.owner = event.owner.map(|o| o.tgid).or(self.owner);
-        self.local = self.local.or(event.local);
-        self.remote = self.remote.or(event.remote);
+        // Written once: a 32-byte copy per event, read back at the next one, is a store the
+        // CPU cannot forward, and most of what a socket without a timeline costs.
+        if self.local.is_none() {
+            self.local = event.local;
+        }
+        if self.remote.is_none() {
+            self.remote = event.remote;
+        }
         if let EventKind::State { old, new } = event.kind {
             // As the timeline's rebuilt opening would have it (see [`Event::opening`]).
             if old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV {
