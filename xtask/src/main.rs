@@ -48,9 +48,9 @@ enum Task {
         kernels: Vec<String>,
     },
     /// Measure leaktrace's cost under loopback connection churn, judge the targets, and write
-    /// BENCHMARKS.md (as root; about 10 minutes).
+    /// BENCHMARKS.md (as root; about 15 minutes).
     Bench {
-        /// Shorter phases and fewer connections (about 2 minutes), for development.
+        /// Shorter phases and fewer connections (about 4 minutes), for development.
         #[arg(long, conflicts_with = "soak")]
         quick: bool,
         /// Instead, soak: churn and planted leaks for this long (`30m`; `2m` to try it), then
