@@ -84,6 +84,11 @@ pub const FLAG_TIME_WAIT: u16 = 1 << 6;
 /// `Record::flags` of an `Accept` record: the process that took the socket is not traced; the
 /// socket leaves the trace with this record.
 pub const FLAG_UNTRACED: u16 = 1 << 7;
+/// `Record::flags` of any record about a socket that came from a listener: its handshake ended
+/// (SYN_RECV -> ESTABLISHED) at its birth, `sock_born_ns`, with no record of its own. The kernel
+/// makes the full socket only once the client's last ACK is in and moves it to ESTABLISHED in the
+/// same call, so a record of that step would only repeat the birth; the timeline rebuilds it.
+pub const FLAG_ESTABLISHED_AT_BIRTH: u16 = 1 << 8;
 
 /// `Record::ret` of a `Recv` whose hook cannot see the read's result.
 pub const RESULT_UNKNOWN: i64 = i64::MIN;

@@ -3,13 +3,16 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
 };
-use leaktrace_common::{Record, RecordKind, COMM_LEN, FLAG_OWNER_CONTEXT, NO_FD, OWNER_UNKNOWN};
+use leaktrace_common::{
+    Record, RecordKind, COMM_LEN, FLAG_ESTABLISHED_AT_BIRTH, FLAG_OWNER_CONTEXT, NO_FD,
+    OWNER_UNKNOWN,
+};
 
 use crate::{
     config,
     kernel::{File, Reader, ReceiveSide, Sock},
     maps::{LOST, RECORDS, SINCE_FILL_CHECK},
-    sock_meta::{current, SockMeta},
+    sock_meta::{current, SockMeta, ESTABLISHED_AT_BIRTH},
 };
 
 #[inline(always)]
@@ -59,6 +62,9 @@ pub fn socket_record<R: Reader>(sk: Sock, meta: &mut SockMeta, event: &Event) {
     let mut flags = event.flags;
     if meta.owner_tgid != OWNER_UNKNOWN && meta.owner_tgid == tgid {
         flags |= FLAG_OWNER_CONTEXT;
+    }
+    if meta.flags & ESTABLISHED_AT_BIRTH != 0 {
+        flags |= FLAG_ESTABLISHED_AT_BIRTH;
     }
     let receive = match event.receive {
         Some(receive) => receive,

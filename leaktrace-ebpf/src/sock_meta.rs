@@ -28,6 +28,9 @@ pub const FROM_LISTENER: u32 = 1 << 1;
 /// the peer's own FIN nothing more can arrive, so CLOSE_WAIT alone does not need it.) Set by
 /// [`watch_arrivals`] only.
 pub const ARRIVALS_WATCHED: u32 = 1 << 2;
+/// Its handshake ended at its birth, unrecorded: every record says so
+/// ([`leaktrace_common::FLAG_ESTABLISHED_AT_BIRTH`]).
+pub const ESTABLISHED_AT_BIRTH: u32 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -5,9 +5,10 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use leaktrace_common::{
-    shutdown_how, Record, RecordKind, AF_INET, AF_INET6, COMM_LEN, FLAG_FIN_RECEIVED,
-    FLAG_HAS_RECEIVE_STATE, FLAG_OWNER_CONTEXT, FLAG_RELEASED, FLAG_SEND_SHUTDOWN, FLAG_SHUTDOWN,
-    FLAG_TIME_WAIT, FLAG_UNTRACED, NO_FD, OWNER_UNKNOWN, RESULT_UNKNOWN,
+    shutdown_how, Record, RecordKind, AF_INET, AF_INET6, COMM_LEN, FLAG_ESTABLISHED_AT_BIRTH,
+    FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE, FLAG_OWNER_CONTEXT, FLAG_RELEASED,
+    FLAG_SEND_SHUTDOWN, FLAG_SHUTDOWN, FLAG_TIME_WAIT, FLAG_UNTRACED, NO_FD, OWNER_UNKNOWN,
+    RESULT_UNKNOWN,
 };
 
 /// One socket over its lifetime: the kernel reuses `struct sock` addresses, so the address alone
@@ -154,6 +155,9 @@ pub struct Event {
     pub task: Task,
     pub owner: Option<Owner>,
     pub in_owner_context: bool,
+    /// The socket came from a listener and its handshake ended at its birth, unrecorded
+    /// (`FLAG_ESTABLISHED_AT_BIRTH`): rebuilt by [`Event::opening`].
+    pub established_at_birth: bool,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub receive: Option<ReceiveState>,
@@ -163,20 +167,29 @@ pub struct Event {
 }
 
 impl Event {
+    /// How the socket was opened, as far as this event, the first seen of it, tells: accepted
+    /// from a listener (`Some(true)`) or connected (`Some(false)`).
+    pub fn opened_accepted(&self) -> Option<bool> {
+        use leaktrace_common::tcp_state::{SYN_RECV, SYN_SENT};
+        match self.kind {
+            EventKind::State { old: SYN_SENT, .. } => Some(false),
+            EventKind::State { old: SYN_RECV, .. } => Some(true),
+            _ => self.established_at_birth.then_some(true),
+        }
+    }
+
     /// The transitions that opened the socket, which the kernel side does not record: their time
     /// is the socket's birth and their states follow from the first recorded transition's
-    /// `old`. For the first event seen of a socket; empty when it tells nothing of an opening.
+    /// `old`, or from [`Event::established_at_birth`]. For the first event seen of a socket;
+    /// empty when it tells nothing of an opening.
     pub fn opening(&self) -> impl Iterator<Item = Event> {
-        let (connected, accepted) = match self.kind {
-            EventKind::State { old, .. } => (
-                old == leaktrace_common::tcp_state::SYN_SENT,
-                old == leaktrace_common::tcp_state::SYN_RECV,
-            ),
-            _ => (false, false),
-        };
-        let at_birth = |kind| Event {
-            ts_ns: self.sock.born_ns,
-            task: match self.owner {
+        use leaktrace_common::tcp_state::{CLOSE, ESTABLISHED, LISTEN, SYN_RECV, SYN_SENT};
+        let connected = self.opened_accepted() == Some(false);
+        let accepted = self.opened_accepted() == Some(true);
+        let first = *self;
+        let at_birth = move |kind| Event {
+            ts_ns: first.sock.born_ns,
+            task: match first.owner {
                 // connect() ran in the owner; a passive opening ran in softirq, for nobody.
                 Some(owner) if connected => Task {
                     tgid: owner.tgid,
@@ -192,24 +205,19 @@ impl Event {
             in_owner_context: connected,
             receive: None,
             kind,
-            ..*self
+            ..first
         };
-        use leaktrace_common::tcp_state::{CLOSE, LISTEN, SYN_RECV, SYN_SENT};
-        let connect = connected.then(|| at_birth(EventKind::Connect));
-        let transition = (connected || accepted).then(|| {
-            at_birth(if connected {
-                EventKind::State {
-                    old: CLOSE,
-                    new: SYN_SENT,
-                }
-            } else {
-                EventKind::State {
-                    old: LISTEN,
-                    new: SYN_RECV,
-                }
-            })
-        });
-        connect.into_iter().chain(transition)
+        let state = |old, new| EventKind::State { old, new };
+        [
+            connected.then_some(EventKind::Connect),
+            connected.then_some(state(CLOSE, SYN_SENT)),
+            accepted.then_some(state(LISTEN, SYN_RECV)),
+            self.established_at_birth
+                .then_some(state(SYN_RECV, ESTABLISHED)),
+        ]
+        .into_iter()
+        .flatten()
+        .map(at_birth)
     }
 }
 
@@ -338,6 +346,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             fd: (kind == RecordKind::Present && record.fd != NO_FD).then_some(record.fd),
         }),
         in_owner_context: flag(FLAG_OWNER_CONTEXT),
+        established_at_birth: flag(FLAG_ESTABLISHED_AT_BIRTH),
         local: socket_addr(record.family, &record.saddr, record.sport),
         remote: socket_addr(record.family, &record.daddr, record.dport),
         receive: flag(FLAG_HAS_RECEIVE_STATE).then_some(ReceiveState {
@@ -601,6 +610,31 @@ mod tests {
 
         r.old_state = tcp_state::ESTABLISHED;
         assert_eq!(one(&r).opening().count(), 0);
+
+        // An accepted connection whose handshake went unrecorded: both of its steps, at birth,
+        // before whatever its first record says (here, the owner's close).
+        r.new_state = tcp_state::FIN_WAIT1;
+        r.flags = FLAG_ESTABLISHED_AT_BIRTH | FLAG_RELEASED;
+        let decoded = decode(&bytes(&r)).unwrap();
+        assert_eq!(decoded.first.opened_accepted(), Some(true));
+        let opening: Vec<Event> = decoded.first.opening().collect();
+        let steps: Vec<EventKind> = opening.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            steps,
+            [
+                EventKind::State {
+                    old: tcp_state::LISTEN,
+                    new: tcp_state::SYN_RECV
+                },
+                EventKind::State {
+                    old: tcp_state::SYN_RECV,
+                    new: tcp_state::ESTABLISHED
+                },
+            ]
+        );
+        assert!(opening
+            .iter()
+            .all(|e| e.ts_ns == 500 && e.task.tgid == 0 && !e.in_owner_context));
     }
 
     #[test]

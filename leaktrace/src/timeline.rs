@@ -442,6 +442,7 @@ impl Timeline {
             },
             owner: Some(owner),
             in_owner_context: true,
+            established_at_birth: false,
             local: self.local(),
             remote: self.remote(),
             receive: None,
@@ -1116,17 +1117,19 @@ impl Story {
         if self.remote.is_none() {
             self.remote = event.remote;
         }
-        if let EventKind::State { old, new } = event.kind {
-            // As the timeline's rebuilt opening would have it (see [`Event::opening`]).
-            if old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV {
-                self.opened.get_or_insert(Opened {
-                    ts_ns: event.sock.born_ns,
-                    accepted: old == tcp_state::SYN_RECV,
-                });
-            }
-            if new == tcp_state::CLOSE_WAIT {
-                self.half_closed_ns.get_or_insert(event.ts_ns);
-            }
+        // As the timeline's rebuilt opening would have it (see [`Event::opening`]).
+        if let Some(accepted) = event.opened_accepted() {
+            self.opened.get_or_insert(Opened {
+                ts_ns: event.sock.born_ns,
+                accepted,
+            });
+        }
+        if let EventKind::State {
+            new: tcp_state::CLOSE_WAIT,
+            ..
+        } = event.kind
+        {
+            self.half_closed_ns.get_or_insert(event.ts_ns);
         }
     }
 
@@ -1203,6 +1206,7 @@ pub(crate) mod tests {
                 fd: Some(7),
             }),
             in_owner_context: true,
+            established_at_birth: false,
             local: Some("127.0.0.1:8080".parse().unwrap()),
             remote: Some("127.0.0.1:50412".parse().unwrap()),
             receive: None,
@@ -1609,6 +1613,67 @@ pub(crate) mod tests {
         // A story that began in an earlier read ends in its timeline.
         store.insert_batch(&[event(lasting, 50, DESTROY)]);
         assert!(store.get(&lasting).unwrap().destroyed());
+    }
+
+    #[test]
+    fn an_accepted_connection_known_by_its_close_alone() {
+        // Its handshake ended at its birth, unrecorded; its one record is the owner's close.
+        let mut store = Store::default();
+        let (churned, held) = (key(1, 5), key(2, 6));
+        let at_birth = |sock, ts, kind| {
+            let mut e = event(sock, ts, kind);
+            e.established_at_birth = true;
+            e.remote = Some("10.0.0.2:50412".parse().unwrap());
+            e
+        };
+        store.insert_batch(&[
+            at_birth(churned, 20, EventKind::Close { time_wait: true }),
+            at_birth(
+                churned,
+                20,
+                state(tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1),
+            ),
+            at_birth(
+                held,
+                30,
+                state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
+            ),
+        ]);
+        assert!(store.get(&churned).is_none());
+        let remotes: Vec<_> = store.counts().remotes().collect();
+        assert_eq!(
+            remotes,
+            [(
+                Remote::Client("10.0.0.2".parse().unwrap()),
+                stats::RemoteCounts {
+                    connections: 2,
+                    time_wait: 1
+                }
+            )]
+        );
+        // The timeline of the one still held opens as the kernel opened it, at its birth.
+        let steps: Vec<(u64, EventKind)> = store
+            .get(&held)
+            .unwrap()
+            .entries()
+            .iter()
+            .map(|e| (e.ts_ns, e.kind))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (6, state(tcp_state::LISTEN, tcp_state::SYN_RECV)),
+                (6, state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED)),
+                (30, state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT)),
+            ]
+        );
+        assert_eq!(
+            store.get(&held).unwrap().opened,
+            Some(Opened {
+                ts_ns: 6,
+                accepted: true
+            })
+        );
     }
 
     #[test]

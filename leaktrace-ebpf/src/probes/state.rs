@@ -17,7 +17,8 @@ use crate::{
     idle,
     kernel::{Btf, FileRefs, Probe, Reader, Sock},
     sock_meta::{
-        claim, current, followed, forget, watch_arrivals, SockMeta, FROM_LISTENER, READS_WATCHED,
+        claim, current, followed, forget, watch_arrivals, SockMeta, ESTABLISHED_AT_BIRTH,
+        FROM_LISTENER, READS_WATCHED,
     },
 };
 
@@ -73,6 +74,17 @@ fn on_first_sight<R: Reader>(sk: Sock, old: u8, new: u8) {
 #[inline(always)]
 fn on_followed<R: Reader>(sk: Sock, meta: &mut SockMeta, old: u8, new: u8) {
     let now = now();
+    // A connection from a listener, not accepted yet, ends its handshake in the call that made
+    // its socket: one record fewer per connection. (With TCP Fast Open the socket is made at the
+    // SYN, and the step, a round trip later, is recorded unless the round trip is that short.)
+    if old == tcp_state::SYN_RECV
+        && new == tcp_state::ESTABLISHED
+        && meta.flags & FROM_LISTENER != 0
+        && now.wrapping_sub(meta.born_ns) < HANDSHAKE_AT_BIRTH_NS
+    {
+        meta.flags |= ESTABLISHED_AT_BIRTH;
+        return;
+    }
     // Only these steps can be the owner's close or shutdown; the file is not looked at otherwise.
     let owners_step = old == new || new == tcp_state::CLOSE || stops_sending(old, new);
     let file = if owners_step {
@@ -114,6 +126,10 @@ fn on_followed<R: Reader>(sk: Sock, meta: &mut SockMeta, old: u8, new: u8) {
         forget(sk, meta);
     }
 }
+
+/// How soon after its birth an accepted socket's SYN_RECV -> ESTABLISHED step counts as part of
+/// it (see [`leaktrace_common::FLAG_ESTABLISHED_AT_BIRTH`]): the timeline puts it at the birth.
+const HANDSHAKE_AT_BIRTH_NS: u64 = 1_000_000;
 
 /// The steps `tcp_close_state` takes when the owner stops sending: a FIN goes out.
 #[inline(always)]

@@ -168,6 +168,8 @@ impl Counts {
 
     fn direction(&self, event: &Event) -> Option<Direction> {
         match event.kind {
+            // The first record of an accepted connection may come after its handshake.
+            _ if event.established_at_birth => Some(Direction::In),
             EventKind::State {
                 new: tcp_state::SYN_SENT,
                 ..
