@@ -505,8 +505,11 @@ pub struct Store {
     /// [`RETIRED_GRACE_NS`].
     retired: Retired,
     /// The stories of one batch's sockets that need no timeline (see [`Self::insert_batch`]),
-    /// kept between batches for its allocation.
-    stories: FxHashMap<SockKey, Story>,
+    /// kept between batches for its allocation, in the order their ends came, with an index by
+    /// socket: stories side by side in that order are what the batch's next events touch, where
+    /// a map holding them would scatter each over its whole table, a cache miss per event.
+    stories: Vec<(SockKey, Story)>,
+    story_index: FxHashMap<SockKey, u32>,
     /// Sockets without a timeline whose peer half-closed, for the next pairing to look at once
     /// (see [`Self::pair_half_closed`]).
     story_half_closes: Vec<HalfClosed>,
@@ -541,7 +544,8 @@ impl Store {
             ended: VecDeque::new(),
             closed_scanned_ns: 0,
             retired: Retired::default(),
-            stories: FxHashMap::default(),
+            stories: Vec::new(),
+            story_index: FxHashMap::default(),
             story_half_closes: Vec::new(),
             exits: FxHashMap::default(),
             activity_sampled_ns: None,
@@ -583,31 +587,38 @@ impl Store {
             return;
         }
         let mut stories = std::mem::take(&mut self.stories);
+        let mut index = std::mem::take(&mut self.story_index);
         for event in events {
             // Nothing is recorded of a socket after its end, so an end is never of a socket
             // already retired: no need to look through the many retired ones here.
             if ends_story(&event.kind) && !self.timelines.contains_key(&event.sock) {
-                stories.insert(event.sock, Story::default());
+                index.entry(event.sock).or_insert_with(|| {
+                    stories.push((event.sock, Story::default()));
+                    (stories.len() - 1) as u32
+                });
             }
         }
         for event in events {
-            let Some(story) = stories.get_mut(&event.sock) else {
+            let Some(&at) = index.get(&event.sock) else {
                 self.insert(*event);
                 continue;
             };
+            let story = &mut stories[at as usize].1;
             self.latest_ns = self.latest_ns.max(event.ts_ns);
             self.counts.observe(&mut story.tally, event, story.remote);
             story.learn(event);
         }
         // Ended: a record's later events (the state change a close made) come after its end.
-        for (sock, story) in stories.drain() {
+        for (sock, story) in stories.drain(..) {
             if let Some(half_closed) = story.half_closed(sock) {
                 self.story_half_closes.push(half_closed);
             }
             self.sockets_seen += 1;
             self.dropped.finished += 1;
         }
+        index.clear();
         self.stories = stories;
+        self.story_index = index;
     }
 
     pub fn insert(&mut self, event: Event) {
