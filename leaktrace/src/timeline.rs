@@ -1432,6 +1432,16 @@ pub(crate) mod tests {
         assert_eq!(first.receive.unwrap().rcv_nxt, 3);
     }
 
+    /// A socket's timeline as (time, what) pairs.
+    fn steps(store: &Store, sock: SockKey) -> Vec<(u64, EventKind)> {
+        let timeline = store.get(&sock).unwrap();
+        timeline
+            .entries()
+            .iter()
+            .map(|e| (e.ts_ns, e.kind))
+            .collect()
+    }
+
     #[test]
     fn the_opening_the_kernel_left_out_is_rebuilt_once() {
         let mut store = Store::default();
@@ -1446,15 +1456,8 @@ pub(crate) mod tests {
             20,
             state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
         ));
-        let kinds: Vec<_> = store
-            .get(&connected)
-            .unwrap()
-            .entries()
-            .iter()
-            .map(|e| (e.ts_ns, e.kind))
-            .collect();
         assert_eq!(
-            kinds,
+            steps(&store, connected),
             [
                 (5, EventKind::Connect),
                 (5, state(tcp_state::CLOSE, tcp_state::SYN_SENT)),
@@ -1663,15 +1666,8 @@ pub(crate) mod tests {
             )]
         );
         // The timeline of the one still held opens as the kernel opened it, at its birth.
-        let steps: Vec<(u64, EventKind)> = store
-            .get(&held)
-            .unwrap()
-            .entries()
-            .iter()
-            .map(|e| (e.ts_ns, e.kind))
-            .collect();
         assert_eq!(
-            steps,
+            steps(&store, held),
             [
                 (6, state(tcp_state::LISTEN, tcp_state::SYN_RECV)),
                 (6, state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED)),
