@@ -504,7 +504,10 @@ pub struct Store {
     /// Sockets whose timeline was dropped, or that never needed one, for at least
     /// [`RETIRED_GRACE_NS`].
     retired: Retired,
-    /// The stories of one batch's sockets that need no timeline (see [`Self::insert_batch`]),
+    /// The events of the read of the ring buffer under way (see [`Self::stage`]), kept between
+    /// reads for its allocation.
+    staged: Vec<Event>,
+    /// The stories of one batch's sockets that need no timeline (see [`Self::insert_staged`]),
     /// kept between batches for its allocation, in the order their ends came, with an index by
     /// socket: stories side by side in that order are what the batch's next events touch, where
     /// a map holding them would scatter each over its whole table, a cache miss per event.
@@ -544,6 +547,7 @@ impl Store {
             ended: VecDeque::new(),
             closed_scanned_ns: 0,
             retired: Retired::default(),
+            staged: Vec::new(),
             stories: Vec::new(),
             story_index: FxHashMap::default(),
             story_half_closes: Vec::new(),
@@ -575,30 +579,42 @@ impl Store {
         self.timelines.len()
     }
 
-    /// Takes the events of one read of the ring buffer. A socket whose whole story lies in it
-    /// (no timeline yet, and its end among these events) is only counted: its leak conditions,
-    /// if any, ended before any evaluation could see them, as they would have with a timeline.
-    /// On a busy host that is nearly every socket, and a timeline made and dropped for each
-    /// would be most of leaktrace's work.
-    pub fn insert_batch(&mut self, events: &[Event]) {
+    /// Takes one event of a read of the ring buffer, for [`Self::insert_staged`]. Notes on the
+    /// way the sockets whose story ends in the read, so the read's events are gone through once
+    /// more only, not twice.
+    #[inline(always)]
+    pub fn stage(&mut self, event: Event) {
+        // Nothing is recorded of a socket after its end, so an end is never of a socket
+        // already retired: no need to look through the many retired ones here.
+        if self.swept.is_none()
+            && ends_story(&event.kind)
+            && !self.timelines.contains_key(&event.sock)
+        {
+            let stories = &mut self.stories;
+            self.story_index.entry(event.sock).or_insert_with(|| {
+                stories.push((event.sock, Story::default()));
+                (stories.len() - 1) as u32
+            });
+        }
+        self.staged.push(event);
+    }
+
+    /// Takes the events of one read of the ring buffer, staged by [`Self::stage`]. A socket
+    /// whose whole story lies in it (no timeline yet, and its end among these events) is only
+    /// counted: its leak conditions, if any, ended before any evaluation could see them, as
+    /// they would have with a timeline. On a busy host that is nearly every socket, and a
+    /// timeline made and dropped for each would be most of leaktrace's work.
+    pub fn insert_staged(&mut self) {
+        let mut staged = std::mem::take(&mut self.staged);
         if self.swept.is_some() {
             // Whoever asked for dropped timelines gets every socket's.
-            events.iter().for_each(|event| self.insert(*event));
+            staged.drain(..).for_each(|event| self.insert(event));
+            self.staged = staged;
             return;
         }
         let mut stories = std::mem::take(&mut self.stories);
         let mut index = std::mem::take(&mut self.story_index);
-        for event in events {
-            // Nothing is recorded of a socket after its end, so an end is never of a socket
-            // already retired: no need to look through the many retired ones here.
-            if ends_story(&event.kind) && !self.timelines.contains_key(&event.sock) {
-                index.entry(event.sock).or_insert_with(|| {
-                    stories.push((event.sock, Story::default()));
-                    (stories.len() - 1) as u32
-                });
-            }
-        }
-        for event in events {
+        for event in &staged {
             let Some(&at) = index.get(&event.sock) else {
                 self.insert(*event);
                 continue;
@@ -617,8 +633,19 @@ impl Store {
             self.dropped.finished += 1;
         }
         index.clear();
+        staged.clear();
         self.stories = stories;
         self.story_index = index;
+        self.staged = staged;
+    }
+
+    /// [`Self::stage`] each of `events`, then [`Self::insert_staged`].
+    #[cfg(test)]
+    pub fn insert_batch(&mut self, events: &[Event]) {
+        for event in events {
+            self.stage(*event);
+        }
+        self.insert_staged();
     }
 
     pub fn insert(&mut self, event: Event) {
@@ -850,14 +877,21 @@ impl Store {
         let due = self
             .activity_sampled_ns
             .is_none_or(|at| now_ns.saturating_sub(at) >= ACTIVITY_EVERY_NS);
-        if !due || !self.timelines.values().any(|t| Self::wants_activity(t)) {
+        if !due
+            || !self
+                .timelines
+                .values()
+                .any(|t| Self::wants_activity(t))
+        {
             return;
         }
         self.activity_sampled_ns = Some(now_ns);
         let unresolved: Vec<SockKey> = self
             .timelines
             .iter()
-            .filter(|(_, t)| Self::wants_activity(t) && t.owner().is_some_and(|o| o.fd.is_none()))
+            .filter(|(_, t)| {
+                Self::wants_activity(t) && t.owner().is_some_and(|o| o.fd.is_none())
+            })
             .map(|(key, _)| *key)
             .collect();
         self.resolve_fds(&unresolved, now_ns);
