@@ -54,6 +54,8 @@ const PAIR_WINDOW_NS: u64 = 2_000_000_000;
 
 /// How often the kernel's socket table is read for traffic and timers, at most.
 const ACTIVITY_EVERY_NS: u64 = 1_000_000_000;
+/// See [`Store::wants_activity`].
+const ACTIVITY_AFTER_HALF_CLOSE_NS: u64 = 1_000_000_000;
 
 /// A value together with the kernel time it was observed at, so out-of-order arrivals cannot
 /// overwrite newer facts with older ones.
@@ -881,7 +883,7 @@ impl Store {
             || !self
                 .timelines
                 .values()
-                .any(|t| Self::wants_activity(t))
+                .any(|t| Self::wants_activity(t, now_ns))
         {
             return;
         }
@@ -890,7 +892,7 @@ impl Store {
             .timelines
             .iter()
             .filter(|(_, t)| {
-                Self::wants_activity(t) && t.owner().is_some_and(|o| o.fd.is_none())
+                Self::wants_activity(t, now_ns) && t.owner().is_some_and(|o| o.fd.is_none())
             })
             .map(|(key, _)| *key)
             .collect();
@@ -898,7 +900,7 @@ impl Store {
         let wanted: Vec<Wanted> = self
             .timelines
             .values()
-            .filter(|t| Self::wants_activity(t))
+            .filter(|t| Self::wants_activity(t, now_ns))
             .filter_map(|t| {
                 let owner = t.owner()?;
                 Some(Wanted {
@@ -923,8 +925,14 @@ impl Store {
         }
     }
 
-    fn wants_activity(timeline: &Timeline) -> bool {
-        timeline.partner.is_some() && timeline.live() && timeline.may_idle()
+    /// Looked at only once its partner has been half-closed for [`ACTIVITY_AFTER_HALF_CLOSE_NS`]:
+    /// a proxy under load passes the end-of-stream on and closes within it, and a look can cost a
+    /// scan of /proc. The wait loses nothing, as the kernel tells when traffic last moved.
+    fn wants_activity(timeline: &Timeline, now_ns: u64) -> bool {
+        timeline.partner.is_some_and(|p| {
+            now_ns.saturating_sub(p.half_closed_ns) >= ACTIVITY_AFTER_HALF_CLOSE_NS
+        }) && timeline.live()
+            && timeline.may_idle()
     }
 
     /// For each socket whose peer half-closed, the socket of the same owner opened closest to it
@@ -1003,7 +1011,7 @@ impl Store {
         let by_addresses: HashMap<(SocketAddr, SocketAddr), &Sample> =
             samples.iter().map(|s| ((s.local, s.remote), s)).collect();
         for timeline in self.timelines.values_mut() {
-            if !Self::wants_activity(timeline) {
+            if !Self::wants_activity(timeline, now_ns) {
                 continue;
             }
             let found = match timeline.ino {
