@@ -155,6 +155,8 @@ pub struct Partner {
     pub fd: Option<i32>,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
+    /// The owner accepted it, rather than connected it.
+    pub accepted: bool,
     /// Kernel time its peer's FIN arrived.
     pub half_closed_ns: u64,
 }
@@ -401,6 +403,14 @@ impl Timeline {
 
     pub fn partner(&self) -> Option<Partner> {
         self.partner
+    }
+
+    /// Whether the owner accepted the connection (`Some(true)`) or made it: as tracing saw it
+    /// open, else as the counts tell it (by its local port, for a socket found at start).
+    pub fn accepted(&self) -> Option<bool> {
+        self.opened
+            .map(|o| o.accepted)
+            .or_else(|| self.tally.accepted())
     }
 
     pub fn activity(&self) -> Option<Activity> {
@@ -945,16 +955,18 @@ impl Store {
             |(key, t)| {
                 let half_closed_ns = t.close_wait_since.filter(|_| t.close_wait_entered)?;
                 let owner = t.owner()?;
+                let opened = t.opened?;
                 let partner = Partner {
                     sock: *key,
                     fd: owner.fd,
                     local: t.local(),
                     remote: t.remote(),
+                    accepted: opened.accepted,
                     half_closed_ns,
                 };
                 Some(HalfClosed {
                     owner: owner.tgid,
-                    opened: t.opened?,
+                    opened,
                     partner,
                 })
             },
@@ -1188,14 +1200,16 @@ impl Story {
 
     /// The socket as a proxied pair's half-closed side, if its peer half-closed.
     fn half_closed(&self, sock: SockKey) -> Option<HalfClosed> {
+        let opened = self.opened?;
         Some(HalfClosed {
             owner: self.owner?,
-            opened: self.opened?,
+            opened,
             partner: Partner {
                 sock,
                 fd: None,
                 local: self.local,
                 remote: self.remote,
+                accepted: opened.accepted,
                 half_closed_ns: self.half_closed_ns?,
             },
         })

@@ -109,6 +109,7 @@ fn assert_close_wait_findings(
         );
         assert_eq!(f["comm"], comm.as_str(), "{f}\n{report}");
         assert_eq!(f["local"], family.endpoint(server.port()), "{f}\n{report}");
+        assert_eq!(f["direction"], "in", "the server accepted it: {f}\n{report}");
         assert_eq!(f["state"], "CLOSE_WAIT", "{f}\n{report}");
         // The fixture read up to and including the FIN (it printed `EOF fd=..`): the leak is
         // the missing close, and the finding must not claim anything is left unread.
@@ -277,6 +278,7 @@ fn shut_wr(test: &str, family: Family, late_read: LateRead) -> Result<()> {
     assert_eq!(f["fd"], accepted.fd, "{report}");
     assert_eq!(f["local"], family.endpoint(server.port()), "{report}");
     assert_eq!(f["remote"], accepted.peer.as_str(), "{report}");
+    assert_eq!(f["direction"], "in", "the server accepted it\n{report}");
     assert_eq!(
         client.local_addrs,
         std::slice::from_ref(&accepted.peer),

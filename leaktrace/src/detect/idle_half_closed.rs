@@ -215,10 +215,16 @@ mod tests {
         let finding = the_leak(&mut detectors, &mut store, 3506 * MS);
         assert_eq!(finding.kind, LeakKind::IdleHalfClosed);
         assert_eq!((finding.pid, finding.fd), (OWNER, Some(6)));
+        assert_eq!(
+            finding.accepted,
+            Some(false),
+            "the proxy connected upstream"
+        );
         assert_eq!(finding.state, "ESTABLISHED");
         assert_eq!(finding.age, Duration::from_millis(3001));
         let partner = finding.partner.expect("the partner is named");
         assert_eq!((partner.sock, partner.fd), (CLIENT, Some(5)));
+        assert!(partner.accepted, "the proxy accepted its client");
         assert_eq!(partner.remote, addr("127.0.0.1:50400"));
         assert_eq!(partner.half_closed_ns, 500 * MS);
 

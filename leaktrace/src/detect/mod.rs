@@ -103,6 +103,8 @@ pub struct Finding {
     pub fd: Option<i32>,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
+    /// The owner accepted the connection (`Some(true)`) or made it.
+    pub accepted: Option<bool>,
     pub state: &'static str,
     pub unread_bytes: u32,
     pub eof_unread: bool,
@@ -135,6 +137,7 @@ pub struct Resolved {
     pub fd: Option<i32>,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
+    pub accepted: Option<bool>,
     pub how: &'static str,
 }
 
@@ -241,6 +244,7 @@ impl Detectors {
                     fd: finding.fd,
                     local: finding.local,
                     remote: finding.remote,
+                    accepted: finding.accepted,
                     how,
                 }));
             }
@@ -447,6 +451,7 @@ fn finding(
         fd: owner.fd,
         local: timeline.local(),
         remote: timeline.remote(),
+        accepted: timeline.accepted(),
         // No state seen yet: 0 is no TCP state, which `name` spells UNKNOWN.
         state: tcp_state::name(timeline.state().unwrap_or_default()),
         unread_bytes: latest.map_or(0, |r| r.unread_bytes()),

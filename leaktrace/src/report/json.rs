@@ -133,6 +133,7 @@ fn leak(finding: &Finding) -> Value {
         "fd": finding.fd,
         "local": addr(finding.local),
         "remote": addr(finding.remote),
+        "direction": direction(finding.accepted),
         "state": finding.state,
         "unread_bytes": finding.unread_bytes,
         "eof_unread": finding.eof_unread,
@@ -157,6 +158,7 @@ fn partner(p: &Partner) -> Value {
         "fd": p.fd,
         "local": addr(p.local),
         "remote": addr(p.remote),
+        "direction": direction(Some(p.accepted)),
         "half_closed": true,
         "half_closed_ns": p.half_closed_ns,
         "sock": format!("{:#x}", p.sock.addr),
@@ -264,7 +266,15 @@ fn resolution(resolved: &Resolved) -> Value {
         "fd": resolved.fd,
         "local": addr(resolved.local),
         "remote": addr(resolved.remote),
+        "direction": direction(resolved.accepted),
         "how": resolved.how,
+    })
+}
+
+/// "in" for a connection the owner accepted, "out" for one it made, as in the per-remote counts.
+fn direction(accepted: Option<bool>) -> Value {
+    accepted.map_or(Value::Null, |accepted| {
+        Value::from(if accepted { "in" } else { "out" })
     })
 }
 
@@ -329,6 +339,7 @@ mod tests {
                 "fd": 7,
                 "local": "127.0.0.1:8080",
                 "remote": "127.0.0.1:50412",
+                "direction": "in",
                 "state": "CLOSE",
                 "unread_bytes": 0,
                 "eof_unread": true,
@@ -379,6 +390,7 @@ mod tests {
                 "fd": 5,
                 "local": "127.0.0.1:8080",
                 "remote": "127.0.0.1:50400",
+                "direction": "in",
                 "half_closed": true,
                 "half_closed_ns": 1_300_000_000u64,
                 "sock": "0xffff888000002000",
@@ -417,6 +429,7 @@ mod tests {
                 "fd": null,
                 "local": "[::1]:8080",
                 "remote": "[::1]:50412",
+                "direction": null,
                 "how": "closed",
             })
         );

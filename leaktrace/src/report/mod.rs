@@ -237,6 +237,7 @@ mod tests {
             fd: Some(7),
             local: Some("127.0.0.1:8080".parse().unwrap()),
             remote: Some("127.0.0.1:50412".parse().unwrap()),
+            accepted: Some(true),
             state: tcp_state::name(tcp_state::CLOSE),
             unread_bytes: 0,
             eof_unread: true,
@@ -278,6 +279,7 @@ mod tests {
             fd: Some(6),
             local: Some("127.0.0.1:41000".parse().unwrap()),
             remote: Some("127.0.0.1:9000".parse().unwrap()),
+            accepted: Some(false),
             state: tcp_state::name(tcp_state::ESTABLISHED),
             eof_unread: false,
             bytes_after_shutdown: 0,
@@ -291,6 +293,7 @@ mod tests {
                 fd: Some(5),
                 local: Some("127.0.0.1:8080".parse().unwrap()),
                 remote: Some("127.0.0.1:50400".parse().unwrap()),
+                accepted: true,
                 half_closed_ns: 1_300_000_000,
             }),
             ..finding()
@@ -305,6 +308,7 @@ mod tests {
             fd: None,
             local: Some("[::1]:8080".parse().unwrap()),
             remote: Some("[::1]:50412".parse().unwrap()),
+            accepted: None,
             how: "closed",
         }
     }

@@ -58,7 +58,7 @@ impl Reporter for TextReporter {
                 f.pid,
                 f.comm,
                 fd(f.fd),
-                endpoints(f.local, f.remote),
+                endpoints(f.local, f.remote, f.accepted),
                 explanation(f)
             ),
             Outcome::Resolved(r) => format!(
@@ -66,7 +66,7 @@ impl Reporter for TextReporter {
                 r.kind.as_str(),
                 r.pid,
                 fd(r.fd),
-                endpoints(r.local, r.remote),
+                endpoints(r.local, r.remote, r.accepted),
                 r.how
             ),
         };
@@ -193,8 +193,19 @@ pub(super) fn addr(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
 }
 
-fn endpoints(local: Option<SocketAddr>, remote: Option<SocketAddr>) -> String {
-    format!("{} <- {}", addr(local), addr(remote))
+/// The two ends, the arrow pointing the way the connection was made: `<-` accepted from the
+/// remote end, `->` connected to it.
+fn endpoints(
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    accepted: Option<bool>,
+) -> String {
+    let arrow = match accepted {
+        Some(true) => "<-",
+        Some(false) => "->",
+        None => "--",
+    };
+    format!("{} {arrow} {}", addr(local), addr(remote))
 }
 
 /// Whole seconds and up get one decimal; long ages read better in minutes and hours.
@@ -272,7 +283,7 @@ fn partner(p: &Partner) -> String {
     format!(
         "its partner fd {} ({})",
         fd(p.fd),
-        endpoints(p.local, p.remote)
+        endpoints(p.local, p.remote, Some(p.accepted))
     )
 }
 
@@ -407,7 +418,7 @@ fn timeline(f: &Finding) -> Vec<String> {
         f.pid,
         f.comm,
         fd(f.fd),
-        endpoints(f.local, f.remote),
+        endpoints(f.local, f.remote, f.accepted),
         f.sock.addr
     )];
     let start = f.timeline.first().map_or(0, |e| e.ts_ns);
@@ -564,7 +575,7 @@ mod tests {
                  unread 0 + EOF for 2.3s, fd still open",
                 "LEAK  fd_after_close  pid 4242 (mailer) fd 7  ? <- 127.0.0.1:50412  \
                  CLOSE, the connection is over, unread 5, fd still open for at least 2.3s",
-                "RESOLVED close_wait pid 4242 fd ?  [::1]:8080 <- [::1]:50412  (closed)",
+                "RESOLVED close_wait pid 4242 fd ?  [::1]:8080 -- [::1]:50412  (closed)",
             ]
         );
     }
@@ -612,7 +623,7 @@ mod tests {
         let lines = captured.lines();
         assert_eq!(
             lines[0],
-            "LEAK  idle_half_closed  pid 4242 (mailer) fd 6  127.0.0.1:41000 <- 127.0.0.1:9000  \
+            "LEAK  idle_half_closed  pid 4242 (mailer) fd 6  127.0.0.1:41000 -> 127.0.0.1:9000  \
              ESTABLISHED, no data either way and no keepalive for 1m01s since its partner fd 5 \
              (127.0.0.1:8080 <- 127.0.0.1:50400) half-closed; its end-of-stream was never \
              passed on"

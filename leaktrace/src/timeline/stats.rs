@@ -83,6 +83,11 @@ impl Tally {
     pub(super) fn remote(&self) -> Option<Remote> {
         self.remote
     }
+
+    /// Whether the socket was accepted (`Some(true)`) or connected, once known.
+    pub(super) fn accepted(&self) -> Option<bool> {
+        self.direction.map(|d| d == Direction::In)
+    }
 }
 
 #[derive(Debug, Default)]
