@@ -99,7 +99,10 @@ fn proxy_leaves_upstream_idle_after_the_client_half_closed() -> Result<()> {
         "{report}"
     );
     assert_eq!(leak["state"], "ESTABLISHED", "{report}");
-    assert_eq!(leak["direction"], "out", "the proxy connected upstream\n{report}");
+    assert_eq!(
+        leak["direction"], "out",
+        "the proxy connected upstream\n{report}"
+    );
     let partner = &leak["partner"];
     // The proxy closed its client's socket as soon as it saw the half-close: gone from /proc
     // before any finding asked for its fd.
@@ -110,7 +113,10 @@ fn proxy_leaves_upstream_idle_after_the_client_half_closed() -> Result<()> {
         "{report}"
     );
     assert_eq!(partner["remote"], client, "{report}");
-    assert_eq!(partner["direction"], "in", "the proxy accepted its client\n{report}");
+    assert_eq!(
+        partner["direction"], "in",
+        "the proxy accepted its client\n{report}"
+    );
     assert_eq!(partner["half_closed"], true, "{report}");
     assert!(
         leak["age_ms"].as_u64().is_some_and(|ms| ms >= 1000),

@@ -109,7 +109,10 @@ fn assert_close_wait_findings(
         );
         assert_eq!(f["comm"], comm.as_str(), "{f}\n{report}");
         assert_eq!(f["local"], family.endpoint(server.port()), "{f}\n{report}");
-        assert_eq!(f["direction"], "in", "the server accepted it: {f}\n{report}");
+        assert_eq!(
+            f["direction"], "in",
+            "the server accepted it: {f}\n{report}"
+        );
         assert_eq!(f["state"], "CLOSE_WAIT", "{f}\n{report}");
         // The fixture read up to and including the FIN (it printed `EOF fd=..`): the leak is
         // the missing close, and the finding must not claim anything is left unread.
@@ -962,6 +965,55 @@ fn assert_fd_after_close<'a>(
     assert_eq!(f["eof_unread"], false, "a reset carries no FIN\n{report}");
     assert_eq!(report.summary()["leaks_open"], 1, "{report}");
     Ok(f)
+}
+
+/// `--pid` of a prefork server's master: the workers it forked before tracing, untraced, take
+/// every connection from its listener. None may stay counted as the master's, nor be kept in
+/// memory: each leaves the trace when a worker takes it.
+#[test]
+fn prefork_master_keeps_none_of_its_workers_connections() -> Result<()> {
+    const CONNS: usize = 500;
+    let server = Fixture::server(FIXTURE, &["prefork-server"])?;
+    let Some(mut leaktrace) = Leaktrace::start(
+        "prefork_master_keeps_none_of_its_workers_connections",
+        &[server.pid()],
+        RUN_LIMIT,
+    )?
+    else {
+        return Ok(());
+    };
+    let port = server.port().to_string();
+    let conns = CONNS.to_string();
+    run_client(
+        FIXTURE,
+        &[
+            "--port",
+            &port,
+            "--conns",
+            &conns,
+            "--concurrency",
+            "4",
+            "--send",
+            "8",
+            "--echo",
+        ],
+    )?;
+    leaktrace.settle(SETTLE)?;
+    let report = leaktrace.stop()?;
+
+    assert!(report.leaks().is_empty(), "no leak anywhere\n{report}");
+    assert_eq!(
+        pid_stats(&report, server.pid())["states"],
+        json!({"LISTEN": 1}),
+        "the master holds its listener only\n{report}"
+    );
+    let summary = report.summary();
+    let forgotten = summary["dropped"]["finished"].as_u64().unwrap_or_default();
+    assert!(
+        forgotten >= CONNS as u64,
+        "{forgotten} of {CONNS} connections forgotten once a worker took them\n{report}"
+    );
+    Ok(())
 }
 
 /// (e) `--pid` restricts findings to the traced process, although another one leaks alongside.

@@ -31,6 +31,9 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
   hold-server                        greet each connection with a line, then neither read nor
                                      close it: its fd stays held after the connection ends
                                      (incident 4)
+  prefork-server                     a prefork server (nginx, Apache, gunicorn): the master
+                                     listens, two workers it forked take every connection and
+                                     echo it until EOF; the master never touches one
   echo-server [--close-first]        echo each connection until EOF, then close it; with
                                      --close-first, echo one read and close first (this side
                                      then goes through TIME_WAIT)
@@ -201,6 +204,7 @@ fn main() -> Result<()> {
         "shut-wr-server" => shut_wr_server(&opts),
         "hold-server" => hold_server(&opts),
         "echo-server" => echo_server(&opts),
+        "prefork-server" => prefork_server(&opts),
         "proxy" => proxy(&opts),
         "client" => client(&opts),
         "pool-leak" => pool_leak(&opts),
@@ -299,6 +303,29 @@ fn echo_server(o: &Opts) -> Result<()> {
                 eprintln!("echo: {e}");
             }
         });
+    }
+}
+
+fn prefork_server(o: &Opts) -> Result<()> {
+    const WORKERS: usize = 2;
+    let listener = o.listen()?;
+    for _ in 0..WORKERS {
+        // SAFETY: the fixture has one thread here, and the child only accepts and echoes.
+        match unsafe { libc::fork() } {
+            -1 => bail!("fork: {}", io::Error::last_os_error()),
+            0 => {
+                // The test stops the master; its workers go with it.
+                // SAFETY: prctl with PR_SET_PDEATHSIG only sets this process's death signal.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+                loop {
+                    echo(accept(&listener)?, false)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    loop {
+        thread::park();
     }
 }
 
