@@ -160,7 +160,8 @@ pub struct CommonArgs {
     /// syscall. Written as sockets go away and at the end, so memory stays bounded.
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
-    /// Also say which hooks were tried and refused, and why.
+    /// Say at start which hook serves each event (rather than one line for them all), and which
+    /// were tried and refused, and why.
     #[arg(long, short)]
     pub verbose: bool,
     /// Attach every hook with programs that return at once: what the attach points cost by

@@ -230,7 +230,7 @@ impl Session {
         let mut reporter: Box<dyn Reporter> = if options.common.json {
             Box::new(JsonReporter::new(out))
         } else {
-            Box::new(TextReporter::new(out))
+            Box::new(TextReporter::new(out, options.common.verbose))
         };
         if options.common.verbose {
             for refused in &attached.refused {

@@ -313,7 +313,8 @@ impl Attached {
     }
 }
 
-const UNAVAILABLE: &str = "unavailable";
+/// How a hook that serves nothing is spelled, ahead of the reasons.
+pub const UNAVAILABLE: &str = "unavailable";
 
 /// The object `leaktrace-ebpf` compiles to, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));

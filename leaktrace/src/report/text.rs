@@ -11,15 +11,18 @@ use leaktrace_common::tcp_state;
 use super::{ring_size_hint, write_line, FinalReport, Progress, Reporter, StartInfo, Stats};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::detect::{Finding, LeakKind, Outcome};
+use crate::hooks::UNAVAILABLE;
 use crate::timeline::{Dropped, Partner};
 
 pub struct TextReporter {
     out: Box<dyn Write + Send>,
+    /// One line per hook at start, rather than one line for them all.
+    verbose: bool,
 }
 
 impl TextReporter {
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self { out }
+    pub fn new(out: Box<dyn Write + Send>, verbose: bool) -> Self {
+        Self { out, verbose }
     }
 
     fn line(&mut self, line: &str) -> io::Result<()> {
@@ -37,12 +40,16 @@ impl Reporter for TextReporter {
             duration(info.leak_after),
             duration(info.idle_after)
         ))?;
-        let width = info.hooks.iter().map(|(event, _)| event.len()).max();
-        for (event, hook) in &info.hooks {
-            self.line(&format!(
-                "  {event:<width$}  {hook}",
-                width = width.unwrap_or(0)
-            ))?;
+        if self.verbose {
+            let width = info.hooks.iter().map(|(event, _)| event.len()).max();
+            for (event, hook) in &info.hooks {
+                self.line(&format!(
+                    "  {event:<width$}  {hook}",
+                    width = width.unwrap_or(0)
+                ))?;
+            }
+        } else {
+            self.line(&hooks_summary(&info.hooks))?;
         }
         if let Some(addr) = info.metrics {
             self.line(&format!("leaktrace: metrics at http://{addr}/metrics"))?;
@@ -191,6 +198,33 @@ pub(super) fn fd(fd: Option<i32>) -> String {
 
 pub(super) fn addr(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
+}
+
+/// The hooks in one line: how many programs of each kind, and by name the events served some
+/// other way (a fallback that sees less) or not at all, as those change what leaktrace can tell.
+fn hooks_summary(hooks: &[(String, String)]) -> String {
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    let mut otherwise = Vec::new();
+    for (event, hook) in hooks {
+        match hook.split_once(':') {
+            Some((kind, _)) if !hook.starts_with(UNAVAILABLE) && !kind.contains(' ') => {
+                match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                    Some((_, n)) => *n += 1,
+                    None => kinds.push((kind, 1)),
+                }
+            }
+            _ => otherwise.push(format!("; {event}: {hook}")),
+        }
+    }
+    let kinds: Vec<String> = kinds
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect();
+    format!(
+        "leaktrace: hooks: {} (--verbose lists each){}",
+        kinds.join(", "),
+        otherwise.concat()
+    )
 }
 
 /// The two ends, the arrow pointing the way the connection was made: `<-` accepted from the
@@ -523,21 +557,32 @@ mod tests {
 
     fn reporter() -> (Captured, TextReporter) {
         let captured = Captured::default();
-        let reporter = TextReporter::new(captured.writer());
+        let reporter = TextReporter::new(captured.writer(), false);
         (captured, reporter)
     }
 
     #[test]
     fn start_lines() {
+        let first = "leaktrace: tracing pid 4242 on kernel 6.8.0-test; a socket counts as leaked \
+                     after 1.5s (idle after its partner's half-close: after 1m00s)";
+        let captured = Captured::default();
+        let mut verbose = TextReporter::new(captured.writer(), true);
+        verbose.start(&start_info()).unwrap();
+        assert_eq!(
+            captured.lines(),
+            [
+                first,
+                "  state     tracepoint:sock:inet_sock_set_state",
+                "  shutdown  tracepoint:syscalls:sys_exit_shutdown",
+            ]
+        );
         let (captured, mut reporter) = reporter();
         reporter.start(&start_info()).unwrap();
         assert_eq!(
             captured.lines(),
             [
-                "leaktrace: tracing pid 4242 on kernel 6.8.0-test; a socket counts as leaked \
-                 after 1.5s (idle after its partner's half-close: after 1m00s)",
-                "  state     tracepoint:sock:inet_sock_set_state",
-                "  shutdown  tracepoint:syscalls:sys_exit_shutdown",
+                first,
+                "leaktrace: hooks: 2 tracepoint (--verbose lists each)"
             ]
         );
         let (captured, mut with_metrics) = self::reporter();
@@ -547,6 +592,23 @@ mod tests {
         assert_eq!(
             captured.lines().last().unwrap(),
             "leaktrace: metrics at http://127.0.0.1:9464/metrics"
+        );
+    }
+
+    #[test]
+    fn hooks_in_one_line_name_the_events_served_otherwise() {
+        let hooks = [
+            ("state", "tp_btf:inet_sock_set_state"),
+            ("recv", "tp_btf:sock_recv_length"),
+            ("accept", "the connection's first read (recv)"),
+            ("arrival", "unavailable (no sock:sk_data_ready: 6.4+)"),
+            ("fork", "tracepoint:task:task_newtask"),
+        ]
+        .map(|(event, hook)| (event.to_owned(), hook.to_owned()));
+        assert_eq!(
+            hooks_summary(&hooks),
+            "leaktrace: hooks: 2 tp_btf, 1 tracepoint (--verbose lists each); accept: the \
+             connection's first read (recv); arrival: unavailable (no sock:sk_data_ready: 6.4+)"
         );
     }
 
@@ -691,7 +753,7 @@ mod tests {
     #[test]
     fn long_session_trend_and_forgotten_timelines() {
         let captured = Captured::default();
-        let mut reporter = TextReporter::new(captured.writer());
+        let mut reporter = TextReporter::new(captured.writer(), false);
         let mut report = final_report(Vec::new(), 0);
         report.unattributed = 0;
         report.dropped = Dropped {
@@ -722,7 +784,7 @@ mod tests {
     #[test]
     fn progress_line() {
         let captured = Captured::default();
-        let mut reporter = TextReporter::new(captured.writer());
+        let mut reporter = TextReporter::new(captured.writer(), false);
         let mut progress = progress();
         progress.dropped.finished = 1000;
         reporter.progress(&progress).unwrap();
