@@ -269,10 +269,21 @@ fn unread(bytes: u32, eof: bool) -> String {
     }
 }
 
-/// The finding's age; "at least" for a condition that already held when tracing started.
+/// How long the condition has held, in a sentence. Of one that already held when tracing
+/// started only that is known: the time since the start, its lower bound, would read as its
+/// age ("for at least 0.0s" when found at start).
+fn held_for(f: &Finding) -> String {
+    if f.age_at_least {
+        "since before tracing started".to_owned()
+    } else {
+        format!("for {}", duration(f.age))
+    }
+}
+
+/// The finding's age in the table, `>` marking a lower bound (held since before tracing).
 fn age(f: &Finding) -> String {
     if f.age_at_least {
-        format!("at least {}", duration(f.age))
+        format!(">{}", duration(f.age))
     } else {
         duration(f.age)
     }
@@ -280,32 +291,31 @@ fn age(f: &Finding) -> String {
 
 fn explanation(f: &Finding) -> String {
     match f.kind {
-        LeakKind::CloseWait => format!("{} for {}, never closed", f.state, age(f)),
+        LeakKind::CloseWait => format!("{} {}, never closed", f.state, held_for(f)),
         LeakKind::ShutWrUnread if f.age_at_least => format!(
-            "{}, shut down for writing before tracing started, {} for {}, fd still open",
+            "{}, shut down for writing before tracing started, {}, fd still open",
             f.state,
             unread(f.unread_bytes, f.eof_unread),
-            age(f)
         ),
         LeakKind::ShutWrUnread => format!(
-            "{}, shut down for writing; the peer then sent {} bytes{}, {} for {}, fd still open",
+            "{}, shut down for writing; the peer then sent {} bytes{}, {} {}, fd still open",
             f.state,
             f.bytes_after_shutdown,
             if f.eof_unread { " and its FIN" } else { "" },
             unread(f.unread_bytes, f.eof_unread),
-            age(f)
+            held_for(f)
         ),
         LeakKind::FdAfterClose => format!(
-            "{}, the connection is over, {}, fd still open for {}",
+            "{}, the connection is over, {}, fd still open {}",
             f.state,
             unread(f.unread_bytes, f.eof_unread),
-            age(f)
+            held_for(f)
         ),
         LeakKind::IdleHalfClosed => format!(
-            "{}, no data either way and no keepalive for {} since {} half-closed; its \
+            "{}, no data either way and no keepalive {} since {} half-closed; its \
              end-of-stream was never passed on",
             f.state,
-            age(f),
+            held_for(f),
             f.partner
                 .map_or_else(|| "its partner".to_owned(), |p| partner(&p))
         ),
@@ -636,10 +646,25 @@ mod tests {
                  CLOSE, shut down for writing; the peer then sent 6 bytes and its FIN, \
                  unread 0 + EOF for 2.3s, fd still open",
                 "LEAK  fd_after_close  pid 4242 (mailer) fd 7  ? <- 127.0.0.1:50412  \
-                 CLOSE, the connection is over, unread 5, fd still open for at least 2.3s",
+                 CLOSE, the connection is over, unread 5, fd still open since before tracing \
+                 started",
                 "RESOLVED close_wait pid 4242 fd ?  [::1]:8080 -- [::1]:50412  (closed)",
             ]
         );
+    }
+
+    #[test]
+    fn an_age_from_before_tracing_is_a_lower_bound() {
+        let mut present = finding();
+        present.kind = LeakKind::CloseWait;
+        present.state = tcp_state::name(tcp_state::CLOSE_WAIT);
+        present.age_at_least = true;
+        assert_eq!(
+            explanation(&present),
+            "CLOSE_WAIT since before tracing started, never closed"
+        );
+        let row = table(&[present]).pop().unwrap();
+        assert!(row.ends_with("  >2.3s"), "{row:?}");
     }
 
     #[test]
