@@ -546,14 +546,17 @@ fn describe(event: &Event, fd: Option<i32>) -> String {
             unread(receive.unread_bytes(), receive.eof_unread())
         );
     }
-    // The owner's own actions need no attribution; anything else ran in softirq or in another
-    // process (the peer, on loopback) on the socket's behalf.
+    // The owner's own actions need no attribution. What the kernel did on its own (a packet's
+    // state change, an arrival) ran in softirq, in whatever process the CPU was running (the
+    // peer, on loopback), which did not cause it; anything else another process did.
     if !event.in_owner_context && event.task.tgid != 0 {
-        let _ = write!(
-            text,
-            "  (not owner: pid {} {})",
-            event.task.tgid, event.task.comm
-        );
+        let (pid, comm) = (event.task.tgid, event.task.comm);
+        let _ = match event.kind {
+            EventKind::State { .. } | EventKind::Arrival | EventKind::Destroy => {
+                write!(text, "  (in the kernel, while pid {pid} {comm} ran)")
+            }
+            _ => write!(text, "  (by pid {pid} {comm}, not the owner)"),
+        };
     }
     text
 }
@@ -654,6 +657,35 @@ mod tests {
     }
 
     #[test]
+    fn events_not_of_the_owner_say_who_ran_them() {
+        use crate::decoder::Task;
+        use crate::timeline::tests::{event, key, state, OWNER};
+        let sock = key(0x1000, 1);
+        let peer = Task {
+            tgid: 5151,
+            tid: 5151,
+            comm: crate::decoder::Comm::new("curl"),
+        };
+        let mut packet = event(
+            sock,
+            0,
+            state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
+        );
+        (packet.task, packet.in_owner_context) = (peer, false);
+        assert!(describe(&packet, None).ends_with("(in the kernel, while pid 5151 curl ran)"));
+        let mut closed = event(sock, 0, EventKind::Close { time_wait: false });
+        (closed.task, closed.in_owner_context) = (peer, false);
+        assert!(describe(&closed, None).ends_with("(by pid 5151 curl, not the owner)"));
+        let own = event(sock, 0, EventKind::Close { time_wait: false });
+        assert_eq!(own.task.tgid, OWNER);
+        assert!(
+            !describe(&own, Some(7)).contains("pid"),
+            "{}",
+            describe(&own, Some(7))
+        );
+    }
+
+    #[test]
     fn an_age_from_before_tracing_is_a_lower_bound() {
         let mut present = finding();
         present.kind = LeakKind::CloseWait;
@@ -682,10 +714,11 @@ mod tests {
             "",
             "shut_wr_unread pid 4242 (mailer) fd 7  127.0.0.1:8080 <- 127.0.0.1:50412  \
              socket 0xffff888000001000:",
-            "  +0.000000s  SYN_RECV -> ESTABLISHED  (not owner: pid 5151 curl)",
+            "  +0.000000s  SYN_RECV -> ESTABLISHED  (in the kernel, while pid 5151 curl ran)",
             "  +0.000200s  accepted (fd 7)",
             "  +0.412000s  shutdown(fd 7, SHUT_WR) = 0  unread 0",
-            "  +0.500000s  peer data or FIN arrived  unread 6 + EOF  (not owner: pid 5151 curl)",
+            "  +0.500000s  peer data or FIN arrived  unread 6 + EOF  (in the kernel, while pid \
+             5151 curl ran)",
             "  +0.600000s  read() = 6  unread 0 + EOF",
             "  +0.700000s  close(fd 7)",
             "  +0.800000s  destroyed",
@@ -720,7 +753,7 @@ mod tests {
             [
                 "  its partner fd 5 (127.0.0.1:8080 <- 127.0.0.1:50400): its peer half-closed at \
                  +0.300000s",
-                "  +0.000000s  SYN_RECV -> ESTABLISHED  (not owner: pid 5151 curl)",
+                "  +0.000000s  SYN_RECV -> ESTABLISHED  (in the kernel, while pid 5151 curl ran)",
                 "  +0.000200s  accepted (fd 6)",
             ],
             "{lines:#?}"
