@@ -42,7 +42,9 @@ Exit status:
   8 an output failed: the report's reader closed it (e.g. `leaktrace --json | head -1`), or
     one asked for cannot be opened (--metrics address in use, --trace-out file not writable);
   run: the command's own status, 10 with --fail-on-leak when a leak was reported,
-  126/127 when the command cannot be executed / is not found";
+  126/127 when the command cannot be executed / is not found, or leaktrace's own status
+  above; its last line on stderr says whose status it is (`leaktrace: exit status 7 is
+  the command's: ...`; with --json, a record of type exit)";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -43,9 +43,14 @@ fn main() -> ExitCode {
             return ExitCode::from(error::exit_code::RUNTIME);
         }
     };
+    // Under run, leaktrace's own failures are told apart from the command's statuses.
+    let mut run_json = None;
     let result = match cli.command {
         Some(Command::Demo(args)) => runtime.block_on(demo::run(args)).map(|()| 0),
-        Some(Command::Run(args)) => runtime.block_on(run::run(args)),
+        Some(Command::Run(args)) => {
+            run_json = Some(args.common.json);
+            runtime.block_on(run::run(args))
+        }
         None => runtime.block_on(trace(cli.trace)).map(|()| 0),
     };
     match result {
@@ -53,6 +58,9 @@ fn main() -> ExitCode {
         Err(failure) => {
             // Not eprintln!, which panics when stderr is closed too (`2>&1 | head`).
             let _ = writeln!(io::stderr(), "leaktrace: error: {failure}");
+            if let Some(json) = run_json {
+                run::say_whose(json, failure.exit_code(), "leaktrace", "the error above");
+            }
             ExitCode::from(failure.exit_code())
         }
     }

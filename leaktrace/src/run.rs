@@ -1,8 +1,9 @@
 //! `leaktrace run -- CMD`: starts CMD, traces it and every process it starts from their first
 //! instruction, and exits with CMD's status (or 10 with --fail-on-leak when a leak was
-//! reported): a test suite wrapped in it fails on leaked sockets.
+//! reported): a test suite wrapped in it fails on leaked sockets. Its last line on stderr
+//! always says whose status it exits with, as the command's codes and leaktrace's overlap.
 use std::{
-    io,
+    io::{self, Write as _},
     os::unix::process::ExitStatusExt as _,
     process::{ExitStatus, Stdio},
 };
@@ -23,6 +24,7 @@ const CANNOT_EXECUTE: u8 = 126;
 const NOT_FOUND: u8 = 127;
 
 pub async fn run(args: RunArgs) -> Result<u8, Failure> {
+    let json = args.common.json;
     let options = SessionOptions {
         follow_children: true,
         report_to_stderr: true,
@@ -43,10 +45,12 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         Ok(child) => child,
         Err(e) => {
             eprintln!("leaktrace: error: cannot run {}: {e}", args.command[0]);
-            return Ok(match e.kind() {
-                io::ErrorKind::NotFound => NOT_FOUND,
-                _ => CANNOT_EXECUTE,
-            });
+            let (status, why) = match e.kind() {
+                io::ErrorKind::NotFound => (NOT_FOUND, "the command was not found"),
+                _ => (CANNOT_EXECUTE, "the command could not be executed"),
+            };
+            say_whose(json, status, "command", why);
+            return Ok(status);
         }
     };
     let pid = child
@@ -75,11 +79,41 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         .context("waiting for the command")?;
     let report = session.finish()?;
     let leaks_reported = !report.open.is_empty() || report.leaks_resolved > 0;
+    let command = exit_status(status);
+    let how = match status.signal() {
+        Some(signal) => format!("was killed by signal {signal}"),
+        None => format!("exited with {command}"),
+    };
     Ok(if args.fail_on_leak && leaks_reported {
+        say_whose(
+            json,
+            LEAKS_FOUND,
+            "leaktrace",
+            &format!("leaks were reported (--fail-on-leak); the command {how}"),
+        );
         LEAKS_FOUND
     } else {
-        exit_status(status)
+        say_whose(json, command, "command", &format!("the command {how}"));
+        command
     })
+}
+
+/// The last line of a run: the status leaktrace exits with, and whose it is (`whose`: "command"
+/// or "leaktrace"), as a JSON record with `--json`.
+pub fn say_whose(json: bool, status: u8, whose: &str, why: &str) {
+    let line = if json {
+        serde_json::json!({"type": "exit", "status": status, "whose": whose, "why": why})
+            .to_string()
+    } else {
+        let whose = if whose == "command" {
+            "the command's"
+        } else {
+            "leaktrace's own"
+        };
+        format!("leaktrace: exit status {status} is {whose}: {why}")
+    };
+    // Not eprintln!, which panics when stderr is closed.
+    let _ = writeln!(io::stderr(), "{line}");
 }
 
 /// SIGTERM and SIGHUP are usually sent to leaktrace alone (a supervisor, `timeout`, a closed

@@ -7,7 +7,7 @@ use leaktrace_tests::{
     close_wait_client, close_wait_server, is_root, run_client, run_leaktrace, skip, Family,
     Fixture, Leaktrace,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
 
@@ -94,6 +94,13 @@ fn run_reports_a_pool_leak_and_fails_on_request() -> Result<()> {
             "{context}"
         );
         assert_eq!(of_type(&lines, "summary").len(), 1, "{context}");
+        let exit = lines.last().expect("lines");
+        let whose = if fail_on_leak { "leaktrace" } else { "command" };
+        assert_eq!(
+            (&exit["type"], &exit["status"], &exit["whose"]),
+            (&json!("exit"), &json!(expected_status), &json!(whose)),
+            "the last line says whose status it is: {context}"
+        );
     }
     Ok(())
 }
@@ -132,8 +139,38 @@ fn run_passes_a_clean_command_status_through() -> Result<()> {
         run.stderr
     );
 
+    let exit = lines.last().expect("lines");
+    assert_eq!(
+        (&exit["type"], &exit["status"], &exit["whose"]),
+        (&json!("exit"), &json!(7), &json!("command")),
+        "{}",
+        run.stderr
+    );
+
     let missing = run_leaktrace(&["run", "--", "/nonexistent/command"])?;
     assert_eq!(missing.status.code(), Some(127), "{}", missing.stderr);
+    assert!(
+        missing
+            .stderr
+            .trim_end()
+            .ends_with("leaktrace: exit status 127 is the command's: the command was not found"),
+        "{}",
+        missing.stderr
+    );
+
+    // leaktrace's own failure (its metrics port taken) is never mistaken for the command's.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port().to_string();
+    let failed = run_leaktrace(&["run", "--metrics", &port, "--", FIXTURE, "clean-exit"])?;
+    assert_eq!(failed.status.code(), Some(8), "{}", failed.stderr);
+    assert!(
+        failed
+            .stderr
+            .trim_end()
+            .ends_with("leaktrace: exit status 8 is leaktrace's own: the error above"),
+        "{}",
+        failed.stderr
+    );
     Ok(())
 }
 

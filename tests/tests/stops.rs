@@ -134,9 +134,18 @@ fn run_passes_sigterm_and_sighup_on() -> Result<()> {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
+        // The summary, then the line that says the status is the command's.
+        let summary_then_exit = match lines.as_slice() {
+            [.., summary, exit] => {
+                summary["type"] == "summary"
+                    && exit["type"] == "exit"
+                    && exit["status"] == 128 + signal
+                    && exit["whose"] == "command"
+            }
+            _ => false,
+        };
         ensure!(
-            run.status.code() == Some(128 + signal)
-                && lines.last().is_some_and(|l| l["type"] == "summary"),
+            run.status.code() == Some(128 + signal) && summary_then_exit,
             "signal {signal}: expected the report and exit {}, got {}; stderr:\n{}",
             128 + signal,
             run.status,
