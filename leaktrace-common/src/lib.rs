@@ -172,6 +172,9 @@ pub struct KernelOffsets {
     pub sock_family: u32,
     pub sock_state: u32,
     pub sock_num: u32,
+    /// `inet_sock.inet_sport`, network order: the local port `getsockname` reports, kept once
+    /// a finished connection's `skc_num` is cleared with its port released.
+    pub inet_sport: u32,
     pub sock_dport: u32,
     pub sock_rcv_saddr: u32,
     pub sock_daddr: u32,
@@ -259,6 +262,7 @@ impl Config {
             sock_family: 0,
             sock_state: 0,
             sock_num: 0,
+            inet_sport: 0,
             sock_dport: 0,
             sock_rcv_saddr: 0,
             sock_daddr: 0,

@@ -130,9 +130,17 @@ impl Sock {
         protocol == IPPROTO_TCP
     }
 
+    /// The bound port, else (a finished connection whose port the kernel released, its fd
+    /// still held) the one `getsockname` still reports.
     #[inline(always)]
     pub fn local_port<R: Reader>(self) -> u16 {
-        R::read(self.0, config!(kernel.sock_num))
+        match R::read::<u16>(self.0, config!(kernel.sock_num)) {
+            // Past `struct sock`, so read through the TCP view the verifier knows the size of.
+            0 => R::tcp_sock(self).map_or(0, |tcp| {
+                u16::from_be(R::read(tcp, config!(kernel.inet_sport)))
+            }),
+            port => port,
+        }
     }
 
     #[inline(always)]

@@ -412,10 +412,25 @@ fn shut_wr_unread_before_tracing() -> Result<()> {
     assert_eq!(f["kind"], "shut_wr_unread", "{report}");
     assert_eq!(f["pid"], server.pid(), "{report}");
     assert_eq!(f["fd"], accepted.fd, "{report}");
+    // The kernel released the port with the connection; the socket still knows it.
+    assert_eq!(f["local"], Family::V4.endpoint(server.port()), "{report}");
+    assert_eq!(f["remote"], accepted.peer.as_str(), "{report}");
+    assert_eq!(f["direction"], "in", "{report}");
     assert_eq!(f["state"], "CLOSE", "{report}");
     assert_eq!(f["unread_bytes"], LATE_BYTES, "{report}");
     assert_eq!(f["eof_unread"], true, "{report}");
+    assert_eq!(
+        f["bytes_after_shutdown"],
+        Value::Null,
+        "the shutdown came before tracing: what followed it is unknown\n{report}"
+    );
     assert_eq!(f["age_at_least"], true, "{report}");
+    let remote = only_remote(&report);
+    assert_eq!(
+        (&remote["remote"], &remote["direction"]),
+        (&json!("127.0.0.1"), &json!("in")),
+        "counted as accepted from the client's host, not as a connection to its port\n{report}"
+    );
     assert!(
         timeline(f)
             .iter()
@@ -959,7 +974,9 @@ fn assert_fd_after_close<'a>(
     assert_eq!(f["pid"], server.pid(), "{report}");
     assert_eq!(f["comm"], comm(server.pid())?.as_str(), "{report}");
     assert_eq!(f["fd"], accepted.fd, "{report}");
+    assert_eq!(f["local"], Family::V4.endpoint(server.port()), "{report}");
     assert_eq!(f["remote"], accepted.peer.as_str(), "{report}");
+    assert_eq!(f["direction"], "in", "{report}");
     assert_eq!(f["state"], "CLOSE", "{report}");
     assert_eq!(f["unread_bytes"], unread, "{report}");
     assert_eq!(f["eof_unread"], false, "a reset carries no FIN\n{report}");

@@ -108,7 +108,9 @@ pub struct Finding {
     pub state: &'static str,
     pub unread_bytes: u32,
     pub eof_unread: bool,
-    pub bytes_after_shutdown: u32,
+    /// Data the peer sent after the owner's shutdown; `None` when tracing did not see the
+    /// shutdown (none, or before tracing started): what arrived after it is unknown.
+    pub bytes_after_shutdown: Option<u32>,
     /// How long the condition has held.
     pub age: Duration,
     /// The condition already held when tracing started: `age` is a lower bound.
@@ -438,11 +440,12 @@ fn finding(
     let comm = store.comm(owner.tgid).unwrap_or_else(|| "?".into());
     let timeline = store.get(&key)?;
     let latest = timeline.receive().map(|r| r.value);
+    // Measured from tracing's start for a shutdown that predates it: not what followed it.
+    let shutdown_seen = timeline.write_shutdown().is_some_and(|s| !s.before_trace);
     let bytes_after_shutdown = shut_wr_unread::baseline(timeline)
+        .filter(|_| shutdown_seen)
         .zip(latest)
-        .map_or(0, |((_, at_shutdown), now)| {
-            shut_wr_unread::bytes_after_shutdown(&at_shutdown, &now)
-        });
+        .map(|((_, at_shutdown), now)| shut_wr_unread::bytes_after_shutdown(&at_shutdown, &now));
     Some(Finding {
         kind,
         sock: key,
@@ -718,7 +721,7 @@ mod tests {
         assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
         assert_eq!(finding.unread_bytes, 6);
         assert!(finding.eof_unread);
-        assert_eq!(finding.bytes_after_shutdown, 6);
+        assert_eq!(finding.bytes_after_shutdown, Some(6));
         assert_eq!(finding.age, Duration::from_secs(1));
     }
 
@@ -742,7 +745,7 @@ mod tests {
                     finding.eof_unread,
                     finding.bytes_after_shutdown
                 ),
-                (0, true, 6),
+                (0, true, Some(6)),
                 "copied_seq {copied_after_read}"
             );
 
@@ -874,7 +877,7 @@ mod tests {
         store.insert(event(SOCK, 100 * MS, shutdown));
         peer_sends_and_closes(&mut store, 6);
         let finding = the_leak(&mut detectors, &mut store, 1200 * MS);
-        assert_eq!(finding.bytes_after_shutdown, 6);
+        assert_eq!(finding.bytes_after_shutdown, Some(6));
     }
 
     #[test]
@@ -920,7 +923,7 @@ mod tests {
                 finding.eof_unread,
                 finding.bytes_after_shutdown
             ),
-            (0, true, 0)
+            (0, true, Some(0))
         );
         // Not a close_wait leak: the socket never was in CLOSE_WAIT.
         assert_eq!(finding.kind, LeakKind::ShutWrUnread);
@@ -956,7 +959,7 @@ mod tests {
         let finding = the_leak(&mut detectors, &mut store, 1400 * MS);
         assert_eq!(
             (finding.unread_bytes, finding.bytes_after_shutdown),
-            (4, 10)
+            (4, Some(10))
         );
         assert!(!finding.eof_unread);
     }

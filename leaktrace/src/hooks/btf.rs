@@ -50,6 +50,7 @@ impl KernelBtf {
             sock_family: off("sock", "__sk_common.skc_family")?,
             sock_state: off("sock", "__sk_common.skc_state")?,
             sock_num: off("sock", "__sk_common.skc_num")?,
+            inet_sport: off("inet_sock", "inet_sport")?,
             sock_dport: off("sock", "__sk_common.skc_dport")?,
             sock_rcv_saddr: off("sock", "__sk_common.skc_rcv_saddr")?,
             sock_daddr: off("sock", "__sk_common.skc_daddr")?,
@@ -224,6 +225,8 @@ mod tests {
         assert!(offsets.tcp_copied_seq > offsets.sock_receive_qlen);
         assert_eq!(offsets.sock_done_bit, 1);
         assert!(offsets.sock_socket > offsets.sock_flags);
+        // inet_sock opens with its struct sock.
+        assert!(offsets.inet_sport > offsets.sock_socket);
         assert!(btf.has_function("inet_csk_accept"));
         // struct sock *inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg), 6.10+.
         assert_eq!(btf.parameter_count("inet_csk_accept"), Some(2));

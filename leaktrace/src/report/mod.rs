@@ -241,7 +241,7 @@ mod tests {
             state: tcp_state::name(tcp_state::CLOSE),
             unread_bytes: 0,
             eof_unread: true,
-            bytes_after_shutdown: 6,
+            bytes_after_shutdown: Some(6),
             age: Duration::from_millis(2300),
             age_at_least: false,
             timeline: vec![
@@ -282,7 +282,7 @@ mod tests {
             accepted: Some(false),
             state: tcp_state::name(tcp_state::ESTABLISHED),
             eof_unread: false,
-            bytes_after_shutdown: 0,
+            bytes_after_shutdown: None,
             age: Duration::from_secs(61),
             timeline: finding().timeline[..2].to_vec(),
             partner: Some(Partner {

@@ -300,7 +300,7 @@ fn explanation(f: &Finding) -> String {
         LeakKind::ShutWrUnread => format!(
             "{}, shut down for writing; the peer then sent {} bytes{}, {} {}, fd still open",
             f.state,
-            f.bytes_after_shutdown,
+            f.bytes_after_shutdown.unwrap_or_default(),
             if f.eof_unread { " and its FIN" } else { "" },
             unread(f.unread_bytes, f.eof_unread),
             held_for(f)
