@@ -137,6 +137,8 @@ pub struct Timeline {
     last_ns: u64,
     /// The other socket of the proxied pair, whose peer half-closed.
     partner: Option<Partner>,
+    /// See [`Self::partner_let_go`].
+    partner_let_go: bool,
     /// This socket's peer half-closed, and its pair's other socket was looked for (found or
     /// not): nothing more to look for.
     paired: bool,
@@ -421,6 +423,18 @@ impl Timeline {
         !self.closed() && !self.destroyed() && !self.owner_exited()
     }
 
+    /// Its peer half-closed and its owner still holds it without having closed or shut it
+    /// down: the end-of-stream is not handled (yet).
+    fn end_of_stream_unanswered(&self) -> bool {
+        self.close_wait_entered && self.live() && self.write_shutdown.is_none()
+    }
+
+    /// The owner closed or shut down the half-closed partner after pairing: it handled the
+    /// end-of-stream, which a proxy then need not pass on.
+    pub fn partner_let_go(&self) -> bool {
+        self.partner_let_go
+    }
+
     /// The states in which a connection can sit idle with nothing to end it.
     fn may_idle(&self) -> bool {
         matches!(
@@ -525,9 +539,6 @@ pub struct Store {
     /// a map holding them would scatter each over its whole table, a cache miss per event.
     stories: Vec<(SockKey, Story)>,
     story_index: FxHashMap<SockKey, u32>,
-    /// Sockets without a timeline whose peer half-closed, for the next pairing to look at once
-    /// (see [`Self::pair_half_closed`]).
-    story_half_closes: Vec<HalfClosed>,
     /// Exits not yet applied to the timelines: one pass over them per evaluation, not per exit,
     /// as on a busy host every process's exit is a record.
     exits: FxHashMap<u32, u64>,
@@ -562,7 +573,6 @@ impl Store {
             staged: Vec::new(),
             stories: Vec::new(),
             story_index: FxHashMap::default(),
-            story_half_closes: Vec::new(),
             exits: FxHashMap::default(),
             activity_sampled_ns: None,
             activity_failed: false,
@@ -637,13 +647,9 @@ impl Store {
             story.learn(event);
         }
         // Ended: a record's later events (the state change a close made) come after its end.
-        for (sock, story) in stories.drain(..) {
-            if let Some(half_closed) = story.half_closed(sock) {
-                self.story_half_closes.push(half_closed);
-            }
-            self.sockets_seen += 1;
-            self.dropped.finished += 1;
-        }
+        self.sockets_seen += stories.len() as u64;
+        self.dropped.finished += stories.len() as u64;
+        stories.clear();
         index.clear();
         staged.clear();
         self.stories = stories;
@@ -941,8 +947,28 @@ impl Store {
     fn wants_activity(timeline: &Timeline, now_ns: u64) -> bool {
         timeline.partner.is_some_and(|p| {
             now_ns.saturating_sub(p.half_closed_ns) >= ACTIVITY_AFTER_HALF_CLOSE_NS
-        }) && timeline.live()
+        }) && !timeline.partner_let_go
+            && timeline.live()
             && timeline.may_idle()
+    }
+
+    /// Marks the sockets whose half-closed partner the owner has since closed or shut down
+    /// (or that is gone from memory): its end-of-stream was handled after all.
+    fn note_partners_let_go(&mut self) {
+        let let_go: Vec<SockKey> = (self.timelines.iter())
+            .filter(|(_, t)| !t.partner_let_go)
+            .filter_map(|(key, t)| {
+                let partner = t.partner?;
+                let held = (self.timelines.get(&partner.sock))
+                    .is_some_and(|p| p.end_of_stream_unanswered());
+                (!held).then_some(*key)
+            })
+            .collect();
+        for key in let_go {
+            if let Some(timeline) = self.timelines.get_mut(&key) {
+                timeline.partner_let_go = true;
+            }
+        }
     }
 
     /// For each socket whose peer half-closed, the socket of the same owner opened closest to it
@@ -950,9 +976,12 @@ impl Store {
     /// for until the window has passed, as the proxy may open the other socket only after the
     /// half-close (the client sent its request and its FIN at once).
     fn pair_half_closed(&mut self, now_ns: u64) {
-        let mut half_closed = std::mem::take(&mut self.story_half_closes);
-        half_closed.extend(self.timelines.iter().filter(|(_, t)| !t.paired).filter_map(
-            |(key, t)| {
+        self.note_partners_let_go();
+        // Only a half-closed socket its owner still holds: one it closed (or shut down for
+        // good) had its end-of-stream handled, as a proxy's pool does with a finished client.
+        let half_closed: Vec<HalfClosed> = (self.timelines.iter())
+            .filter(|(_, t)| !t.paired && t.end_of_stream_unanswered())
+            .filter_map(|(key, t)| {
                 let half_closed_ns = t.close_wait_since.filter(|_| t.close_wait_entered)?;
                 let owner = t.owner()?;
                 let opened = t.opened?;
@@ -969,8 +998,8 @@ impl Store {
                     opened,
                     partner,
                 })
-            },
-        ));
+            })
+            .collect();
         if half_closed.is_empty() {
             return;
         }
@@ -1159,60 +1188,23 @@ impl Retired {
     }
 }
 
-/// What is kept of a socket that never gets a timeline: for the counts, and for pairing it
-/// should its peer have half-closed.
+/// What is kept of a socket that never gets a timeline: what the counts need. Its story ended
+/// (closed, destroyed or taken by an untraced process) within one read, so it can be no
+/// leak, nor the half-closed side of an `idle_half_closed` pair, whose half-closed side is
+/// still held.
 #[derive(Debug, Default)]
 struct Story {
     tally: stats::Tally,
-    owner: Option<u32>,
-    opened: Option<Opened>,
-    half_closed_ns: Option<u64>,
-    local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
 }
 
 impl Story {
     fn learn(&mut self, event: &Event) {
-        self.owner = event.owner.map(|o| o.tgid).or(self.owner);
         // Written once: a 32-byte copy per event, read back at the next one, is a store the
         // CPU cannot forward, and most of what a socket without a timeline costs.
-        if self.local.is_none() {
-            self.local = event.local;
-        }
         if self.remote.is_none() {
             self.remote = event.remote;
         }
-        // As the timeline's rebuilt opening would have it (see [`Event::opening`]).
-        if let Some(accepted) = event.opened_accepted() {
-            self.opened.get_or_insert(Opened {
-                ts_ns: event.sock.born_ns,
-                accepted,
-            });
-        }
-        if let EventKind::State {
-            new: tcp_state::CLOSE_WAIT,
-            ..
-        } = event.kind
-        {
-            self.half_closed_ns.get_or_insert(event.ts_ns);
-        }
-    }
-
-    /// The socket as a proxied pair's half-closed side, if its peer half-closed.
-    fn half_closed(&self, sock: SockKey) -> Option<HalfClosed> {
-        let opened = self.opened?;
-        Some(HalfClosed {
-            owner: self.owner?,
-            opened,
-            partner: Partner {
-                sock,
-                fd: None,
-                local: self.local,
-                remote: self.remote,
-                accepted: opened.accepted,
-                half_closed_ns: self.half_closed_ns?,
-            },
-        })
     }
 }
 

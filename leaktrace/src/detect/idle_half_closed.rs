@@ -2,7 +2,9 @@
 //! end-of-stream on: the other socket stays open, silent, with no timer that would ever end it.
 //!
 //! An idle connection alone is no leak (pools keep them by design); what makes it one is its
-//! pair's other socket having half-closed when this one fell silent. A socket whose own peer
+//! pair's other socket having half-closed when this one fell silent, and the proxy still
+//! holding that half-closed socket without having closed or shut it down. Once it did, it
+//! handled the end-of-stream: a pool keeps the other connection for the next client. A socket whose own peer
 //! half-closed is in CLOSE_WAIT, `close_wait`'s, and one holding unconsumed data after its
 //! owner's shutdown is `shut_wr_unread`'s: this class gives way to both.
 
@@ -22,6 +24,11 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
     let Some(partner) = timeline.partner() else {
         return Verdict::Clear { how: "traffic" };
     };
+    if timeline.partner_let_go() {
+        return Verdict::Clear {
+            how: "partner closed",
+        };
+    }
     match timeline.state() {
         Some(tcp_state::ESTABLISHED | tcp_state::FIN_WAIT2) => {}
         Some(tcp_state::CLOSE_WAIT) => return Verdict::Clear { how: "superseded" },
@@ -63,7 +70,7 @@ mod tests {
 
     use leaktrace_common::tcp_state::*;
 
-    use super::super::tests::{leaks, the_leak, MS};
+    use super::super::tests::{leaks, MS};
     use super::super::{Detectors, LeakKind, Outcome};
     use crate::activity::{KernelTimer, Sample, Wanted};
     use crate::decoder::{Event, EventKind, Owner, SockKey};
@@ -172,8 +179,8 @@ mod tests {
         )));
     }
 
-    /// The client half-closes at `fin_ms`; the proxy closes its side at once (incident 2: the
-    /// client's 'close' is handled, its end-of-stream never forwarded).
+    /// The client half-closes at `fin_ms`, and the proxy keeps its socket (incident 2: Node's
+    /// `allowHalfOpen`, no 'end' handler): the end-of-stream is never handled.
     fn client_half_closes(store: &mut Store, fin_ms: u64) {
         let (proxy, client) = ("127.0.0.1:8080", "127.0.0.1:50400");
         store.insert(from_peer(on(
@@ -183,14 +190,34 @@ mod tests {
             proxy,
             client,
         )));
-        store.insert(on(CLIENT, fin_ms + 1, RELEASE, proxy, client));
+    }
+
+    /// The proxy closes its half-closed client at `close_ms`: the end-of-stream was handled,
+    /// as a pool does once it answered its client.
+    fn proxy_closes_client(store: &mut Store, close_ms: u64) {
+        let (proxy, client) = ("127.0.0.1:8080", "127.0.0.1:50400");
+        store.insert(on(CLIENT, close_ms, RELEASE, proxy, client));
         store.insert(on(
             CLIENT,
-            fin_ms + 1,
+            close_ms,
             state(CLOSE_WAIT, LAST_ACK),
             proxy,
             client,
         ));
+    }
+
+    /// The idle class's outcomes only: the client socket the proxy holds in CLOSE_WAIT is
+    /// `close_wait`'s, reported on its own.
+    fn idle(detectors: &mut Detectors, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
+        let is_idle = |o: &Outcome| match o {
+            Outcome::Leak(f) => f.kind == LeakKind::IdleHalfClosed,
+            Outcome::Resolved(r) => r.kind == LeakKind::IdleHalfClosed,
+        };
+        detectors
+            .evaluate(store, now_ns)
+            .into_iter()
+            .filter(is_idle)
+            .collect()
     }
 
     #[test]
@@ -198,21 +225,24 @@ mod tests {
         let (kernel, mut store, mut detectors) = proxy();
         proxied_pair(&mut store, 110);
         // Nothing to ask the kernel about before a half-close.
-        assert!(detectors.evaluate(&mut store, 400 * MS).is_empty());
+        assert!(idle(&mut detectors, &mut store, 400 * MS).is_empty());
         assert_eq!(kernel.reads(), 0);
 
         // The last bytes were forwarded upstream just after the client's FIN.
         client_half_closes(&mut store, 500);
         // Not asked so soon after the half-close: a proxy under load would be passing the
         // end-of-stream on and closing, and the answer costs a look through /proc.
-        assert!(detectors.evaluate(&mut store, 600 * MS).is_empty());
+        assert!(idle(&mut detectors, &mut store, 600 * MS).is_empty());
         assert_eq!(kernel.reads(), 0);
         kernel.quiet_since(505, 1500, None);
-        assert!(detectors.evaluate(&mut store, 1500 * MS).is_empty());
+        assert!(idle(&mut detectors, &mut store, 1500 * MS).is_empty());
         assert_eq!(kernel.reads(), 1);
         kernel.quiet_since(505, 3504, None);
-        assert!(detectors.evaluate(&mut store, 3504 * MS).is_empty());
-        let finding = the_leak(&mut detectors, &mut store, 3506 * MS);
+        assert!(idle(&mut detectors, &mut store, 3504 * MS).is_empty());
+        let outcomes = idle(&mut detectors, &mut store, 3506 * MS);
+        let [finding] = leaks(&outcomes)[..] else {
+            panic!("expected one leak: {outcomes:?}");
+        };
         assert_eq!(finding.kind, LeakKind::IdleHalfClosed);
         assert_eq!((finding.pid, finding.fd), (OWNER, Some(6)));
         assert_eq!(
@@ -223,6 +253,7 @@ mod tests {
         assert_eq!(finding.state, "ESTABLISHED");
         assert_eq!(finding.age, Duration::from_millis(3001));
         let partner = finding.partner.expect("the partner is named");
+        // Still held: the proxy never closed it.
         assert_eq!((partner.sock, partner.fd), (CLIENT, Some(5)));
         assert!(partner.accepted, "the proxy accepted its client");
         assert_eq!(partner.remote, addr("127.0.0.1:50400"));
@@ -230,7 +261,7 @@ mod tests {
 
         // Data again (the proxy finally forwards the end, or the upstream speaks): resolved.
         kernel.quiet_since(4400, 4600, None);
-        let outcomes = detectors.evaluate(&mut store, 4600 * MS);
+        let outcomes = idle(&mut detectors, &mut store, 4600 * MS);
         let [Outcome::Resolved(resolved)] = &outcomes[..] else {
             panic!("expected a resolution: {outcomes:?}");
         };
@@ -241,12 +272,46 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_that_closed_its_finished_client_is_no_leak() {
+        // nginx with upstream keepalive: the client closes, nginx closes its side at once, the
+        // upstream connection waits in the pool, silent, by design.
+        let (kernel, mut store, mut detectors) = proxy();
+        proxied_pair(&mut store, 110);
+        client_half_closes(&mut store, 500);
+        proxy_closes_client(&mut store, 501);
+        for now_ms in [600, 1600, 3600, 60_000] {
+            kernel.quiet_since(505, now_ms, None);
+            assert!(detectors.evaluate(&mut store, now_ms * MS).is_empty());
+        }
+        assert_eq!(
+            kernel.reads(),
+            0,
+            "nothing to sample for a handled end-of-stream"
+        );
+    }
+
+    #[test]
+    fn closing_the_half_closed_client_later_resolves_the_finding() {
+        let (kernel, mut store, mut detectors) = proxy();
+        proxied_pair(&mut store, 110);
+        client_half_closes(&mut store, 500);
+        kernel.quiet_since(505, 3600, None);
+        assert_eq!(leaks(&idle(&mut detectors, &mut store, 3600 * MS)).len(), 1);
+        proxy_closes_client(&mut store, 4000);
+        let outcomes = idle(&mut detectors, &mut store, 4100 * MS);
+        let [Outcome::Resolved(resolved)] = &outcomes[..] else {
+            panic!("expected a resolution: {outcomes:?}");
+        };
+        assert_eq!(resolved.how, "partner closed");
+    }
+
+    #[test]
     fn without_an_inode_the_sample_is_found_by_addresses() {
         let (kernel, mut store, mut detectors) = proxy();
         proxied_pair_with(&mut store, 110, None);
         client_half_closes(&mut store, 500);
         kernel.quiet_since(505, 3600, None);
-        let outcomes = detectors.evaluate(&mut store, 3600 * MS);
+        let outcomes = idle(&mut detectors, &mut store, 3600 * MS);
         assert_eq!(leaks(&outcomes)[0].fd, Some(6));
     }
 
@@ -257,7 +322,7 @@ mod tests {
         proxied_pair_with(&mut store, 110, Some(UPSTREAM_INO + 1));
         client_half_closes(&mut store, 500);
         kernel.quiet_since(505, 3600, None);
-        assert!(detectors.evaluate(&mut store, 3600 * MS).is_empty());
+        assert!(idle(&mut detectors, &mut store, 3600 * MS).is_empty());
     }
 
     #[test]
@@ -268,7 +333,7 @@ mod tests {
             client_half_closes(&mut store, 500);
             for now_ms in [600, 1600, 2600, 3600, 60_000] {
                 kernel.quiet_since(505, now_ms, Some(timer));
-                assert!(detectors.evaluate(&mut store, now_ms * MS).is_empty());
+                assert!(idle(&mut detectors, &mut store, now_ms * MS).is_empty());
             }
         }
     }
@@ -282,7 +347,7 @@ mod tests {
         client_half_closes(&mut store, 500);
         for now_ms in [600, 1600, 2600, 3600, 60_000] {
             kernel.quiet_since(1700, now_ms.max(1700), None);
-            assert!(detectors.evaluate(&mut store, now_ms * MS).is_empty());
+            assert!(idle(&mut detectors, &mut store, now_ms * MS).is_empty());
         }
     }
 
@@ -295,7 +360,7 @@ mod tests {
         client_half_closes(&mut store, 10_500);
         kernel.quiet_since(10_505, 60_000, None);
         for now_ms in [10_600, 13_000, 60_000] {
-            assert!(detectors.evaluate(&mut store, now_ms * MS).is_empty());
+            assert!(idle(&mut detectors, &mut store, now_ms * MS).is_empty());
         }
         assert_eq!(kernel.reads(), 0);
     }
@@ -310,7 +375,7 @@ mod tests {
         store.insert(event(other, 105 * MS, ACCEPT));
         client_half_closes(&mut store, 500);
         for now_ms in [600, 3600, 60_000] {
-            assert!(detectors.evaluate(&mut store, now_ms * MS).is_empty());
+            assert!(idle(&mut detectors, &mut store, now_ms * MS).is_empty());
         }
         assert_eq!(kernel.reads(), 0);
     }
@@ -321,7 +386,7 @@ mod tests {
         proxied_pair(&mut store, 110);
         client_half_closes(&mut store, 500);
         kernel.quiet_since(505, 3600, None);
-        let outcomes = detectors.evaluate(&mut store, 3600 * MS);
+        let outcomes = idle(&mut detectors, &mut store, 3600 * MS);
         assert_eq!(leaks(&outcomes)[0].kind, LeakKind::IdleHalfClosed);
 
         // The upstream gives up and closes; the proxy never closes its socket.
@@ -329,7 +394,7 @@ mod tests {
         fin.local = addr("127.0.0.1:41000");
         fin.remote = addr("127.0.0.1:9000");
         store.insert(fin);
-        let outcomes = detectors.evaluate(&mut store, 4100 * MS);
+        let outcomes = idle(&mut detectors, &mut store, 4100 * MS);
         let [Outcome::Resolved(resolved)] = &outcomes[..] else {
             panic!("expected a resolution: {outcomes:?}");
         };

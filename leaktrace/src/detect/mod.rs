@@ -254,7 +254,14 @@ impl Detectors {
         matured.sort_unstable();
         // The kernel side names each socket's file, not its fd: /proc says which fd holds it,
         // or that another process does, or nobody (closed among lost records).
-        let keys: Vec<SockKey> = matured.iter().map(|(_, (key, _))| *key).collect();
+        // So does the half-closed partner an idle_half_closed finding names, which the owner
+        // still holds.
+        let partners = matured.iter().filter_map(|(_, (key, kind))| {
+            (*kind == LeakKind::IdleHalfClosed).then(|| store.get(key)?.partner())?
+        });
+        let keys: Vec<SockKey> = (matured.iter().map(|(_, (key, _))| *key))
+            .chain(partners.map(|p| p.sock))
+            .collect();
         store.resolve_fds(&keys, now_ns);
         for (since, (key, kind)) in matured {
             if store.get(&key).is_none_or(|t| ended(t).is_some()) {
@@ -466,7 +473,13 @@ fn finding(
         elided: timeline.elided(),
         partner: timeline
             .partner()
-            .filter(|_| kind == LeakKind::IdleHalfClosed),
+            .filter(|_| kind == LeakKind::IdleHalfClosed)
+            .map(|partner| Partner {
+                fd: (store.get(&partner.sock))
+                    .and_then(|p| p.owner()?.fd)
+                    .or(partner.fd),
+                ..partner
+            }),
     })
 }
 

@@ -52,18 +52,20 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
   scm-server                         accepts one connection, passes its fd over a unix socket
                                      (SCM_RIGHTS) to a child process, closes its own copy
   scm-receiver --fd N                receives an fd over the unix socket N and holds it forever
-  proxy --port P [--keepalive] [--propagate]
+  proxy --port P [--keepalive] [--propagate] [--hold-half-closed]
                                      pipe each client to the upstream at port P both ways; when
-                                     the client half-closes, close its side and never pass the
-                                     end-of-stream upstream: the upstream connection stays
-                                     ESTABLISHED and silent (incident 2). --keepalive: with
+                                     the client half-closes, close its side and keep the upstream
+                                     connection, ESTABLISHED and silent (a pool's shape);
+                                     --hold-half-closed: keep the client's socket too, its
+                                     end-of-stream never handled (incident 2). --keepalive: with
                                      SO_KEEPALIVE upstream; --propagate: well-behaved, pass each
                                      end-of-stream on (shutdown SHUT_WR) and close both after
   client --port P [--read-line] [--send BYTES] [--wait-eof] [--echo] [--wait-close]
-         [--half-close] [--pause-ms MS] [--reset] [--conns N] [--concurrency C]
+         [--half-close [--leave]] [--pause-ms MS] [--reset] [--conns N] [--concurrency C]
                                      per connection: connect, [read the server's first line],
                                      [read to EOF], send BYTES, [read them back], [read to
-                                     EOF], [shutdown(SHUT_WR) and read to EOF], wait MS, close
+                                     EOF], [shutdown(SHUT_WR) and read to EOF, or with --leave
+                                     not wait for it], wait MS, close
                                      (--reset: abort with a RST instead of a FIN)";
 
 /// What an SMTP client sends after the server rejected it (incident 3); repeated to any length.
@@ -107,6 +109,8 @@ struct Opts {
     read_line: bool,
     wait_close: bool,
     half_close: bool,
+    leave: bool,
+    hold_half_closed: bool,
     reset: bool,
     close_first: bool,
     keepalive: bool,
@@ -135,6 +139,8 @@ impl Opts {
             read_line: false,
             wait_close: false,
             half_close: false,
+            leave: false,
+            hold_half_closed: false,
             reset: false,
             close_first: false,
             keepalive: false,
@@ -156,6 +162,8 @@ impl Opts {
                 "--read-line" => o.read_line = true,
                 "--wait-close" => o.wait_close = true,
                 "--half-close" => o.half_close = true,
+                "--leave" => o.leave = true,
+                "--hold-half-closed" => o.hold_half_closed = true,
                 "--keepalive" => o.keepalive = true,
                 "--propagate" => o.propagate = true,
                 "--reset" => o.reset = true,
@@ -393,9 +401,11 @@ fn connection(o: &Opts) -> Result<()> {
     }
     if o.half_close {
         stream.shutdown(Shutdown::Write).context("shutdown")?;
-        stream
-            .read_to_end(&mut Vec::new())
-            .context("waiting for the server's end after the half-close")?;
+        if !o.leave {
+            stream
+                .read_to_end(&mut Vec::new())
+                .context("waiting for the server's end after the half-close")?;
+        }
     }
     thread::sleep(o.pause);
     if o.reset {
@@ -404,9 +414,11 @@ fn connection(o: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// Incident 2's proxy, as its Node.js code did it: `from.on('data', c => to.write(c))` both
-/// ways, and the client's end closes the client's side only (`destroy`), never `end`s the
-/// upstream. Each connection is piped on a thread of its own, which owns both sockets.
+/// A proxy that pipes `from.on('data', c => to.write(c))` both ways and never `end`s the
+/// upstream. On its client's end it closes the client's side (a pool keeping the upstream
+/// connection), or with --hold-half-closed keeps it too (incident 2, Node's `allowHalfOpen`
+/// without an 'end' handler). Each connection is piped on a thread of its own, which owns both
+/// sockets.
 fn proxy(o: &Opts) -> Result<()> {
     ensure!(o.port != 0, "proxy needs --port (the upstream's)");
     let listener = o.listen()?;
@@ -422,18 +434,35 @@ fn proxy(o: &Opts) -> Result<()> {
             upstream.local_addr()?,
             client.as_raw_fd()
         );
-        let propagate = o.propagate;
+        let on_end = if o.propagate {
+            ClientEnd::Propagate
+        } else if o.hold_half_closed {
+            ClientEnd::Hold
+        } else {
+            ClientEnd::Close
+        };
         thread::spawn(move || {
-            if let Err(e) = pipe(client, upstream, propagate) {
+            if let Err(e) = pipe(client, upstream, on_end) {
                 eprintln!("proxy: {e}");
             }
         });
     }
 }
 
-/// Copies data both ways until the upstream ends. The client's end-of-stream closes the client's
-/// side, or with `propagate` is passed upstream; the upstream's end is passed to the client.
-fn pipe(client: TcpStream, mut upstream: TcpStream, propagate: bool) -> io::Result<()> {
+/// What the proxy does with its client's end-of-stream.
+#[derive(Clone, Copy)]
+enum ClientEnd {
+    /// Closes the client's socket and keeps the upstream connection.
+    Close,
+    /// Keeps the client's socket, half-closed, and does nothing else (incident 2).
+    Hold,
+    /// Passes it upstream (shutdown SHUT_WR).
+    Propagate,
+}
+
+/// Copies data both ways until the upstream ends. The client's end-of-stream is handled as
+/// `on_end` says; the upstream's end is passed to the client.
+fn pipe(client: TcpStream, mut upstream: TcpStream, on_end: ClientEnd) -> io::Result<()> {
     let mut client = Some(client);
     let mut client_readable = true;
     let mut buf = [0; 4096];
@@ -448,16 +477,20 @@ fn pipe(client: TcpStream, mut upstream: TcpStream, propagate: bool) -> io::Resu
         }
         if let (Some(from), Some(polled)) = (client.as_mut(), fds.get(1)) {
             if polled.revents != 0 {
-                match from.read(&mut buf)? {
-                    0 if propagate => {
+                match (from.read(&mut buf)?, on_end) {
+                    (0, ClientEnd::Propagate) => {
                         upstream.shutdown(Shutdown::Write)?;
                         client_readable = false;
                     }
-                    0 => {
+                    (0, ClientEnd::Hold) => {
+                        client_readable = false;
+                        println!("CLIENT HALF-CLOSED");
+                    }
+                    (0, ClientEnd::Close) => {
                         client = None;
                         println!("CLIENT CLOSED");
                     }
-                    n => upstream.write_all(&buf[..n])?,
+                    (n, _) => upstream.write_all(&buf[..n])?,
                 }
             }
         }
