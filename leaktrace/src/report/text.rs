@@ -466,18 +466,27 @@ fn timeline(f: &Finding) -> Vec<String> {
         f.sock.addr
     )];
     let start = f.timeline.first().map_or(0, |e| e.ts_ns);
-    // Microseconds: on loopback a whole connection lifecycle fits in a millisecond.
-    let offset = |ts_ns: u64| Duration::from_nanos(ts_ns.saturating_sub(start)).as_secs_f64();
+    // Microseconds: on loopback a whole connection lifecycle fits in a millisecond. Signed: a
+    // partner's half-close can come before this socket's first event (the proxy connected
+    // upstream after its client's request and FIN).
+    let offset = |ts_ns: u64| {
+        let (sign, ns) = if ts_ns >= start {
+            ('+', ts_ns - start)
+        } else {
+            ('-', start - ts_ns)
+        };
+        format!("{sign}{:.6}s", Duration::from_nanos(ns).as_secs_f64())
+    };
     if let Some(p) = &f.partner {
         lines.push(format!(
-            "  {}: its peer half-closed at +{:.6}s",
+            "  {}: its peer half-closed at {}",
             partner(p),
             offset(p.half_closed_ns)
         ));
     }
     lines.extend(f.timeline.iter().map(|event| {
         format!(
-            "  +{:.6}s  {}",
+            "  {}  {}",
             offset(event.ts_ns),
             describe(event, f.fd_of(event))
         )
@@ -756,6 +765,20 @@ mod tests {
                 "  +0.000000s  SYN_RECV -> ESTABLISHED  (in the kernel, while pid 5151 curl ran)",
                 "  +0.000200s  accepted (fd 6)",
             ],
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn a_half_close_before_the_first_event_is_before_it() {
+        let mut finding = idle_finding();
+        let first = finding.timeline[0].ts_ns;
+        if let Some(partner) = &mut finding.partner {
+            partner.half_closed_ns = first - 3_700_000;
+        }
+        let lines = timeline(&finding);
+        assert!(
+            lines[1].ends_with("its peer half-closed at -0.003700s"),
             "{lines:#?}"
         );
     }
