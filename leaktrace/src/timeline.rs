@@ -859,6 +859,21 @@ impl Store {
         }
     }
 
+    /// How many sockets `pid` holds in CLOSE_WAIT that it connected to `remote`: one is what a
+    /// client pool leaves of a keep-alive connection the server timed out, until its next use;
+    /// more, and growing, is sockets piling up.
+    pub fn close_waits_to(&self, pid: u32, remote: SocketAddr) -> u32 {
+        (self.timelines.values())
+            .filter(|t| {
+                t.live()
+                    && t.state() == Some(tcp_state::CLOSE_WAIT)
+                    && t.accepted() == Some(false)
+                    && t.remote() == Some(remote)
+                    && t.owner().is_some_and(|o| o.tgid == pid)
+            })
+            .count() as u32
+    }
+
     pub fn sockets_seen(&self) -> u64 {
         self.sockets_seen
     }

@@ -79,6 +79,10 @@ fn run_reports_a_pool_leak_and_fails_on_request() -> Result<()> {
         for leak in &leaks {
             assert_eq!(leak["kind"], "close_wait", "{context}");
             assert_eq!(leak["pid"], pool_pid, "{context}");
+            assert_eq!(
+                leak["close_waits_to_remote"], 2,
+                "both pooled connections to the one server: {context}"
+            );
             assert_eq!(leak["comm"], "leaktrace-fixtu", "{context}");
             assert!(
                 leak["timeline"].as_array().is_some_and(|t| t

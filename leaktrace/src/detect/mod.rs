@@ -120,6 +120,9 @@ pub struct Finding {
     pub elided: u64,
     /// `idle_half_closed` only: the other socket of the proxied pair, whose peer half-closed.
     pub partner: Option<Partner>,
+    /// `close_wait` of a connection the process made: how many it holds in CLOSE_WAIT to the
+    /// same remote, this one included (see [`Store::close_waits_to`]).
+    pub close_waits_to_remote: Option<u32>,
 }
 
 impl Finding {
@@ -453,6 +456,10 @@ fn finding(
         .filter(|_| shutdown_seen)
         .zip(latest)
         .map(|((_, at_shutdown), now)| shut_wr_unread::bytes_after_shutdown(&at_shutdown, &now));
+    let close_waits_to_remote = (kind == LeakKind::CloseWait && timeline.accepted() == Some(false))
+        .then(|| timeline.remote())
+        .flatten()
+        .map(|remote| store.close_waits_to(owner.tgid, remote));
     Some(Finding {
         kind,
         sock: key,
@@ -480,6 +487,7 @@ fn finding(
                     .or(partner.fd),
                 ..partner
             }),
+        close_waits_to_remote,
     })
 }
 
@@ -521,6 +529,44 @@ mod tests {
             panic!("expected one leak: {outcomes:?}");
         };
         finding.clone()
+    }
+
+    #[test]
+    fn a_client_close_wait_says_how_many_it_holds_to_that_server() {
+        // A pool's connections to one server, which timed them out; an accepted one apart.
+        let mut detectors = detectors();
+        let mut store = Store::default();
+        let server = "127.0.0.1:8000".parse().unwrap();
+        for (n, addr) in [(1, 0x1000), (2, 0x2000)] {
+            let sock = key(addr, n);
+            let mut connected = event(sock, n * MS, state(SYN_SENT, ESTABLISHED));
+            connected.remote = Some(server);
+            store.insert(connected);
+            let mut fin = from_peer(event(sock, 10 * MS, state(ESTABLISHED, CLOSE_WAIT)));
+            fin.remote = Some(server);
+            store.insert(fin);
+        }
+        let accepted = key(0x3000, 3);
+        store.insert(from_peer(event(
+            accepted,
+            3 * MS,
+            state(SYN_RECV, ESTABLISHED),
+        )));
+        store.insert(from_peer(event(
+            accepted,
+            10 * MS,
+            state(ESTABLISHED, CLOSE_WAIT),
+        )));
+        let outcomes = detectors.evaluate(&mut store, 1100 * MS);
+        let counts: Vec<(SockKey, Option<u32>)> = leaks(&outcomes)
+            .iter()
+            .map(|f| (f.sock, f.close_waits_to_remote))
+            .collect();
+        assert_eq!(counts.len(), 3, "{outcomes:?}");
+        for (sock, count) in counts {
+            let expected = if sock == accepted { None } else { Some(2) };
+            assert_eq!(count, expected, "{sock:?}");
+        }
     }
 
     fn kinds(outcomes: &[Outcome]) -> Vec<LeakKind> {

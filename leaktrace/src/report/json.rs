@@ -149,6 +149,7 @@ fn leak(finding: &Finding) -> Value {
             .collect::<Vec<_>>(),
         "timeline_elided": finding.elided,
         "partner": finding.partner.as_ref().map_or(Value::Null, partner),
+        "close_waits_to_remote": finding.close_waits_to_remote,
     })
 }
 
@@ -351,6 +352,7 @@ mod tests {
                 "timeline": null,
                 "timeline_elided": 0,
                 "partner": null,
+                "close_waits_to_remote": null,
             })
         );
         assert_eq!(

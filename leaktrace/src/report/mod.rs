@@ -269,6 +269,7 @@ mod tests {
             ],
             elided: 0,
             partner: None,
+            close_waits_to_remote: None,
         }
     }
 

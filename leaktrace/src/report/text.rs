@@ -291,7 +291,17 @@ fn age(f: &Finding) -> String {
 
 fn explanation(f: &Finding) -> String {
     match f.kind {
-        LeakKind::CloseWait => format!("{} {}, never closed", f.state, held_for(f)),
+        LeakKind::CloseWait => {
+            let pool = match f.close_waits_to_remote {
+                // A client pool keeps one per connection until its next use: not a pile.
+                Some(1) => "; the only one to this server: likely a pooled keep-alive \
+                            connection the server timed out, dropped at its next use"
+                    .to_owned(),
+                Some(n) => format!("; {n} held in CLOSE_WAIT to this server"),
+                None => String::new(),
+            };
+            format!("{} {}, never closed{pool}", f.state, held_for(f))
+        }
         LeakKind::ShutWrUnread if f.age_at_least => format!(
             "{}, shut down for writing before tracing started, {}, fd still open",
             f.state,
@@ -691,6 +701,26 @@ mod tests {
             !describe(&own, Some(7)).contains("pid"),
             "{}",
             describe(&own, Some(7))
+        );
+    }
+
+    #[test]
+    fn a_client_close_wait_says_whether_it_is_one_or_a_pile() {
+        let mut pooled = finding();
+        pooled.kind = LeakKind::CloseWait;
+        pooled.state = tcp_state::name(tcp_state::CLOSE_WAIT);
+        pooled.close_waits_to_remote = Some(1);
+        assert!(
+            explanation(&pooled).ends_with(
+                "never closed; the only one to this server: likely a pooled keep-alive \
+                 connection the server timed out, dropped at its next use"
+            ),
+            "{}",
+            explanation(&pooled)
+        );
+        pooled.close_waits_to_remote = Some(30);
+        assert!(
+            explanation(&pooled).ends_with("never closed; 30 held in CLOSE_WAIT to this server")
         );
     }
 
