@@ -113,7 +113,6 @@ pub struct Session {
     metrics: Option<Metrics>,
     trace_out: Option<TraceOut>,
     store: Store,
-    /// One read of the ring buffer's events, kept to reuse its allocation.
     detectors: Detectors,
     counts: IngestCounts,
     /// Traced processes still alive; the session ends when the last one exits.
