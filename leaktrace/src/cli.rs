@@ -37,7 +37,7 @@ Stopping:
   then reports and exits with its status.
 
 Exit status:
-  0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process,
+  0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process (or a zombie),
   5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook,
   8 an output failed: the report's reader closed it (e.g. `leaktrace --json | head -1`), or
     one asked for cannot be opened (--metrics address in use, --trace-out file not writable);

@@ -21,6 +21,8 @@ pub mod exit_code {
 pub enum Failure {
     NotRoot,
     NoSuchProcess(u32),
+    /// The pid names a zombie: the process exited and holds nothing, its parent has not reaped it.
+    Exited(u32),
     /// The kernel side could not be set up.
     Load(LoadError),
     /// Whoever read the report closed it (`leaktrace | head -1`): nobody is left to tell.
@@ -35,7 +37,7 @@ impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::NotRoot => exit_code::NOT_ROOT,
-            Self::NoSuchProcess(_) => exit_code::NO_SUCH_PROCESS,
+            Self::NoSuchProcess(_) | Self::Exited(_) => exit_code::NO_SUCH_PROCESS,
             Self::Load(LoadError::NoBtf | LoadError::Btf(_)) => exit_code::NO_BTF,
             Self::Load(LoadError::NoTracefs(_)) => exit_code::NO_TRACEFS,
             Self::Load(LoadError::HookRefused { .. }) => exit_code::HOOK_REFUSED,
@@ -63,6 +65,10 @@ impl fmt::Display for Failure {
                 "leaktrace loads eBPF programs and needs root (CAP_BPF and CAP_PERFMON): run it with sudo"
             ),
             Self::NoSuchProcess(pid) => write!(f, "no process with pid {pid}"),
+            Self::Exited(pid) => write!(
+                f,
+                "pid {pid} has exited (a zombie its parent has not reaped): it holds no sockets"
+            ),
             Self::Load(e) => e.fmt(f),
             Self::OutputClosed => write!(
                 f,

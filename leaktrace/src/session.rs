@@ -1,6 +1,9 @@
 //! One trace session: attach the hooks, then move records from the ring buffer through the
 //! decoder, the timeline store and the detectors to a reporter until told to stop.
-use std::{collections::BTreeSet, future::Future, io, os::fd::RawFd, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet, future::Future, io, io::Write as _, os::fd::RawFd, path::Path,
+    time::Duration,
+};
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -117,6 +120,8 @@ pub struct Session {
     counts: IngestCounts,
     /// Traced processes still alive; the session ends when the last one exits.
     live: BTreeSet<u32>,
+    /// Processes were named to trace (`--pid`, `run`): the session ends when none is left.
+    ends_with_processes: bool,
     /// Records were lost since the owners were last looked up in /proc, and when that was.
     loss_unchecked: bool,
     rechecked: Option<Instant>,
@@ -139,6 +144,9 @@ fn preflight(options: &SessionOptions) -> Result<(), Failure> {
             .find(|pid| **pid == 0 || !Path::new(&format!("/proc/{pid}")).exists())
         {
             return Err(Failure::NoSuchProcess(pid));
+        }
+        if let Some(&pid) = pids.iter().find(|&&pid| !holders::alive(pid)) {
+            return Err(Failure::Exited(pid));
         }
     }
     Ok(())
@@ -252,7 +260,7 @@ impl Session {
                 metrics: metrics.as_ref().and_then(Metrics::local_addr),
             })
             .map_err(Failure::writing)?;
-        Ok(Session {
+        let mut session = Session {
             attached,
             ring,
             lost,
@@ -273,6 +281,7 @@ impl Session {
                 ring_size: options.common.ring_size,
                 ..IngestCounts::default()
             },
+            ends_with_processes: !pids.is_empty(),
             live: pids.into_iter().collect(),
             loss_unchecked: false,
             rechecked: None,
@@ -280,7 +289,16 @@ impl Session {
             interval: options.common.interval,
             stops,
             report_fd,
-        })
+        };
+        // One that exited before its exit hook was attached leaves no record of it: the session
+        // would wait for it forever.
+        for pid in session.forget_exited() {
+            let _ = writeln!(
+                io::stderr(),
+                "leaktrace: pid {pid} exited while tracing started"
+            );
+        }
+        Ok(session)
     }
 
     /// Traces `pid` from now on (and, with `follow_children`, the processes it starts).
@@ -289,6 +307,7 @@ impl Session {
             .insert(pid, 1, 0)
             .with_context(|| format!("tracing pid {pid}"))?;
         self.live.insert(pid);
+        self.ends_with_processes = true;
         Ok(())
     }
 
@@ -312,7 +331,7 @@ impl Session {
         let mut watch = interval(WATCH_EVERY);
         watch.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let deadline = self.deadline;
-        let watching_processes = !self.live.is_empty();
+        let watching_processes = self.ends_with_processes;
         tokio::pin!(until);
         loop {
             tokio::select! {
@@ -445,6 +464,15 @@ impl Session {
     fn recheck_after_loss(&mut self) {
         // What did arrive goes first: a close in the ring is a close recorded.
         self.read_ring();
+        self.forget_exited();
+        self.store.recheck_owners(monotonic_ns());
+        self.loss_unchecked = false;
+        self.rechecked = Some(Instant::now());
+    }
+
+    /// Traced processes that are gone although no exit record said so: their owners exited
+    /// now, as far as the timelines know. Returns them.
+    fn forget_exited(&mut self) -> Vec<u32> {
         let now = monotonic_ns();
         let exited: Vec<u32> = self
             .live
@@ -452,13 +480,11 @@ impl Session {
             .copied()
             .filter(|&pid| !holders::alive(pid))
             .collect();
-        for pid in exited {
+        for &pid in &exited {
             self.live.remove(&pid);
             self.store.owner_exited(pid, now);
         }
-        self.store.recheck_owners(now);
-        self.loss_unchecked = false;
-        self.rechecked = Some(Instant::now());
+        exited
     }
 
     /// What the programs could not do, by `ProbeFailure`, summed over the CPUs.

@@ -300,3 +300,65 @@ fn a_leak_is_blamed_on_the_fd_it_was_duplicated_to() -> Result<()> {
         "dup-server",
     )
 }
+
+/// A zombie (exited, not reaped by its parent: here, this test) holds nothing: `--pid` of it is
+/// refused like a pid that does not exist, rather than traced until someone presses Ctrl-C.
+#[test]
+fn pid_of_a_zombie_is_refused() -> Result<()> {
+    let test = "pid_of_a_zombie_is_refused";
+    if !is_root() {
+        skip(test, "leaktrace needs root");
+        return Ok(());
+    }
+    let mut child = std::process::Command::new("true").spawn()?;
+    let pid = child.id().to_string();
+    // Exited and not waited for: a zombie, `Z` in its stat, until the wait below.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat"))?.contains(") Z ") {
+        assert!(std::time::Instant::now() < deadline, "pid {pid} never exited");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let run = run_leaktrace(&["--json", "--pid", &pid, "--duration", "30s"]);
+    child.wait()?;
+    let run = run?;
+    assert_eq!(run.status.code(), Some(4), "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains(&pid) && run.stderr.contains("exited"),
+        "the message names the pid and says it exited: {}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "nothing traced: {:?}", run.stdout);
+    Ok(())
+}
+
+/// A process that exits while leaktrace attaches its hooks leaves no exit record: the trace
+/// must end by itself, not wait for an exit that already happened.
+#[test]
+fn pid_that_exits_during_startup_ends_the_trace() -> Result<()> {
+    let test = "pid_that_exits_during_startup_ends_the_trace";
+    if !is_root() {
+        skip(test, "leaktrace needs root");
+        return Ok(());
+    }
+    // Loading the programs takes longer than this, in any build.
+    let mut child = std::process::Command::new("sleep").arg("0.2").spawn()?;
+    let pid = child.id().to_string();
+    let run = run_leaktrace(&["--json", "--pid", &pid, "--duration", "30s"]);
+    child.wait()?;
+    let run = run?;
+    match run.status.code() {
+        // Gone (a zombie of this test's) before leaktrace looked: refused.
+        Some(4) => assert!(run.stderr.contains(&pid), "stderr: {}", run.stderr),
+        Some(0) => {
+            assert!(
+                run.stderr.contains(&format!("pid {pid} exited")),
+                "says why it ended: {}",
+                run.stderr
+            );
+            let summary: Value = serde_json::from_str(run.stdout.last().map_or("", |l| l))?;
+            assert_eq!(summary["type"], "summary", "{:?}", run.stdout);
+        }
+        code => panic!("exit {code:?}, stderr: {}", run.stderr),
+    }
+    Ok(())
+}
