@@ -20,9 +20,11 @@ pub use stats::{Counts, Remote};
 /// owner's end, the release), allocated at once.
 const TYPICAL_ENTRIES: usize = 6;
 
-/// Entries one timeline keeps. Only reads and arrivals on a shut-down socket can repeat without
-/// bound (a peer streaming into a half-closed connection); past this many entries those are
-/// counted instead of stored, so one busy socket cannot grow memory without limit.
+/// Entries one timeline keeps. Reads and arrivals on a shut-down socket repeat without bound (a
+/// peer streaming into a half-closed connection), and so do state changes of a socket that one
+/// process connects and disconnects (`connect(AF_UNSPEC)`) in a loop: past this many entries,
+/// events are counted instead of stored, but for the owner's close and the socket's end, so
+/// that no socket grows memory without limit and each timeline still shows how it ended.
 const MAX_ENTRIES: usize = 1000;
 
 /// How long a dropped timeline's socket is remembered, in kernel time of later records: records
@@ -267,7 +269,7 @@ impl Timeline {
             _ => {}
         }
         if self.entries.len() >= MAX_ENTRIES
-            && matches!(event.kind, EventKind::Recv { .. } | EventKind::Arrival)
+            && !matches!(event.kind, EventKind::Close { .. } | EventKind::Destroy)
         {
             self.elided += 1;
             return;
@@ -1603,6 +1605,26 @@ pub(crate) mod tests {
             MAX_ENTRIES as u32 + 49
         );
         assert!(timeline.closed());
+    }
+
+    #[test]
+    fn a_socket_reconnected_in_a_loop_stays_bounded() {
+        use tcp_state::{CLOSE, ESTABLISHED, SYN_SENT};
+        let mut store = Store::default();
+        let sock = key(1, 1);
+        let mut ts = 0;
+        for _ in 0..MAX_ENTRIES {
+            for (old, new) in [(CLOSE, SYN_SENT), (SYN_SENT, ESTABLISHED), (ESTABLISHED, CLOSE)] {
+                ts += 1;
+                store.insert(event(sock, ts, state(old, new)));
+            }
+        }
+        store.insert(event(sock, ts + 1, RELEASE));
+        let timeline = store.get(&sock).unwrap();
+        assert_eq!(timeline.entries().len(), MAX_ENTRIES + 1);
+        assert_eq!(timeline.elided(), 2 * MAX_ENTRIES as u64);
+        assert!(timeline.closed(), "the close is kept past the cap");
+        assert_eq!(timeline.state(), Some(CLOSE), "and the state learned");
     }
 
     #[test]
