@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
+pub mod nginx;
+
 /// `--leak-after` of every traced run, in milliseconds.
 pub const LEAK_AFTER_MS: u64 = 500;
 
@@ -774,6 +776,22 @@ impl Report {
     pub fn summary(&self) -> &Value {
         self.lines.last().expect("parse checked the summary line")
     }
+
+    /// The `stats` line, which must come right before the summary.
+    pub fn stats(&self) -> &Value {
+        let n = self.lines.len();
+        match self.lines.get(n.wrapping_sub(2)) {
+            Some(stats) if stats["type"] == "stats" => stats,
+            _ => panic!("no stats line just before the summary\n{self}"),
+        }
+    }
+
+    /// The `per_pid` row of `pid`.
+    pub fn pid_stats(&self, pid: u32) -> &Value {
+        let rows = self.stats()["per_pid"].as_array();
+        rows.and_then(|rows| rows.iter().find(|row| row["pid"] == pid))
+            .unwrap_or_else(|| panic!("no per_pid row for pid {pid}\n{self}"))
+    }
 }
 
 /// The whole run, for assertion messages.
@@ -801,12 +819,35 @@ pub fn kernel_sockets(port: u16, peers: &[String], state: u8) -> Result<usize> {
                 .with_context(|| format!("not an address: {peer:?}"))
         })
         .collect::<Result<_>>()?;
+    Ok(kernel_tcp_table()?
+        .into_iter()
+        .filter(|s| s.local_port == port && s.state == state && peer_ports.contains(&s.remote_port))
+        .count())
+}
+
+/// How many connections to remote port `port` (a local server's, on loopback) the kernel lists
+/// in `state`, IPv4 and IPv6.
+pub fn kernel_connections_to(port: u16, state: u8) -> Result<usize> {
+    Ok(kernel_tcp_table()?
+        .into_iter()
+        .filter(|s| s.remote_port == port && s.state == state)
+        .count())
+}
+
+/// A row of /proc/net/tcp{,6}.
+struct KernelSocket {
+    local_port: u16,
+    remote_port: u16,
+    state: u8,
+}
+
+fn kernel_tcp_table() -> Result<Vec<KernelSocket>> {
     let hex_port = |field: Option<&&str>| {
         field
             .and_then(|a| a.rsplit_once(':'))
             .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
     };
-    let mut count = 0;
+    let mut sockets = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = std::fs::read_to_string(table).with_context(|| format!("read {table}"))?;
         for line in text.lines().skip(1) {
@@ -814,14 +855,16 @@ pub fn kernel_sockets(port: u16, peers: &[String], state: u8) -> Result<usize> {
             let row = hex_port(fields.get(1))
                 .zip(hex_port(fields.get(2)))
                 .zip(fields.get(3).and_then(|s| u8::from_str_radix(s, 16).ok()));
-            let ((local, remote), s) =
+            let ((local_port, remote_port), state) =
                 row.with_context(|| format!("unexpected line in {table}: {line:?}"))?;
-            if local == port && s == state && peer_ports.contains(&remote) {
-                count += 1;
-            }
+            sockets.push(KernelSocket {
+                local_port,
+                remote_port,
+                state,
+            });
         }
     }
-    Ok(count)
+    Ok(sockets)
 }
 
 /// The process name leaktrace should report for `pid`.

@@ -29,27 +29,10 @@ const RUN_LIMIT: &str = "60s";
 /// What the incident 3 client sends after the server's FIN: `RSET\r\nQUIT\r\n`.
 const LATE_BYTES: usize = 12;
 
-/// The `stats` line, which must come right before the summary.
-fn stats(report: &Report) -> &Value {
-    let n = report.lines.len();
-    let stats = report.lines.get(n.wrapping_sub(2));
-    match stats {
-        Some(stats) if stats["type"] == "stats" => stats,
-        _ => panic!("no stats line just before the summary\n{report}"),
-    }
-}
-
-/// The `per_pid` row of `pid`.
-fn pid_stats(report: &Report, pid: u32) -> &Value {
-    let rows = stats(report)["per_pid"].as_array();
-    rows.and_then(|rows| rows.iter().find(|row| row["pid"] == pid))
-        .unwrap_or_else(|| panic!("no per_pid row for pid {pid}\n{report}"))
-}
-
 /// The `per_remote` rows, which must be exactly one: every fixture client connects from
 /// 127.0.0.1.
 fn only_remote(report: &Report) -> &Value {
-    match stats(report)["per_remote"].as_array().map(Vec::as_slice) {
+    match report.stats()["per_remote"].as_array().map(Vec::as_slice) {
         Some([row]) => row,
         _ => panic!("expected one per_remote row\n{report}"),
     }
@@ -778,7 +761,7 @@ fn echo_churn_reports_no_leak() -> Result<()> {
         ),
         "{report}"
     );
-    let server_stats = pid_stats(&report, server.pid());
+    let server_stats = report.pid_stats(server.pid());
     assert_eq!(
         server_stats["states"],
         json!({"LISTEN": 1}),
@@ -840,7 +823,7 @@ fn time_wait_churn_is_counted_per_remote() -> Result<()> {
         "{report}"
     );
     assert_eq!(
-        pid_stats(&report, server.pid())["states"],
+        report.pid_stats(server.pid())["states"],
         json!({"LISTEN": 1}),
         "{report}"
     );
@@ -893,7 +876,7 @@ fn fd_after_close_reset_while_held() -> Result<()> {
         "the server never closed the fd\n{report}"
     );
 
-    let server_stats = pid_stats(&report, server.pid());
+    let server_stats = report.pid_stats(server.pid());
     assert_eq!(
         server_stats["states"],
         json!({"CLOSE": 1, "LISTEN": 1}),
@@ -1020,7 +1003,7 @@ fn prefork_master_keeps_none_of_its_workers_connections() -> Result<()> {
 
     assert!(report.leaks().is_empty(), "no leak anywhere\n{report}");
     assert_eq!(
-        pid_stats(&report, server.pid())["states"],
+        report.pid_stats(server.pid())["states"],
         json!({"LISTEN": 1}),
         "the master holds its listener only\n{report}"
     );

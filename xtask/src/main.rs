@@ -110,6 +110,7 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::Test { args } => {
+            toolchain::ensure_test_servers()?;
             cargo(
                 &root,
                 &[

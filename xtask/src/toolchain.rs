@@ -54,6 +54,35 @@ pub fn ensure_vm() -> Result<()> {
     apt_install(&what.join(", "), &names)
 }
 
+/// The real servers the kernel tests trace, by the command each provides and its Debian package.
+const TEST_SERVERS: [(&str, &str); 1] = [("nginx", "nginx-light")];
+
+/// What `test` and `vm-test` need on top of [`ensure`]: the tests trace real servers too.
+pub fn ensure_test_servers() -> Result<()> {
+    ensure_commands("the servers the kernel tests trace", &TEST_SERVERS)
+}
+
+/// Installs from Debian the packages of `commands` (command, package) whose command is missing.
+pub fn ensure_commands(what: &str, commands: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = commands
+        .iter()
+        .filter(|(command, _)| !has_command(command))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(what, &missing)
+}
+
+/// On PATH, or where Debian puts root's commands (not on a user's PATH).
+fn has_command(command: &str) -> bool {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .any(|dir| dir.join(command).is_file())
+}
+
 fn is_installed(package: &str) -> bool {
     output("dpkg-query", &["--show", "--showformat=${Status}", package])
         .is_ok_and(|status| status == "install ok installed")

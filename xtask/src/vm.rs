@@ -81,6 +81,7 @@ const KVM_PROBE_LIMIT: Duration = Duration::from_secs(30);
 pub fn run(root: &Path, names: &[String]) -> Result<()> {
     let kernels = select(names)?;
     toolchain::ensure_vm()?;
+    toolchain::ensure_test_servers()?;
     let guest_root = build_guest_root(root)?;
     let initramfs = pack_initramfs(&guest_root)?;
     let mut accel = None;
@@ -171,7 +172,56 @@ fn build_guest_root(root: &Path) -> Result<PathBuf> {
     for test in tests.iter().filter(|e| e.kind == "test") {
         copy(&test.path, &suite.join("tests").join(&test.name))?;
     }
+    copy_test_servers(&guest_root)?;
     Ok(guest_root)
+}
+
+/// The accounts nginx looks up at start (as root it runs its workers as `nobody`), and how
+/// glibc finds them without a distribution's nsswitch.conf.
+const GUEST_ACCOUNTS: [(&str, &str); 3] = [
+    (
+        "etc/passwd",
+        "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    ),
+    ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+    ("etc/nsswitch.conf", "passwd: files\ngroup: files\n"),
+];
+
+/// The real servers the kernel tests trace (`leaktrace_tests::nginx`): the host's executables
+/// and the shared libraries they load, at the host's paths, since a guest has no distribution
+/// of its own.
+fn copy_test_servers(guest_root: &Path) -> Result<()> {
+    let nginx = leaktrace_tests::nginx::executable().context("nginx is not installed")?;
+    let out = Command::new("ldd")
+        .arg(&nginx)
+        .output()
+        .context("running ldd")?;
+    ensure!(out.status.success(), "ldd {} failed", nginx.display());
+    // `libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)`, the loader as
+    // `/lib64/ld-linux-x86-64.so.2 (0x...)`, and the vDSO, which has no file.
+    let libraries = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let path = line.split_once("=>").map_or(line, |(_, path)| path);
+            path.split_whitespace()
+                .next()
+                .filter(|path| path.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .collect::<Vec<_>>();
+    for file in libraries.iter().chain([&nginx]) {
+        let in_guest = guest_root.join(file.strip_prefix("/")?);
+        fs::create_dir_all(in_guest.parent().unwrap_or(guest_root))?;
+        copy(file, &in_guest)?;
+    }
+    for (file, text) in GUEST_ACCOUNTS {
+        let in_guest = guest_root.join(file);
+        fs::create_dir_all(in_guest.parent().unwrap_or(guest_root))?;
+        fs::write(&in_guest, text).with_context(|| format!("writing {}", in_guest.display()))?;
+    }
+    // Where Debian's nginx keeps its temporary files; it makes the folders inside at start.
+    fs::create_dir_all(guest_root.join("var/lib/nginx"))?;
+    Ok(())
 }
 
 /// An executable cargo built.

@@ -23,7 +23,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use leaktrace_tests::nginx::{Nginx, Site};
 use procfs::Current as _;
+
+use crate::toolchain;
 
 use churn::{Churned, Load, Until};
 use tracer::{Memory, Tracer};
@@ -117,7 +120,7 @@ pub fn run(root: &Path, quick: bool, soak: Option<Duration>) -> Result<()> {
         }
         return Ok(());
     }
-    nginx::install()?;
+    toolchain::ensure_commands("the bench's server and load generator", &nginx::PACKAGES)?;
     let plan = if quick { &QUICK } else { &FULL };
     let figures = measure(&binary, plan, quick)?;
     let text = markdown::bench(&machine, &figures);
@@ -311,7 +314,7 @@ fn measure(binary: &Path, plan: &Plan, quick: bool) -> Result<Figures> {
         None
     };
     let idle = Idle::spawn()?;
-    let nginx = nginx::Nginx::start()?;
+    let nginx = Nginx::start(Site::Answer, 1)?;
     let bench = Bench {
         binary: binary.to_owned(),
         idle_pid: idle.0.id(),
@@ -395,7 +398,7 @@ fn measure(binary: &Path, plan: &Plan, quick: bool) -> Result<Figures> {
 struct Bench {
     binary: PathBuf,
     idle_pid: u32,
-    nginx: nginx::Nginx,
+    nginx: Nginx,
 }
 
 impl Bench {
@@ -408,7 +411,7 @@ impl Bench {
             Tracing::Pid => {
                 let pid = match workload {
                     Workload::Churn => self.idle_pid,
-                    Workload::Nginx => self.nginx.worker,
+                    Workload::Nginx => self.nginx.workers[0],
                 };
                 vec!["--pid".to_owned(), pid.to_string()]
             }
@@ -424,7 +427,7 @@ impl Bench {
                     bail!("the nginx workload runs for a time only");
                 };
                 let started = Instant::now();
-                let rate = self.nginx.load(duration)?;
+                let rate = nginx::load(&self.nginx, duration)?;
                 let elapsed = started.elapsed();
                 Ok(Churned {
                     connections: (rate * elapsed.as_secs_f64()) as u64,
