@@ -23,13 +23,15 @@ pub static SINCE_FILL_CHECK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1,
 pub static PROBE_FAILURES: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProbeFailure::COUNT, 0);
 
 /// Processes whose sockets are traced when `CONFIG.filter_targets` is set (value unused).
+/// Userspace sizes it (`--max-processes`).
 #[map]
 pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
 /// What the kernel side knows about each socket it follows, by `struct sock` address: only
 /// sockets claimed by a traced process have an entry, removed at its destruction or at its
 /// owner's final close. Not LRU: an LRU map's shared lock costs every hook, and it would evict
-/// followed sockets silently where a full map fails an insert, which is counted.
+/// followed sockets silently where a full map fails an insert, which is counted. Userspace sizes
+/// it (`--max-kernel-sockets`).
 #[map]
 pub static SOCKS: HashMap<u64, SockMeta> = HashMap::with_max_entries(65536, 0);
 

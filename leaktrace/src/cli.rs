@@ -151,6 +151,18 @@ pub struct CommonArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_sockets: usize,
+    /// Processes traced at once with --pid, --follow-children and `run` (the kernel's map of
+    /// them, about 64 bytes of kernel memory each). Past it, a traced process's new children
+    /// are not traced, and leaktrace warns.
+    #[arg(long, value_name = "N", default_value_t = 32768,
+          value_parser = RangedU64ValueParser::<u32>::new().range(1..=1 << 22))]
+    pub max_processes: u32,
+    /// Sockets of traced processes the kernel side follows at once (about 100 bytes of kernel
+    /// memory each). Past it, new sockets are not followed (leaks among them are missed), and
+    /// leaktrace warns.
+    #[arg(long, value_name = "N", default_value_t = 65536,
+          value_parser = RangedU64ValueParser::<u32>::new().range(1..=1 << 24))]
+    pub max_kernel_sockets: u32,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (open leaks by kind and process,
     /// TCP state transitions, sockets tracked, lost events, ring buffer fill). A bare port
     /// listens on 127.0.0.1 only; name an address (0.0.0.0:9464, [::]:9464) to let other hosts

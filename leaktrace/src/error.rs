@@ -4,9 +4,11 @@ use std::{fmt, io};
 
 use crate::hooks::LoadError;
 
-/// Exit statuses, documented in `--help` and the README. Usage errors exit with 2, clap's status.
+/// Exit statuses, documented in `--help` and the README.
 pub mod exit_code {
     pub const RUNTIME: u8 = 1;
+    /// Clap's status for a command line it refuses; leaktrace's own checks of one use it too.
+    pub const USAGE: u8 = 2;
     pub const NOT_ROOT: u8 = 3;
     pub const NO_SUCH_PROCESS: u8 = 4;
     pub const NO_BTF: u8 = 5;
@@ -19,6 +21,8 @@ pub mod exit_code {
 
 #[derive(Debug)]
 pub enum Failure {
+    /// A command line that cannot work, found beyond what the parser checks.
+    Usage(String),
     NotRoot,
     NoSuchProcess(u32),
     /// The pid names a zombie: the process exited and holds nothing, its parent has not reaped it.
@@ -36,6 +40,7 @@ pub enum Failure {
 impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
+            Self::Usage(_) => exit_code::USAGE,
             Self::NotRoot => exit_code::NOT_ROOT,
             Self::NoSuchProcess(_) | Self::Exited(_) => exit_code::NO_SUCH_PROCESS,
             Self::Load(LoadError::NoBtf | LoadError::Btf(_)) => exit_code::NO_BTF,
@@ -60,6 +65,7 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Usage(why) => write!(f, "{why}"),
             Self::NotRoot => write!(
                 f,
                 "leaktrace loads eBPF programs and needs root (CAP_BPF and CAP_PERFMON): run it with sudo"

@@ -21,8 +21,8 @@ use crate::{
     holders,
     hooks::{self, Attached, LoadError, LoadOptions},
     report::{
-        ring_size_hint, FinalReport, IngestCounts, JsonReporter, Metrics, Reporter, StartInfo,
-        TextReporter, TraceOut,
+        probe_failure_meaning, ring_size_hint, FinalReport, IngestCounts, JsonReporter, Metrics,
+        Reporter, StartInfo, TextReporter, TraceOut,
     },
     stop::{self, StopSignals},
     timeline::Store,
@@ -134,6 +134,15 @@ pub struct Session {
 
 /// Checks what can be checked before touching the kernel, so bad input gets its own message.
 fn preflight(options: &SessionOptions) -> Result<(), Failure> {
+    if let Scope::Pids(pids) = &options.scope {
+        if pids.len() > options.common.max_processes as usize {
+            return Err(Failure::Usage(format!(
+                "{} --pid given, more than --max-processes {}: raise it",
+                pids.len(),
+                options.common.max_processes
+            )));
+        }
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Failure::NotRoot);
@@ -186,6 +195,8 @@ impl Session {
             filter_targets: !matches!(options.scope, Scope::All),
             follow_children: options.follow_children,
             ring_size: options.common.ring_size,
+            max_processes: options.common.max_processes,
+            max_kernel_sockets: options.common.max_kernel_sockets,
             floor: options.common.floor,
         })?;
         if options.follow_children && !attached.serves("fork") {
@@ -440,7 +451,22 @@ impl Session {
     /// unless `now`.
     fn note_losses(&mut self, now: bool) -> Result<(), Failure> {
         let lost = self.lost_events()?;
-        self.counts.probe_failures = self.probe_failures()?;
+        let failures = self.probe_failures()?;
+        for failure in ProbeFailure::ALL {
+            let (before, now) = (
+                self.counts.probe_failures[failure as usize],
+                failures[failure as usize],
+            );
+            if before == 0 && now > 0 {
+                let _ = writeln!(
+                    io::stderr(),
+                    "leaktrace: warning: {} {now}: {}",
+                    failure.name(),
+                    probe_failure_meaning(failure)
+                );
+            }
+        }
+        self.counts.probe_failures = failures;
         if lost > 0 && self.counts.lost_events == 0 {
             eprintln!(
                 "leaktrace: warning: {lost} events lost so far (ring buffer full): {}",

@@ -1614,7 +1614,11 @@ pub(crate) mod tests {
         let sock = key(1, 1);
         let mut ts = 0;
         for _ in 0..MAX_ENTRIES {
-            for (old, new) in [(CLOSE, SYN_SENT), (SYN_SENT, ESTABLISHED), (ESTABLISHED, CLOSE)] {
+            for (old, new) in [
+                (CLOSE, SYN_SENT),
+                (SYN_SENT, ESTABLISHED),
+                (ESTABLISHED, CLOSE),
+            ] {
                 ts += 1;
                 store.insert(event(sock, ts, state(old, new)));
             }

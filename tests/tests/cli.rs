@@ -77,3 +77,27 @@ fn help_names_the_main_options() -> Result<()> {
     }
     Ok(())
 }
+
+/// More `--pid` than the kernel's map of traced processes holds is refused before anything is
+/// loaded (it failed after loading, with "Argument list too long").
+#[test]
+fn more_pids_than_max_processes_is_a_usage_error() -> Result<()> {
+    let run = run_leaktrace(&[
+        "--max-processes",
+        "2",
+        "--pid",
+        "1",
+        "--pid",
+        "2",
+        "--pid",
+        "3",
+    ])?;
+    assert_eq!(run.status.code(), Some(2), "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.starts_with("leaktrace: error: ") && run.stderr.contains("--max-processes"),
+        "one error line naming the flag: {:?}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{:?}", run.stderr);
+    Ok(())
+}

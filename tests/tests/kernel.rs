@@ -1016,6 +1016,47 @@ fn prefork_master_keeps_none_of_its_workers_connections() -> Result<()> {
     Ok(())
 }
 
+/// Past `--max-kernel-sockets`, a traced process's new sockets are not followed: leaks among
+/// them cannot be reported, so leaktrace says so at once and in the summary, never silently.
+#[test]
+fn sockets_past_the_kernel_map_are_warned_of() -> Result<()> {
+    const CONNS: usize = 12;
+    const MAX_KERNEL_SOCKETS: usize = 4;
+    let mut server = close_wait_server(FIXTURE, Family::V4, CONNS)?;
+    let max = MAX_KERNEL_SOCKETS.to_string();
+    let Some(mut leaktrace) = Leaktrace::start_with(
+        "sockets_past_the_kernel_map_are_warned_of",
+        &[server.pid()],
+        RUN_LIMIT,
+        &["--max-kernel-sockets", &max],
+    )?
+    else {
+        return Ok(());
+    };
+    close_wait_client(FIXTURE, &server, Family::V4, CONNS)?;
+    server.accepted(CONNS)?;
+    leaktrace.wait_for_stderr("warning: socket_map_full", FINDING_TIMEOUT)?;
+    leaktrace.settle(SETTLE)?;
+    let report = leaktrace.stop()?;
+    assert!(
+        report.stderr.contains("--max-kernel-sockets"),
+        "the warning names the flag that fixes it\n{report}"
+    );
+    let unfollowed = report.summary()["probe_failures"]["socket_map_full"]
+        .as_u64()
+        .unwrap_or_default();
+    // The listener holds one entry: at most MAX_KERNEL_SOCKETS - 1 connections are followed.
+    assert!(
+        unfollowed >= (CONNS - MAX_KERNEL_SOCKETS + 1) as u64,
+        "{unfollowed} sockets counted unfollowed\n{report}"
+    );
+    assert!(
+        report.leaks().len() < MAX_KERNEL_SOCKETS,
+        "only followed sockets can be reported\n{report}"
+    );
+    Ok(())
+}
+
 /// (e) `--pid` restricts findings to the traced process, although another one leaks alongside.
 #[test]
 fn pid_filter_ignores_other_processes() -> Result<()> {

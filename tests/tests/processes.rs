@@ -315,7 +315,10 @@ fn pid_of_a_zombie_is_refused() -> Result<()> {
     // Exited and not waited for: a zombie, `Z` in its stat, until the wait below.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !std::fs::read_to_string(format!("/proc/{pid}/stat"))?.contains(") Z ") {
-        assert!(std::time::Instant::now() < deadline, "pid {pid} never exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} never exited"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let run = run_leaktrace(&["--json", "--pid", &pid, "--duration", "30s"]);
@@ -360,5 +363,55 @@ fn pid_that_exits_during_startup_ends_the_trace() -> Result<()> {
         }
         code => panic!("exit {code:?}, stderr: {}", run.stderr),
     }
+    Ok(())
+}
+
+/// Past `--max-processes`, a traced process's children go untraced: leaktrace says so at once
+/// and in the summary, and still ends when the processes it does trace have exited (it waited
+/// for the exits of the untraced ones, which are never recorded).
+#[test]
+fn children_past_the_process_map_are_warned_of_and_not_waited_for() -> Result<()> {
+    let test = "children_past_the_process_map_are_warned_of_and_not_waited_for";
+    const CHILDREN: usize = 20;
+    const MAX_PROCESSES: usize = 8;
+    let go = std::env::temp_dir().join(format!("leaktrace-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&go);
+    // Waits for the trace to start, then starts its children, each alive for a moment.
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; \
+         for i in $(seq {CHILDREN}); do sleep 0.5 & done; wait",
+        go = go.display()
+    );
+    let mut shell = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .spawn()?;
+    let _reap = KillOnDrop(shell.id() as i32);
+    let max = MAX_PROCESSES.to_string();
+    let Some(leaktrace) = Leaktrace::start_with(
+        test,
+        &[shell.id()],
+        "60s",
+        &["--follow-children", "--max-processes", &max],
+    )?
+    else {
+        return Ok(());
+    };
+    std::fs::write(&go, "")?;
+    let report = leaktrace.finish(std::time::Duration::from_secs(20));
+    let _ = std::fs::remove_file(&go);
+    shell.wait()?;
+    let report = report?;
+    let untraced = report.summary()["probe_failures"]["target_map_full"]
+        .as_u64()
+        .unwrap_or_default();
+    assert!(
+        untraced >= (CHILDREN - MAX_PROCESSES) as u64,
+        "{untraced} children counted untraced\n{report}"
+    );
+    assert!(
+        report.stderr.contains("warning: target_map_full")
+            && report.stderr.contains("--max-processes"),
+        "a warning with the flag that fixes it\n{report}"
+    );
     Ok(())
 }

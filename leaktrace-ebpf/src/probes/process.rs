@@ -28,7 +28,9 @@ fn on_newtask(ctx: &TracePointContext) -> Option<()> {
     }
     let child = read(config!(tracepoints.newtask_pid))? as u32;
     if TARGETS.insert(child, 1, 0).is_err() {
+        // Untraced, its exit would never be recorded: userspace must not wait for it.
         count_failure(ProbeFailure::TargetMapFull);
+        return None;
     }
     process_record(RecordKind::Fork, child);
     Some(())

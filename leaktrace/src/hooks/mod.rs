@@ -325,6 +325,10 @@ pub struct LoadOptions {
     pub filter_targets: bool,
     pub follow_children: bool,
     pub ring_size: u32,
+    /// Entries of the traced-process map (unused without `filter_targets`).
+    pub max_processes: u32,
+    /// Entries of the map of followed sockets.
+    pub max_kernel_sockets: u32,
     /// Programs that return at once: what the attach points cost by themselves.
     pub floor: bool,
 }
@@ -419,6 +423,16 @@ fn attach_all(
         .btf(Some(kernel.btf))
         .override_global("CONFIG", config, true)
         .map_max_entries("RECORDS", options.ring_size)
+        // Preallocated: a map nobody fills would hold its kernel memory for nothing.
+        .map_max_entries(
+            "TARGETS",
+            if options.filter_targets {
+                options.max_processes
+            } else {
+                1
+            },
+        )
+        .map_max_entries("SOCKS", options.max_kernel_sockets)
         .load(OBJECT)
         .map_err(|e| LoadError::Other(anyhow::Error::new(e).context("loading the eBPF object")))?;
     let mut choices = Vec::new();

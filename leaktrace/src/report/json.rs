@@ -100,7 +100,7 @@ impl Reporter for JsonReporter {
             "hint": hint,
             "probe_failures": ingest
                 .failures()
-                .map(|(name, n)| (name.to_owned(), Value::from(n)))
+                .map(|(failure, n)| (failure.name().to_owned(), Value::from(n)))
                 .collect::<serde_json::Map<_, _>>(),
             "dropped": dropped(&report.dropped),
             "leaks_open_over_time": over_time,

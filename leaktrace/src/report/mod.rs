@@ -52,12 +52,29 @@ pub struct IngestCounts {
 }
 
 impl IngestCounts {
-    /// The probe failures that happened, by name.
-    pub fn failures(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    /// The probe failures that happened, and how often.
+    pub fn failures(&self) -> impl Iterator<Item = (ProbeFailure, u64)> + '_ {
         ProbeFailure::ALL
-            .iter()
-            .map(|failure| (failure.name(), self.probe_failures[*failure as usize]))
+            .into_iter()
+            .map(|failure| (failure, self.probe_failures[failure as usize]))
             .filter(|(_, n)| *n > 0)
+    }
+}
+
+/// What a probe failure costs and what to do about it, for the live warning and the summary.
+pub fn probe_failure_meaning(failure: ProbeFailure) -> &'static str {
+    match failure {
+        ProbeFailure::Read => {
+            "a read of kernel memory failed: some events may be missing from the timelines"
+        }
+        ProbeFailure::SocketMapFull => {
+            "sockets of traced processes were not followed, the kernel's map of them being full: \
+             leaks among them are missed; raise --max-kernel-sockets"
+        }
+        ProbeFailure::TargetMapFull => {
+            "children of traced processes were not traced, the kernel's map of traced processes \
+             being full: leaks in them are missed; raise --max-processes"
+        }
     }
 }
 

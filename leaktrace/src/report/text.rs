@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
-use super::{ring_size_hint, write_line, FinalReport, Progress, Reporter, StartInfo, Stats};
+use super::{
+    probe_failure_meaning, ring_size_hint, write_line, FinalReport, Progress, Reporter, StartInfo,
+    Stats,
+};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::detect::{Finding, LeakKind, Outcome};
 use crate::hooks::UNAVAILABLE;
@@ -155,15 +158,11 @@ impl Reporter for TextReporter {
             report.unattributed,
             dropped(&report.dropped)
         ))?;
-        let failures: Vec<String> = ingest
-            .failures()
-            .map(|(name, n)| format!("{name} {n}"))
-            .collect();
-        if !failures.is_empty() {
+        for (failure, n) in ingest.failures() {
             self.line(&format!(
-                "warning: the kernel side could not do all it should ({}): some events may be \
-                 missing from the timelines",
-                failures.join(", ")
+                "warning: {} {n}: {}",
+                failure.name(),
+                probe_failure_meaning(failure)
             ))?;
         }
         if report.dropped.evicted > 0 {
