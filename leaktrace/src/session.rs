@@ -594,6 +594,9 @@ fn drain(
         if let Some(second) = decoded.second() {
             ingest(second, store, live, metrics);
         }
+        if store.staged_enough() {
+            store.insert_staged();
+        }
     }
     store.insert_staged();
     if let Some(metrics) = metrics {

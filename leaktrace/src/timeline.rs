@@ -610,9 +610,9 @@ impl Store {
         self.timelines.len()
     }
 
-    /// Takes one event of a read of the ring buffer, for [`Self::insert_staged`], which runs
-    /// itself every [`STAGE_LIMIT`] events. Notes on the way the sockets whose story ends among
-    /// the staged events, so they are gone through once more only, not twice.
+    /// Takes one event of a read of the ring buffer, for [`Self::insert_staged`] (see
+    /// [`Self::staged_enough`]). Notes on the way the sockets whose story ends among the staged
+    /// events, so they are gone through once more only, not twice.
     #[inline(always)]
     pub fn stage(&mut self, event: Event) {
         // Nothing is recorded of a socket after its end, so an end is never of a socket
@@ -628,9 +628,12 @@ impl Store {
             });
         }
         self.staged.push(event);
-        if self.staged.len() >= STAGE_LIMIT {
-            self.insert_staged();
-        }
+    }
+
+    /// Enough events are staged to insert them: at the end of a record, never between its two
+    /// events (the second, a close's state change, comes after the end of the story).
+    pub fn staged_enough(&self) -> bool {
+        self.staged.len() >= STAGE_LIMIT
     }
 
     /// Takes the events staged by [`Self::stage`]. A socket whose whole story lies among them
