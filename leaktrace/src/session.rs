@@ -154,7 +154,7 @@ fn preflight(options: &SessionOptions) -> Result<(), Failure> {
         {
             return Err(Failure::NoSuchProcess(pid));
         }
-        if let Some(&pid) = pids.iter().find(|&&pid| !holders::alive(pid)) {
+        if let Some(&pid) = pids.iter().find(|&&pid| holders::gone(pid)) {
             return Err(Failure::Exited(pid));
         }
     }
@@ -491,8 +491,8 @@ impl Session {
         // What did arrive goes first: a close in the ring is a close recorded.
         self.read_ring();
         self.forget_exited();
-        self.store.recheck_owners(monotonic_ns());
-        self.loss_unchecked = false;
+        // What /proc could not tell now is asked again at the next re-check.
+        self.loss_unchecked = !self.store.recheck_owners(monotonic_ns());
         self.rechecked = Some(Instant::now());
     }
 
@@ -504,7 +504,7 @@ impl Session {
             .live
             .iter()
             .copied()
-            .filter(|&pid| !holders::alive(pid))
+            .filter(|&pid| holders::gone(pid))
             .collect();
         for &pid in &exited {
             self.live.remove(&pid);

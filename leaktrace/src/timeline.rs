@@ -772,7 +772,10 @@ impl Store {
         if wanted.is_empty() {
             return;
         }
-        let found = holders::find(&wanted);
+        // Scanned again at the next evaluation.
+        let Ok(found) = holders::find(&wanted) else {
+            return;
+        };
         for (key, timeline) in &mut self.timelines {
             let Some(ino) = timeline.orphan_inode().filter(|ino| wanted.contains(ino)) else {
                 continue;
@@ -789,10 +792,12 @@ impl Store {
 
     /// After records were lost: every socket's owner is looked up in /proc. A close, an exit or
     /// a hand-over among the lost records would otherwise leave the socket held in leaktrace's
-    /// view for good, and a leak reported that has ended.
-    pub fn recheck_owners(&mut self, now_ns: u64) {
+    /// view for good, and a leak reported that has ended. False where /proc could not be read
+    /// for some: what it could not tell is left as it was.
+    pub fn recheck_owners(&mut self, now_ns: u64) -> bool {
         let mut exited = BTreeSet::new();
         let mut elsewhere = Vec::new();
+        let mut complete = true;
         let mut lookup = holders::FdLookup::default();
         for (key, timeline) in &self.timelines {
             let Some(owner) = timeline.owner().filter(|_| timeline.live()) else {
@@ -800,10 +805,11 @@ impl Store {
             };
             let held = match (owner.fd, timeline.ino) {
                 (Some(fd), ino) => lookup.holds(owner.tgid, fd, ino),
-                (None, Some(_)) if !holders::alive(owner.tgid) => holders::FdHeld::ProcessGone,
+                (None, Some(_)) if holders::gone(owner.tgid) => holders::FdHeld::ProcessGone,
                 (None, Some(ino)) => match lookup.fd_of(owner.tgid, ino) {
-                    Some(_) => holders::FdHeld::Yes,
-                    None => holders::FdHeld::No,
+                    Ok(Some(_)) => holders::FdHeld::Yes,
+                    Ok(None) => holders::FdHeld::No,
+                    Err(holders::Unreadable) => holders::FdHeld::Unknown,
                 },
                 // Not accepted yet, or no record named its file: nothing to look for.
                 (None, None) => continue,
@@ -814,12 +820,13 @@ impl Store {
                 holders::FdHeld::ProcessGone => {
                     exited.insert(owner.tgid);
                 }
+                holders::FdHeld::Unknown => complete = false,
             }
         }
         for tgid in exited {
             self.owner_exited(tgid, now_ns);
         }
-        self.hand_over_or_close(&elsewhere, now_ns);
+        self.hand_over_or_close(&elsewhere, now_ns) && complete
     }
 
     /// Finds by which fd the owner of each of `keys` holds it now: the kernel side names a
@@ -839,24 +846,29 @@ impl Store {
                 continue;
             }
             match lookup.fd_of(owner.tgid, ino) {
-                Some(fd) => {
+                Ok(Some(fd)) => {
                     if let Some(known) = &mut timeline.owner {
                         known.value.fd = Some(fd);
                     }
                 }
-                None => elsewhere.push(*key),
+                Ok(None) => elsewhere.push(*key),
+                // The fd stays unknown until a later look succeeds.
+                Err(holders::Unreadable) => {}
             }
         }
         self.hand_over_or_close(&elsewhere, now_ns);
     }
 
     /// Sockets their recorded owner no longer holds: to whoever holds them now, else closed.
-    fn hand_over_or_close(&mut self, keys: &[SockKey], now_ns: u64) {
+    /// False, and nothing changed, where /proc could not be read: a holder may have been missed.
+    fn hand_over_or_close(&mut self, keys: &[SockKey], now_ns: u64) -> bool {
         let inodes = keys
             .iter()
             .filter_map(|key| self.timelines.get(key)?.ino)
             .collect();
-        let found = holders::find(&inodes);
+        let Ok(found) = holders::find(&inodes) else {
+            return false;
+        };
         for key in keys {
             let Some(timeline) = self.timelines.get_mut(key) else {
                 continue;
@@ -871,6 +883,7 @@ impl Store {
             }
             self.counts.move_held(held, timeline.held());
         }
+        true
     }
 
     /// How many sockets `pid` holds in CLOSE_WAIT that it connected to `remote`: one is what a
