@@ -1023,6 +1023,35 @@ fn prefork_master_keeps_none_of_its_workers_connections() -> Result<()> {
     Ok(())
 }
 
+/// Incident 1 before accept: the request and FIN arrive while the server is busy, so the
+/// connection sits in its backlog until it accepts it. Meanwhile another process, untraced,
+/// listens on the same port number on another local address (anyone may, on 127.0.0.2): the
+/// connection is still the traced server's, and its leak is reported.
+#[test]
+fn close_wait_before_accept_despite_another_listener_on_the_port() -> Result<()> {
+    const CONNS: usize = 1;
+    let test = "close_wait_before_accept_despite_another_listener_on_the_port";
+    // Past the client's FIN (100 ms after its request), short of --leak-after: the finding
+    // comes once the server holds the connection by an fd.
+    let mut server = Fixture::server(
+        FIXTURE,
+        &["close-wait-server", "--conns", "1", "--pause-ms", "400"],
+    )?;
+    let Some(mut leaktrace) = Leaktrace::start(test, &[server.pid()], RUN_LIMIT)? else {
+        return Ok(());
+    };
+    // This test process is the other listener: untraced, it listens after the server.
+    let _other = std::net::TcpListener::bind(("127.0.0.2", server.port()))?;
+    let client = close_wait_client(FIXTURE, &server, Family::V4, CONNS)?;
+    let accepted = server.accepted(CONNS)?;
+    server.lines("EOF ", CONNS)?;
+    leaktrace.wait_for_leaks(CONNS, FINDING_TIMEOUT)?;
+    leaktrace.settle(SETTLE)?;
+    let report = leaktrace.stop()?;
+    assert_close_wait_findings(&report, &server, Family::V4, &accepted, &client)?;
+    Ok(())
+}
+
 /// Past `--max-kernel-sockets`, a traced process's new sockets are not followed: leaks among
 /// them cannot be reported, so leaktrace says so at once and in the summary, never silently.
 #[test]

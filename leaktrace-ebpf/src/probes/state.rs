@@ -17,7 +17,7 @@ use crate::{
     idle,
     kernel::{Btf, FileRefs, Probe, Reader, Sock},
     sock_meta::{
-        claim, current, followed, forget, watch_arrivals, SockMeta, ESTABLISHED_AT_BIRTH,
+        claim, current, followed, forget, traced, watch_arrivals, SockMeta, ESTABLISHED_AT_BIRTH,
         FROM_LISTENER, READS_WATCHED,
     },
 };
@@ -28,7 +28,9 @@ fn on_state<R: Reader>(sk: Sock, old: u8, new: u8) {
         return;
     }
     if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
-        if let Some(owner) = listener::<R>(sk) {
+        // Only its own listener's close frees the port's slot: another listener on the port
+        // may hold it (see on_first_sight). The closing process runs this.
+        if let Some(owner) = listener::<R>(sk).filter(|owner| **owner == current().0) {
             *owner = 0;
         }
     }
@@ -47,9 +49,13 @@ fn on_first_sight<R: Reader>(sk: Sock, old: u8, new: u8) {
         (_, tcp_state::LISTEN) => {
             let (tgid, _) = current();
             // Every listener, traced or not: a process traced later (--follow-children) may
-            // accept on it.
+            // accept on it. But a second listener on the port number (an SO_REUSEPORT sibling,
+            // anyone's on another local address) must not take a traced one's slot: the traced
+            // server's connections, until accepted, would be nobody's.
             if let Some(owner) = listener::<R>(sk) {
-                *owner = tgid;
+                if *owner == 0 || traced(tgid) || !traced(*owner) {
+                    *owner = tgid;
+                }
             }
             if let Some(meta) = claim(sk, tgid, 0).then(|| followed(sk)).flatten() {
                 let mut event = Event::new(RecordKind::State, meta.born_ns);

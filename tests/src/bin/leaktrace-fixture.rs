@@ -18,9 +18,10 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
-  close-wait-server --conns N [--release-after-ms MS] [--release-on-connect]
+  close-wait-server --conns N [--pause-ms MS] [--release-after-ms MS] [--release-on-connect]
                                      read each connection to EOF, never close it (incident 1);
-                                     with --release-after-ms, close them all MS later; with
+                                     --pause-ms waits MS before accepting the first; with
+                                     --release-after-ms, close them all MS later; with
                                      --release-on-connect, when one more connection comes
   shut-wr-server --mode never-read|read-then-stop --expect BYTES [--pause-ms MS]
                  [--release-after-ms MS]
@@ -245,6 +246,8 @@ fn hold_forever(_sockets: Vec<TcpStream>) -> ! {
 /// Incident 1: the handler gives up on the connection but forgets to close it.
 fn close_wait_server(o: &Opts) -> Result<()> {
     let listener = o.listen()?;
+    // Connections queue up in the backlog meanwhile, their request and FIN with them.
+    thread::sleep(o.pause);
     let mut held = Vec::with_capacity(o.conns);
     for _ in 0..o.conns {
         let mut stream = accept(&listener)?;
