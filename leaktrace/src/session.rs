@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use leaktrace_common::ProbeFailure;
+use leaktrace_common::{ProbeFailure, Record};
 use tokio::{
     io::unix::AsyncFd,
     time::{interval, interval_at, sleep_until, Instant, MissedTickBehavior},
@@ -216,8 +216,34 @@ impl Session {
                     .with_context(|| format!("tracing pid {pid}"))?;
             }
         }
+        let mut ring = RingBuf::try_from(
+            attached
+                .ebpf
+                .take_map("RECORDS")
+                .ok_or_else(|| anyhow!("RECORDS map missing"))?,
+        )
+        .map_err(anyhow::Error::from)?;
+        let mut store = Store::with_capacity_limit(options.common.max_sockets);
+        if trace_out.is_some() {
+            store = store.keeping_swept();
+        }
+        let mut counts = IngestCounts {
+            ring_size: options.common.ring_size,
+            ..IngestCounts::default()
+        };
+        let mut live: BTreeSet<u32> = pids.iter().copied().collect();
         if attached.can_seed && !matches!(options.scope, Scope::Added) {
-            let seeded = hooks::seed_existing(&mut attached.ebpf, &pids)?;
+            // Drained while seeding, a quarter of the ring at a time: one record per socket.
+            let batch = options.common.ring_size as usize / Record::SIZE / 4;
+            let seeded = hooks::seed_existing(&mut attached.ebpf, &pids, batch, &mut || {
+                drain(
+                    &mut ring,
+                    &mut store,
+                    &mut live,
+                    &mut counts,
+                    metrics.as_ref(),
+                )
+            })?;
             if let Some(why) = &seeded.first_failure {
                 eprintln!(
                     "leaktrace: warning: could not inspect the sockets of {} process(es) that predate the trace ({why})",
@@ -228,13 +254,6 @@ impl Session {
         release_startup_memory();
         let lost = per_cpu_counters(&mut attached, "LOST")?;
         let probe_failures = per_cpu_counters(&mut attached, "PROBE_FAILURES")?;
-        let ring = RingBuf::try_from(
-            attached
-                .ebpf
-                .take_map("RECORDS")
-                .ok_or_else(|| anyhow!("RECORDS map missing"))?,
-        )
-        .map_err(anyhow::Error::from)?;
         let ring = register(ring)?;
         // Before the start line: whoever reads it may stop leaktrace at once, and must get the
         // final report, not a process killed by a signal's default action.
@@ -277,23 +296,13 @@ impl Session {
             lost,
             probe_failures,
             reporter,
-            store: {
-                let store = Store::with_capacity_limit(options.common.max_sockets);
-                if trace_out.is_some() {
-                    store.keeping_swept()
-                } else {
-                    store
-                }
-            },
+            store,
             metrics,
             trace_out,
             detectors: Detectors::new(options.leaks.leak_after, options.leaks.idle_after),
-            counts: IngestCounts {
-                ring_size: options.common.ring_size,
-                ..IngestCounts::default()
-            },
+            counts,
             ends_with_processes: !pids.is_empty(),
-            live: pids.into_iter().collect(),
+            live,
             loss_unchecked: false,
             rechecked: None,
             deadline: options.duration.map(|d| Instant::now() + d),

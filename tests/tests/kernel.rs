@@ -363,6 +363,49 @@ fn close_wait_stuck_before_tracing() -> Result<()> {
     assert_close_wait_findings(&report, &server, Family::V4, &accepted, &client)
 }
 
+/// More leaks at start than the ring buffer holds records: every one is found. Seeding wrote a
+/// record per socket and drained the ring only once it was done, so a host with tens of
+/// thousands of sockets lost most of them, its leaks with them.
+#[test]
+fn more_leaks_at_start_than_the_ring_holds_are_all_found() -> Result<()> {
+    // A 4 KiB ring holds 30 records.
+    const CONNS: usize = 100;
+    let mut server = close_wait_server(FIXTURE, Family::V4, CONNS)?;
+    // As close_wait_client's, ten at a time.
+    let (port, conns) = (server.port().to_string(), CONNS.to_string());
+    let client = run_client(
+        FIXTURE,
+        &[
+            "--port",
+            &port,
+            "--send",
+            "5",
+            "--pause-ms",
+            "100",
+            "--conns",
+            &conns,
+            "--concurrency",
+            "10",
+        ],
+    )?;
+    let accepted = server.accepted(CONNS)?;
+    server.lines("EOF ", CONNS)?;
+    let Some(mut leaktrace) = Leaktrace::start_with(
+        "more_leaks_at_start_than_the_ring_holds_are_all_found",
+        &[server.pid()],
+        RUN_LIMIT,
+        &["--ring-size", "4096"],
+    )?
+    else {
+        return Ok(());
+    };
+    leaktrace.wait_for_leaks(CONNS, FINDING_TIMEOUT)?;
+    leaktrace.settle(SETTLE)?;
+    let report = leaktrace.stop()?;
+    assert_eq!(report.summary()["lost_events"], 0, "{report}");
+    assert_close_wait_findings(&report, &server, Family::V4, &accepted, &client)
+}
+
 /// Incident 3 found at start: the connection finished long ago, the fd is still held with the
 /// peer's late bytes and FIN unread (lsof's "protocol: TCP"). No tool that lists connections
 /// (ss, sock_diag) sees this socket any more.

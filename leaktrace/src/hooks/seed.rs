@@ -33,8 +33,15 @@ pub struct Seeded {
 /// The tracepoint the `seed` program runs on, on leaktrace's own calls.
 pub const SEED_HOOK: (&str, &str) = ("syscalls", "sys_enter_getsockname");
 
-/// Records every TCP socket the processes `pids` (all processes if empty) hold now.
-pub fn seed_existing(ebpf: &mut Ebpf, pids: &[u32]) -> Result<Seeded> {
+/// Records every TCP socket the processes `pids` (all processes if empty) hold now, calling
+/// `drain` after every `batch` sockets: a host may hold more than the ring buffer can take at
+/// once.
+pub fn seed_existing(
+    ebpf: &mut Ebpf,
+    pids: &[u32],
+    batch: usize,
+    drain: &mut dyn FnMut(),
+) -> Result<Seeded> {
     let mut request: Array<MapData, SeedRequest> = Array::try_from(
         ebpf.take_map("SEED_REQUEST")
             .ok_or_else(|| anyhow!("SEED_REQUEST map missing"))?,
@@ -47,12 +54,38 @@ pub fn seed_existing(ebpf: &mut Ebpf, pids: &[u32]) -> Result<Seeded> {
     let link = program
         .attach(SEED_HOOK.0, SEED_HOOK.1)
         .context("attaching the seed program")?;
-    let seeded = seed_pids(&mut request, pids);
+    let mut batches = Batches {
+        size: batch.max(1),
+        left: batch.max(1),
+        drain,
+    };
+    let seeded = seed_pids(&mut request, pids, &mut batches);
     program.detach(link).context("detaching the seed program")?;
     seeded
 }
 
-fn seed_pids(request: &mut Array<MapData, SeedRequest>, pids: &[u32]) -> Result<Seeded> {
+/// Counts the sockets seeded down to the next drain of the ring buffer.
+struct Batches<'a> {
+    size: usize,
+    left: usize,
+    drain: &'a mut dyn FnMut(),
+}
+
+impl Batches<'_> {
+    fn seeded_one(&mut self) {
+        self.left -= 1;
+        if self.left == 0 {
+            (self.drain)();
+            self.left = self.size;
+        }
+    }
+}
+
+fn seed_pids(
+    request: &mut Array<MapData, SeedRequest>,
+    pids: &[u32],
+    batches: &mut Batches<'_>,
+) -> Result<Seeded> {
     let own = std::process::id();
     let pids: Vec<u32> = if pids.is_empty() {
         procfs::process::all_processes()
@@ -64,7 +97,7 @@ fn seed_pids(request: &mut Array<MapData, SeedRequest>, pids: &[u32]) -> Result<
     };
     let mut seeded = Seeded::default();
     for pid in pids.into_iter().filter(|&pid| pid != own) {
-        if let Err(e) = seed_process(request, pid, &mut seeded) {
+        if let Err(e) = seed_process(request, pid, &mut seeded, batches) {
             seeded.failed += 1;
             seeded
                 .first_failure
@@ -78,6 +111,7 @@ fn seed_process(
     request: &mut Array<MapData, SeedRequest>,
     pid: u32,
     seeded: &mut Seeded,
+    batches: &mut Batches<'_>,
 ) -> Result<()> {
     let process = Process::new(pid as i32)?;
     let socket_fds: Vec<RawFd> = process
@@ -105,6 +139,7 @@ fn seed_process(
         )?;
         trigger_seed(&duplicate);
         seeded.sockets += 1;
+        batches.seeded_one();
     }
     Ok(())
 }
