@@ -109,6 +109,47 @@ fn run_reports_a_pool_leak_and_fails_on_request() -> Result<()> {
     Ok(())
 }
 
+/// A process names itself as it likes: once, a name of ESC ] 0 ; ... BEL, a newline and `LEAK`
+/// retitled the reader's terminal and forged a second finding in the text report.
+#[test]
+fn a_process_name_cannot_forge_report_lines() -> Result<()> {
+    if !is_root() {
+        skip(
+            "a_process_name_cannot_forge_report_lines",
+            "leaktrace needs root",
+        );
+        return Ok(());
+    }
+    let run = run_leaktrace(&[
+        "run",
+        "--leak-after",
+        "300ms",
+        "--",
+        FIXTURE,
+        "pool-leak",
+        "--conns",
+        "1",
+        "--pause-ms",
+        "1500",
+        "--name",
+        "\x1b]0;x\x07\nLEAK x",
+    ])?;
+    // Under run the text report is on stderr.
+    let report = &run.stderr;
+    assert_eq!(run.status.code(), Some(0), "{report}");
+    assert!(
+        !report.contains(|c: char| c.is_control() && c != '\n'),
+        "a control character reached the terminal: {report:?}"
+    );
+    let leaks: Vec<&str> = report.lines().filter(|l| l.starts_with("LEAK")).collect();
+    assert_eq!(leaks.len(), 1, "{report}");
+    assert!(
+        leaks[0].contains(r"(\u{1b}]0;x\u{7}\nLEAK x) fd "),
+        "the name is shown escaped: {report}"
+    );
+    Ok(())
+}
+
 /// A well-behaved command: no leak, and its own exit status, with or without --fail-on-leak.
 #[test]
 fn run_passes_a_clean_command_status_through() -> Result<()> {

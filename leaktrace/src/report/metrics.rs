@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
+use super::text::printable;
 use super::IngestCounts;
 use crate::decoder::{Event, EventKind, SockKey};
 use crate::detect::{self, LeakKind, Outcome};
@@ -214,7 +215,7 @@ impl Metrics {
                 let labels = LeakLabels {
                     kind,
                     pid: finding.pid,
-                    comm: finding.comm.clone(),
+                    comm: printable(&finding.comm),
                 };
                 self.open_leaks.get_or_create(&labels).inc();
                 self.open.insert((finding.sock, finding.kind), labels);
@@ -420,6 +421,25 @@ mod tests {
         assert!(
             !text.contains("leaktrace_open_leaks{"),
             "the process's series goes with its last leak: {text}"
+        );
+    }
+
+    #[test]
+    fn process_names_in_labels_cannot_drive_a_terminal() {
+        let mut metrics = Metrics::new(1 << 20);
+        let mut leak = finding();
+        leak.comm = "\x1b]0;x\x07\nLEAK x".into();
+        metrics.outcome(&Outcome::Leak(leak));
+        let text = exposition(&metrics);
+        assert!(
+            !text.contains(|c: char| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            samples(&text).contains(
+                &r#"leaktrace_open_leaks{kind="shut_wr_unread",pid="4242",comm="\\u{1b}]0;x\\u{7}\\nLEAK x"} 1"#
+            ),
+            "{text}"
         );
     }
 

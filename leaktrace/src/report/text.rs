@@ -66,7 +66,7 @@ impl Reporter for TextReporter {
                 "LEAK  {}  pid {} ({}) fd {}  {}  {}",
                 f.kind.as_str(),
                 f.pid,
-                f.comm,
+                printable(&f.comm),
                 fd(f.fd),
                 endpoints(f.local, f.remote, f.accepted),
                 explanation(f)
@@ -189,6 +189,21 @@ impl Reporter for TextReporter {
         }
         Ok(())
     }
+}
+
+/// A string a process controls (its name), fit to print: every character Rust's `{:?}` would
+/// escape is shown escaped (`\u{1b}`, `\n`, `\\`), so a process named with ESC, BEL or a
+/// newline can neither drive the reader's terminal nor forge a line of the report. Quotes stay
+/// as they are: names are not printed inside quotes.
+pub(super) fn printable(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' | '\'' => shown.push(c),
+            _ => shown.extend(c.escape_debug()),
+        }
+    }
+    shown
 }
 
 pub(super) fn fd(fd: Option<i32>) -> String {
@@ -350,7 +365,7 @@ fn table(open: &[Finding]) -> Vec<String> {
             [
                 f.kind.as_str().to_owned(),
                 f.pid.to_string(),
-                f.comm.clone(),
+                printable(&f.comm),
                 fd(f.fd),
                 addr(f.local),
                 addr(f.remote),
@@ -380,7 +395,7 @@ fn stats_sections(stats: &Stats) -> Vec<Vec<String>> {
                 .collect();
             [
                 p.pid.to_string(),
-                p.comm.clone(),
+                printable(&p.comm),
                 p.leaks_open.to_string(),
                 p.leaks_new.to_string(),
                 format!("{:.1}", stats.per_minute(p.leaks_new)),
@@ -469,7 +484,7 @@ fn timeline(f: &Finding) -> Vec<String> {
         "{} pid {} ({}) fd {}  {}  socket {:#x}:",
         f.kind.as_str(),
         f.pid,
-        f.comm,
+        printable(&f.comm),
         fd(f.fd),
         endpoints(f.local, f.remote, f.accepted),
         f.sock.addr
@@ -568,7 +583,7 @@ fn describe(event: &Event, fd: Option<i32>) -> String {
     // state change, an arrival) ran in softirq, in whatever process the CPU was running (the
     // peer, on loopback), which did not cause it; anything else another process did.
     if !event.in_owner_context && event.task.tgid != 0 {
-        let (pid, comm) = (event.task.tgid, event.task.comm);
+        let (pid, comm) = (event.task.tgid, printable(&event.task.comm.to_string()));
         let _ = match event.kind {
             EventKind::State { .. } | EventKind::Arrival | EventKind::Destroy => {
                 write!(text, "  (in the kernel, while pid {pid} {comm} ran)")
@@ -701,6 +716,57 @@ mod tests {
             "{}",
             describe(&own, Some(7))
         );
+    }
+
+    /// What a process once named itself to retitle the reader's terminal (ESC ] 0 ; ... BEL)
+    /// and forge a second finding on a line of its own.
+    const HOSTILE_NAME: &str = "\x1b]0;x\x07\nLEAK x";
+
+    #[test]
+    fn process_names_cannot_drive_the_terminal_or_forge_lines() {
+        let mut leak = finding();
+        leak.comm = HOSTILE_NAME.into();
+        // The peer that ran while the kernel moved the socket is named in the timeline.
+        for event in &mut leak.timeline {
+            if !event.in_owner_context {
+                event.task.comm = crate::decoder::Comm::new(HOSTILE_NAME);
+            }
+        }
+        let mut report = final_report(vec![leak.clone()], 0);
+        report.stats = stats();
+        report.stats.per_pid[0].comm = HOSTILE_NAME.into();
+        let (captured, mut reporter) = reporter();
+        reporter.outcome(&Outcome::Leak(leak)).unwrap();
+        reporter.finish(&report).unwrap();
+        let lines = captured.lines();
+        assert!(
+            lines.iter().all(|l| !l.contains(char::is_control)),
+            "{lines:#?}"
+        );
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("LEAK")).count(),
+            1,
+            "{lines:#?}"
+        );
+        // The live line, the table row, the timeline's heading and its two events in the
+        // kernel, the per-process row.
+        let shown = r"\u{1b}]0;x\u{7}\nLEAK x";
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(shown)).count(),
+            6,
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn printable_names_keep_what_prints() {
+        assert_eq!(
+            printable("caf\u{e9} \"it's\" [x]"),
+            "caf\u{e9} \"it's\" [x]"
+        );
+        // Escaped backslashes keep the escapes unambiguous: this is no ESC.
+        assert_eq!(printable(r"a\u{1b}"), r"a\\u{1b}");
+        assert_eq!(printable("tab\there\u{202e}"), r"tab\there\u{202e}");
     }
 
     #[test]

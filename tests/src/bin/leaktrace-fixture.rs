@@ -67,7 +67,8 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
                                      [read to EOF], send BYTES, [read them back], [read to
                                      EOF], [shutdown(SHUT_WR) and read to EOF, or with --leave
                                      not wait for it], wait MS, close
-                                     (--reset: abort with a RST instead of a FIN)";
+                                     (--reset: abort with a RST instead of a FIN)
+Every command takes --name NAME: the process names itself NAME (its comm) first.";
 
 /// What an SMTP client sends after the server rejected it (incident 3); repeated to any length.
 const PAYLOAD: &[u8] = b"RSET\r\nQUIT\r\n";
@@ -125,6 +126,7 @@ struct Opts {
     release_on_connect: bool,
     exit_code: i32,
     fd: i32,
+    name: Option<String>,
 }
 
 impl Opts {
@@ -153,6 +155,7 @@ impl Opts {
             release_on_connect: false,
             exit_code: 0,
             fd: -1,
+            name: None,
         };
         while let Some(flag) = args.next() {
             let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -179,6 +182,7 @@ impl Opts {
                 "--expect" => o.expect = value()?.parse()?,
                 "--exit-code" => o.exit_code = value()?.parse()?,
                 "--fd" => o.fd = value()?.parse()?,
+                "--name" => o.name = Some(value()?),
                 "--release-after-ms" => {
                     o.release_after = Some(Duration::from_millis(value()?.parse()?));
                 }
@@ -208,6 +212,9 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let command = args.next().context(USAGE)?;
     let opts = Opts::parse(args).context(USAGE)?;
+    if let Some(name) = &opts.name {
+        set_name(name)?;
+    }
     match command.as_str() {
         "close-wait-server" => close_wait_server(&opts),
         "shut-wr-server" => shut_wr_server(&opts),
@@ -228,6 +235,15 @@ fn main() -> Result<()> {
         }
         _ => bail!("unknown command {command:?}\n{USAGE}"),
     }
+}
+
+/// What the process is called in /proc/PID/comm and in the kernel's records of it.
+fn set_name(name: &str) -> Result<()> {
+    let name = std::ffi::CString::new(name)?;
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string, at most 16 bytes of it.
+    let ret = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    ensure!(ret == 0, "PR_SET_NAME: {}", io::Error::last_os_error());
+    Ok(())
 }
 
 fn accept(listener: &TcpListener) -> Result<TcpStream> {
