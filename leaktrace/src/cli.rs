@@ -40,7 +40,8 @@ Exit status:
   0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process (or a zombie),
   5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook,
   8 an output failed: the report's reader closed it (e.g. `leaktrace --json | head -1`), or
-    one asked for cannot be opened (--metrics address in use, --trace-out file not writable);
+    one asked for cannot be opened (--metrics address in use, --trace-out file not writable
+    or refused);
   run: the command's own status, 10 with --fail-on-leak when a leak was reported,
   126/127 when the command cannot be executed / is not found, or leaktrace's own status
   above; its last line on stderr says whose status it is (`leaktrace: exit status 7 is
@@ -171,7 +172,9 @@ pub struct CommonArgs {
     pub metrics: Option<SocketAddr>,
     /// Write every socket's timeline to FILE as Chrome trace-event JSON, which Perfetto
     /// (ui.perfetto.dev) opens: a track per socket, a slice per TCP state, an instant per
-    /// syscall. Written as sockets go away and at the end, so memory stays bounded.
+    /// syscall. Written as sockets go away and at the end, so memory stays bounded. A new FILE
+    /// is created 0600; a symbolic link, a file of another user and one with other hard links
+    /// are refused (exit status 8), as another user may have put them there (in /tmp).
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
     /// Say at start which hook serves each event (rather than one line for them all), and which

@@ -3,8 +3,10 @@
 //! timelines a user opens in Perfetto (`--trace-out`). Skipped without root, as kernel.rs.
 
 use std::collections::HashMap;
+use std::fs::Permissions;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
@@ -174,6 +176,109 @@ fn outputs_that_cannot_be_opened_fail_before_tracing() -> Result<()> {
             run.stdout
         );
     }
+    Ok(())
+}
+
+/// Another user, whose files are planted where the trace is to go.
+const NOBODY: u32 = 65534;
+
+/// Root writing its trace into a directory every user can write to (`/tmp`, a shared build
+/// directory) must not write where another user pointed it, nor into what they put there first.
+#[test]
+fn trace_out_refuses_what_another_user_planted() -> Result<()> {
+    let test = "trace_out_refuses_what_another_user_planted";
+    if !is_root() {
+        skip(test, "planting another user's files takes root");
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir)?;
+    // World-writable without the sticky bit: the kernel's fs.protected_* settings, which guard
+    // sticky directories only, leave it to leaktrace.
+    std::fs::set_permissions(&dir, Permissions::from_mode(0o777))?;
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "root only\n")?;
+    let trace = dir.join("trace.json");
+    let path = trace.to_string_lossy().into_owned();
+    let pid = std::process::id().to_string();
+    let run = || {
+        run_leaktrace(&[
+            "--json",
+            "--duration",
+            "1s",
+            "--pid",
+            &pid,
+            "--trace-out",
+            &path,
+        ])
+    };
+    let refused = |why: &str| -> Result<()> {
+        let run = run()?;
+        assert_eq!(
+            run.status.code(),
+            Some(OUTPUT_UNAVAILABLE),
+            "{why}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.starts_with(&format!(
+                "leaktrace: error: cannot write the trace to {path}: {why}"
+            )),
+            "{why}: {}",
+            run.stderr
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "{why}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{why}: traced: {:?}", run.stdout);
+        assert_eq!(std::fs::read_to_string(&secret)?, "root only\n", "{why}");
+        Ok(())
+    };
+
+    std::os::unix::fs::symlink(&secret, &trace)?;
+    std::os::unix::fs::lchown(&trace, Some(NOBODY), Some(NOBODY))?;
+    refused("it is a symbolic link, which leaktrace does not follow")?;
+    std::fs::remove_file(&trace)?;
+
+    std::fs::write(&trace, "theirs\n")?;
+    std::os::unix::fs::chown(&trace, Some(NOBODY), Some(NOBODY))?;
+    refused("it belongs to uid 65534")?;
+    assert_eq!(std::fs::read_to_string(&trace)?, "theirs\n");
+    std::fs::remove_file(&trace)?;
+
+    // Opening a FIFO to write waits for a reader: a planted one must not stop leaktrace.
+    let fifo = std::ffi::CString::new(path.as_str())?;
+    // SAFETY: mkfifo reads the NUL-terminated path, alive for the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0);
+    std::os::unix::fs::chown(&trace, Some(NOBODY), Some(NOBODY))?;
+    refused("it is a FIFO that nobody reads")?;
+    std::fs::remove_file(&trace)?;
+
+    // Where the kernel lets users link to files they do not own (fs.protected_hardlinks=0).
+    std::fs::hard_link(&secret, &trace)?;
+    refused("it has 2 names (hard links)")?;
+    std::fs::remove_file(&trace)?;
+
+    for (what, before) in [
+        ("a new file", None),
+        ("its own file", Some("stale ".repeat(9999))),
+    ] {
+        if let Some(before) = &before {
+            std::fs::write(&trace, before)?;
+        }
+        let run = run()?;
+        assert_eq!(run.status.code(), Some(0), "{what}: {}", run.stderr);
+        let text = std::fs::read_to_string(&trace)?;
+        serde_json::from_str::<Vec<Value>>(&text)
+            .with_context(|| format!("{what}: not a JSON array: {text:?}"))?;
+        if before.is_none() {
+            let mode = std::fs::metadata(&trace)?.permissions().mode() & 0o777;
+            assert_eq!(
+                mode, 0o600,
+                "{what}: the trace names processes: root's alone"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 

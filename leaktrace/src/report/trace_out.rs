@@ -12,8 +12,10 @@
 //! writes one still leaves a file the viewers open, up to the last socket written.
 
 use std::collections::HashSet;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::Path;
 
 use leaktrace_common::tcp_state;
@@ -42,7 +44,7 @@ pub struct TraceOut {
 
 impl TraceOut {
     pub fn create(path: &Path) -> io::Result<Self> {
-        Self::new(Box::new(File::create(path)?))
+        Self::new(Box::new(open_own(path)?))
     }
 
     fn new(mut out: Box<dyn Write + Send>) -> io::Result<Self> {
@@ -169,6 +171,67 @@ impl TraceOut {
         self.out.write_all(text.as_bytes())?;
         self.out.flush()
     }
+}
+
+/// Opens `path` to write, as root may in a directory other users can write to (`/tmp`), where
+/// what is already at `path` may be another user's doing: never through a symbolic link (theirs
+/// could point at any file), never into a file of theirs nor into one with other names (a hard
+/// link to a file root cares about), and never truncating one before it is known to be fit. A
+/// new file is created 0600: the trace names processes, addresses and ports.
+fn open_own(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        // O_NONBLOCK: opening a FIFO someone left there would wait for a reader for ever.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            let found = path.symlink_metadata().map(|m| m.file_type());
+            match (e.raw_os_error(), found) {
+                (Some(libc::ELOOP), Ok(t)) if t.is_symlink() => {
+                    refused("it is a symbolic link, which leaktrace does not follow".to_owned())
+                }
+                (Some(libc::ENXIO), Ok(t)) if t.is_fifo() => {
+                    refused("it is a FIFO that nobody reads".to_owned())
+                }
+                _ => e,
+            }
+        })?;
+    let found = file.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own = unsafe { libc::geteuid() };
+    if found.uid() != own {
+        return Err(refused(format!(
+            "it belongs to uid {}, not to leaktrace's user (uid {own}): remove it or name \
+             another file",
+            found.uid()
+        )));
+    }
+    if found.is_file() {
+        if found.nlink() > 1 {
+            return Err(refused(format!(
+                "it has {} names (hard links), and writing it would change the others too",
+                found.nlink()
+            )));
+        }
+        file.set_len(0)?;
+    }
+    // Blocking again: the trace's writes must wait for a slow reader of a FIFO, not fail.
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on an fd `file` owns; F_GETFL and F_SETFL take and return flags only.
+    let blocking = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+    };
+    if !blocking {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+fn refused(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, why)
 }
 
 /// An event that is not a state change, as a thread-scoped instant with the `--json` entry's
