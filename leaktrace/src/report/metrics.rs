@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +60,7 @@ struct StateLabels {
 }
 
 /// What a scrape reads: the registry, and the ring buffer fill, a high-water mark that each
-/// scrape starts anew.
+/// GET of the metrics starts anew.
 #[derive(Debug)]
 struct Exposition {
     registry: Registry,
@@ -68,12 +68,25 @@ struct Exposition {
 }
 
 impl Exposition {
-    fn scrape(&self) -> String {
+    /// The metrics as they stand, and the ring fill among them; reading changes nothing, so a
+    /// HEAD, or a GET whose answer never arrives, leaves the next scrape what it would have read.
+    fn render(&self) -> (String, f64) {
+        let fill = self.ring_fill.get();
         let mut text = String::new();
         // Writing into a String cannot fail; only a label value could, and ours are plain.
         let _ = encode(&mut text, &self.registry);
-        self.ring_fill.set(0.0);
-        text
+        (text, fill)
+    }
+
+    /// A GET was answered with the ring fill `fill`: the high-water mark starts anew, unless it
+    /// rose while the answer was being sent, which the next scrape must see.
+    fn served(&self, fill: f64) {
+        let _ = self.ring_fill.inner().compare_exchange(
+            fill.to_bits(),
+            0f64.to_bits(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -300,7 +313,7 @@ async fn accept(listener: TcpListener, exposition: Arc<Exposition>) {
 async fn answer(mut stream: TcpStream, exposition: &Exposition) -> io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    let response = loop {
+    let (response, scraped) = loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             return Ok(());
@@ -313,32 +326,54 @@ async fn answer(mut stream: TcpStream, exposition: &Exposition) -> io::Result<()
                 break respond(request.method, request.path, exposition)
             }
             Ok(httparse::Status::Partial) if head.len() <= MAX_REQUEST_HEAD => {}
-            _ => break response("400 Bad Request", "text/plain", "bad request\n", true),
+            _ => {
+                break (
+                    response("400 Bad Request", "text/plain", "bad request\n", true),
+                    None,
+                )
+            }
         }
     };
     stream.write_all(&response).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    if let Some(fill) = scraped {
+        exposition.served(fill);
+    }
+    Ok(())
 }
 
-fn respond(method: Option<&str>, path: Option<&str>, exposition: &Exposition) -> Vec<u8> {
+/// The response to a request, and for a GET of the metrics the ring fill it carries.
+fn respond(
+    method: Option<&str>,
+    path: Option<&str>,
+    exposition: &Exposition,
+) -> (Vec<u8>, Option<f64>) {
     let path = path.unwrap_or_default();
     let path = path.split_once('?').map_or(path, |(path, _query)| path);
     let with_body = method != Some("HEAD");
     match (method, path) {
         (Some("GET" | "HEAD"), "/metrics") => {
-            response("200 OK", CONTENT_TYPE, &exposition.scrape(), with_body)
+            let (text, fill) = exposition.render();
+            let response = response("200 OK", CONTENT_TYPE, &text, with_body);
+            (response, with_body.then_some(fill))
         }
-        (Some("GET" | "HEAD"), _) => response(
-            "404 Not Found",
-            "text/plain",
-            "leaktrace serves its metrics at /metrics\n",
-            with_body,
+        (Some("GET" | "HEAD"), _) => (
+            response(
+                "404 Not Found",
+                "text/plain",
+                "leaktrace serves its metrics at /metrics\n",
+                with_body,
+            ),
+            None,
         ),
-        _ => response(
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET and HEAD\n",
-            true,
+        _ => (
+            response(
+                "405 Method Not Allowed",
+                "text/plain",
+                "only GET and HEAD\n",
+                true,
+            ),
+            None,
         ),
     }
 }
@@ -366,7 +401,16 @@ mod tests {
     use crate::timeline::tests::{event, state};
 
     fn exposition(metrics: &Metrics) -> String {
-        metrics.exposition.scrape()
+        metrics.exposition.render().0
+    }
+
+    /// Sends `request` to the metrics server at `addr` and reads the whole response.
+    async fn request(addr: SocketAddr, request: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
     }
 
     /// The sample lines (no comments) of a scrape.
@@ -495,9 +539,18 @@ mod tests {
                 "no {expected:?} in\n{text}"
             );
         }
+        metrics.exposition.served(0.25);
         assert!(
             samples(&exposition(&metrics)).contains(&"leaktrace_ring_buffer_fill_ratio 0.0"),
-            "the high-water mark starts anew at each scrape"
+            "the high-water mark starts anew after each GET"
+        );
+        // A GET read 0.25, then the mark rose before it was sent: the next scrape sees the rise.
+        metrics.drained(8, 8 * 120);
+        metrics.drained(16, 16 * 120);
+        metrics.exposition.served(0.25);
+        assert!(
+            samples(&exposition(&metrics)).contains(&"leaktrace_ring_buffer_fill_ratio 0.5"),
+            "a rise while a GET is answered is kept"
         );
     }
 
@@ -505,13 +558,7 @@ mod tests {
     async fn served_over_http() {
         let metrics = Metrics::serve(([127, 0, 0, 1], 0).into(), 4096).unwrap();
         let addr = metrics.local_addr().unwrap();
-        let get = |request: &'static str| async move {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.unwrap();
-            response
-        };
+        let get = |text| request(addr, text);
         let ok = get("GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(
@@ -530,6 +577,36 @@ mod tests {
         assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
         let garbage = get("\x01\x02 nonsense\r\n\r\n").await;
         assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
+    }
+
+    /// A HEAD (a health check, `curl -I`) once reset the ring fill, so Prometheus's next GET
+    /// read 0 however full the ring had been.
+    #[tokio::test]
+    async fn only_a_get_of_the_metrics_starts_the_ring_fill_anew() {
+        let metrics = Metrics::serve(([127, 0, 0, 1], 0).into(), 4096).unwrap();
+        let addr = metrics.local_addr().unwrap();
+        // A quarter of the ring in one wake-up.
+        metrics.drained(8, 8 * 120);
+        let fill = |response: &str| {
+            response
+                .lines()
+                .find_map(|l| l.strip_prefix("leaktrace_ring_buffer_fill_ratio "))
+                .map(str::to_owned)
+        };
+        let head = request(addr, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(fill(&head), None, "a HEAD has no body: {head}");
+        for other in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "\x01 nonsense\r\n\r\n",
+        ] {
+            request(addr, other).await;
+        }
+        let scrape = request(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert_eq!(fill(&scrape).as_deref(), Some("0.25"), "{scrape}");
+        let next = request(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert_eq!(fill(&next).as_deref(), Some("0.0"), "{next}");
     }
 
     #[test]
