@@ -2,6 +2,11 @@
 //! from their first instruction, its exit status passed through, --fail-on-leak), and owners
 //! that exit. Privileged like kernel.rs: SKIPPED without root unless CI=true.
 
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
 use anyhow::Result;
 use leaktrace_tests::{
     close_wait_client, close_wait_server, is_root, run_client, run_leaktrace, skip, Family,
@@ -215,6 +220,42 @@ fn run_passes_a_clean_command_status_through() -> Result<()> {
             .ends_with("leaktrace: exit status 8 is leaktrace's own: the error above"),
         "{}",
         failed.stderr
+    );
+    Ok(())
+}
+
+/// Traced all at once, a busy host's processes come and go while leaktrace looks at the sockets
+/// of those there at start: one that exits between the listing and its turn is no failure, yet
+/// it made most starts warn that the sockets of N processes could not be inspected.
+#[test]
+fn processes_exiting_at_start_are_no_failure() -> Result<()> {
+    let test = "processes_exiting_at_start_are_no_failure";
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four at a time, each living a millisecond or so, reaped at once.
+    let churn: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || -> Result<()> {
+                while !stop.load(Ordering::Relaxed) {
+                    Command::new(FIXTURE).arg("exit").status()?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    // Every process: the start looks at each one's sockets.
+    let started = Leaktrace::start(test, &[], "60s");
+    stop.store(true, Ordering::Relaxed);
+    for churn in churn {
+        churn.join().expect("churn thread")?;
+    }
+    let Some(leaktrace) = started? else {
+        return Ok(());
+    };
+    let report = leaktrace.stop()?;
+    assert!(
+        !report.stderr.contains("could not inspect"),
+        "processes that exited were taken for failures\n{report}"
     );
     Ok(())
 }

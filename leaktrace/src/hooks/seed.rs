@@ -18,14 +18,18 @@ use aya::{
     Ebpf,
 };
 use leaktrace_common::SeedRequest;
-use procfs::process::{FDTarget, Process};
+use procfs::{
+    process::{FDTarget, Process},
+    ProcError,
+};
 
 /// What seeding found, for the startup log.
 #[derive(Debug, Default)]
 pub struct Seeded {
     /// Socket fds named to the kernel (TCP or not: the kernel tells).
     pub sockets: usize,
-    /// Processes or fds that could not be inspected, with the first reason.
+    /// Processes that could not be inspected, with the first reason. One that exited since it
+    /// was listed is not among them: it held nothing any more.
     pub failed: usize,
     pub first_failure: Option<String>,
 }
@@ -97,14 +101,30 @@ fn seed_pids(
     };
     let mut seeded = Seeded::default();
     for pid in pids.into_iter().filter(|&pid| pid != own) {
-        if let Err(e) = seed_process(request, pid, &mut seeded, batches) {
-            seeded.failed += 1;
-            seeded
-                .first_failure
-                .get_or_insert_with(|| format!("pid {pid}: {e:#}"));
+        match seed_process(request, pid, &mut seeded, batches) {
+            Err(e) if !exited(&e) => {
+                seeded.failed += 1;
+                seeded
+                    .first_failure
+                    .get_or_insert_with(|| format!("pid {pid}: {e:#}"));
+            }
+            // Seeded, or exited since the listing with nothing left to seed.
+            Ok(()) | Err(_) => {}
         }
     }
     Ok(seeded)
+}
+
+/// Whether `e` says the process is gone: on a busy host, processes exit between the listing
+/// and their turn all the time, and that hides nothing.
+fn exited(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        // procfs reads ESRCH, as well as a missing /proc/PID, as NotFound.
+        matches!(cause.downcast_ref(), Some(ProcError::NotFound(_)))
+            || cause
+                .downcast_ref::<io::Error>()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ESRCH))
+    })
 }
 
 fn seed_process(
@@ -125,9 +145,13 @@ fn seed_process(
     }
     let pidfd = pidfd_open(pid).context("pidfd_open")?;
     for fd in socket_fds {
-        // The fd may have been closed since the listing: nothing to seed then.
-        let Ok(duplicate) = pidfd_getfd(&pidfd, fd) else {
-            continue;
+        let duplicate = match pidfd_getfd(&pidfd, fd) {
+            Ok(duplicate) => duplicate,
+            // Closed since the listing: nothing to seed.
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue,
+            // Refused (EPERM under Yama's ptrace_scope 3 or an LSM) or out of fds: that socket
+            // goes unseen, which the warning must say; ESRCH, the process exited, is no failure.
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("pidfd_getfd of fd {fd}"))),
         };
         request.set(
             0,
@@ -174,4 +198,31 @@ pub fn pidfd_getfd(pidfd: &OwnedFd, fd: RawFd) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     Ok(unsafe { OwnedFd::from_raw_fd(duplicate as RawFd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past any pid_max (2^22 at most): no process has it.
+    const GONE: u32 = i32::MAX as u32;
+
+    #[test]
+    fn a_process_that_exited_is_no_failure() {
+        let listed = Process::new(GONE as i32)
+            .map(drop)
+            .map_err(anyhow::Error::from);
+        assert!(exited(&listed.unwrap_err()));
+        let opened = pidfd_open(GONE).map(drop).context("pidfd_open");
+        assert!(exited(&opened.unwrap_err()));
+    }
+
+    #[test]
+    fn a_refusal_is_a_failure() {
+        let refused = anyhow::Error::new(io::Error::from_raw_os_error(libc::EPERM))
+            .context("pidfd_getfd of fd 7");
+        assert!(!exited(&refused));
+        let unreadable: anyhow::Error = ProcError::PermissionDenied(None).into();
+        assert!(!exited(&unreadable));
+    }
 }

@@ -43,6 +43,7 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
                                      listener, whose side closes at once; the pool never closes
                                      its end (CLOSE_WAIT on the connect side), holds it MS, exits C
   clean-exit --exit-code C           connects, exchanges bytes, closes both ends, exits C
+  exit --exit-code C                 exits C at once: a process that lives a millisecond
   handoff-server                     accepts one connection, hands its fd to a child process
                                      (inherited across exec), closes its own copy; the child
                                      never closes it
@@ -225,6 +226,7 @@ fn main() -> Result<()> {
         "client" => client(&opts),
         "pool-leak" => pool_leak(&opts),
         "clean-exit" => clean_exit(&opts),
+        "exit" => std::process::exit(opts.exit_code),
         "handoff-server" => handoff_server(&opts),
         "dup-server" => dup_server(&opts),
         "scm-server" => scm_server(&opts),
