@@ -26,7 +26,8 @@ Examples:
   sudo leaktrace --pid 4242                 trace one process until Ctrl-C (or until it exits)
   sudo leaktrace --pid 4242 --json --duration 1m --leak-after 2s
   sudo leaktrace run --fail-on-leak -- ./run-tests.sh
-                                            trace a command and its children (CI use)
+                                            trace a command and its children (CI use); the
+                                            command runs as you, not root (--as-root)
   sudo leaktrace --pid 4242 --metrics 9464  Prometheus metrics at http://127.0.0.1:9464/metrics
   sudo leaktrace --pid 4242 --trace-out trace.json
                                             per-socket timelines to open in Perfetto
@@ -73,6 +74,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run a command and trace it and every process it starts, from their first instruction;
     /// the report goes to stderr, the command keeps stdin/stdout/stderr and its exit status.
+    /// Under sudo, the command runs as the user who ran sudo, not as root (--as-root).
     Run(RunArgs),
 }
 
@@ -85,6 +87,11 @@ pub struct RunArgs {
     /// Exit with status 10 when any leak was reported, instead of the command's own status.
     #[arg(long)]
     pub fail_on_leak: bool,
+    /// Run the command as root. Without it, when leaktrace was started through sudo (SUDO_UID
+    /// set), the command runs as the user who ran sudo, as it would have without leaktrace:
+    /// their uid, gid and groups, with HOME, USER and LOGNAME set to theirs.
+    #[arg(long)]
+    pub as_root: bool,
     /// The command and its arguments, after `--`.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -268,6 +275,7 @@ mod tests {
             "leaktrace",
             "run",
             "--fail-on-leak",
+            "--as-root",
             "--",
             "sh",
             "-c",
@@ -277,7 +285,7 @@ mod tests {
         let Some(Command::Run(run)) = cli.command else {
             panic!("not run: {cli:?}");
         };
-        assert!(run.fail_on_leak);
+        assert!(run.fail_on_leak && run.as_root);
         assert_eq!(run.command, ["sh", "-c", "exit 3"]);
         assert!(Cli::try_parse_from(["leaktrace", "run"]).is_err());
     }

@@ -3,12 +3,15 @@
 //! reported): a test suite wrapped in it fails on leaked sockets. Its last line on stderr
 //! always says whose status it exits with, as the command's codes and leaktrace's overlap.
 use std::{
+    ffi::CString,
     io::{self, Write as _},
     os::unix::process::ExitStatusExt as _,
+    path::PathBuf,
     process::{ExitStatus, Stdio},
 };
 
 use anyhow::{anyhow, Context as _};
+use nix::unistd::{getgrouplist, setgid, setgroups, setuid, Gid, Uid, User};
 use tokio::process::Command;
 
 use crate::{
@@ -25,6 +28,14 @@ const NOT_FOUND: u8 = 127;
 
 pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     let json = args.common.json;
+    // Before tracing starts: a user that cannot be found is the caller's to sort out.
+    let run_as = if args.as_root {
+        None
+    } else {
+        RunAs::sudo_user().context(
+            "cannot run the command as the user who ran sudo (--as-root runs it as root)",
+        )?
+    };
     let options = SessionOptions {
         follow_children: true,
         report_to_stderr: true,
@@ -34,12 +45,16 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     // While leaktrace itself is traced, the kernel adds the process it starts to the traced
     // ones at fork, before the command's first instruction.
     session.trace(std::process::id())?;
-    let spawned = Command::new(&args.command[0])
+    let mut command = Command::new(&args.command[0]);
+    command
         .args(&args.command[1..])
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn();
+        .stderr(Stdio::inherit());
+    if let Some(run_as) = run_as {
+        run_as.apply(&mut command);
+    }
+    let spawned = command.spawn();
     session.untrace(std::process::id())?;
     let mut child = match spawned {
         Ok(child) => child,
@@ -96,6 +111,79 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         say_whose(json, command, "command", &format!("the command {how}"));
         command
     })
+}
+
+/// Who runs the command instead of root: started through sudo, the user who ran sudo, as sudo
+/// would have run the command without leaktrace. Root is what the tracing needs, not the command.
+struct RunAs {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+    name: String,
+    home: PathBuf,
+}
+
+impl RunAs {
+    /// The user who ran sudo (`SUDO_UID`, and `SUDO_GID` when set), with their supplementary
+    /// groups from the user database; `None` when leaktrace was not started through sudo, or
+    /// by root.
+    fn sudo_user() -> anyhow::Result<Option<RunAs>> {
+        let Some(uid) = id_from_env("SUDO_UID")? else {
+            return Ok(None);
+        };
+        if uid == 0 {
+            return Ok(None);
+        }
+        let user = User::from_uid(Uid::from_raw(uid))
+            .with_context(|| format!("looking up uid {uid}"))?
+            .ok_or_else(|| anyhow!("uid {uid} (SUDO_UID) is not in the user database"))?;
+        let gid = id_from_env("SUDO_GID")?.map_or(user.gid, Gid::from_raw);
+        let name = CString::new(user.name.as_str())?;
+        let groups = getgrouplist(&name, gid)
+            .with_context(|| format!("listing the groups of {}", user.name))?;
+        Ok(Some(RunAs {
+            uid: user.uid,
+            gid,
+            groups,
+            name: user.name,
+            home: user.dir,
+        }))
+    }
+
+    /// Makes `command` start as this user, with their HOME, USER and LOGNAME.
+    fn apply(self, command: &mut Command) {
+        command
+            .env("HOME", &self.home)
+            .env("USER", &self.name)
+            .env("LOGNAME", &self.name);
+        let RunAs {
+            uid, gid, groups, ..
+        } = self;
+        // SAFETY: between fork and exec, the closure makes three system calls on data allocated
+        // before the fork, all async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                // The uid last: as root it sets the saved set-user-ID too, so nothing after it
+                // could change groups, and the command can never get root back.
+                setgroups(&groups)?;
+                setgid(gid)?;
+                setuid(uid)?;
+                Ok(())
+            });
+        }
+    }
+}
+
+/// A uid or gid from the environment (`SUDO_UID`), `None` when unset.
+fn id_from_env(name: &str) -> anyhow::Result<Option<u32>> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{name}={text:?} is not a number")),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => Err(anyhow!("{name}: {e}")),
+    }
 }
 
 /// The last line of a run: the status leaktrace exits with, and whose it is (`whose`: "command"

@@ -2,15 +2,19 @@
 //! from their first instruction, its exit status passed through, --fail-on-leak), and owners
 //! that exit. Privileged like kernel.rs: SKIPPED without root unless CI=true.
 
-use std::process::Command;
+use std::collections::HashMap;
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, ensure, Context as _, Result};
 use leaktrace_tests::{
-    close_wait_client, close_wait_server, is_root, run_client, run_leaktrace, skip, Family,
-    Fixture, Leaktrace,
+    close_wait_client, close_wait_server, is_root, leaktrace_bin, run_client, run_leaktrace, skip,
+    Family, Fixture, Leaktrace,
 };
 use serde_json::{json, Value};
 
@@ -257,6 +261,195 @@ fn processes_exiting_at_start_are_no_failure() -> Result<()> {
         !report.stderr.contains("could not inspect"),
         "processes that exited were taken for failures\n{report}"
     );
+    Ok(())
+}
+
+/// The user sudo names by `SUDO_UID`: uid 65534, nobody on Debian.
+const SUDO_USER_UID: u32 = 65534;
+
+/// A user database entry: name, gid and home.
+struct Passwd {
+    name: String,
+    gid: u32,
+    home: String,
+}
+
+/// The entry of `uid` in /etc/passwd, which a bare initramfs does not have.
+fn passwd(uid: u32) -> Result<Option<Passwd>> {
+    let Ok(text) = std::fs::read_to_string("/etc/passwd") else {
+        return Ok(None);
+    };
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if let [name, _, entry_uid, gid, _, home, ..] = fields[..] {
+            if entry_uid.parse() == Ok(uid) {
+                return Ok(Some(Passwd {
+                    name: name.to_owned(),
+                    gid: gid.parse()?,
+                    home: home.to_owned(),
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Runs `leaktrace ARGS` as `sudo` starts it for the user `uid`: with `SUDO_UID`, `SUDO_GID`
+/// and `SUDO_USER` set, as root. The harness cannot set leaktrace's environment; the hook
+/// family does not matter here.
+fn run_as_sudo_would(args: &[&str], uid: u32, gid: u32, user: &str) -> Result<Output> {
+    let leaktrace = Command::new(leaktrace_bin()?)
+        .args(args)
+        .env("SUDO_UID", uid.to_string())
+        .env("SUDO_GID", gid.to_string())
+        .env("SUDO_USER", user)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = libc::pid_t::try_from(leaktrace.id())?;
+    let (done, output) = mpsc::channel();
+    thread::spawn(move || done.send(leaktrace.wait_with_output()));
+    match output.recv_timeout(Duration::from_secs(30)) {
+        Ok(output) => Ok(output?),
+        Err(_) => {
+            // SAFETY: kill has no memory-safety preconditions; the waiting thread has not
+            // reaped leaktrace, so the pid is still its.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            bail!("leaktrace {args:?} still running after 30s")
+        }
+    }
+}
+
+/// `sudo leaktrace run -- CMD` ran CMD as root. Started through sudo, leaktrace runs it as the
+/// user who ran sudo, uid, gid and groups, with their HOME, USER and LOGNAME, and traces it all
+/// the same; `--as-root` keeps root.
+#[test]
+fn run_under_sudo_runs_the_command_as_that_user() -> Result<()> {
+    let test = "run_under_sudo_runs_the_command_as_that_user";
+    if !is_root() {
+        skip(test, "leaktrace needs root");
+        return Ok(());
+    }
+    let Some(user) = passwd(SUDO_USER_UID)? else {
+        skip(test, "uid 65534 is not in /etc/passwd");
+        return Ok(());
+    };
+    // The fixture where that user can run it, whatever the checkout's permissions.
+    let dir = std::env::temp_dir().join(format!("{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, Permissions::from_mode(0o755))?;
+    let fixture = dir.join("leaktrace-fixture");
+    std::fs::copy(FIXTURE, &fixture)?;
+    let fixture = fixture.to_string_lossy().into_owned();
+    let identity = |args: &[&str]| -> Result<(HashMap<String, String>, Vec<Value>, String)> {
+        let run = run_as_sudo_would(args, SUDO_USER_UID, user.gid, &user.name)?;
+        let (stdout, stderr) = (
+            String::from_utf8(run.stdout)?,
+            String::from_utf8(run.stderr)?,
+        );
+        let context = format!(
+            "{args:?}: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            run.status
+        );
+        ensure!(run.status.code() == Some(0), "{context}");
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("IDENTITY "))
+            .with_context(|| format!("the command did not run: {context}"))?;
+        let fields = line
+            .split(' ')
+            .filter_map(|field| field.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Ok((fields, json_lines(&stderr), context))
+    };
+
+    let (who, lines, context) = identity(&[
+        "run",
+        "--json",
+        "--leak-after",
+        "300ms",
+        "--",
+        &fixture,
+        "identity",
+        "--conns",
+        "1",
+        "--pause-ms",
+        "1500",
+    ])?;
+    // Real, effective, saved and filesystem ids alike: the command can never get root back.
+    assert_eq!(
+        who["uid"],
+        format!("{0},{0},{0},{0}", SUDO_USER_UID),
+        "{context}"
+    );
+    assert_eq!(
+        who["gid"],
+        format!("{0},{0},{0},{0}", user.gid),
+        "{context}"
+    );
+    let groups = Command::new("id").args(["-G", &user.name]).output()?;
+    let mut expected: Vec<&str> = std::str::from_utf8(&groups.stdout)?
+        .split_whitespace()
+        .collect();
+    let mut got: Vec<&str> = who["groups"].split(',').collect();
+    expected.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(
+        got, expected,
+        "the user's groups, none of root's: {context}"
+    );
+    assert_eq!(
+        (&*who["home"], &*who["user"], &*who["logname"]),
+        (user.home.as_str(), user.name.as_str(), user.name.as_str()),
+        "{context}"
+    );
+    // Traced from its first instruction all the same.
+    let leaks = of_type(&lines, "leak");
+    assert_eq!(leaks.len(), 1, "{context}");
+    assert_eq!(leaks[0]["pid"].to_string(), who["pid"], "{context}");
+
+    let (who, _, context) = identity(&[
+        "run",
+        "--as-root",
+        "--",
+        &fixture,
+        "identity",
+        "--conns",
+        "0",
+    ])?;
+    assert_eq!(who["uid"], "0,0,0,0", "{context}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// A `SUDO_UID` that names no user: leaktrace cannot run the command as them, and must not run
+/// it as root instead.
+#[test]
+fn run_under_sudo_refuses_a_user_it_cannot_find() -> Result<()> {
+    const UNKNOWN: u32 = 3_999_999;
+    ensure!(passwd(UNKNOWN)?.is_none(), "uid {UNKNOWN} exists here");
+    let run = run_as_sudo_would(
+        &["run", "--", FIXTURE, "identity", "--conns", "0"],
+        UNKNOWN,
+        UNKNOWN,
+        "ghost",
+    )?;
+    let (stdout, stderr) = (
+        String::from_utf8(run.stdout)?,
+        String::from_utf8(run.stderr)?,
+    );
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().next(),
+        Some(
+            "leaktrace: error: cannot run the command as the user who ran sudo (--as-root runs \
+             it as root): uid 3999999 (SUDO_UID) is not in the user database"
+        ),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "the command ran: {stdout}");
     Ok(())
 }
 

@@ -42,6 +42,10 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
                                      a client pool (incident 4): connects N times to its own
                                      listener, whose side closes at once; the pool never closes
                                      its end (CLOSE_WAIT on the connect side), holds it MS, exits C
+  identity [pool-leak options]       print who the process runs as (IDENTITY pid= uid= gid=
+                                     groups= home= user= logname=; uid and gid as /proc's
+                                     status gives them: real, effective, saved, filesystem),
+                                     then leak as pool-leak does
   clean-exit --exit-code C           connects, exchanges bytes, closes both ends, exits C
   exit --exit-code C                 exits C at once: a process that lives a millisecond
   handoff-server                     accepts one connection, hands its fd to a child process
@@ -225,6 +229,7 @@ fn main() -> Result<()> {
         "proxy" => proxy(&opts),
         "client" => client(&opts),
         "pool-leak" => pool_leak(&opts),
+        "identity" => identity(&opts),
         "clean-exit" => clean_exit(&opts),
         "exit" => std::process::exit(opts.exit_code),
         "handoff-server" => handoff_server(&opts),
@@ -589,6 +594,31 @@ fn pool_leak(o: &Opts) -> Result<()> {
     }
     thread::sleep(o.pause);
     std::process::exit(o.exit_code)
+}
+
+/// Who runs this process, which `leaktrace run` chose; then a leak for it to find.
+fn identity(o: &Opts) -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let field = |name: &str| -> String {
+        let values = status.lines().find_map(|line| line.strip_prefix(name));
+        values
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    println!(
+        "IDENTITY pid={} uid={} gid={} groups={} home={} user={} logname={}",
+        std::process::id(),
+        field("Uid:"),
+        field("Gid:"),
+        field("Groups:"),
+        var("HOME"),
+        var("USER"),
+        var("LOGNAME")
+    );
+    pool_leak(o)
 }
 
 /// Everything closed as it should be, then the given status: `run` must pass it through.
