@@ -176,8 +176,9 @@ fn build_guest_root(root: &Path) -> Result<PathBuf> {
     Ok(guest_root)
 }
 
-/// The accounts nginx looks up at start (as root it runs its workers as `nobody`), and how
-/// glibc finds them without a distribution's nsswitch.conf.
+/// A user database as Debian's, of the users the tests need: nginx, started as root, runs its
+/// workers as `nobody`; `leaktrace run` under sudo runs the command as the user who ran sudo,
+/// looked up by uid. And how glibc finds them without a distribution's nsswitch.conf.
 const GUEST_ACCOUNTS: [(&str, &str); 3] = [
     (
         "etc/passwd",
