@@ -42,6 +42,8 @@ const CLOSED_SCAN_EVERY_NS: u64 = 5_000_000_000;
 
 /// Timelines kept by default, whatever the churn: at a few hundred bytes to a few KiB each, tens
 /// of MiB. Past it, the least recently active sockets without an open finding are dropped.
+pub const DEFAULT_MAX_SOCKETS: usize = 100_000;
+
 /// Events staged before they go into the store, whatever the read: a read of the ring can hold
 /// a quarter second of a busy host, thousands of 176-byte events, and staged past the CPU's
 /// cache each is a cache miss to write and another to go through. Measured under paced churn
@@ -49,7 +51,6 @@ const CLOSED_SCAN_EVERY_NS: u64 = 5_000_000_000;
 /// more than 1,024. A socket whose story a chunk boundary cuts gets a timeline, as one a read's
 /// boundary cuts does.
 const STAGE_LIMIT: usize = 1024;
-pub const DEFAULT_MAX_SOCKETS: usize = 100_000;
 
 /// Past the cap, this share of the cap is dropped at once, so that one scan for the least
 /// recently active pays for many new sockets.
