@@ -13,6 +13,7 @@ use crate::{
     cli::{DemoArgs, LeakArgs},
     error::Failure,
     session::{Scope, Session, SessionOptions},
+    stderr,
 };
 
 const CLOSE_WAIT_CONNECTIONS: usize = 3;
@@ -24,7 +25,7 @@ static FORGOTTEN: Mutex<Vec<TcpStream>> = Mutex::new(Vec::new());
 
 pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     if !args.common.json {
-        eprintln!(
+        stderr::line(format_args!(
             "leaktrace demo: tracing this process (pid {}) while it runs a report service that never \
              closes after a parse error (CLOSE_WAIT leak), an SMTP server that shuts down its side \
              and never reads the client's last command (SHUT_WR leak), and a well-behaved echo \
@@ -32,7 +33,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
             std::process::id(),
             humantime::format_duration(LEAK_AFTER),
             humantime::format_duration(DURATION),
-        );
+        ));
     }
     let leaks = LeakArgs {
         leak_after: LEAK_AFTER,
@@ -47,7 +48,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     // Only now: nothing the servers do may happen before tracing starts.
     thread::spawn(|| {
         if let Err(e) = workload() {
-            eprintln!("leaktrace demo: the demo servers failed: {e}");
+            stderr::line(format_args!("leaktrace demo: the demo servers failed: {e}"));
         }
     });
     session.run_until(std::future::pending()).await?;

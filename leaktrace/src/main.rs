@@ -15,13 +15,11 @@ mod hooks;
 mod report;
 mod run;
 mod session;
+mod stderr;
 mod stop;
 mod timeline;
 
-use std::{
-    io::{self, Write as _},
-    process::ExitCode,
-};
+use std::process::ExitCode;
 
 use clap::Parser;
 
@@ -39,7 +37,9 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("leaktrace: error: starting the async runtime: {e}");
+            stderr::line(format_args!(
+                "leaktrace: error: starting the async runtime: {e}"
+            ));
             return ExitCode::from(error::exit_code::RUNTIME);
         }
     };
@@ -56,8 +56,7 @@ fn main() -> ExitCode {
     match result {
         Ok(status) => ExitCode::from(status),
         Err(failure) => {
-            // Not eprintln!, which panics when stderr is closed too (`2>&1 | head`).
-            let _ = writeln!(io::stderr(), "leaktrace: error: {failure}");
+            stderr::line(format_args!("leaktrace: error: {failure}"));
             if let Some(json) = run_json {
                 run::say_whose(json, failure.exit_code(), "leaktrace", "the error above");
             }

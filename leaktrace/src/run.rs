@@ -4,7 +4,7 @@
 //! always says whose status it exits with, as the command's codes and leaktrace's overlap.
 use std::{
     ffi::CString,
-    io::{self, Write as _},
+    io,
     os::unix::process::ExitStatusExt as _,
     path::PathBuf,
     process::{ExitStatus, Stdio},
@@ -18,6 +18,7 @@ use crate::{
     cli::RunArgs,
     error::Failure,
     session::{Ended, Scope, Session, SessionOptions},
+    stderr,
 };
 
 /// `--fail-on-leak` and a leak was reported.
@@ -59,7 +60,10 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            eprintln!("leaktrace: error: cannot run {}: {e}", args.command[0]);
+            stderr::line(format_args!(
+                "leaktrace: error: cannot run {}: {e}",
+                args.command[0]
+            ));
             let (status, why) = match e.kind() {
                 io::ErrorKind::NotFound => (NOT_FOUND, "the command was not found"),
                 _ => (CANNOT_EXECUTE, "the command could not be executed"),
@@ -200,8 +204,7 @@ pub fn say_whose(json: bool, status: u8, whose: &str, why: &str) {
         };
         format!("leaktrace: exit status {status} is {whose}: {why}")
     };
-    // Not eprintln!, which panics when stderr is closed.
-    let _ = writeln!(io::stderr(), "{line}");
+    stderr::line(line);
 }
 
 /// SIGTERM and SIGHUP are usually sent to leaktrace alone (a supervisor, `timeout`, a closed

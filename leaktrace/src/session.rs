@@ -24,6 +24,7 @@ use crate::{
         probe_failure_meaning, ring_size_hint, FinalReport, IngestCounts, JsonReporter, Metrics,
         Reporter, StartInfo, TextReporter, TraceOut,
     },
+    stderr,
     stop::{self, StopSignals},
     timeline::Store,
 };
@@ -245,10 +246,10 @@ impl Session {
                 )
             })?;
             if let Some(why) = &seeded.first_failure {
-                eprintln!(
+                stderr::line(format_args!(
                     "leaktrace: warning: could not inspect the sockets of {} process(es) that predate the trace ({why})",
                     seeded.failed
-                );
+                ));
             }
         }
         release_startup_memory();
@@ -271,7 +272,7 @@ impl Session {
         };
         if options.common.verbose {
             for refused in &attached.refused {
-                eprintln!("leaktrace: hook not used: {refused}");
+                stderr::line(format_args!("leaktrace: hook not used: {refused}"));
             }
         }
         reporter
@@ -477,10 +478,10 @@ impl Session {
         }
         self.counts.probe_failures = failures;
         if lost > 0 && self.counts.lost_events == 0 {
-            eprintln!(
+            stderr::line(format_args!(
                 "leaktrace: warning: {lost} events lost so far (ring buffer full): {}",
                 ring_size_hint(self.counts.ring_size)
-            );
+            ));
         }
         self.loss_unchecked |= lost > self.counts.lost_events;
         self.counts.lost_events = lost;
@@ -590,9 +591,9 @@ fn drain(
             Err(e) => {
                 if counts.decode_errors == 0 {
                     // Once is enough: a layout mismatch would repeat for every record.
-                    eprintln!(
+                    stderr::line(format_args!(
                         "leaktrace: warning: undecodable record ({e}); counting the rest in the summary"
-                    );
+                    ));
                 }
                 counts.decode_errors += 1;
                 continue;

@@ -14,6 +14,7 @@ use leaktrace_common::{shutdown_how, tcp_state};
 use crate::activity::{KernelTimer, Sample, Sampler, Wanted};
 use crate::decoder::{Comm, Event, EventKind, Owner, ReceiveState, SockKey, Task};
 use crate::holders;
+use crate::stderr;
 pub use stats::{Counts, Remote};
 
 /// Entries a socket's timeline usually ends up with (opening, establishment, the peer's or the
@@ -975,10 +976,10 @@ impl Store {
             Ok(samples) => self.record_activity(&samples, now_ns),
             Err(e) if !self.activity_failed => {
                 self.activity_failed = true;
-                eprintln!(
+                stderr::line(format_args!(
                     "leaktrace: warning: cannot read the traffic of connections ({e}); \
                      idle_half_closed cannot be detected"
-                );
+                ));
             }
             Err(_) => {}
         }
