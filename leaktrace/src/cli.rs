@@ -1,9 +1,10 @@
 //! Command line: `leaktrace [--pid PID]...` traces; `leaktrace demo` shows what it finds.
+use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{builder::RangedU64ValueParser, Args, Parser, Subcommand};
+use clap::{builder::RangedU64ValueParser, Args, CommandFactory as _, Parser, Subcommand};
 
 use crate::hooks::HookFamily;
 use crate::timeline::DEFAULT_MAX_SOCKETS;
@@ -194,6 +195,36 @@ pub struct CommonArgs {
     pub floor: bool,
 }
 
+/// A usage error in one line, as the README promises every error: clap spreads it over
+/// paragraphs (the message, with what is missing or possible on lines of their own; tips; the
+/// usage; where to read more). The message and the tips stay; the usage gives way to a pointer
+/// to the help of the subcommand that `first_arg` names, if any.
+pub fn usage_error(error: &clap::Error, first_arg: Option<&OsStr>) -> String {
+    let rendered = error.render().to_string();
+    let kept: Vec<String> = rendered
+        .split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter_map(|paragraph| match paragraph.strip_prefix("error: ") {
+            Some(message) => Some(message.to_owned()),
+            None => paragraph.starts_with("tip: ").then_some(paragraph),
+        })
+        .collect();
+    let subcommand = first_arg
+        .and_then(OsStr::to_str)
+        .and_then(|arg| Some(Cli::command().find_subcommand(arg)?.get_name().to_owned()));
+    let help = match subcommand {
+        Some(name) => format!("leaktrace {name} --help"),
+        None => "leaktrace --help".to_owned(),
+    };
+    format!("leaktrace: error: {} (see {help})", kept.join("; "))
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 500ms, 2s, 1m)"))
 }
@@ -267,6 +298,29 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Demo(_))));
         assert!(Cli::try_parse_from(["leaktrace", "--pid", "x"]).is_err());
         assert!(Cli::try_parse_from(["leaktrace", "--follow-children"]).is_err());
+    }
+
+    #[test]
+    fn usage_errors_fit_on_one_line() {
+        let error = |args: &[&str]| {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            usage_error(&e, args.get(1).map(OsStr::new))
+        };
+        assert_eq!(
+            error(&["leaktrace", "--hooks", "foo"]),
+            "leaktrace: error: invalid value 'foo' for '--hooks <HOOKS>' \
+             [possible values: auto, tracepoint, fentry, kprobe] (see leaktrace --help)"
+        );
+        assert_eq!(
+            error(&["leaktrace", "run"]),
+            "leaktrace: error: the following required arguments were not provided: <CMD>... \
+             (see leaktrace run --help)"
+        );
+        assert_eq!(
+            error(&["leaktrace", "run", "--bogus", "--", "true"]),
+            "leaktrace: error: unexpected argument '--bogus' found; \
+             tip: to pass '--bogus' as a value, use '-- --bogus' (see leaktrace run --help)"
+        );
     }
 
     #[test]

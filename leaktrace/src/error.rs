@@ -7,7 +7,7 @@ use crate::hooks::LoadError;
 /// Exit statuses, documented in `--help` and the README.
 pub mod exit_code {
     pub const RUNTIME: u8 = 1;
-    /// Clap's status for a command line it refuses; leaktrace's own checks of one use it too.
+    /// A bad command line, as clap would exit; leaktrace's own checks of one use it too.
     pub const USAGE: u8 = 2;
     pub const NOT_ROOT: u8 = 3;
     pub const NO_SUCH_PROCESS: u8 = 4;

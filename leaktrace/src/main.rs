@@ -21,7 +21,7 @@ mod timeline;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 
 use crate::{
     cli::{Cli, Command, TraceArgs},
@@ -30,7 +30,15 @@ use crate::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            stderr::line(cli::usage_error(&e, std::env::args_os().nth(1).as_deref()));
+            return ExitCode::from(error::exit_code::USAGE);
+        }
+        // --help and --version, which clap hands over as errors.
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

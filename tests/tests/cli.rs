@@ -51,6 +51,44 @@ fn invalid_duration_is_a_usage_error() -> Result<()> {
     Ok(())
 }
 
+/// Every usage error is one line, as the README promises for every error, with what is wrong
+/// (the value, the argument, what is missing or possible) and where to read more.
+#[test]
+fn usage_errors_are_one_line() -> Result<()> {
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["--leak-after", "5parsecs"],
+            &["'5parsecs'", "--leak-after", "500ms"],
+        ),
+        (&["--pdi", "3"], &["'--pdi'"]),
+        (
+            &["--hooks", "foo"],
+            &["'foo'", "possible values: auto, tracepoint"],
+        ),
+        (&["--follow-children"], &["not provided: --pid <PID>"]),
+        (&["run"], &["<CMD>", "leaktrace run --help"]),
+        (
+            &["run", "--bogus", "--", "true"],
+            &["'--bogus'", "use '-- --bogus'"],
+        ),
+    ];
+    for (args, expected) in cases {
+        let run = run_leaktrace(args)?;
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert!(
+            run.status.code() == Some(2)
+                && matches!(&lines[..], [line] if line.starts_with("leaktrace: error: ")
+                    && line.contains("--help")
+                    && expected.iter().all(|e| line.contains(e))),
+            "leaktrace {args:?}: expected exit 2 and one line `leaktrace: error: ...` with \
+             {expected:?} and a pointer to --help, got {}:\n{}",
+            run.status,
+            run.stderr
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn help_names_the_main_options() -> Result<()> {
     let run = run_leaktrace(&["--help"])?;
