@@ -151,8 +151,8 @@ pub struct CommonArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_size: u32,
     /// Also print a one-line summary this often (open leaks by class, sockets tracked, records,
-    /// lost events), e.g. 1m: for sessions that run for hours.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// lost events), e.g. 1m, at least 1s: for sessions that run for hours.
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
     pub interval: Option<Duration>,
     /// Keep at most this many socket timelines in memory. Finished sockets are forgotten on
     /// their own; past the cap, the least recently active ones without an open leak are dropped,
@@ -229,6 +229,22 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 500ms, 2s, 1m)"))
 }
 
+/// The shortest `--interval`. Its line is for following a long session, and what it counts
+/// changes only as often as the detectors look (every 250 ms); below a second the same figures
+/// would repeat, and at 1ns some 300,000 lines a second would bury the findings.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let period = parse_duration(text)?;
+    if period < MIN_INTERVAL {
+        return Err(format!(
+            "must be at least {}",
+            humantime::format_duration(MIN_INTERVAL)
+        ));
+    }
+    Ok(period)
+}
+
 /// A bare port means loopback: metrics name the processes traced, which is not for every host
 /// on the network unless the user says so.
 fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
@@ -258,6 +274,9 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("5parsecs").is_err());
+        assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("999ms"), Err("must be at least 1s".into()));
+        assert!(parse_interval("0").is_err());
         assert!(parse_ring_size("4096").is_ok());
         assert!(parse_ring_size("5000").is_err());
         assert!(parse_ring_size("1024").is_err());

@@ -306,7 +306,10 @@ impl Session {
             live,
             loss_unchecked: false,
             rechecked: None,
-            deadline: options.duration.map(|d| Instant::now() + d),
+            // A duration too long for the clock to count (centuries) never comes: no deadline.
+            deadline: options
+                .duration
+                .and_then(|duration| Instant::now().checked_add(duration)),
             interval: options.common.interval,
             stops,
             report_fd,
@@ -345,10 +348,11 @@ impl Session {
     pub async fn run_until(&mut self, until: impl Future<Output = ()>) -> Result<Ended, Failure> {
         let mut tick = interval(EVALUATE_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // The first tick of an interval fires at once; a summary is due only after a period.
+        // The first tick of an interval fires at once; a summary is due only after a period,
+        // never when that period is too long for the clock to count.
         let mut progress = self
             .interval
-            .map(|period| interval_at(Instant::now() + period, period));
+            .and_then(|period| Some(interval_at(Instant::now().checked_add(period)?, period)));
         let mut watch = interval(WATCH_EVERY);
         watch.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let deadline = self.deadline;

@@ -51,6 +51,28 @@ fn invalid_duration_is_a_usage_error() -> Result<()> {
     Ok(())
 }
 
+/// `--interval` prints a line every period: 0 would panic, 1ns printed some 300,000 lines a
+/// second. Below its floor of one second it is refused before anything starts.
+#[test]
+fn interval_below_a_second_is_a_usage_error() -> Result<()> {
+    for interval in ["0", "1ns", "999ms"] {
+        let run = run_leaktrace(&["--interval", interval, "--duration", "1s"])?;
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert!(
+            run.status.code() == Some(2)
+                && run.stdout.is_empty()
+                && matches!(&lines[..], [line] if line.contains("'--interval <DURATION>'")
+                    && line.contains("at least 1s")),
+            "--interval {interval}: expected exit 2 and one line saying it must be at least 1s, \
+             got {}; stdout: {} lines; stderr:\n{}",
+            run.status,
+            run.stdout.len(),
+            run.stderr
+        );
+    }
+    Ok(())
+}
+
 /// Every usage error is one line, as the README promises for every error, with what is wrong
 /// (the value, the argument, what is missing or possible) and where to read more.
 #[test]

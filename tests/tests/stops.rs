@@ -119,6 +119,30 @@ fn closed_stdout_ends_the_run() -> Result<()> {
     held.wait_released()
 }
 
+/// i64::MAX seconds, as `--duration` or `--interval`: far past what the clock can count from now.
+const BEYOND_THE_CLOCK: &str = "9223372036854775807s";
+
+/// A `--duration` or `--interval` too long for the clock is one that never comes: leaktrace
+/// traces until stopped, prints no interval line, and reports.
+#[test]
+fn durations_beyond_the_clock_never_come() -> Result<()> {
+    let server = close_wait_server(FIXTURE, Family::V4, 1)?;
+    let extra = ["--interval", BEYOND_THE_CLOCK];
+    let test = "durations_beyond_the_clock_never_come";
+    let Some(mut leaktrace) =
+        Leaktrace::start_with(test, &[server.pid()], BEYOND_THE_CLOCK, &extra)?
+    else {
+        return Ok(());
+    };
+    leaktrace.settle(Duration::from_secs(2))?;
+    let report = leaktrace.stop()?;
+    ensure!(
+        !report.lines.iter().any(|line| line["type"] == "interval"),
+        "no interval line was due\n{report}"
+    );
+    Ok(())
+}
+
 /// Under `run`, SIGTERM and SIGHUP reach leaktrace alone (a CI timeout, a supervisor) and are
 /// passed on: the command ends by them, and leaktrace reports and exits with its status.
 #[test]
