@@ -41,9 +41,9 @@ Stopping:
 Exit status:
   0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process (or a zombie),
   5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook,
-  8 an output failed: the report's reader closed it (e.g. `leaktrace --json | head -1`), or
-    one asked for cannot be opened (--metrics address in use, --trace-out file not writable
-    or refused);
+  8 an output failed: stdout is closed or cannot take the report, the report's reader closed
+    it (e.g. `leaktrace --json | head -1`), or one asked for cannot be opened (--metrics
+    address in use, --trace-out file not writable or refused);
   run: the command's own status, 10 with --fail-on-leak when a leak was reported,
   126/127 when the command cannot be executed / is not found, or leaktrace's own status
   above; its last line on stderr says whose status it is (`leaktrace: exit status 7 is
@@ -74,8 +74,9 @@ pub enum Command {
     /// Start small leaky servers in this process (incidents 1 and 3), trace them, and report.
     Demo(DemoArgs),
     /// Run a command and trace it and every process it starts, from their first instruction;
-    /// the report goes to stderr, the command keeps stdin/stdout/stderr and its exit status.
-    /// Under sudo, the command runs as the user who ran sudo, not as root (--as-root).
+    /// the report goes to stderr, the command keeps stdin/stdout/stderr and its exit status
+    /// (even when stderr cannot take the report, which is then given up). Under sudo, the
+    /// command runs as the user who ran sudo, not as root (--as-root).
     Run(RunArgs),
 }
 

@@ -14,8 +14,8 @@ pub mod exit_code {
     pub const NO_BTF: u8 = 5;
     pub const NO_TRACEFS: u8 = 6;
     pub const HOOK_REFUSED: u8 = 7;
-    /// An output failed: the report's reader went away, or an output the user asked for cannot
-    /// be opened.
+    /// An output failed: stdout is closed or cannot take the report, the report's reader went
+    /// away, or an output the user asked for cannot be opened.
     pub const OUTPUT: u8 = 8;
 }
 
@@ -31,8 +31,9 @@ pub enum Failure {
     Load(LoadError),
     /// Whoever read the report closed it (`leaktrace | head -1`): nobody is left to tell.
     OutputClosed,
-    /// An output the user asked for cannot be opened (`--metrics` address in use,
-    /// `--trace-out` file not writable): checked before tracing starts.
+    /// An output cannot be used: stdout closed from the start, or one the user asked for that
+    /// cannot be opened (`--metrics` address in use, `--trace-out` file not writable), both
+    /// checked before tracing starts; or the report cannot be written (a full disk).
     Output(anyhow::Error),
     Runtime(anyhow::Error),
 }
@@ -57,7 +58,7 @@ impl Failure {
         if e.kind() == io::ErrorKind::BrokenPipe {
             Self::OutputClosed
         } else {
-            Self::Runtime(anyhow::Error::new(e).context("writing output"))
+            Self::Output(anyhow::Error::new(e).context("writing the report"))
         }
     }
 }
@@ -102,11 +103,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_closed_output_has_its_own_status() {
+    fn a_report_that_cannot_be_written_is_an_output_failure() {
         let closed = Failure::writing(io::ErrorKind::BrokenPipe.into());
         assert_eq!(closed.exit_code(), exit_code::OUTPUT);
+        assert!(closed.to_string().contains("broken pipe"), "{closed}");
         let full = Failure::writing(io::Error::from_raw_os_error(libc::ENOSPC));
-        assert_eq!(full.exit_code(), exit_code::RUNTIME);
-        assert!(full.to_string().starts_with("writing output: "), "{full}");
+        assert_eq!(full.exit_code(), exit_code::OUTPUT);
+        assert!(
+            full.to_string().starts_with("writing the report: "),
+            "{full}"
+        );
     }
 }

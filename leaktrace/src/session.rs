@@ -73,7 +73,9 @@ impl Scope {
 pub struct SessionOptions {
     pub scope: Scope,
     pub follow_children: bool,
-    /// Where the report goes: stdout, except under `run`, whose command owns stdout.
+    /// Where the report goes: stdout, except under `run`, whose command owns stdout and whose
+    /// status comes first: there a report that cannot be written is given up, and tracing goes
+    /// on until the command exits.
     pub report_to_stderr: bool,
     pub duration: Option<Duration>,
     /// What every mode takes from the command line: output, hooks, limits.
@@ -113,7 +115,9 @@ pub struct Session {
     lost: PerCpuArray<MapData, u64>,
     /// Per-CPU counts of what the programs could not do, by `ProbeFailure`.
     probe_failures: PerCpuArray<MapData, u64>,
-    reporter: Box<dyn Reporter>,
+    /// None once given up (see `SessionOptions::report_to_stderr`).
+    reporter: Option<Box<dyn Reporter>>,
+    report_to_stderr: bool,
     metrics: Option<Metrics>,
     trace_out: Option<TraceOut>,
     store: Store,
@@ -143,6 +147,12 @@ fn preflight(options: &SessionOptions) -> Result<(), Failure> {
                 options.common.max_processes
             )));
         }
+    }
+    if !options.report_to_stderr && stop::stdout_closed_at_start() {
+        return Err(Failure::Output(anyhow!(
+            "stdout is closed, so the report has nowhere to go: redirect it to a file \
+             (or to /dev/null to discard it)"
+        )));
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -265,7 +275,7 @@ impl Session {
         } else {
             (Box::new(io::stdout()), libc::STDOUT_FILENO)
         };
-        let mut reporter: Box<dyn Reporter> = if options.common.json {
+        let reporter: Box<dyn Reporter> = if options.common.json {
             Box::new(JsonReporter::new(out))
         } else {
             Box::new(TextReporter::new(out, options.common.verbose))
@@ -275,28 +285,27 @@ impl Session {
                 stderr::line(format_args!("leaktrace: hook not used: {refused}"));
             }
         }
-        reporter
-            .start(&StartInfo {
-                hooks: attached
-                    .choices
-                    .iter()
-                    .map(|c| (c.event.to_owned(), c.hook.clone()))
-                    .collect(),
-                refused: attached.refused.clone(),
-                pids: pids.clone(),
-                scope: options.scope.describe(options.follow_children),
-                leak_after: options.leaks.leak_after,
-                idle_after: options.leaks.idle_after,
-                kernel: kernel_release(),
-                metrics: metrics.as_ref().and_then(Metrics::local_addr),
-            })
-            .map_err(Failure::writing)?;
+        let start = StartInfo {
+            hooks: attached
+                .choices
+                .iter()
+                .map(|c| (c.event.to_owned(), c.hook.clone()))
+                .collect(),
+            refused: attached.refused.clone(),
+            pids: pids.clone(),
+            scope: options.scope.describe(options.follow_children),
+            leak_after: options.leaks.leak_after,
+            idle_after: options.leaks.idle_after,
+            kernel: kernel_release(),
+            metrics: metrics.as_ref().and_then(Metrics::local_addr),
+        };
         let mut session = Session {
             attached,
             ring,
             lost,
             probe_failures,
-            reporter,
+            reporter: Some(reporter),
+            report_to_stderr: options.report_to_stderr,
             store,
             metrics,
             trace_out,
@@ -314,13 +323,13 @@ impl Session {
             stops,
             report_fd,
         };
+        session.report(|reporter| reporter.start(&start))?;
         // One that exited before its exit hook was attached leaves no record of it: the session
         // would wait for it forever.
         for pid in session.forget_exited() {
-            let _ = writeln!(
-                io::stderr(),
+            stderr::line(format_args!(
                 "leaktrace: pid {pid} exited while tracing started"
-            );
+            ));
         }
         Ok(session)
     }
@@ -401,7 +410,7 @@ impl Session {
         self.evaluate()?;
         let now = monotonic_ns();
         let report = self.detectors.summary(&mut self.store, now, self.counts);
-        self.reporter.finish(&report).map_err(Failure::writing)?;
+        self.report(|reporter| reporter.finish(&report))?;
         if let Some(trace) = self.trace_out.take() {
             trace
                 .finish(&mut self.store, now)
@@ -425,17 +434,14 @@ impl Session {
         let progress = self
             .detectors
             .progress(&self.store, monotonic_ns(), self.counts);
-        self.reporter
-            .progress(&progress)
-            .map_err(Failure::writing)?;
-        Ok(())
+        self.report(|reporter| reporter.progress(&progress))
     }
 
     fn evaluate(&mut self) -> Result<(), Failure> {
         self.note_losses(false)?;
         let now = monotonic_ns();
         for outcome in self.detectors.evaluate(&mut self.store, now) {
-            self.reporter.outcome(&outcome).map_err(Failure::writing)?;
+            self.report(|reporter| reporter.outcome(&outcome))?;
             if let Some(metrics) = &mut self.metrics {
                 metrics.outcome(&outcome);
             }
@@ -451,11 +457,32 @@ impl Session {
         Ok(())
     }
 
-    /// Ends the session once nobody reads the report.
-    fn watch(&mut self) -> Result<(), Failure> {
-        if stop::reader_gone(self.report_fd) {
-            return Err(Failure::OutputClosed);
+    /// Writes to the report, unless it was given up.
+    fn report(
+        &mut self,
+        write: impl FnOnce(&mut (dyn Reporter + 'static)) -> io::Result<()>,
+    ) -> Result<(), Failure> {
+        match self.reporter.as_deref_mut().map(write) {
+            Some(Err(e)) => self.give_up_report(Failure::writing(e)),
+            Some(Ok(())) | None => Ok(()),
         }
+    }
+
+    /// Notices that nobody reads the report any more.
+    fn watch(&mut self) -> Result<(), Failure> {
+        if self.reporter.is_some() && stop::reader_gone(self.report_fd) {
+            return self.give_up_report(Failure::OutputClosed);
+        }
+        Ok(())
+    }
+
+    /// A report that cannot be written ends the session with `failure`, except on stderr under
+    /// `run`, where the command's status comes first: tracing goes on without the report.
+    fn give_up_report(&mut self, failure: Failure) -> Result<(), Failure> {
+        if !self.report_to_stderr {
+            return Err(failure);
+        }
+        self.reporter = None;
         Ok(())
     }
 

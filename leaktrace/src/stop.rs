@@ -1,5 +1,9 @@
-//! What ends a session from outside: the stop signals, and a report whose reader went away.
-use std::os::fd::RawFd;
+//! What ends a session from outside: the stop signals, and a report whose reader went away or
+//! that had nowhere to go from the start.
+use std::{
+    os::fd::RawFd,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -46,6 +50,27 @@ pub fn reader_gone(fd: RawFd) -> bool {
     // The kernel reports POLLERR on a pipe's write end once no reader is left; ttys and files
     // never do.
     ready == 1 && poll.revents & libc::POLLERR != 0
+}
+
+/// Whether stdout was closed when leaktrace started (`leaktrace >&-`). Before main, Rust's
+/// runtime opens /dev/null over a closed standard fd, after which every write of the report
+/// would succeed and go nowhere: only code that runs before the runtime's can tell.
+pub fn stdout_closed_at_start() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+// SAFETY: the C runtime calls each function of .init_array once, before main and so before
+// Rust's runtime; this one only asks the kernel about an fd and stores a flag.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static NOTE_STDOUT_CLOSED: extern "C" fn() = note_stdout_closed;
+
+extern "C" fn note_stdout_closed() {
+    // SAFETY: F_GETFD only reads the fd's flags, and fails (EBADF) when the fd is not open.
+    let closed = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFD) } == -1;
+    STDOUT_CLOSED.store(closed, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -1,8 +1,12 @@
-//! Where leaktrace writes, failing. A stderr it cannot write to (full, or a pipe whose reader is
-//! gone) loses leaktrace's warnings, never the session. Privileged like kernel.rs: SKIPPED
-//! without root unless CI=true.
+//! Where leaktrace writes, failing. A stdout closed from the start or that cannot take the
+//! report is an output failure, status 8, with one line on stderr. A stderr it cannot write to
+//! (full, or a pipe whose reader is gone) loses leaktrace's warnings, never the session; under
+//! `run`, where the report is on stderr, it loses the report, and the command still runs and
+//! gives its status. Privileged like kernel.rs where leaktrace traces: SKIPPED without root
+//! unless CI=true.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -12,6 +16,9 @@ use leaktrace_tests::{close_wait_server, is_root, leaktrace_bin, skip, Family};
 use serde_json::Value;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
+
+/// leaktrace's status when an output failed (`--help`, README).
+const OUTPUT_FAILED: i32 = 8;
 
 /// Startup (a few seconds on two busy cores) and a one-second session, with slack.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,6 +57,13 @@ fn dev_full() -> Result<Stdio> {
     Ok(File::options().write(true).open("/dev/full")?.into())
 }
 
+/// A pipe nobody reads any more, as stderr is under `2>&1 | head -1` once head has its line.
+fn reader_gone() -> Result<Stdio> {
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    Ok(writer.into())
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -80,5 +94,72 @@ fn unwritable_stderr_loses_only_the_warnings() -> Result<()> {
         "expected exit 0 and the whole report on stdout, got {}; stdout:\n{stdout}",
         run.status
     );
+    Ok(())
+}
+
+/// The one line of an output failure: status 8, `leaktrace: error: ` and what failed.
+fn ensure_output_failure(run: &Output, what: &str) -> Result<()> {
+    let stderr = text(&run.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    ensure!(
+        run.status.code() == Some(OUTPUT_FAILED)
+            && matches!(&lines[..], [line] if line.starts_with("leaktrace: error: ")
+                && line.contains(what)),
+        "expected exit {OUTPUT_FAILED} and one line about {what:?}, got {}; stderr:\n{stderr}",
+        run.status
+    );
+    Ok(())
+}
+
+/// `leaktrace >&-`: nowhere to write the report, so nothing to trace for. Before the kernel is
+/// touched, so this runs without root too.
+#[test]
+fn closed_stdout_is_refused_before_tracing() -> Result<()> {
+    let mut command = leaktrace(&["--duration", "1s"])?;
+    // SAFETY: between fork and exec the closure only calls close, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::close(libc::STDOUT_FILENO);
+            Ok(())
+        });
+    }
+    ensure_output_failure(&finish(&mut command)?, "stdout is closed")
+}
+
+/// `leaktrace >/dev/full`, as on a full disk: the report cannot be written, an output failure.
+#[test]
+fn full_stdout_is_an_output_failure() -> Result<()> {
+    const TEST: &str = "full_stdout_is_an_output_failure";
+    if !is_root() {
+        skip(TEST, "leaktrace needs root");
+        return Ok(());
+    }
+    let server = close_wait_server(FIXTURE, Family::V4, 1)?;
+    let pid = server.pid().to_string();
+    let args = ["--pid", &pid, "--duration", "1s"];
+    let run = finish(leaktrace(&args)?.stdout(dev_full()?))?;
+    ensure_output_failure(&run, "writing the report: No space left on device")
+}
+
+/// `leaktrace run -- CMD 2>/dev/full`, or with stderr's reader gone: the report (on stderr
+/// under run) is lost, but the command runs, is traced to its end, and its status is
+/// leaktrace's.
+#[test]
+fn run_runs_the_command_whatever_stderr() -> Result<()> {
+    const TEST: &str = "run_runs_the_command_whatever_stderr";
+    if !is_root() {
+        skip(TEST, "leaktrace needs root");
+        return Ok(());
+    }
+    for (stderr, how) in [(dev_full()?, "full"), (reader_gone()?, "without reader")] {
+        let args = ["run", "--", "sh", "-c", "echo the command ran; exit 3"];
+        let run = finish(leaktrace(&args)?.stderr(stderr))?;
+        let stdout = text(&run.stdout);
+        ensure!(
+            run.status.code() == Some(3) && stdout == "the command ran\n",
+            "stderr {how}: expected the command to run and its status 3, got {}; stdout:\n{stdout}",
+            run.status
+        );
+    }
     Ok(())
 }
