@@ -36,7 +36,10 @@ Examples:
 Stopping:
   Ctrl-C (SIGINT), SIGTERM and SIGHUP print the final report and exit 0. run passes SIGTERM
   and SIGHUP on to the command (Ctrl-C reaches it from the terminal), traces until it exits,
-  then reports and exits with its status.
+  then reports and exits with its status. While leaktrace starts (loading BTF, attaching,
+  reading the sockets already open: seconds on a busy host), they stop it with one line and
+  no report, exit 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP);
+  run then never starts the command.
 
 Exit status:
   0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process (or a zombie),
@@ -44,6 +47,7 @@ Exit status:
   8 an output failed: stdout is closed or cannot take the report, the report's reader closed
     it (e.g. `leaktrace --json | head -1`), or one asked for cannot be opened (--metrics
     address in use, --trace-out file not writable or refused);
+  128 + a stop signal's number when it came during startup (see Stopping);
   run: the command's own status, 10 with --fail-on-leak when a leak was reported,
   126/127 when the command cannot be executed / is not found, or leaktrace's own status
   above; its last line on stderr says whose status it is (`leaktrace: exit status 7 is

@@ -2,7 +2,7 @@
 //! missing privilege from a kernel that lacks what leaktrace needs.
 use std::{fmt, io};
 
-use crate::hooks::LoadError;
+use crate::{hooks::LoadError, stop};
 
 /// Exit statuses, documented in `--help` and the README.
 pub mod exit_code {
@@ -17,6 +17,11 @@ pub mod exit_code {
     /// An output failed: stdout is closed or cannot take the report, the report's reader went
     /// away, or an output the user asked for cannot be opened.
     pub const OUTPUT: u8 = 8;
+
+    /// The shell's status for a process that `signal` ended: 128 + its number.
+    pub fn signalled(signal: libc::c_int) -> u8 {
+        128u8.saturating_add(signal as u8)
+    }
 }
 
 #[derive(Debug)]
@@ -35,6 +40,8 @@ pub enum Failure {
     /// cannot be opened (`--metrics` address in use, `--trace-out` file not writable), both
     /// checked before tracing starts; or the report cannot be written (a full disk).
     Output(anyhow::Error),
+    /// A stop signal, by number, came while leaktrace started: nothing was traced.
+    Interrupted(libc::c_int),
     Runtime(anyhow::Error),
 }
 
@@ -49,6 +56,7 @@ impl Failure {
             Self::Load(LoadError::HookRefused { .. }) => exit_code::HOOK_REFUSED,
             Self::Load(LoadError::NoObject | LoadError::Other(_)) => exit_code::RUNTIME,
             Self::OutputClosed | Self::Output(_) => exit_code::OUTPUT,
+            Self::Interrupted(signal) => exit_code::signalled(*signal),
             Self::Runtime(_) => exit_code::RUNTIME,
         }
     }
@@ -81,6 +89,11 @@ impl fmt::Display for Failure {
                 f,
                 "the report's reader closed it (broken pipe): stopped tracing"
             ),
+            Self::Interrupted(signal) => write!(
+                f,
+                "interrupted by {} while starting, before tracing began",
+                stop::name(*signal)
+            ),
             Self::Output(e) | Self::Runtime(e) => write!(f, "{e:#}"),
         }
     }
@@ -112,6 +125,16 @@ mod tests {
         assert!(
             full.to_string().starts_with("writing the report: "),
             "{full}"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_startup_exits_as_its_signal_would() {
+        let interrupted = Failure::Interrupted(libc::SIGTERM);
+        assert_eq!(interrupted.exit_code(), 143);
+        assert_eq!(
+            interrupted.to_string(),
+            "interrupted by SIGTERM while starting, before tracing began"
         );
     }
 }

@@ -30,6 +30,8 @@ use crate::{
 };
 
 fn main() -> ExitCode {
+    // First of all: from here on a stop signal cannot end leaktrace without a word.
+    stop::hold();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {

@@ -16,7 +16,7 @@ use tokio::process::Command;
 
 use crate::{
     cli::RunArgs,
-    error::Failure,
+    error::{exit_code, Failure},
     session::{Ended, Scope, Session, SessionOptions},
     stderr,
 };
@@ -227,7 +227,7 @@ fn pass_on(pid: u32, signal: libc::c_int) -> Result<(), Failure> {
 fn exit_status(status: ExitStatus) -> u8 {
     match (status.code(), status.signal()) {
         (Some(code), _) => code as u8,
-        (None, Some(signal)) => 128u8.saturating_add(signal as u8),
+        (None, Some(signal)) => exit_code::signalled(signal),
         (None, None) => 1,
     }
 }

@@ -172,6 +172,14 @@ fn preflight(options: &SessionOptions) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Gives up starting when a stop signal came meanwhile (held since main began: `stop::hold`).
+fn check_not_interrupted() -> Result<(), Failure> {
+    match stop::held() {
+        Some(signal) => Err(Failure::Interrupted(signal)),
+        None => Ok(()),
+    }
+}
+
 impl Session {
     /// Attaches the hooks, records the sockets the traced processes already hold, and prints the
     /// start of the report. Tracing is live when this returns.
@@ -197,6 +205,7 @@ impl Session {
                 })
             })
             .transpose()?;
+        check_not_interrupted()?;
         let pids = match &options.scope {
             Scope::Pids(pids) => pids.clone(),
             Scope::All | Scope::Added => Vec::new(),
@@ -210,6 +219,7 @@ impl Session {
             max_kernel_sockets: options.common.max_kernel_sockets,
             floor: options.common.floor,
         })?;
+        check_not_interrupted()?;
         if options.follow_children && !attached.serves("fork") {
             return Err(LoadError::HookRefused {
                 event: "fork",
@@ -261,6 +271,7 @@ impl Session {
                     seeded.failed
                 ));
             }
+            check_not_interrupted()?;
         }
         release_startup_memory();
         let lost = per_cpu_counters(&mut attached, "LOST")?;

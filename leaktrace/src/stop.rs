@@ -9,8 +9,61 @@ use anyhow::Context as _;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// SIGINT (Ctrl-C), SIGTERM (kill, service managers) and SIGHUP (the terminal or ssh session
-/// closed): each ends the session with its final report, where the default action would kill
-/// leaktrace with nothing printed.
+/// closed), in the order a startup interrupted by more than one names them.
+const STOP: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Holds the stop signals back from the start of main until [`StopSignals::install`]: their
+/// default action would end leaktrace without a word while it loads BTF, attaches and reads the
+/// sockets already open, which takes seconds on a busy host. A held signal waits in the kernel
+/// until startup looks ([`held`]) and gives up, or until the handlers take it over. Threads
+/// started meanwhile keep the signals held, so they still reach this thread; a command that
+/// `run` starts gets a cleared mask from std.
+pub fn hold() {
+    mask(libc::SIG_BLOCK);
+}
+
+/// The stop signal that came while held, if any.
+pub fn held() -> Option<libc::c_int> {
+    let mut pending = empty_set();
+    // SAFETY: sigpending fills the valid set it is given.
+    unsafe { libc::sigpending(&mut pending) };
+    // SAFETY: sigismember reads a valid set.
+    STOP.into_iter()
+        .find(|&signal| unsafe { libc::sigismember(&pending, signal) } == 1)
+}
+
+/// How people and the kernel's headers name a stop signal.
+pub fn name(signal: libc::c_int) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a stop signal",
+    }
+}
+
+/// Blocks (`SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) the stop signals in this thread.
+fn mask(how: libc::c_int) {
+    let mut set = empty_set();
+    for signal in STOP {
+        // SAFETY: a valid set and a valid signal number.
+        unsafe { libc::sigaddset(&mut set, signal) };
+    }
+    // SAFETY: a valid set; pthread_sigmask fails only for an invalid `how`.
+    unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+}
+
+fn empty_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, and sigemptyset initializes it whatever it holds.
+    unsafe {
+        let mut set = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    }
+}
+
+/// Each stop signal ends the session with its final report, where the default action would
+/// kill leaktrace with nothing printed.
 pub struct StopSignals {
     interrupt: Signal,
     terminate: Signal,
@@ -18,12 +71,16 @@ pub struct StopSignals {
 }
 
 impl StopSignals {
+    /// Takes the stop signals over from [`hold`]: one that came since startup last looked is
+    /// received like any later one.
     pub fn install() -> anyhow::Result<StopSignals> {
-        Ok(StopSignals {
+        let stops = StopSignals {
             interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
             terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
             hangup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
-        })
+        };
+        mask(libc::SIG_UNBLOCK);
+        Ok(stops)
     }
 
     /// The next stop signal's number, so that `run` can pass it on to its command.

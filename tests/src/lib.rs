@@ -528,6 +528,47 @@ pub fn signal_run(test: &str, args: &[&str], signal: i32) -> Result<Option<Finis
     run.finished(EXIT_TIMEOUT).map(Some)
 }
 
+/// When [`signal_startup`] sends its signal at the latest: well within leaktrace's startup, which
+/// parses the kernel's BTF before anything else.
+const STARTUP_SIGNAL_WITHIN: Duration = Duration::from_millis(100);
+
+/// Starts leaktrace with `args` and sends it `signal` while it starts up: as soon as it blocks or
+/// catches the signal (as `/proc/<pid>/status` says), and within [`STARTUP_SIGNAL_WITHIN`]
+/// whatever it does with it; then waits for it to end. `None` means the test was skipped: not
+/// root.
+pub fn signal_startup(test: &str, args: &[&str], signal: i32) -> Result<Option<Finished>> {
+    if !is_root() {
+        skip(test, "leaktrace needs root");
+        return Ok(None);
+    }
+    let mut run = spawn_leaktrace(args)?;
+    let pid = libc::pid_t::try_from(run.child.id())?;
+    let deadline = Instant::now() + STARTUP_SIGNAL_WITHIN;
+    while Instant::now() < deadline && !takes_signal(pid, signal)? {
+        thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill has no memory-safety preconditions; the child is not reaped before
+    // `finished`, so the pid cannot have been reused.
+    ensure!(
+        unsafe { libc::kill(pid, signal) } == 0,
+        "cannot signal leaktrace"
+    );
+    run.finished(EXIT_TIMEOUT).map(Some)
+}
+
+/// Whether process `pid` blocks or catches `signal` rather than dying of it.
+fn takes_signal(pid: libc::pid_t, signal: i32) -> Result<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let bit = 1u64 << (signal - 1);
+    Ok(status
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("SigBlk:")
+                .or_else(|| line.strip_prefix("SigCgt:"))
+        })
+        .any(|mask| u64::from_str_radix(mask.trim(), 16).is_ok_and(|mask| mask & bit != 0)))
+}
+
 /// Starts leaktrace, with `--hooks $LEAKTRACE_HOOKS` when that is set.
 fn spawn_leaktrace(args: &[&str]) -> Result<Running> {
     let hooks = std::env::var("LEAKTRACE_HOOKS");

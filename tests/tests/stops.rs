@@ -1,15 +1,16 @@
-//! How leaktrace ends from outside: each stop signal brings the final report and exit 0,
-//! SIGKILL leaves the cleanup to the kernel, a closed stdout ends it with status 8; and in
-//! every case none of the BPF programs, maps or links it loaded outlives it. Under `run`,
-//! SIGTERM and SIGHUP reach the command too. Privileged like
-//! kernel.rs: SKIPPED without root unless CI=true.
+//! How leaktrace ends from outside: each stop signal brings the final report and exit 0, or
+//! during startup one line and 128 + the signal; SIGKILL leaves the cleanup to the kernel, a
+//! closed stdout ends it with status 8; and in every case none of the BPF programs, maps or
+//! links it loaded outlives it. Under `run`, SIGTERM and SIGHUP reach the command too.
+//! Privileged like kernel.rs: SKIPPED without root unless CI=true.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use leaktrace_tests::{
-    close_wait_client, close_wait_server, signal_run, BpfObjects, Family, Fixture, Leaktrace,
+    close_wait_client, close_wait_server, signal_run, signal_startup, BpfObjects, Family, Fixture,
+    Leaktrace,
 };
 use serde_json::Value;
 
@@ -117,6 +118,70 @@ fn closed_stdout_ends_the_run() -> Result<()> {
         run.stderr
     );
     held.wait_released()
+}
+
+/// A stop signal while leaktrace starts (loading BTF, attaching, reading the sockets already
+/// open: seconds on a busy host) ends it with one line saying so and the shell's status for that
+/// signal, 128 + its number. Nothing was traced: no report, not even a start record.
+#[test]
+fn stop_signal_during_startup_says_so() -> Result<()> {
+    let server = close_wait_server(FIXTURE, Family::V4, 1)?;
+    let pid = server.pid().to_string();
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let args = ["--json", "--pid", &pid, "--duration", RUN_LIMIT];
+        let Some(run) = signal_startup("stop_signal_during_startup_says_so", &args, signal)? else {
+            return Ok(());
+        };
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        ensure!(
+            run.status.code() == Some(128 + signal)
+                && run.stdout.is_empty()
+                && matches!(&lines[..], [line] if is_interrupted_startup(line)),
+            "signal {signal}: expected exit {} and one line saying the startup was interrupted, \
+             got {}; stdout:\n{}\nstderr:\n{}",
+            128 + signal,
+            run.status,
+            run.stdout.join("\n"),
+            run.stderr
+        );
+    }
+    Ok(())
+}
+
+/// Under `run`, a stop signal during startup means the command is never started, and the last
+/// line, the exit record, says the status is leaktrace's own.
+#[test]
+fn run_interrupted_while_starting_never_starts_the_command() -> Result<()> {
+    let args = ["run", "--json", "--", "sh", "-c", "echo the command ran"];
+    let test = "run_interrupted_while_starting_never_starts_the_command";
+    let Some(run) = signal_startup(test, &args, libc::SIGTERM)? else {
+        return Ok(());
+    };
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let exit_record = |line: &str| {
+        serde_json::from_str::<Value>(line).is_ok_and(|exit| {
+            exit["type"] == "exit"
+                && exit["status"] == 128 + libc::SIGTERM
+                && exit["whose"] == "leaktrace"
+        })
+    };
+    ensure!(
+        run.status.code() == Some(128 + libc::SIGTERM)
+            && run.stdout.is_empty()
+            && matches!(&lines[..], [error, exit] if is_interrupted_startup(error)
+                && exit_record(exit)),
+        "expected exit {}, the command not run, the error line and the exit record; got {}; \
+         stdout:\n{}\nstderr:\n{}",
+        128 + libc::SIGTERM,
+        run.status,
+        run.stdout.join("\n"),
+        run.stderr
+    );
+    Ok(())
+}
+
+fn is_interrupted_startup(line: &str) -> bool {
+    line.starts_with("leaktrace: error: interrupted by SIG") && line.contains("while starting")
 }
 
 /// i64::MAX seconds, as `--duration` or `--interval`: far past what the clock can count from now.

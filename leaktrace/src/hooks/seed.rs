@@ -23,6 +23,8 @@ use procfs::{
     ProcError,
 };
 
+use crate::stop;
+
 /// What seeding found, for the startup log.
 #[derive(Debug, Default)]
 pub struct Seeded {
@@ -101,6 +103,10 @@ fn seed_pids(
     };
     let mut seeded = Seeded::default();
     for pid in pids.into_iter().filter(|&pid| pid != own) {
+        // With many sockets seeding takes seconds; a stop signal ends startup without waiting.
+        if stop::held().is_some() {
+            break;
+        }
         match seed_process(request, pid, &mut seeded, batches) {
             Err(e) if !exited(&e) => {
                 seeded.failed += 1;
