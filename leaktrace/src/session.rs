@@ -1,9 +1,6 @@
 //! One trace session: attach the hooks, then move records from the ring buffer through the
 //! decoder, the timeline store and the detectors to a reporter until told to stop.
-use std::{
-    collections::BTreeSet, future::Future, io, io::Write as _, os::fd::RawFd, path::Path,
-    time::Duration,
-};
+use std::{collections::BTreeSet, future::Future, io, os::fd::RawFd, path::Path, time::Duration};
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -510,12 +507,11 @@ impl Session {
                 failures[failure as usize],
             );
             if before == 0 && now > 0 {
-                let _ = writeln!(
-                    io::stderr(),
+                stderr::line(format_args!(
                     "leaktrace: warning: {} {now}: {}",
                     failure.name(),
                     probe_failure_meaning(failure)
-                );
+                ));
             }
         }
         self.counts.probe_failures = failures;
