@@ -18,6 +18,7 @@ use crate::{
     holders,
     hooks::{self, Attached, LoadError, LoadOptions},
     report::{
+        pipe::{self, Outlet},
         probe_failure_meaning, ring_size_hint, FinalReport, IngestCounts, JsonReporter, Metrics,
         Reporter, StartInfo, TextReporter, TraceOut,
     },
@@ -38,6 +39,8 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// After records were lost, the owners are looked up in /proc at most this often: a scan per
 /// tracked socket is what a host overflowing the ring buffer can least afford every second.
 const RECHECK_EVERY: Duration = Duration::from_secs(5);
+/// How long the final report may wait for its reader.
+const REPORT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Which processes to trace.
 pub enum Scope {
@@ -114,6 +117,8 @@ pub struct Session {
     probe_failures: PerCpuArray<MapData, u64>,
     /// None once given up (see `SessionOptions::report_to_stderr`).
     reporter: Option<Box<dyn Reporter>>,
+    /// Where the reporter's lines leave, on a thread of their own.
+    outlet: Outlet,
     report_to_stderr: bool,
     metrics: Option<Metrics>,
     trace_out: Option<TraceOut>,
@@ -278,11 +283,14 @@ impl Session {
         // final report, not a process killed by a signal's default action.
         let stops = StopSignals::install()?;
 
-        let (out, report_fd): (Box<dyn io::Write + Send>, RawFd) = if options.report_to_stderr {
-            (Box::new(io::stderr()), libc::STDERR_FILENO)
+        let (opened, report_fd) = if options.report_to_stderr {
+            (pipe::open(io::stderr()), libc::STDERR_FILENO)
         } else {
-            (Box::new(io::stdout()), libc::STDOUT_FILENO)
+            (pipe::open(io::stdout()), libc::STDOUT_FILENO)
         };
+        let (pipe, outlet) =
+            opened.map_err(|e| anyhow!("starting the thread that writes the report: {e}"))?;
+        let out: Box<dyn io::Write + Send> = Box::new(pipe);
         let reporter: Box<dyn Reporter> = if options.common.json {
             Box::new(JsonReporter::new(out))
         } else {
@@ -313,6 +321,7 @@ impl Session {
             lost,
             probe_failures,
             reporter: Some(reporter),
+            outlet,
             report_to_stderr: options.report_to_stderr,
             store,
             metrics,
@@ -419,6 +428,12 @@ impl Session {
         let now = monotonic_ns();
         let report = self.detectors.summary(&mut self.store, now, self.counts);
         self.report(|reporter| reporter.finish(&report))?;
+        // A reader that stopped reading does not hold leaktrace past a stop for long.
+        if self.reporter.is_some() {
+            if let Err(e) = self.outlet.wait(REPORT_DRAIN_LIMIT) {
+                self.give_up_report(Failure::writing(e))?;
+            }
+        }
         if let Some(trace) = self.trace_out.take() {
             trace
                 .finish(&mut self.store, now)

@@ -163,3 +163,102 @@ fn run_runs_the_command_whatever_stderr() -> Result<()> {
     }
     Ok(())
 }
+
+/// `leaktrace --json | less`, left alone: the pipe fills and stays full. The session must go on
+/// regardless (its metrics answer), a stop signal must still end it, promptly, and the report
+/// it could not deliver is an output failure, not a hang.
+#[test]
+fn a_reader_that_stops_reading_holds_nothing_up() -> Result<()> {
+    const TEST: &str = "a_reader_that_stops_reading_holds_nothing_up";
+    // Each finding is a JSON line of a kilobyte or more: together far more than a pipe holds.
+    const CONNS: usize = 200;
+    if !is_root() {
+        skip(TEST, "leaktrace needs root");
+        return Ok(());
+    }
+    let server = close_wait_server(FIXTURE, Family::V4, CONNS)?;
+    let pid = server.pid().to_string();
+    let mut command = leaktrace(&[
+        "--json",
+        "--leak-after",
+        "200ms",
+        "--metrics",
+        "0",
+        "--pid",
+        &pid,
+    ])?;
+    let mut child = command.spawn().context("cannot start leaktrace")?;
+    let _kill = KillOnDrop(libc::pid_t::try_from(child.id())?);
+    // The start line, then nothing more is read: the reader has stopped.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().context("no stdout")?);
+    let mut start = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut start)?;
+    let start: Value = serde_json::from_str(&start).with_context(|| format!("{start:?}"))?;
+    let metrics = start["metrics"]
+        .as_str()
+        .with_context(|| format!("no metrics address in {start}"))?
+        .to_owned();
+    let port = server.port().to_string();
+    let client = Command::new(FIXTURE)
+        .args([
+            "client",
+            "--port",
+            &port,
+            "--send",
+            "5",
+            "--pause-ms",
+            "100",
+        ])
+        .args(["--conns", &CONNS.to_string(), "--concurrency", "20"])
+        .stdout(Stdio::null())
+        .status()?;
+    ensure!(client.success(), "the client failed: {client}");
+    // The findings matured and filled the pipe meanwhile.
+    std::thread::sleep(Duration::from_secs(2));
+    let scrape = scrape(&metrics).context("/metrics did not answer while stdout was full")?;
+    ensure!(
+        scrape.contains("leaktrace_"),
+        "not leaktrace's metrics: {scrape}"
+    );
+    // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet.
+    unsafe { libc::kill(libc::pid_t::try_from(child.id())?, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not end leaktrace while its reader was not reading"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().context("no stderr")?, &mut stderr)?;
+    ensure!(
+        status.code() == Some(OUTPUT_FAILED) && stderr.contains("stopped reading"),
+        "expected status {OUTPUT_FAILED} and why, got {status}; stderr:\n{stderr}"
+    );
+    Ok(())
+}
+
+/// One GET of http://ADDR/metrics, which must answer within a few seconds.
+fn scrape(addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: leaktrace\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// Kills leaktrace if the test ends before it does.
+struct KillOnDrop(libc::pid_t);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}

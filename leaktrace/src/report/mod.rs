@@ -4,6 +4,7 @@
 
 mod json;
 mod metrics;
+pub mod pipe;
 mod text;
 mod trace_out;
 
