@@ -237,6 +237,11 @@ impl Running {
         );
         let mut child = Command::new(program)
             .args(&args)
+            // The suite may itself run under sudo (`cargo xtask test` as a user): `leaktrace run`
+            // would then run its commands as that user. The tests of that set these themselves.
+            .env_remove("SUDO_UID")
+            .env_remove("SUDO_GID")
+            .env_remove("SUDO_USER")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
