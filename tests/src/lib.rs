@@ -488,7 +488,19 @@ pub fn close_wait_client(
     family: Family,
     conns: usize,
 ) -> Result<ClientRun> {
+    close_wait_clients(fixture, server, family, conns, 1)
+}
+
+/// [`close_wait_client`]'s connections, `concurrency` at a time: for many of them.
+pub fn close_wait_clients(
+    fixture: &str,
+    server: &Fixture,
+    family: Family,
+    conns: usize,
+    concurrency: usize,
+) -> Result<ClientRun> {
     let (port, conns) = (server.port().to_string(), conns.to_string());
+    let concurrency = concurrency.to_string();
     let args = [
         "--port",
         &port,
@@ -498,6 +510,8 @@ pub fn close_wait_client(
         "100",
         "--conns",
         &conns,
+        "--concurrency",
+        &concurrency,
     ];
     run_client(fixture, &[&args, family.flags()].concat())
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use leaktrace_tests::{
-    close_wait_client, close_wait_server, comm, kernel_socket, kernel_sockets, run_client,
-    Accepted, ClientRun, Family, Fixture, Leaktrace, Report, LEAK_AFTER_MS, TCP_CLOSE,
+    close_wait_client, close_wait_clients, close_wait_server, comm, kernel_socket, kernel_sockets,
+    run_client, Accepted, ClientRun, Family, Fixture, Leaktrace, Report, LEAK_AFTER_MS, TCP_CLOSE,
     TCP_CLOSE_WAIT,
 };
 use serde_json::{json, Value};
@@ -371,23 +371,7 @@ fn more_leaks_at_start_than_the_ring_holds_are_all_found() -> Result<()> {
     // A 4 KiB ring holds 30 records.
     const CONNS: usize = 100;
     let mut server = close_wait_server(FIXTURE, Family::V4, CONNS)?;
-    // As close_wait_client's, ten at a time.
-    let (port, conns) = (server.port().to_string(), CONNS.to_string());
-    let client = run_client(
-        FIXTURE,
-        &[
-            "--port",
-            &port,
-            "--send",
-            "5",
-            "--pause-ms",
-            "100",
-            "--conns",
-            &conns,
-            "--concurrency",
-            "10",
-        ],
-    )?;
+    let client = close_wait_clients(FIXTURE, &server, Family::V4, CONNS, 10)?;
     let accepted = server.accepted(CONNS)?;
     server.lines("EOF ", CONNS)?;
     let Some(mut leaktrace) = Leaktrace::start_with(

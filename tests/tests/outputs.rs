@@ -12,7 +12,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use leaktrace_tests::{close_wait_server, is_root, leaktrace_bin, skip, Family};
+use leaktrace_tests::{
+    close_wait_clients, close_wait_server, is_root, leaktrace_bin, skip, Family,
+};
 use serde_json::Value;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
@@ -198,21 +200,7 @@ fn a_reader_that_stops_reading_holds_nothing_up() -> Result<()> {
         .as_str()
         .with_context(|| format!("no metrics address in {start}"))?
         .to_owned();
-    let port = server.port().to_string();
-    let client = Command::new(FIXTURE)
-        .args([
-            "client",
-            "--port",
-            &port,
-            "--send",
-            "5",
-            "--pause-ms",
-            "100",
-        ])
-        .args(["--conns", &CONNS.to_string(), "--concurrency", "20"])
-        .stdout(Stdio::null())
-        .status()?;
-    ensure!(client.success(), "the client failed: {client}");
+    close_wait_clients(FIXTURE, &server, Family::V4, CONNS, 20)?;
     // The findings matured and filled the pipe meanwhile.
     std::thread::sleep(Duration::from_secs(2));
     let scrape = scrape(&metrics).context("/metrics did not answer while stdout was full")?;
