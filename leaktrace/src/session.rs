@@ -127,7 +127,8 @@ pub struct Session {
     counts: IngestCounts,
     /// Traced processes still alive; the session ends when the last one exits.
     live: BTreeSet<u32>,
-    /// Processes were named to trace (`--pid`, `run`): the session ends when none is left.
+    /// Processes were named to trace (`--pid`): the session ends when none is left. Not under
+    /// `run`, which ends with its command, once the command's exit is reaped.
     ends_with_processes: bool,
     /// Records were lost since the owners were last looked up in /proc, and when that was.
     loss_unchecked: bool,
@@ -357,7 +358,6 @@ impl Session {
             .insert(pid, 1, 0)
             .with_context(|| format!("tracing pid {pid}"))?;
         self.live.insert(pid);
-        self.ends_with_processes = true;
         Ok(())
     }
 

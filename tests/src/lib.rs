@@ -524,7 +524,12 @@ pub struct Finished {
 }
 
 pub fn run_leaktrace(args: &[&str]) -> Result<Finished> {
-    spawn_leaktrace(args)?.finished(EXIT_TIMEOUT)
+    run_leaktrace_within(args, EXIT_TIMEOUT)
+}
+
+/// [`run_leaktrace`], for a run with more to do than start and stop.
+pub fn run_leaktrace_within(args: &[&str], limit: Duration) -> Result<Finished> {
+    spawn_leaktrace(args)?.finished(limit)
 }
 
 /// Starts `leaktrace run --json ... -- CMD...` (`args` from `--json` on), sends it `signal` once

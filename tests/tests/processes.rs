@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use leaktrace_tests::{
-    close_wait_client, close_wait_server, is_root, leaktrace_bin, run_client, run_leaktrace, skip,
-    Family, Fixture, Leaktrace,
+    close_wait_client, close_wait_server, is_root, leaktrace_bin, run_client, run_leaktrace,
+    run_leaktrace_within, skip, Family, Fixture, Leaktrace,
 };
 use serde_json::{json, Value};
 
@@ -707,23 +707,27 @@ fn run_losing_records_finds_no_leak_in_leak_free_churn() -> Result<()> {
         "{FIXTURE} echo-server > {ready} & server=$!; \
          while ! grep -q READY {ready}; do sleep 0.05; done; \
          port=$(sed -n 's/^READY //p' {ready}); \
-         {FIXTURE} client --port $port --conns 10000 --concurrency 8 --send 8 --echo > /dev/null; \
+         {FIXTURE} client --port $port --conns 3000 --concurrency 8 --send 8 --echo > /dev/null; \
          status=$?; sleep 1; kill $server; exit $status",
         ready = ready.display()
     );
-    let run = run_leaktrace(&[
-        "run",
-        "--json",
-        "--fail-on-leak",
-        "--leak-after",
-        "300ms",
-        "--ring-size",
-        "8192",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    // Emulated guests (vm-test) take tens of seconds for the churn.
+    let run = run_leaktrace_within(
+        &[
+            "run",
+            "--json",
+            "--fail-on-leak",
+            "--leak-after",
+            "300ms",
+            "--ring-size",
+            "8192",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        std::time::Duration::from_secs(120),
+    );
     let _ = std::fs::remove_file(&ready);
     let run = run?;
     let lines = json_lines(&run.stderr);
