@@ -46,6 +46,9 @@ enum Task {
     VmTest {
         /// Kernels to test: `6.1`, `6.12`, `host` (default: all).
         kernels: Vec<String>,
+        /// Run only this test file of `tests/tests/` (`processes`, ...); repeat for more.
+        #[arg(long = "test", value_name = "FILE")]
+        tests: Vec<String>,
     },
     /// Measure leaktrace's cost under loopback connection churn, judge the targets, and write
     /// BENCHMARKS.md (as root; about 15 minutes).
@@ -160,7 +163,7 @@ fn run(task: Task) -> Result<()> {
             }
             Ok(())
         }
-        Task::VmTest { kernels } => vm::run(&root, &kernels),
+        Task::VmTest { kernels, tests } => vm::run(&root, &kernels, &tests),
         Task::Bench { quick, soak } => bench::run(&root, quick, soak),
         Task::BenchHolder { .. } => unreachable!("handled before the toolchain check"),
         Task::Lint => {

@@ -78,7 +78,7 @@ const HOST_LIMIT: Duration = Duration::from_secs(300);
 /// A working KVM boots and powers off in about a second; a broken one may hang.
 const KVM_PROBE_LIMIT: Duration = Duration::from_secs(30);
 
-pub fn run(root: &Path, names: &[String]) -> Result<()> {
+pub fn run(root: &Path, names: &[String], tests: &[String]) -> Result<()> {
     let kernels = select(names)?;
     toolchain::ensure_vm()?;
     toolchain::ensure_test_servers()?;
@@ -90,8 +90,8 @@ pub fn run(root: &Path, names: &[String]) -> Result<()> {
         eprintln!("xtask: vm-test: kernel {}", kernel.name);
         let started = Instant::now();
         let transcript = match kernel.package {
-            Some(package) => boot(root, kernel, package, &initramfs, &mut accel),
-            None => run_on_host(kernel, &guest_root.join("suite")),
+            Some(package) => boot(root, kernel, tests, package, &initramfs, &mut accel),
+            None => run_on_host(kernel, tests, &guest_root.join("suite")),
         };
         outcomes.push(judge(kernel, transcript, started.elapsed()));
     }
@@ -124,8 +124,9 @@ fn select(names: &[String]) -> Result<Vec<&'static Kernel>> {
 /// Settings for suite.sh, which reads them from its environment. A guest gets them on the
 /// kernel command line: the kernel hands such words to PID 1 as environment variables (so
 /// they may contain neither spaces nor dots).
-fn suite_settings(kernel: &Kernel) -> Vec<(&'static str, String)> {
+fn suite_settings(kernel: &Kernel, tests: &[String]) -> Vec<(&'static str, String)> {
     vec![
+        ("SUITE_TESTS", tests.join(",")),
         ("SUITE_FAMILIES", kernel.families.join(",")),
         (
             "SUITE_EXPECT_AUTO",
@@ -430,6 +431,7 @@ fn choose_accel(image: &Path, initramfs: &Path) -> &'static str {
 fn boot(
     root: &Path,
     kernel: &Kernel,
+    tests: &[String],
     package: &str,
     initramfs: &Path,
     accel: &mut Option<&'static str>,
@@ -437,7 +439,7 @@ fn boot(
     let image = kernel_image(root, package)?;
     let accel = *accel.get_or_insert_with(|| choose_accel(&image, initramfs));
     let mut append = String::from("console=ttyS0 panic=-1 quiet");
-    for (key, value) in suite_settings(kernel) {
+    for (key, value) in suite_settings(kernel, tests) {
         write!(append, " {key}={value}")?;
     }
     let child = qemu(accel, &image, initramfs, &append)
@@ -449,9 +451,9 @@ fn boot(
     stream(kernel.name, child, GUEST_LIMIT)
 }
 
-fn run_on_host(kernel: &Kernel, suite: &Path) -> Result<Transcript> {
+fn run_on_host(kernel: &Kernel, tests: &[String], suite: &Path) -> Result<Transcript> {
     // Through `env`: sudo, when it is needed, does not pass the environment on.
-    let settings = suite_settings(kernel).into_iter();
+    let settings = suite_settings(kernel, tests).into_iter();
     let child = crate::as_root(Path::new("env"))?
         .args(settings.map(|(key, value)| format!("{key}={value}")))
         .arg("sh")
