@@ -236,6 +236,13 @@ pub struct Config {
     pub follow_children: u32,
     /// The ring buffer's size in bytes (`--ring-size`).
     pub ring_size: u32,
+    /// Non-zero (`--cgroup`, `--unit`): a process of this cgroup v2, or of one below it, is
+    /// traced from its first socket on, as if it were in `TARGETS`.
+    pub cgroup_id: u64,
+    /// How deep `cgroup_id` sits below the cgroup root (the root is level 0).
+    pub cgroup_level: u32,
+    /// Keeps the struct free of implicit padding, which userspace would copy uninitialized.
+    pub _pad: u32,
     pub kernel: KernelOffsets,
     pub tracepoints: TracepointOffsets,
 }
@@ -285,6 +292,9 @@ impl Config {
             seeder_tgid: 0,
             follow_children: 0,
             ring_size: 0,
+            cgroup_id: 0,
+            cgroup_level: 0,
+            _pad: 0,
             kernel,
             tracepoints: TracepointOffsets {
                 set_state_skaddr: 0,

@@ -5,7 +5,7 @@
 //! processes' sockets cannot fill the map the traced ones need.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid};
 use leaktrace_common::ProbeFailure;
 
 use crate::{
@@ -71,7 +71,32 @@ pub fn traced(tgid: u32) -> bool {
         return true;
     }
     // SAFETY: the value is not used, only its presence.
-    tgid != 0 && unsafe { TARGETS.get(tgid) }.is_some()
+    if tgid == 0 || unsafe { TARGETS.get(tgid) }.is_some() {
+        return tgid != 0;
+    }
+    config!(cgroup_id) != 0 && joins_traced_cgroup(tgid)
+}
+
+/// Whether `tgid`, running now, is in the traced cgroup (or one below it): the cgroup it is in
+/// when it claims a socket decides, so a service's processes started later, or moved in by a
+/// service manager, are traced too. It then joins `TARGETS`, where the hooks that run for it on
+/// other CPUs (a connection accepted on its listener, in softirq) and its exit find it.
+#[inline(always)]
+fn joins_traced_cgroup(tgid: u32) -> bool {
+    // Only the current task's cgroup can be read; in softirq `tgid` is not the current task.
+    if current().0 != tgid {
+        return false;
+    }
+    // SAFETY: no preconditions; 0 when the task's cgroup is not that deep.
+    let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(config!(cgroup_level) as i32) };
+    if ancestor != config!(cgroup_id) {
+        return false;
+    }
+    if TARGETS.insert(tgid, 1, 0).is_err() {
+        // Its sockets are followed still; only its exit goes unseen, and userspace warns.
+        count_failure(ProbeFailure::TargetMapFull);
+    }
+    true
 }
 
 /// Starts following `sk` for `owner`, if `owner` is traced, born now; an entry made meanwhile by

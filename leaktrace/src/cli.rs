@@ -26,6 +26,9 @@ Examples:
   sudo leaktrace demo                       leaky servers in-process: see both classes
   sudo leaktrace --pid 4242                 trace one process until Ctrl-C (or until it exits)
   sudo leaktrace --pid 4242 --json --duration 1m --leak-after 2s
+  sudo leaktrace --unit nginx               every process of a systemd service, now and later
+  sudo leaktrace --cgroup system.slice/docker-3f4c2a9b8e7d.scope
+                                            every process of a container (any cgroup v2 path)
   sudo leaktrace run --fail-on-leak -- ./run-tests.sh
                                             trace a command and its children (CI use); the
                                             command runs as you, not root (--as-root)
@@ -43,6 +46,7 @@ Stopping:
 
 Exit status:
   0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process (or a zombie),
+    cgroup or unit,
   5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook,
   8 an output failed: stdout is closed or cannot take the report, the report's reader closed
     it (e.g. `leaktrace --json | head -1`), or one asked for cannot be opened (--metrics
@@ -127,6 +131,16 @@ pub struct TraceArgs {
     /// Also trace the processes the traced ones start, from their first instruction.
     #[arg(long, requires = "pids")]
     pub follow_children: bool,
+    /// Trace every process in this cgroup v2 and the cgroups below it, those there now and
+    /// those that come later (a service's restarts, a container's new processes): a directory
+    /// of the cgroup v2 hierarchy, or a path below its root as /proc/PID/cgroup shows it
+    /// (system.slice/nginx.service). The cgroup a process is in when it takes a socket decides.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pids", "unit"])]
+    pub cgroup: Option<String>,
+    /// Trace a systemd unit's processes, as --cgroup of the unit's cgroup (nginx stands for
+    /// nginx.service).
+    #[arg(long, value_name = "NAME", conflicts_with = "pids")]
+    pub unit: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]

@@ -32,6 +32,8 @@ pub enum Failure {
     NoSuchProcess(u32),
     /// The pid names a zombie: the process exited and holds nothing, its parent has not reaped it.
     Exited(u32),
+    /// `--cgroup` or `--unit` names nothing that exists, and why.
+    NoSuchService(String),
     /// The kernel side could not be set up.
     Load(LoadError),
     /// Whoever read the report closed it (`leaktrace | head -1`): nobody is left to tell.
@@ -50,7 +52,9 @@ impl Failure {
         match self {
             Self::Usage(_) => exit_code::USAGE,
             Self::NotRoot => exit_code::NOT_ROOT,
-            Self::NoSuchProcess(_) | Self::Exited(_) => exit_code::NO_SUCH_PROCESS,
+            Self::NoSuchProcess(_) | Self::Exited(_) | Self::NoSuchService(_) => {
+                exit_code::NO_SUCH_PROCESS
+            }
             Self::Load(LoadError::NoBtf | LoadError::Btf(_)) => exit_code::NO_BTF,
             Self::Load(LoadError::NoTracefs(_)) => exit_code::NO_TRACEFS,
             Self::Load(LoadError::HookRefused { .. }) => exit_code::HOOK_REFUSED,
@@ -74,7 +78,7 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Usage(why) => write!(f, "{why}"),
+            Self::Usage(why) | Self::NoSuchService(why) => write!(f, "{why}"),
             Self::NotRoot => write!(
                 f,
                 "leaktrace loads eBPF programs and needs root (CAP_BPF and CAP_PERFMON): run it with sudo"

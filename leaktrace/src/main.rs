@@ -5,6 +5,7 @@
 //! class) -> `report` (text, JSON Lines). `session` drives it; `demo` feeds it leaky servers;
 //! `run` traces a command it starts.
 mod activity;
+mod cgroup;
 mod cli;
 mod decoder;
 mod demo;
@@ -12,6 +13,7 @@ mod detect;
 mod error;
 mod holders;
 mod hooks;
+mod placement;
 mod report;
 mod run;
 mod session;
@@ -76,7 +78,11 @@ fn main() -> ExitCode {
 }
 
 async fn trace(args: TraceArgs) -> Result<(), Failure> {
-    let scope = if args.pids.is_empty() {
+    let scope = if let Some(path) = &args.cgroup {
+        Scope::Cgroup(cgroup::resolve(path).map_err(Failure::NoSuchService)?)
+    } else if let Some(name) = &args.unit {
+        Scope::Cgroup(cgroup::unit(name).map_err(Failure::NoSuchService)?)
+    } else if args.pids.is_empty() {
         Scope::All
     } else {
         Scope::Pids(args.pids)

@@ -11,6 +11,7 @@ use tokio::{
 };
 
 use crate::{
+    cgroup::{self, Cgroup},
     cli::{CommonArgs, LeakArgs},
     decoder::{self, Event, EventKind},
     detect::Detectors,
@@ -50,6 +51,8 @@ pub enum Scope {
     Pids(Vec<u32>),
     /// Processes the caller adds with [`Session::trace`] once the hooks are live (`run`).
     Added,
+    /// The processes of a cgroup and the cgroups below it, now and later (`--cgroup`, `--unit`).
+    Cgroup(Cgroup),
 }
 
 impl Scope {
@@ -66,6 +69,10 @@ impl Scope {
                 format!("pid {}{children}", pids.join(", "))
             }
             Scope::Added => "the command and the processes it starts".to_owned(),
+            Scope::Cgroup(cgroup) => format!(
+                "cgroup {} and the cgroups below it, with the processes that join them",
+                cgroup.path
+            ),
         }
     }
 }
@@ -175,6 +182,24 @@ fn preflight(options: &SessionOptions) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The processes in `cgroup` now, leaktrace aside, to trace and seed from the start.
+fn cgroup_processes(cgroup: &Cgroup, max_processes: u32) -> Result<Vec<u32>, Failure> {
+    let own = std::process::id();
+    let pids: Vec<u32> = cgroup::processes(cgroup)
+        .into_iter()
+        .filter(|&pid| pid != own)
+        .collect();
+    if pids.len() > max_processes as usize {
+        return Err(Failure::Usage(format!(
+            "cgroup {} holds {} processes, more than --max-processes {}: raise it",
+            cgroup.path,
+            pids.len(),
+            max_processes
+        )));
+    }
+    Ok(pids)
+}
+
 /// Gives up starting when a stop signal came meanwhile (held since main began: `stop::hold`).
 fn check_not_interrupted() -> Result<(), Failure> {
     match stop::held() {
@@ -211,12 +236,17 @@ impl Session {
         check_not_interrupted()?;
         let pids = match &options.scope {
             Scope::Pids(pids) => pids.clone(),
+            Scope::Cgroup(cgroup) => cgroup_processes(cgroup, options.common.max_processes)?,
             Scope::All | Scope::Added => Vec::new(),
         };
         let mut attached = hooks::load(&LoadOptions {
             family: options.common.hooks,
             filter_targets: !matches!(options.scope, Scope::All),
             follow_children: options.follow_children,
+            cgroup: match &options.scope {
+                Scope::Cgroup(cgroup) => Some((cgroup.id, cgroup.level)),
+                _ => None,
+            },
             ring_size: options.common.ring_size,
             max_processes: options.common.max_processes,
             max_kernel_sockets: options.common.max_kernel_sockets,
@@ -256,7 +286,10 @@ impl Session {
             ..IngestCounts::default()
         };
         let mut live: BTreeSet<u32> = pids.iter().copied().collect();
-        if attached.can_seed && !matches!(options.scope, Scope::Added) {
+        // An empty list seeds every process: not what an empty cgroup asks for.
+        let nothing_to_seed = matches!(options.scope, Scope::Added)
+            || (matches!(options.scope, Scope::Cgroup(_)) && pids.is_empty());
+        if attached.can_seed && !nothing_to_seed {
             // Drained while seeding, a quarter of the ring at a time: one record per socket.
             let batch = options.common.ring_size as usize / Record::SIZE / 4;
             let seeded = hooks::seed_existing(&mut attached.ebpf, &pids, batch, &mut || {
@@ -309,7 +342,15 @@ impl Session {
                 .map(|c| (c.event.to_owned(), c.hook.clone()))
                 .collect(),
             refused: attached.refused.clone(),
-            pids: pids.clone(),
+            // A cgroup's processes at start are not what the user named.
+            pids: match &options.scope {
+                Scope::Pids(_) => pids.clone(),
+                _ => Vec::new(),
+            },
+            cgroup: match &options.scope {
+                Scope::Cgroup(cgroup) => Some(cgroup.path.clone()),
+                _ => None,
+            },
             scope: options.scope.describe(options.follow_children),
             leak_after: options.leaks.leak_after,
             idle_after: options.leaks.idle_after,
@@ -329,7 +370,8 @@ impl Session {
             trace_out,
             detectors: Detectors::new(options.leaks.leak_after, options.leaks.idle_after),
             counts,
-            ends_with_processes: !pids.is_empty(),
+            // A cgroup's processes come and go (a service restarts): it is traced until stopped.
+            ends_with_processes: matches!(options.scope, Scope::Pids(_)),
             live,
             loss_unchecked: false,
             rechecked: None,
@@ -344,10 +386,14 @@ impl Session {
         session.report(|reporter| reporter.start(&start))?;
         // One that exited before its exit hook was attached leaves no record of it: the session
         // would wait for it forever.
-        for pid in session.forget_exited() {
-            stderr::line(format_args!(
-                "leaktrace: pid {pid} exited while tracing started"
-            ));
+        let exited = session.forget_exited();
+        // A cgroup's processes come and go: only a named pid's exit is news.
+        if session.ends_with_processes {
+            for pid in exited {
+                stderr::line(format_args!(
+                    "leaktrace: pid {pid} exited while tracing started"
+                ));
+            }
         }
         Ok(session)
     }

@@ -14,6 +14,7 @@ use leaktrace_common::{shutdown_how, tcp_state};
 use crate::activity::{KernelTimer, Sample, Sampler, Wanted};
 use crate::decoder::{Comm, Event, EventKind, Owner, ReceiveState, SockKey, Task};
 use crate::holders;
+use crate::placement::Placement;
 use crate::stderr;
 pub use stats::{Counts, Remote};
 
@@ -527,6 +528,8 @@ pub struct Store {
     timelines: FxHashMap<SockKey, Box<Timeline>>,
     /// Process names by tgid, learned from records the owner itself produced or from /proc.
     comms: FxHashMap<u32, Comm>,
+    /// Where the owners of findings run, read from /proc once per process.
+    placements: FxHashMap<u32, Placement>,
     sockets_seen: u64,
     latest_ns: u64,
     counts: Counts,
@@ -575,6 +578,7 @@ impl Store {
         Self {
             timelines: FxHashMap::default(),
             comms: FxHashMap::default(),
+            placements: FxHashMap::default(),
             sockets_seen: 0,
             latest_ns: 0,
             counts: Counts::default(),
@@ -754,6 +758,7 @@ impl Store {
         // would only grow memory on a host that starts processes all day.
         for tgid in self.exits.keys() {
             self.comms.remove(tgid);
+            self.placements.remove(tgid);
         }
         self.exits.clear();
     }
@@ -929,6 +934,15 @@ impl Store {
         let comm = comm.trim_end_matches('\n').to_owned();
         self.comms.insert(tgid, Comm::new(&comm));
         Some(comm)
+    }
+
+    /// Where the owner runs (cgroup, container or unit, network namespace): from /proc, cached,
+    /// as a process's findings all share it.
+    pub fn placement(&mut self, tgid: u32) -> Placement {
+        self.placements
+            .entry(tgid)
+            .or_insert_with(|| Placement::of(tgid))
+            .clone()
     }
 
     /// Links each socket whose peer half-closed to the other socket of its proxied pair, then,

@@ -161,3 +161,31 @@ fn more_pids_than_max_processes_is_a_usage_error() -> Result<()> {
     assert_eq!(run.stderr.lines().count(), 1, "{:?}", run.stderr);
     Ok(())
 }
+
+/// A service that does not exist is refused as a pid that does not exist is, whoever runs it:
+/// the cgroup is looked up before anything else.
+#[test]
+fn nonexistent_cgroup_or_unit_is_refused() -> Result<()> {
+    for args in [
+        ["--cgroup", "leaktrace-no-such-cgroup/x"],
+        ["--unit", "leaktrace-no-such-unit"],
+    ] {
+        let run = run_leaktrace(&[&args[..], &["--duration", "1s"]].concat())?;
+        assert_eq!(run.status.code(), Some(4), "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {:?}", run.stderr);
+        assert!(
+            run.stderr.contains(args[1]),
+            "the message should name it: {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{args:?}: {:?}", run.stdout);
+    }
+    let run = run_leaktrace(&["--cgroup", "x", "--pid", "1"])?;
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "--cgroup with --pid: {}",
+        run.stderr
+    );
+    Ok(())
+}

@@ -17,6 +17,7 @@ use leaktrace_common::tcp_state;
 
 use crate::activity::{self, Sampler};
 use crate::decoder::{Event, SockKey};
+use crate::placement::Placement;
 use crate::report::{FinalReport, IngestCounts, PidStats, Progress, RemoteStats, Stats};
 use crate::timeline::{Partner, Remote, Store, Timeline};
 
@@ -100,6 +101,8 @@ pub struct Finding {
     pub pid: u32,
     /// "?" when neither the records nor /proc named the process.
     pub comm: String,
+    /// Where the process runs: cgroup, container or unit, network namespace.
+    pub placement: Placement,
     pub fd: Option<i32>,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
@@ -148,7 +151,9 @@ pub struct Resolved {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Leak(Finding),
+    /// Boxed: a finding carries its timeline and where its owner runs, several times the size
+    /// of a resolution.
+    Leak(Box<Finding>),
     Resolved(Resolved),
 }
 
@@ -277,7 +282,7 @@ impl Detectors {
                     comm.clone_from(&finding.comm);
                 }
                 self.reported += 1;
-                outcomes.push(Outcome::Leak(finding.clone()));
+                outcomes.push(Outcome::Leak(Box::new(finding.clone())));
                 self.tracked.insert(
                     (key, kind),
                     Tracked::Reported {
@@ -448,6 +453,7 @@ fn finding(
 ) -> Option<Finding> {
     let owner = store.get(&key)?.owner()?;
     let comm = store.comm(owner.tgid).unwrap_or_else(|| "?".into());
+    let placement = store.placement(owner.tgid);
     let timeline = store.get(&key)?;
     let latest = timeline.receive().map(|r| r.value);
     // Measured from tracing's start for a shutdown that predates it: not what followed it.
@@ -465,6 +471,7 @@ fn finding(
         sock: key,
         pid: owner.tgid,
         comm,
+        placement,
         fd: owner.fd,
         local: timeline.local(),
         remote: timeline.remote(),
@@ -516,7 +523,7 @@ mod tests {
         outcomes
             .iter()
             .filter_map(|o| match o {
-                Outcome::Leak(f) => Some(f),
+                Outcome::Leak(f) => Some(&**f),
                 Outcome::Resolved(_) => None,
             })
             .collect()

@@ -324,6 +324,8 @@ pub struct LoadOptions {
     pub family: HookFamily,
     pub filter_targets: bool,
     pub follow_children: bool,
+    /// The cgroup v2 whose processes are traced, and how deep it sits: (id, level).
+    pub cgroup: Option<(u64, u32)>,
     pub ring_size: u32,
     /// Entries of the traced-process map (unused without `filter_targets`).
     pub max_processes: u32,
@@ -350,6 +352,9 @@ pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
         seeder_tgid: std::process::id(),
         follow_children: options.follow_children.into(),
         ring_size: options.ring_size,
+        cgroup_id: options.cgroup.map_or(0, |(id, _)| id),
+        cgroup_level: options.cgroup.map_or(0, |(_, level)| level),
+        _pad: 0,
         kernel: kernel_btf.offsets().map_err(LoadError::Btf)?,
         tracepoints: tracefs.offsets().map_err(LoadError::NoTracefs)?,
     };

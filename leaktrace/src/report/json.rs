@@ -39,6 +39,7 @@ impl Reporter for JsonReporter {
             "hooks": hooks,
             "refused": info.refused,
             "pids": info.pids,
+            "cgroup": info.cgroup,
             "leak_after_ms": millis(info.leak_after),
             "idle_after_ms": millis(info.idle_after),
             "kernel": info.kernel,
@@ -130,6 +131,10 @@ fn leak(finding: &Finding) -> Value {
         "kind": finding.kind.as_str(),
         "pid": finding.pid,
         "comm": finding.comm,
+        "cgroup": finding.placement.cgroup,
+        "container": finding.placement.names.container,
+        "unit": finding.placement.names.unit,
+        "netns": finding.placement.netns,
         "fd": finding.fd,
         "local": addr(finding.local),
         "remote": addr(finding.remote),
@@ -282,7 +287,8 @@ fn direction(accepted: Option<bool>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{
-        final_report, finding, idle_finding, progress, resolved, start_info, stats, Captured,
+        final_report, finding, idle_finding, in_a_service, progress, resolved, start_info, stats,
+        Captured,
     };
     use super::*;
     use crate::detect::LeakKind;
@@ -308,6 +314,7 @@ mod tests {
                 },
                 "refused": ["accept: fexit:inet_csk_accept: Operation not permitted"],
                 "pids": [4242],
+                "cgroup": null,
                 "leak_after_ms": 1500,
                 "idle_after_ms": 60000,
                 "kernel": "6.8.0-test",
@@ -325,7 +332,9 @@ mod tests {
     fn leak_line() {
         let captured = Captured::default();
         let mut reporter = JsonReporter::new(captured.writer());
-        reporter.outcome(&Outcome::Leak(finding())).unwrap();
+        reporter
+            .outcome(&Outcome::Leak(Box::new(in_a_service(finding()))))
+            .unwrap();
         let lines = captured.lines();
         assert_eq!(lines.len(), 1);
         let mut leak = parse(&lines[0]);
@@ -337,6 +346,10 @@ mod tests {
                 "kind": "shut_wr_unread",
                 "pid": 4242,
                 "comm": "mailer",
+                "cgroup": "/system.slice/mailer.service",
+                "container": null,
+                "unit": "mailer.service",
+                "netns": 4026531840u64,
                 "fd": 7,
                 "local": "127.0.0.1:8080",
                 "remote": "127.0.0.1:50412",
@@ -383,7 +396,9 @@ mod tests {
     fn idle_half_closed_names_its_partner() {
         let captured = Captured::default();
         let mut reporter = JsonReporter::new(captured.writer());
-        reporter.outcome(&Outcome::Leak(idle_finding())).unwrap();
+        reporter
+            .outcome(&Outcome::Leak(Box::new(idle_finding())))
+            .unwrap();
         let leak = parse(&captured.lines()[0]);
         assert_eq!(leak["kind"], "idle_half_closed");
         assert_eq!(

@@ -42,6 +42,10 @@ struct LeakLabels {
     kind: &'static str,
     pid: u32,
     comm: String,
+    /// Where the process runs; empty where unknown, which Prometheus reads as no label.
+    cgroup: String,
+    container: String,
+    unit: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,7 +119,7 @@ impl Metrics {
         let open_leaks = Family::<LeakLabels, Gauge>::default();
         registry.register(
             "open_leaks",
-            "Leaks reported and not resolved, by leak class and owning process",
+            "Leaks reported and not resolved, by leak class, owning process and where it runs (cgroup, container, systemd unit)",
             open_leaks.clone(),
         );
         let reported = Family::<KindLabels, Counter>::default();
@@ -225,10 +229,23 @@ impl Metrics {
             Outcome::Leak(finding) => {
                 let kind = finding.kind.as_str();
                 self.reported.get_or_create(&KindLabels { kind }).inc();
+                let placement = &finding.placement;
                 let labels = LeakLabels {
                     kind,
                     pid: finding.pid,
                     comm: printable(&finding.comm),
+                    cgroup: placement
+                        .cgroup
+                        .as_deref()
+                        .map(printable)
+                        .unwrap_or_default(),
+                    container: placement.names.container.clone().unwrap_or_default(),
+                    unit: placement
+                        .names
+                        .unit
+                        .as_deref()
+                        .map(printable)
+                        .unwrap_or_default(),
                 };
                 self.open_leaks.get_or_create(&labels).inc();
                 self.open.insert((finding.sock, finding.kind), labels);
@@ -423,14 +440,14 @@ mod tests {
         let mut metrics = Metrics::new(1 << 20);
         let mut other = finding();
         other.sock.addr += 1;
-        metrics.outcome(&Outcome::Leak(finding()));
-        metrics.outcome(&Outcome::Leak(other.clone()));
+        metrics.outcome(&Outcome::Leak(Box::new(finding())));
+        metrics.outcome(&Outcome::Leak(Box::new(other.clone())));
         let text = exposition(&metrics);
         assert!(
             text.contains(
-                "# HELP leaktrace_open_leaks Leaks reported and not resolved, by leak class and owning process.\n\
+                "# HELP leaktrace_open_leaks Leaks reported and not resolved, by leak class, owning process and where it runs (cgroup, container, systemd unit).\n\
                  # TYPE leaktrace_open_leaks gauge\n\
-                 leaktrace_open_leaks{kind=\"shut_wr_unread\",pid=\"4242\",comm=\"mailer\"} 2\n"
+                 leaktrace_open_leaks{kind=\"shut_wr_unread\",pid=\"4242\",comm=\"mailer\",cgroup=\"\",container=\"\",unit=\"\"} 2\n"
             ),
             "{text}"
         );
@@ -451,7 +468,7 @@ mod tests {
         let text = exposition(&metrics);
         assert!(
             samples(&text).contains(
-                &"leaktrace_open_leaks{kind=\"shut_wr_unread\",pid=\"4242\",comm=\"mailer\"} 1"
+                &"leaktrace_open_leaks{kind=\"shut_wr_unread\",pid=\"4242\",comm=\"mailer\",cgroup=\"\",container=\"\",unit=\"\"} 1"
             ),
             "{text}"
         );
@@ -473,7 +490,7 @@ mod tests {
         let mut metrics = Metrics::new(1 << 20);
         let mut leak = finding();
         leak.comm = "\x1b]0;x\x07\nLEAK x".into();
-        metrics.outcome(&Outcome::Leak(leak));
+        metrics.outcome(&Outcome::Leak(Box::new(leak)));
         let text = exposition(&metrics);
         assert!(
             !text.contains(|c: char| c.is_control() && c != '\n'),
@@ -481,7 +498,7 @@ mod tests {
         );
         assert!(
             samples(&text).contains(
-                &r#"leaktrace_open_leaks{kind="shut_wr_unread",pid="4242",comm="\\u{1b}]0;x\\u{7}\\nLEAK x"} 1"#
+                &r#"leaktrace_open_leaks{kind="shut_wr_unread",pid="4242",comm="\\u{1b}]0;x\\u{7}\\nLEAK x",cgroup="",container="",unit=""} 1"#
             ),
             "{text}"
         );

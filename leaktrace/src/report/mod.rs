@@ -28,8 +28,10 @@ pub struct StartInfo {
     pub hooks: Vec<(String, String)>,
     /// Hooks tried and refused, with the kernel's reason ("event: hook: why").
     pub refused: Vec<String>,
-    /// Empty when every process is traced.
+    /// The pids named to trace (`--pid`); empty otherwise.
     pub pids: Vec<u32>,
+    /// The cgroup traced (`--cgroup`, `--unit`), as /proc/PID/cgroup spells it.
+    pub cgroup: Option<String>,
     /// What is traced, for people: "pid 4242", "all processes", ...
     pub scope: String,
     pub leak_after: Duration,
@@ -186,6 +188,7 @@ mod tests {
     use super::*;
     use crate::decoder::{EventKind, SockKey};
     use crate::detect::{LeakKind, Resolved};
+    use crate::placement::Placement;
     use crate::timeline::tests::{event, from_peer, state, with_receive, DESTROY, RELEASE};
     use crate::timeline::Partner;
 
@@ -229,6 +232,7 @@ mod tests {
             ],
             refused: vec!["accept: fexit:inet_csk_accept: Operation not permitted".into()],
             pids: vec![4242],
+            cgroup: None,
             scope: "pid 4242".into(),
             leak_after: Duration::from_millis(1500),
             idle_after: Duration::from_secs(60),
@@ -252,6 +256,7 @@ mod tests {
             sock: SOCK,
             pid: 4242,
             comm: "mailer".into(),
+            placement: Placement::default(),
             fd: Some(7),
             local: Some("127.0.0.1:8080".parse().unwrap()),
             remote: Some("127.0.0.1:50412".parse().unwrap()),
@@ -289,6 +294,16 @@ mod tests {
             partner: None,
             close_waits_to_remote: None,
         }
+    }
+
+    /// `finding` of a process that systemd runs as mailer.service.
+    pub(super) fn in_a_service(mut finding: Finding) -> Finding {
+        finding.placement = Placement {
+            cgroup: Some("/system.slice/mailer.service".into()),
+            names: crate::cgroup::names("/system.slice/mailer.service"),
+            netns: Some(4_026_531_840),
+        };
+        finding
     }
 
     /// Incident 2's shape: the proxy's upstream socket, silent since the client half-closed.

@@ -15,6 +15,7 @@ use super::{
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::detect::{Finding, LeakKind, Outcome};
 use crate::hooks::UNAVAILABLE;
+use crate::placement::Placement;
 use crate::timeline::{Dropped, Partner};
 
 pub struct TextReporter {
@@ -63,10 +64,11 @@ impl Reporter for TextReporter {
     fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
         let line = match outcome {
             Outcome::Leak(f) => format!(
-                "LEAK  {}  pid {} ({}) fd {}  {}  {}",
+                "LEAK  {}  pid {} ({}){} fd {}  {}  {}",
                 f.kind.as_str(),
                 f.pid,
                 printable(&f.comm),
+                placement(&f.placement),
                 fd(f.fd),
                 endpoints(f.local, f.remote, f.accepted),
                 explanation(f)
@@ -243,6 +245,25 @@ fn hooks_summary(hooks: &[(String, String)]) -> String {
 
 /// The two ends, the arrow pointing the way the connection was made: `<-` accepted from the
 /// remote end, `->` connected to it.
+/// Where the owner runs, where it says something: ` in container 3f4c2a9b8e7d`, ` in
+/// nginx.service`, ` in cgroup /batch/job-7`; and ` netns 4026532281` when its addresses are
+/// another network namespace's than leaktrace's.
+fn placement(p: &Placement) -> String {
+    let mut text = match (&p.names.container, &p.names.unit, &p.cgroup) {
+        // Runtimes and `docker ps` show the first twelve digits.
+        (Some(id), _, _) => format!(" in container {}", &id[..id.len().min(12)]),
+        (None, Some(unit), _) => format!(" in {}", printable(unit)),
+        (None, None, Some(cgroup)) if cgroup != "/" => format!(" in cgroup {}", printable(cgroup)),
+        _ => String::new(),
+    };
+    if p.in_other_netns() {
+        if let Some(netns) = p.netns {
+            let _ = write!(text, " netns {netns}");
+        }
+    }
+    text
+}
+
 fn endpoints(
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
@@ -597,7 +618,8 @@ fn describe(event: &Event, fd: Option<i32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{
-        final_report, finding, idle_finding, progress, resolved, start_info, stats, Captured,
+        final_report, finding, idle_finding, in_a_service, progress, resolved, start_info, stats,
+        Captured,
     };
     use super::*;
 
@@ -659,19 +681,58 @@ mod tests {
     }
 
     #[test]
+    fn a_leak_line_says_where_its_owner_runs() {
+        let line = |finding: Finding| {
+            let (captured, mut reporter) = reporter();
+            reporter.outcome(&Outcome::Leak(Box::new(finding))).unwrap();
+            let line = captured.lines().remove(0);
+            line.split("  ").nth(2).unwrap().to_owned()
+        };
+        let mut in_service = in_a_service(finding());
+        // Where leaktrace runs too: nothing to say.
+        in_service.placement.netns = None;
+        assert_eq!(line(in_service), "pid 4242 (mailer) in mailer.service fd 7");
+        let mut in_container = finding();
+        let id = "3f4c2a9b8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3";
+        in_container.placement.cgroup = Some(format!("/system.slice/docker-{id}.scope"));
+        in_container.placement.names = crate::cgroup::names(&format!("/docker/{id}"));
+        // Not leaktrace's own namespace: the addresses are the container's.
+        in_container.placement.netns = Some(1);
+        assert_eq!(
+            line(in_container),
+            "pid 4242 (mailer) in container 3f4c2a9b8e7d netns 1 fd 7"
+        );
+        let mut in_cgroup = finding();
+        in_cgroup.placement.cgroup = Some("/batch/job-7".into());
+        assert_eq!(
+            line(in_cgroup),
+            "pid 4242 (mailer) in cgroup /batch/job-7 fd 7"
+        );
+        let mut at_root = finding();
+        at_root.placement.cgroup = Some("/".into());
+        assert_eq!(line(at_root), "pid 4242 (mailer) fd 7");
+    }
+
+    #[test]
     fn live_lines() {
         let (captured, mut reporter) = reporter();
         let mut close_wait = finding();
         close_wait.kind = LeakKind::CloseWait;
         close_wait.state = tcp_state::name(tcp_state::CLOSE_WAIT);
         close_wait.age = Duration::from_millis(1200);
-        reporter.outcome(&Outcome::Leak(close_wait)).unwrap();
-        reporter.outcome(&Outcome::Leak(finding())).unwrap();
+        reporter
+            .outcome(&Outcome::Leak(Box::new(close_wait)))
+            .unwrap();
+        reporter
+            .outcome(&Outcome::Leak(Box::new(finding())))
+            .unwrap();
         let mut fd_after_close = finding();
         fd_after_close.kind = LeakKind::FdAfterClose;
         (fd_after_close.local, fd_after_close.unread_bytes) = (None, 5);
         (fd_after_close.eof_unread, fd_after_close.age_at_least) = (false, true);
-        reporter.outcome(&Outcome::Leak(fd_after_close)).unwrap();
+        reporter
+            .outcome(&Outcome::Leak(Box::new(fd_after_close)))
+            .unwrap();
         reporter.outcome(&Outcome::Resolved(resolved())).unwrap();
         assert_eq!(
             captured.lines(),
@@ -736,7 +797,7 @@ mod tests {
         report.stats = stats();
         report.stats.per_pid[0].comm = HOSTILE_NAME.into();
         let (captured, mut reporter) = reporter();
-        reporter.outcome(&Outcome::Leak(leak)).unwrap();
+        reporter.outcome(&Outcome::Leak(Box::new(leak))).unwrap();
         reporter.finish(&report).unwrap();
         let lines = captured.lines();
         assert!(
@@ -840,7 +901,9 @@ mod tests {
     #[test]
     fn idle_half_closed_names_its_partner() {
         let (captured, mut reporter) = reporter();
-        reporter.outcome(&Outcome::Leak(idle_finding())).unwrap();
+        reporter
+            .outcome(&Outcome::Leak(Box::new(idle_finding())))
+            .unwrap();
         let mut report = final_report(vec![idle_finding()], 0);
         report.unattributed = 0;
         reporter.finish(&report).unwrap();

@@ -9,6 +9,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
+# The tests of --cgroup make cgroups of their own.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 # /tmp needs no tmpfs of its own: the root is one (no root= is given), and one mounted over
 # /tmp would hide a build tree there, where the fixture sits at the path compiled into the tests.
 
