@@ -8,7 +8,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,7 +73,12 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
                                      EOF], [shutdown(SHUT_WR) and read to EOF, or with --leave
                                      not wait for it], wait MS, close
                                      (--reset: abort with a RST instead of a FIN)
-Every command takes --name NAME: the process names itself NAME (its comm) first.";
+Every command takes --name NAME: the process names itself NAME (its comm) first, and
+  --netns new|PATH                   runs in a network namespace: `new`, one of its own whose
+                                     loopback is up (with --host's address on it too); a PATH
+                                     (/proc/<pid>/ns/net of a server), that process's
+  --host ADDR                        listens on and connects to the IPv4 address ADDR instead
+                                     of loopback";
 
 /// What an SMTP client sends after the server rejected it (incident 3); repeated to any length.
 const PAYLOAD: &[u8] = b"RSET\r\nQUIT\r\n";
@@ -132,6 +137,14 @@ struct Opts {
     exit_code: i32,
     fd: i32,
     name: Option<String>,
+    netns: Option<Netns>,
+    host: Option<Ipv4Addr>,
+}
+
+/// Where `--netns` puts the process.
+enum Netns {
+    New,
+    Of(String),
 }
 
 impl Opts {
@@ -161,6 +174,8 @@ impl Opts {
             exit_code: 0,
             fd: -1,
             name: None,
+            netns: None,
+            host: None,
         };
         while let Some(flag) = args.next() {
             let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -188,6 +203,13 @@ impl Opts {
                 "--exit-code" => o.exit_code = value()?.parse()?,
                 "--fd" => o.fd = value()?.parse()?,
                 "--name" => o.name = Some(value()?),
+                "--netns" => {
+                    o.netns = Some(match value()?.as_str() {
+                        "new" => Netns::New,
+                        path => Netns::Of(path.to_owned()),
+                    });
+                }
+                "--host" => o.host = Some(value()?.parse()?),
                 "--release-after-ms" => {
                     o.release_after = Some(Duration::from_millis(value()?.parse()?));
                 }
@@ -195,14 +217,18 @@ impl Opts {
             }
         }
         ensure!(o.concurrency > 0, "--concurrency must be at least 1");
+        ensure!(
+            !(o.ipv6 && o.host.is_some()),
+            "--host is an IPv4 address, --ipv6 asks for loopback's IPv6 one"
+        );
         Ok(o)
     }
 
     fn addr(&self, port: u16) -> SocketAddr {
-        if self.ipv6 {
-            (Ipv6Addr::LOCALHOST, port).into()
-        } else {
-            (Ipv4Addr::LOCALHOST, port).into()
+        match self.host {
+            Some(host) => (host, port).into(),
+            None if self.ipv6 => (Ipv6Addr::LOCALHOST, port).into(),
+            None => (Ipv4Addr::LOCALHOST, port).into(),
         }
     }
 
@@ -219,6 +245,13 @@ fn main() -> Result<()> {
     let opts = Opts::parse(args).context(USAGE)?;
     if let Some(name) = &opts.name {
         set_name(name)?;
+    }
+    // Before any socket or thread: a socket belongs to the namespace it was made in, and a
+    // thread starts in its creator's.
+    match &opts.netns {
+        Some(Netns::New) => new_netns(opts.host)?,
+        Some(Netns::Of(path)) => enter_netns(path)?,
+        None => {}
     }
     match command.as_str() {
         "close-wait-server" => close_wait_server(&opts),
@@ -250,6 +283,95 @@ fn set_name(name: &str) -> Result<()> {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string, at most 16 bytes of it.
     let ret = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
     ensure!(ret == 0, "PR_SET_NAME: {}", io::Error::last_os_error());
+    Ok(())
+}
+
+/// A network namespace of this process's own, as a container gets: nothing in it but a
+/// loopback interface, down until brought up here. Nothing names it, so it goes away with the
+/// last process in it, however the test that made it ends.
+fn new_netns(host: Option<Ipv4Addr>) -> Result<()> {
+    // SAFETY: unshare takes flags only; the process is still single-threaded.
+    let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    ensure!(
+        ret == 0,
+        "unshare(CLONE_NEWNET): {}",
+        io::Error::last_os_error()
+    );
+    // Interfaces are configured through any socket of the namespace; ioctls rather than
+    // netlink, as busybox's `ifconfig` does, and no `ip` needed.
+    // SAFETY: socket takes integers and returns a new fd or -1.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    ensure!(fd >= 0, "socket: {}", io::Error::last_os_error());
+    // SAFETY: the fd was just returned to us and nothing else owns it.
+    let control = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut lo = interface_request("lo");
+    interface_ioctl(
+        &control,
+        libc::SIOCGIFFLAGS as libc::Ioctl,
+        &mut lo,
+        "SIOCGIFFLAGS lo",
+    )?;
+    // SAFETY: SIOCGIFFLAGS filled in the flags member of the union.
+    unsafe { lo.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // Up, lo gets 127.0.0.1 and ::1 from the kernel.
+    interface_ioctl(
+        &control,
+        libc::SIOCSIFFLAGS as libc::Ioctl,
+        &mut lo,
+        "SIOCSIFFLAGS lo up",
+    )?;
+    if let Some(host) = host {
+        // An alias label adds the address beside 127.0.0.1 instead of replacing it.
+        let mut alias = interface_request("lo:host");
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(host).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sockaddr_in fits in the union's sockaddr, which is what SIOCSIFADDR reads.
+        unsafe { std::ptr::write_unaligned((&raw mut alias.ifr_ifru).cast(), addr) };
+        interface_ioctl(
+            &control,
+            libc::SIOCSIFADDR as libc::Ioctl,
+            &mut alias,
+            "SIOCSIFADDR",
+        )?;
+    }
+    Ok(())
+}
+
+/// An `ifreq` for the interface (or alias) `name`, the rest zero.
+fn interface_request(name: &str) -> libc::ifreq {
+    // SAFETY: an all-zero ifreq is valid: integers, addresses and a union of them.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    request
+}
+
+/// `ioctl(control, request, ifreq)`, which reads and may fill in `ifreq`.
+fn interface_ioctl(
+    control: &OwnedFd,
+    request: libc::Ioctl,
+    ifreq: &mut libc::ifreq,
+    what: &str,
+) -> Result<()> {
+    // SAFETY: the interface ioctls read and write at most one ifreq, which lives for the call.
+    let ret = unsafe { libc::ioctl(control.as_raw_fd(), request, &raw mut *ifreq) };
+    ensure!(ret == 0, "{what}: {}", io::Error::last_os_error());
+    Ok(())
+}
+
+/// Joins the network namespace at `path`, another process's.
+fn enter_netns(path: &str) -> Result<()> {
+    let ns = std::fs::File::open(path).with_context(|| format!("open {path}"))?;
+    // SAFETY: setns takes an fd open for the call's duration and a flag.
+    let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    ensure!(ret == 0, "setns({path}): {}", io::Error::last_os_error());
     Ok(())
 }
 
