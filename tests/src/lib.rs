@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
+pub mod netns;
 pub mod nginx;
 
 /// `--leak-after` of every traced run, in milliseconds.
