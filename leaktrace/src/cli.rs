@@ -128,7 +128,9 @@ pub struct TraceArgs {
     /// leaktrace stops when every traced process has exited.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
-    /// Also trace the processes the traced ones start, from their first instruction.
+    /// Also trace the descendants of each --pid: those already running when tracing starts
+    /// (a prefork server's workers: nginx, Apache, gunicorn, php-fpm, PostgreSQL), their
+    /// sockets included, and those started later, from their first instruction.
     #[arg(long, requires = "pids")]
     pub follow_children: bool,
     /// Trace every process in this cgroup v2 and the cgroups below it, those there now and

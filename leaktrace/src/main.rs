@@ -20,6 +20,7 @@ mod session;
 mod stderr;
 mod stop;
 mod timeline;
+mod tree;
 
 use std::process::ExitCode;
 

@@ -3,7 +3,10 @@
 use std::{collections::BTreeSet, future::Future, io, os::fd::RawFd, path::Path, time::Duration};
 
 use anyhow::{anyhow, Context as _};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    sys::SyscallError,
+};
 use leaktrace_common::{ProbeFailure, Record};
 use tokio::{
     io::unix::AsyncFd,
@@ -26,6 +29,7 @@ use crate::{
     stderr,
     stop::{self, StopSignals},
     timeline::Store,
+    tree::{self, Traced},
 };
 
 /// How often the detectors look at the timelines: a leak is reported at most this long after
@@ -55,16 +59,29 @@ pub enum Scope {
     Cgroup(Cgroup),
 }
 
+/// How many pids a line lists before it only counts the rest.
+const PIDS_LISTED: usize = 10;
+
 impl Scope {
-    fn describe(&self, follow_children: bool) -> String {
-        let children = if follow_children {
-            " and the processes they start"
-        } else {
-            ""
-        };
+    /// `descendants`: those of the `--pid` processes already running, traced with
+    /// `follow_children`.
+    fn describe(&self, follow_children: bool, descendants: &[u32]) -> String {
         match self {
             Scope::All => "all processes".to_owned(),
             Scope::Pids(pids) => {
+                let whose = if pids.len() == 1 { "its" } else { "their" };
+                let children = match (follow_children, descendants) {
+                    (false, _) => String::new(),
+                    (true, []) => format!(
+                        " and {whose} descendants (none running now: those started from now on)"
+                    ),
+                    (true, running) => format!(
+                        " and {whose} descendants ({} running now: {}; and those started from \
+                         now on)",
+                        running.len(),
+                        list_pids(running)
+                    ),
+                };
                 let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
                 format!("pid {}{children}", pids.join(", "))
             }
@@ -74,6 +91,16 @@ impl Scope {
                 cgroup.path
             ),
         }
+    }
+}
+
+/// `pids`, comma-separated, the first [`PIDS_LISTED`] of them: a server's hundreds of workers
+/// would bury the start line.
+fn list_pids(pids: &[u32]) -> String {
+    let listed: Vec<String> = pids.iter().take(PIDS_LISTED).map(u32::to_string).collect();
+    match pids.len().checked_sub(PIDS_LISTED) {
+        Some(more) if more > 0 => format!("{} and {more} more", listed.join(", ")),
+        _ => listed.join(", "),
     }
 }
 
@@ -270,6 +297,20 @@ impl Session {
                     .with_context(|| format!("tracing pid {pid}"))?;
             }
         }
+        let descendants = match &options.scope {
+            Scope::Pids(named) if options.follow_children => {
+                trace_descendants(&mut attached, named, options.common.max_processes)?
+            }
+            Scope::Pids(named) => {
+                for shared in tree::shared_listeners(named) {
+                    stderr::line(format_args!("leaktrace: warning: {shared}"));
+                }
+                Vec::new()
+            }
+            Scope::All | Scope::Added | Scope::Cgroup(_) => Vec::new(),
+        };
+        // Seeded and waited for like the processes named.
+        let traced: Vec<u32> = pids.iter().chain(&descendants).copied().collect();
         let mut ring = RingBuf::try_from(
             attached
                 .ebpf
@@ -285,14 +326,14 @@ impl Session {
             ring_size: options.common.ring_size,
             ..IngestCounts::default()
         };
-        let mut live: BTreeSet<u32> = pids.iter().copied().collect();
+        let mut live: BTreeSet<u32> = traced.iter().copied().collect();
         // An empty list seeds every process: not what an empty cgroup asks for.
         let nothing_to_seed = matches!(options.scope, Scope::Added)
             || (matches!(options.scope, Scope::Cgroup(_)) && pids.is_empty());
         if attached.can_seed && !nothing_to_seed {
             // Drained while seeding, a quarter of the ring at a time: one record per socket.
             let batch = options.common.ring_size as usize / Record::SIZE / 4;
-            let seeded = hooks::seed_existing(&mut attached.ebpf, &pids, batch, &mut || {
+            let seeded = hooks::seed_existing(&mut attached.ebpf, &traced, batch, &mut || {
                 drain(
                     &mut ring,
                     &mut store,
@@ -351,7 +392,10 @@ impl Session {
                 Scope::Cgroup(cgroup) => Some(cgroup.path.clone()),
                 _ => None,
             },
-            scope: options.scope.describe(options.follow_children),
+            scope: options
+                .scope
+                .describe(options.follow_children, &descendants),
+            descendants: (options.follow_children && !pids.is_empty()).then_some(descendants),
             leak_after: options.leaks.leak_after,
             idle_after: options.leaks.idle_after,
             kernel: kernel_release(),
@@ -646,6 +690,39 @@ impl Session {
     }
 }
 
+/// Traces the descendants of `pids` already running (see [`tree::trace_descendants`]) and
+/// returns them; past `--max-processes`, says how many are left out.
+fn trace_descendants(
+    attached: &mut Attached,
+    pids: &[u32],
+    max_processes: u32,
+) -> Result<Vec<u32>, Failure> {
+    let mut targets = targets(attached)?;
+    let found = tree::trace_descendants(pids, &mut |pid| {
+        if targets.get(&pid, 0).is_ok() {
+            return Ok(Traced::Already);
+        }
+        match targets.insert(pid, 1, 0) {
+            Ok(()) => Ok(Traced::Added),
+            Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::E2BIG) =>
+            {
+                Ok(Traced::NoRoom)
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!("tracing pid {pid}"))),
+        }
+    })?;
+    if found.untraced > 0 {
+        stderr::line(format_args!(
+            "leaktrace: warning: {} running descendants of the traced processes are not traced, \
+             the kernel's map of traced processes being full (--max-processes {max_processes}): \
+             leaks in them are missed; raise --max-processes",
+            found.untraced
+        ));
+    }
+    Ok(found.added)
+}
+
 fn targets(attached: &mut Attached) -> Result<BpfHashMap<&mut MapData, u32, u8>, Failure> {
     let map = attached
         .ebpf
@@ -756,4 +833,27 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_line_says_which_descendants_are_traced() {
+        let one = Scope::Pids(vec![100]);
+        assert_eq!(one.describe(false, &[]), "pid 100");
+        assert_eq!(
+            one.describe(true, &[101, 102]),
+            "pid 100 and its descendants (2 running now: 101, 102; and those started from now on)"
+        );
+        assert_eq!(
+            Scope::Pids(vec![100, 200]).describe(true, &[]),
+            "pid 100, 200 and their descendants (none running now: those started from now on)"
+        );
+        let many: Vec<u32> = (1..=12).collect();
+        assert!(one
+            .describe(true, &many)
+            .contains("(12 running now: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 2 more; and"));
+    }
 }

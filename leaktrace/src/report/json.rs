@@ -44,6 +44,9 @@ impl Reporter for JsonReporter {
             "idle_after_ms": millis(info.idle_after),
             "kernel": info.kernel,
         });
+        if let Some(descendants) = &info.descendants {
+            start["descendants"] = descendants.as_slice().into();
+        }
         if let Some(metrics) = info.metrics {
             start["metrics"] = metrics.to_string().into();
         }
@@ -326,6 +329,15 @@ mod tests {
         info.metrics = Some("[::1]:9464".parse().unwrap());
         reporter.start(&info).unwrap();
         assert_eq!(parse(&captured.lines()[0])["metrics"], "[::1]:9464");
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        let mut info = start_info();
+        info.descendants = Some(vec![4243, 4244]);
+        reporter.start(&info).unwrap();
+        assert_eq!(
+            parse(&captured.lines()[0])["descendants"],
+            json!([4243, 4244])
+        );
     }
 
     #[test]

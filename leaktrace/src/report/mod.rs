@@ -17,6 +17,7 @@ use leaktrace_common::ProbeFailure;
 
 pub use json::JsonReporter;
 pub use metrics::Metrics;
+pub(crate) use text::printable;
 pub use text::TextReporter;
 pub use trace_out::TraceOut;
 
@@ -34,6 +35,8 @@ pub struct StartInfo {
     pub cgroup: Option<String>,
     /// What is traced, for people: "pid 4242", "all processes", ...
     pub scope: String,
+    /// With `--follow-children` of `pids`: their descendants that were running already.
+    pub descendants: Option<Vec<u32>>,
     pub leak_after: Duration,
     /// `idle_half_closed`'s wait instead of `leak_after`.
     pub idle_after: Duration,
@@ -234,6 +237,7 @@ mod tests {
             pids: vec![4242],
             cgroup: None,
             scope: "pid 4242".into(),
+            descendants: None,
             leak_after: Duration::from_millis(1500),
             idle_after: Duration::from_secs(60),
             kernel: "6.8.0-test".into(),

@@ -197,7 +197,7 @@ impl Reporter for TextReporter {
 /// escape is shown escaped (`\u{1b}`, `\n`, `\\`), so a process named with ESC, BEL or a
 /// newline can neither drive the reader's terminal nor forge a line of the report. Quotes stay
 /// as they are: names are not printed inside quotes.
-pub(super) fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     let mut shown = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
