@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use leaktrace_tests::{
-    close_wait_client, close_wait_server, is_root, leaktrace_bin, run_client, run_leaktrace,
-    run_leaktrace_within, skip, Family, Fixture, Leaktrace,
+    close_wait_client, close_wait_server, comm, is_root, kernel_socket, leaktrace_bin, run_client,
+    run_leaktrace, run_leaktrace_within, skip, Family, Fixture, Leaktrace, TCP_CLOSE_WAIT,
 };
 use serde_json::{json, Value};
 
@@ -743,5 +743,97 @@ fn run_losing_records_finds_no_leak_in_leak_free_churn() -> Result<()> {
     );
     assert!(of_type(&lines, "leak").is_empty(), "{}", run.stderr);
     assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
+    Ok(())
+}
+
+/// A prefork server whose workers were forked before leaktrace started (`prefork-server
+/// --leak-one`): its master, and the pids of the workers, which print themselves once running.
+fn prefork_with_workers() -> Result<(Fixture, Vec<u32>)> {
+    let mut server = Fixture::server(FIXTURE, &["prefork-server", "--leak-one"])?;
+    let mut workers = server
+        .lines("WORKER pid=", 2)?
+        .iter()
+        .map(|line| Ok(line["WORKER pid=".len()..].parse()?))
+        .collect::<Result<Vec<u32>>>()?;
+    workers.sort_unstable();
+    Ok((server, workers))
+}
+
+/// `--pid <master> --follow-children` of a prefork server started before leaktrace: the workers
+/// already running are traced too, so the CLOSE_WAIT a worker leaks is reported with the
+/// worker's pid and fd, and the clean connections the workers echo and close are no finding.
+#[test]
+fn follow_children_traces_the_workers_already_running() -> Result<()> {
+    let test = "follow_children_traces_the_workers_already_running";
+    let (mut server, workers) = prefork_with_workers()?;
+    let Some(mut leaktrace) =
+        Leaktrace::start_with(test, &[server.pid()], "60s", &["--follow-children"])?
+    else {
+        return Ok(());
+    };
+    let start = leaktrace.start_record()?;
+    let mut descendants: Vec<u32> = serde_json::from_value(start["descendants"].clone())
+        .with_context(|| format!("start line without descendants: {start}"))?;
+    descendants.sort_unstable();
+    assert_eq!(descendants, workers, "{start}");
+    // The first connection is the one a worker leaks; the others are echoed and closed.
+    close_wait_client(FIXTURE, &server, Family::V4, 1)?;
+    let port = server.port().to_string();
+    run_client(
+        FIXTURE,
+        &["--port", &port, "--conns", "6", "--send", "8", "--echo"],
+    )?;
+    let leaked = server.lines("LEAKED ", 1)?.remove(0);
+    let (fd, pid): (i64, u32) = leaked
+        .strip_prefix("LEAKED fd=")
+        .and_then(|rest| rest.split_once(" pid="))
+        .and_then(|(fd, pid)| Some((fd.parse().ok()?, pid.parse().ok()?)))
+        .with_context(|| format!("unexpected {leaked:?}"))?;
+    assert!(workers.contains(&pid), "{leaked}: not a worker {workers:?}");
+    leaktrace.wait_for_leaks(1, Duration::from_secs(10))?;
+    leaktrace.settle(Duration::from_secs(2))?;
+    // Ground truth: the worker holds that fd, a socket in CLOSE_WAIT.
+    let (state, _) = kernel_socket(pid, fd)?;
+    assert_eq!(state, TCP_CLOSE_WAIT, "pid {pid} fd {fd}");
+    let report = leaktrace.stop()?;
+    let leaks = report.leaks();
+    assert_eq!(
+        leaks.len(),
+        1,
+        "the leaked connection and nothing else\n{report}"
+    );
+    assert_eq!(leaks[0]["kind"], "close_wait", "{report}");
+    assert_eq!(leaks[0]["pid"], pid, "blamed on the worker\n{report}");
+    assert_eq!(leaks[0]["fd"], fd, "{report}");
+    assert_eq!(report.summary()["leaks_open"], 1, "{report}");
+    Ok(())
+}
+
+/// Without `--follow-children`, `--pid` of a prefork master traces none of the connections its
+/// workers accept: leaktrace says so once, naming the workers and the flag that fixes it.
+#[test]
+fn pid_of_a_prefork_master_warns_of_its_workers() -> Result<()> {
+    let test = "pid_of_a_prefork_master_warns_of_its_workers";
+    let (server, workers) = prefork_with_workers()?;
+    let Some(leaktrace) = Leaktrace::start(test, &[server.pid()], "60s")? else {
+        return Ok(());
+    };
+    let report = leaktrace.stop()?;
+    let warnings: Vec<&str> = report
+        .stderr
+        .lines()
+        .filter(|line| line.contains("--follow-children"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning\n{report}");
+    let expected = format!(
+        "leaktrace: warning: pid {} ({}) listens on 127.0.0.1:{} but pids {}, {} accept its \
+         connections: add --follow-children to trace them",
+        server.pid(),
+        comm(server.pid())?,
+        server.port(),
+        workers[0],
+        workers[1]
+    );
+    assert_eq!(warnings[0], expected, "{report}");
     Ok(())
 }

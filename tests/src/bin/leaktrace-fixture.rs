@@ -32,9 +32,12 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
   hold-server                        greet each connection with a line, then neither read nor
                                      close it: its fd stays held after the connection ends
                                      (incident 4)
-  prefork-server                     a prefork server (nginx, Apache, gunicorn): the master
-                                     listens, two workers it forked take every connection and
-                                     echo it until EOF; the master never touches one
+  prefork-server [--leak-one]        a prefork server (nginx, Apache, gunicorn): the master
+                                     listens, two workers it forked (each prints WORKER pid=P
+                                     once running) take every connection and echo it until EOF;
+                                     the master never touches one. --leak-one: the first
+                                     connection any worker takes is read to EOF and never closed
+                                     (LEAKED fd=F pid=P, incident 1 in a worker)
   echo-server [--close-first]        echo each connection until EOF, then close it; with
                                      --close-first, echo one read and close first (this side
                                      then goes through TIME_WAIT)
@@ -125,6 +128,7 @@ struct Opts {
     hold_half_closed: bool,
     reset: bool,
     close_first: bool,
+    leak_one: bool,
     keepalive: bool,
     propagate: bool,
     pause: Duration,
@@ -164,6 +168,7 @@ impl Opts {
             hold_half_closed: false,
             reset: false,
             close_first: false,
+            leak_one: false,
             keepalive: false,
             propagate: false,
             pause: Duration::ZERO,
@@ -192,6 +197,7 @@ impl Opts {
                 "--propagate" => o.propagate = true,
                 "--reset" => o.reset = true,
                 "--close-first" => o.close_first = true,
+                "--leak-one" => o.leak_one = true,
                 "--release-on-connect" => o.release_on_connect = true,
                 "--conns" => o.conns = value()?.parse()?,
                 "--concurrency" => o.concurrency = value()?.parse()?,
@@ -465,6 +471,15 @@ fn echo_server(o: &Opts) -> Result<()> {
 fn prefork_server(o: &Opts) -> Result<()> {
     const WORKERS: usize = 2;
     let listener = o.listen()?;
+    // One byte shared by the workers: whoever reads it leaks the connection it has in hand.
+    let leak_token = if o.leak_one {
+        let (token, mut put) = UnixStream::pair().context("socketpair")?;
+        token.set_nonblocking(true)?;
+        put.write_all(&[1])?;
+        Some(token)
+    } else {
+        None
+    };
     for _ in 0..WORKERS {
         // SAFETY: the fixture has one thread here, and the child only accepts and echoes.
         match unsafe { libc::fork() } {
@@ -473,8 +488,24 @@ fn prefork_server(o: &Opts) -> Result<()> {
                 // The test stops the master; its workers go with it.
                 // SAFETY: prctl with PR_SET_PDEATHSIG only sets this process's death signal.
                 unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+                println!("WORKER pid={}", std::process::id());
+                let mut leaked = Vec::new();
                 loop {
-                    echo(accept(&listener)?, false)?;
+                    let mut stream = accept(&listener)?;
+                    if leak_token
+                        .as_ref()
+                        .is_some_and(|mut token| token.read(&mut [0]).is_ok_and(|n| n == 1))
+                    {
+                        stream.read_to_end(&mut Vec::new()).context("read")?;
+                        println!(
+                            "LEAKED fd={} pid={}",
+                            stream.as_raw_fd(),
+                            std::process::id()
+                        );
+                        leaked.push(stream);
+                    } else {
+                        echo(stream, false)?;
+                    }
                 }
             }
             _ => {}
