@@ -129,6 +129,17 @@ impl Nginx {
     /// closes first, as it does for ApacheBench; HTTP/1.1 keep-alive, so the client's close
     /// comes first, as a browser's does when it leaves. Returns the answer's body.
     pub fn request(&self, keep_alive: bool) -> Result<String> {
+        self.exchange(keep_alive).map(|(_, body)| body)
+    }
+
+    /// One HTTP/1.1 keep-alive request, answered, on a connection left open: the worker that
+    /// answered holds it, ESTABLISHED, until the client closes it or nginx times it out (75s).
+    pub fn request_kept_open(&self) -> Result<TcpStream> {
+        self.exchange(true).map(|(stream, _)| stream)
+    }
+
+    /// [`Self::request`], with the connection.
+    fn exchange(&self, keep_alive: bool) -> Result<(TcpStream, String)> {
         let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
         stream.set_read_timeout(Some(REQUEST_LIMIT))?;
         let request: &[u8] = if keep_alive {
@@ -154,7 +165,8 @@ impl Nginx {
                 .context("no Content-Length")?
                 .parse()?;
             if body.len() >= length {
-                return Ok(body.to_owned());
+                let body = body.to_owned();
+                return Ok((stream, body));
             }
             ensure!(n > 0, "nginx closed mid-answer: {text:?}");
         }
