@@ -714,9 +714,9 @@ fn trace_descendants(
     })?;
     if found.untraced > 0 {
         stderr::line(format_args!(
-            "leaktrace: warning: {} running descendants of the traced processes are not traced, \
-             the kernel's map of traced processes being full (--max-processes {max_processes}): \
-             leaks in them are missed; raise --max-processes",
+            "leaktrace: warning: {} running descendant process(es) of the traced ones not \
+             traced, the kernel's map of traced processes being full (--max-processes \
+             {max_processes}): leaks in them are missed; raise --max-processes",
             found.untraced
         ));
     }
