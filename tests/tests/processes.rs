@@ -837,3 +837,36 @@ fn pid_of_a_prefork_master_warns_of_its_workers() -> Result<()> {
     assert_eq!(warnings[0], expected, "{report}");
     Ok(())
 }
+
+/// Past `--max-processes`, the descendants already running that do not fit go untraced: the
+/// ones that fit are named at start, and a warning counts the others, with the flag to raise.
+#[test]
+fn descendants_past_the_process_map_are_warned_of() -> Result<()> {
+    let test = "descendants_past_the_process_map_are_warned_of";
+    let (server, workers) = prefork_with_workers()?;
+    // The master and one of its two workers.
+    let Some(leaktrace) = Leaktrace::start_with(
+        test,
+        &[server.pid()],
+        "60s",
+        &["--follow-children", "--max-processes", "2"],
+    )?
+    else {
+        return Ok(());
+    };
+    let start = leaktrace.start_record()?;
+    let descendants = start["descendants"].as_array().cloned().unwrap_or_default();
+    assert!(
+        descendants.len() == 1 && workers.iter().any(|&w| descendants[0] == w),
+        "one worker fits\n{start}"
+    );
+    let report = leaktrace.stop()?;
+    assert!(
+        report
+            .stderr
+            .contains("warning: 1 running descendant process(es) of the traced ones not traced")
+            && report.stderr.contains("raise --max-processes"),
+        "a warning with the count and the flag that fixes it\n{report}"
+    );
+    Ok(())
+}
