@@ -11,6 +11,7 @@ mod decoder;
 mod demo;
 mod detect;
 mod error;
+mod finding;
 mod holders;
 mod hooks;
 mod placement;
@@ -19,6 +20,7 @@ mod run;
 mod session;
 mod stderr;
 mod stop;
+mod summary;
 mod timeline;
 mod tree;
 

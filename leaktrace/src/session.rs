@@ -23,11 +23,12 @@ use crate::{
     hooks::{self, Attached, LoadError, LoadOptions},
     report::{
         pipe::{self, Outlet},
-        probe_failure_meaning, ring_size_hint, FinalReport, IngestCounts, JsonReporter, Metrics,
-        Reporter, StartInfo, TextReporter, TraceOut,
+        probe_failure_meaning, ring_size_hint, JsonReporter, Metrics, Reporter, StartInfo,
+        TextReporter, TraceOut,
     },
     stderr,
     stop::{self, StopSignals},
+    summary::{FinalReport, IngestCounts},
     timeline::Store,
     tree::{self, Traced},
 };

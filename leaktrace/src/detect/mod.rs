@@ -4,41 +4,20 @@
 
 mod close_wait;
 mod fd_after_close;
-mod history;
 mod idle_half_closed;
 mod shut_wr_unread;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
 use crate::activity::{self, Sampler};
-use crate::decoder::{Event, SockKey};
-use crate::placement::Placement;
-use crate::report::{FinalReport, IngestCounts, PidStats, Progress, RemoteStats, Stats};
+use crate::decoder::SockKey;
+use crate::finding::{Finding, LeakKind, Outcome, Resolved};
+use crate::summary::{FinalReport, History, IngestCounts, PidStats, Progress, RemoteStats, Stats};
 use crate::timeline::{Partner, Remote, Store, Timeline};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LeakKind {
-    CloseWait,
-    ShutWrUnread,
-    FdAfterClose,
-    IdleHalfClosed,
-}
-
-impl LeakKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::CloseWait => "close_wait",
-            Self::ShutWrUnread => "shut_wr_unread",
-            Self::FdAfterClose => "fd_after_close",
-            Self::IdleHalfClosed => "idle_half_closed",
-        }
-    }
-}
 
 /// What a detector says about one socket right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,69 +73,6 @@ fn ended(timeline: &Timeline) -> Option<&'static str> {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Finding {
-    pub kind: LeakKind,
-    pub sock: SockKey,
-    pub pid: u32,
-    /// "?" when neither the records nor /proc named the process.
-    pub comm: String,
-    /// Where the process runs: cgroup, container or unit, network namespace.
-    pub placement: Placement,
-    pub fd: Option<i32>,
-    pub local: Option<SocketAddr>,
-    pub remote: Option<SocketAddr>,
-    /// The owner accepted the connection (`Some(true)`) or made it.
-    pub accepted: Option<bool>,
-    pub state: &'static str,
-    pub unread_bytes: u32,
-    pub eof_unread: bool,
-    /// Data the peer sent after the owner's shutdown; `None` when tracing did not see the
-    /// shutdown (none, or before tracing started): what arrived after it is unknown.
-    pub bytes_after_shutdown: Option<u32>,
-    /// How long the condition has held.
-    pub age: Duration,
-    /// The condition already held when tracing started: `age` is a lower bound.
-    pub age_at_least: bool,
-    pub timeline: Vec<Event>,
-    /// Reads and arrivals the timeline left out to bound memory.
-    pub elided: u64,
-    /// `idle_half_closed` only: the other socket of the proxied pair, whose peer half-closed.
-    pub partner: Option<Partner>,
-    /// `close_wait` of a connection the process made: how many it holds in CLOSE_WAIT to the
-    /// same remote, this one included (see [`Store::close_waits_to`]).
-    pub close_waits_to_remote: Option<u32>,
-}
-
-impl Finding {
-    /// The fd by which the process behind `event` holds the socket, where that is the owner's:
-    /// the kernel side names no fds, /proc named the owner's.
-    pub fn fd_of(&self, event: &Event) -> Option<i32> {
-        (event.task.tgid == self.pid).then_some(self.fd).flatten()
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolved {
-    pub kind: LeakKind,
-    /// The socket of the finding this resolves.
-    pub sock: SockKey,
-    pub pid: u32,
-    pub fd: Option<i32>,
-    pub local: Option<SocketAddr>,
-    pub remote: Option<SocketAddr>,
-    pub accepted: Option<bool>,
-    pub how: &'static str,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Boxed: a finding carries its timeline and where its owner runs, several times the size
-    /// of a resolution.
-    Leak(Box<Finding>),
-    Resolved(Resolved),
-}
-
 enum Tracked {
     /// Reported; kept so the resolution names the same pid/fd/addresses as the finding.
     Reported { since: Since, finding: Box<Finding> },
@@ -178,7 +94,7 @@ pub struct Detectors {
     /// store forgets when the process exits.
     new_leaks: HashMap<u32, (u64, String)>,
     reported: u64,
-    history: history::History,
+    history: History,
     /// Reads the kernel's socket table for traffic and timers.
     sample_activity: Box<Sampler>,
 }
@@ -195,7 +111,7 @@ impl Detectors {
             started_ns: None,
             new_leaks: HashMap::new(),
             reported: 0,
-            history: history::History::default(),
+            history: History::default(),
             sample_activity: activity::sampler(),
         }
     }
@@ -503,8 +419,10 @@ mod tests {
     use leaktrace_common::shutdown_how::{SHUT_RD, SHUT_RDWR, SHUT_WR};
     use leaktrace_common::tcp_state::*;
 
+    use std::net::SocketAddr;
+
     use super::*;
-    use crate::decoder::EventKind;
+    use crate::decoder::{Event, EventKind};
     use crate::timeline::tests::{
         event, from_peer, key, state, with_receive, ACCEPT, DESTROY, OWNER, RELEASE,
     };

@@ -8,9 +8,10 @@ use std::time::Duration;
 use leaktrace_common::tcp_state;
 use serde_json::{json, Map, Value};
 
-use super::{ring_size_hint, write_line, FinalReport, Progress, Reporter, StartInfo, Stats};
+use super::{ring_size_hint, write_line, Reporter, StartInfo};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
-use crate::detect::{Finding, Outcome, Resolved};
+use crate::finding::{Finding, Outcome, Resolved};
+use crate::summary::{FinalReport, Progress, Stats};
 use crate::timeline::{Dropped, Partner};
 
 pub struct JsonReporter {
@@ -294,7 +295,7 @@ mod tests {
         Captured,
     };
     use super::*;
-    use crate::detect::LeakKind;
+    use crate::finding::LeakKind;
 
     fn parse(line: &str) -> Value {
         serde_json::from_str(line).unwrap()

@@ -21,9 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
 use super::text::printable;
-use super::IngestCounts;
 use crate::decoder::{Event, EventKind, SockKey};
-use crate::detect::{self, LeakKind, Outcome};
+use crate::detect;
+use crate::finding::{LeakKind, Outcome};
+use crate::summary::IngestCounts;
 
 /// What Prometheus asks for first, and what prometheus-client writes.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

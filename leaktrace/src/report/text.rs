@@ -8,14 +8,12 @@ use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
-use super::{
-    probe_failure_meaning, ring_size_hint, write_line, FinalReport, Progress, Reporter, StartInfo,
-    Stats,
-};
+use super::{probe_failure_meaning, ring_size_hint, write_line, Reporter, StartInfo};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
-use crate::detect::{Finding, LeakKind, Outcome};
+use crate::finding::{Finding, LeakKind, Outcome};
 use crate::hooks::UNAVAILABLE;
 use crate::placement::Placement;
+use crate::summary::{FinalReport, Progress, Stats};
 use crate::timeline::{Dropped, Partner};
 
 pub struct TextReporter {
