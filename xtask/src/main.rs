@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask build | run | test | lint | vm-test | bench`. Each first makes sure the
-//! eBPF toolchain is installed (nightly rust-src, LLVM 22, bpf-linker), so a fresh machine needs
-//! nothing but rustup and root.
+//! Project tasks: `cargo xtask build | run | test | lint | dist | vm-test | bench`.
+//! Each first makes sure the eBPF toolchain is installed (nightly rust-src, LLVM 22, bpf-linker),
+//! so a fresh machine needs nothing but rustup and root.
 mod bench;
+mod dist;
 mod test_summary;
 mod toolchain;
 mod vm;
@@ -41,6 +42,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the one file to copy onto a host: leaktrace static (musl), its eBPF object inside,
+    /// at target/dist/leaktrace-VERSION-x86_64-linux-musl with a .sha256 beside it.
+    Dist,
     /// Run the kernel tests on each kernel of the matrix (Debian 6.1 and 6.12 under qemu, and
     /// the host), with `--hooks auto` and with tracepoints forced.
     VmTest {
@@ -161,6 +165,15 @@ fn run(task: Task) -> Result<()> {
             if !success {
                 bail!("tests failed");
             }
+            Ok(())
+        }
+        Task::Dist => {
+            let binary = dist::build(&root)?;
+            eprintln!(
+                "xtask: dist: a static build, its checksum beside it ({}.sha256); copy it to a host and run it as root",
+                binary.display()
+            );
+            println!("{}", binary.display());
             Ok(())
         }
         Task::VmTest { kernels, tests } => vm::run(&root, &kernels, &tests),

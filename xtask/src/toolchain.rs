@@ -14,7 +14,7 @@ const LLVM_CONFIG: &str = "/usr/lib/llvm-22/bin/llvm-config";
 const LLVM_PACKAGE: &str = "llvm-22-dev";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Static test binaries for the guests' initramfs.
+/// Static binaries: the one `dist` ships, and the test binaries of the guests' initramfs.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 /// What `vm-test` boots and packs guests with, by the Debian package that brings it.
 const VM_PACKAGES: [(&str, &str); 3] = [
@@ -28,20 +28,26 @@ pub fn ensure() -> Result<()> {
     ensure_bpf_linker()
 }
 
-/// What `vm-test` needs on top of [`ensure`]; only that task pays for it.
-pub fn ensure_vm() -> Result<()> {
+/// What `dist` needs on top of [`ensure`]: the musl target, for static binaries.
+pub fn ensure_musl() -> Result<()> {
     let sysroot = output("rustc", &["--print", "sysroot"])?;
     let musl = Path::new(sysroot.trim())
         .join("lib/rustlib")
         .join(MUSL_TARGET);
-    if !musl.is_dir() {
-        install(
-            "the musl target (static binaries for the test VMs)",
-            "rustup",
-            &["target", "add", MUSL_TARGET],
-            &[],
-        )?;
+    if musl.is_dir() {
+        return Ok(());
     }
+    install(
+        "the musl target (static binaries: the dist build, the test VMs)",
+        "rustup",
+        &["target", "add", MUSL_TARGET],
+        &[],
+    )
+}
+
+/// What `vm-test` needs on top of [`ensure`]; only that task pays for it.
+pub fn ensure_vm() -> Result<()> {
+    ensure_musl()?;
     let missing: Vec<(&str, &str)> = VM_PACKAGES
         .into_iter()
         .filter(|(package, _)| !is_installed(package))
