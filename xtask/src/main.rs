@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask build | run | test | lint | dist | vm-test | bench`.
+//! Project tasks: `cargo xtask build | run | test | lint | dist | check-deploy | vm-test | bench`.
 //! Each first makes sure the eBPF toolchain is installed (nightly rust-src, LLVM 22, bpf-linker),
 //! so a fresh machine needs nothing but rustup and root.
 mod bench;
+mod deploy;
 mod dist;
 mod test_summary;
 mod toolchain;
@@ -45,6 +46,10 @@ enum Task {
     /// Build the one file to copy onto a host: leaktrace static (musl), its eBPF object inside,
     /// at target/dist/leaktrace-VERSION-x86_64-linux-musl with a .sha256 beside it.
     Dist,
+    /// Check the fleet files in deploy/: the DaemonSet against the Kubernetes schemas, the
+    /// systemd unit with `systemd-analyze verify`, leaktrace's flags in each, and that the
+    /// Grafana dashboard's queries name only metrics a real `--metrics` scrape returns (as root).
+    CheckDeploy,
     /// Run the kernel tests on each kernel of the matrix (Debian 6.1 and 6.12 under qemu, and
     /// the host), with `--hooks auto` and with tracepoints forced.
     VmTest {
@@ -176,6 +181,7 @@ fn run(task: Task) -> Result<()> {
             println!("{}", binary.display());
             Ok(())
         }
+        Task::CheckDeploy => deploy::check(&root),
         Task::VmTest { kernels, tests } => vm::run(&root, &kernels, &tests),
         Task::Bench { quick, soak } => bench::run(&root, quick, soak),
         Task::BenchHolder { .. } => unreachable!("handled before the toolchain check"),

@@ -193,3 +193,44 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// The DaemonSet's validator, pinned: PyPI's kubernetes-validate ships Kubernetes' schemas of
+/// every release inside the package, so it validates offline (kubeconform fetches its schemas,
+/// and its binary, from GitHub, which our machines cannot reach).
+const MANIFEST_VALIDATOR: &str = "kubernetes-validate";
+const MANIFEST_VALIDATOR_VERSION: &str = "1.37.0";
+/// Its Python environment, beside the downloaded kernels (ignored by git).
+const MANIFEST_VALIDATOR_ENV: &str = ".cache/deploy-venv";
+
+/// What `check-deploy` needs on top of [`ensure`]: kubernetes-validate, and PyYAML with it.
+/// Returns the environment's `bin` folder.
+pub fn ensure_manifest_validator(root: &Path) -> Result<PathBuf> {
+    let env = root.join(MANIFEST_VALIDATOR_ENV);
+    let bin = env.join("bin");
+    let installed = output(
+        &bin.join(MANIFEST_VALIDATOR).to_string_lossy(),
+        &["--version"],
+    )
+    .is_ok_and(|version| version.trim() == MANIFEST_VALIDATOR_VERSION);
+    if installed {
+        return Ok(bin);
+    }
+    let env_path = env.to_string_lossy();
+    install(
+        "a Python environment for the manifest validator",
+        "python3",
+        &["-m", "venv", "--clear", &env_path],
+        &[],
+    )?;
+    install(
+        "kubernetes-validate (checks the DaemonSet against Kubernetes' schemas, offline)",
+        &bin.join("pip").to_string_lossy(),
+        &[
+            "install",
+            "--quiet",
+            &format!("{MANIFEST_VALIDATOR}=={MANIFEST_VALIDATOR_VERSION}"),
+        ],
+        &[],
+    )?;
+    Ok(bin)
+}
