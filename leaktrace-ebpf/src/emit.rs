@@ -1,7 +1,7 @@
 //! Writing records: the one place that fills a [`Record`] and reserves ring buffer space.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    helpers::bpf_get_current_comm,
 };
 use leaktrace_common::{
     Record, RecordKind, COMM_LEN, FLAG_ESTABLISHED_AT_BIRTH, FLAG_OWNER_CONTEXT, NO_FD,
@@ -9,17 +9,13 @@ use leaktrace_common::{
 };
 
 use crate::{
+    clock::now,
     config,
     kernel::{File, Reader, ReceiveSide, Sock},
+    maps::SockMeta,
     maps::{LOST, RECORDS, SINCE_FILL_CHECK},
-    sock_meta::{current, SockMeta, ESTABLISHED_AT_BIRTH},
+    sock_meta::{current, ESTABLISHED_AT_BIRTH},
 };
-
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_ns() }
-}
 
 /// What one record on a socket says besides what every socket record carries.
 pub struct Event {

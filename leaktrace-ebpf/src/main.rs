@@ -11,6 +11,7 @@
               has an atomic add instruction, and one followed-socket count is shared by all CPUs"
 )]
 
+mod clock;
 mod emit;
 mod failure;
 mod kernel;

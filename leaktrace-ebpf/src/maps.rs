@@ -4,7 +4,17 @@ use aya_ebpf::{
 };
 use leaktrace_common::{ProbeFailure, SeedRequest};
 
-use crate::sock_meta::SockMeta;
+/// What the kernel side knows of one followed socket, the value of `SOCKS` (see `sock_meta`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockMeta {
+    pub born_ns: u64,
+    /// The inode of the socket's file, once it has one (0 before): read once, as reaching it
+    /// takes four dependent loads.
+    pub ino: u64,
+    pub owner_tgid: u32,
+    pub flags: u32,
+}
 
 /// The records, in the order they were reserved. Userspace may resize it (`--ring-size`).
 #[map]

@@ -9,12 +9,13 @@ use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_
 use leaktrace_common::ProbeFailure;
 
 use crate::{
+    clock::now,
     config,
-    emit::now,
     failure::count_failure,
     kernel::Sock,
     maps::{
-        ADDRESS_SCRATCH, ARRIVALS_WATCHED_COUNT, FOLLOWED_SLOTS, FOLLOWED_SLOT_BITS, SOCKS, TARGETS,
+        SockMeta, ADDRESS_SCRATCH, ARRIVALS_WATCHED_COUNT, FOLLOWED_SLOTS, FOLLOWED_SLOT_BITS,
+        SOCKS, TARGETS,
     },
 };
 
@@ -31,17 +32,6 @@ pub const ARRIVALS_WATCHED: u32 = 1 << 2;
 /// Its handshake ended at its birth, unrecorded: every record says so
 /// ([`leaktrace_common::FLAG_ESTABLISHED_AT_BIRTH`]).
 pub const ESTABLISHED_AT_BIRTH: u32 = 1 << 3;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SockMeta {
-    pub born_ns: u64,
-    /// The inode of the socket's file, once it has one (0 before): read once, as reaching it
-    /// takes four dependent loads.
-    pub ino: u64,
-    pub owner_tgid: u32,
-    pub flags: u32,
-}
 
 /// The current task: (tgid, tid).
 #[inline(always)]

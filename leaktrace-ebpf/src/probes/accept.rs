@@ -9,10 +9,12 @@ use aya_ebpf::{
 use leaktrace_common::{RecordKind, FLAG_UNTRACED};
 
 use crate::{
-    emit::{now, socket_record, Event},
+    clock::now,
+    emit::{socket_record, Event},
     idle,
     kernel::{Btf, Probe, Reader, Sock},
-    sock_meta::{claim, current, followed, forget, traced, SockMeta, FROM_LISTENER},
+    maps::SockMeta,
+    sock_meta::{claim, current, followed, forget, traced, FROM_LISTENER},
 };
 
 /// `tgid` holds `sk`, which its listener's process claimed: the socket moves to `tgid`, and out

@@ -7,8 +7,9 @@ use aya_ebpf::{
 use leaktrace_common::{RecordKind, FLAG_RELEASED};
 
 use crate::{
+    clock::now,
     config,
-    emit::{now, socket_record, Event},
+    emit::{socket_record, Event},
     idle,
     kernel::{Btf, Probe, Reader, Sock},
     sock_meta::{followed, forget},

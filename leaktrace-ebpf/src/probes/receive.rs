@@ -13,8 +13,9 @@ use leaktrace_common::{RecordKind, RESULT_UNKNOWN};
 
 use super::accept::taken_over;
 use crate::{
+    clock::now,
     config,
-    emit::{now, socket_record, Event},
+    emit::{socket_record, Event},
     idle,
     kernel::{Btf, Probe, Reader, Sock},
     sock_meta::{

@@ -9,8 +9,9 @@ use leaktrace_common::{tcp_state, RecordKind, FLAG_SEND_SHUTDOWN};
 
 use super::listener;
 use crate::{
+    clock::now,
     config,
-    emit::{now, socket_record, Event},
+    emit::{socket_record, Event},
     idle,
     kernel::{File, Probe, Reader, Sock},
     maps::SEED_REQUEST,

@@ -12,12 +12,14 @@ use leaktrace_common::{tcp_state, RecordKind, FLAG_RELEASED, FLAG_SHUTDOWN, FLAG
 
 use super::{accept::taken_over, listener};
 use crate::{
+    clock::now,
     config,
-    emit::{now, socket_record, Event},
+    emit::{socket_record, Event},
     idle,
     kernel::{Btf, FileRefs, Probe, Reader, Sock},
+    maps::SockMeta,
     sock_meta::{
-        claim, current, followed, forget, traced, watch_arrivals, SockMeta, ESTABLISHED_AT_BIRTH,
+        claim, current, followed, forget, traced, watch_arrivals, ESTABLISHED_AT_BIRTH,
         FROM_LISTENER, READS_WATCHED,
     },
 };
