@@ -81,16 +81,23 @@ fn metrics_show_open_close_wait_leaks() -> Result<()> {
     server.lines("EOF ", CONNS)?;
     leaktrace.wait_for_leaks(CONNS, FINDING_TIMEOUT)?;
     let body = scrape(addr)?;
+    // Then the labels of where it runs (container, unit), which depend on the machine's.
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", server.pid()))?;
+    let cgroup = cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .unwrap_or_default();
     let series = format!(
-        "leaktrace_open_leaks{{kind=\"close_wait\",pid=\"{}\",comm=\"{}\"}}",
+        "leaktrace_open_leaks{{kind=\"close_wait\",pid=\"{}\",comm=\"{}\",cgroup=\"{cgroup}\",",
         server.pid(),
         comm(server.pid())?
     );
-    assert_eq!(
-        sample(&body, &series),
-        Some(CONNS as f64),
-        "{series} in\n{body}"
-    );
+    let value = body
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, value)| value.parse::<f64>().ok());
+    assert_eq!(value, Some(CONNS as f64), "{series}...}} in\n{body}");
     let open_series = body
         .lines()
         .filter(|l| l.starts_with("leaktrace_open_leaks{"))
