@@ -4,16 +4,16 @@
 //! records -> `decoder` -> `timeline` (per-socket store) -> `detect` (one detector per leak
 //! class) -> `report` (text, JSON Lines). `session` drives it; `demo` feeds it leaky servers;
 //! `run` traces a command it starts.
-mod activity;
 mod cgroup;
 mod cli;
 mod decoder;
 mod demo;
 mod detect;
+mod enrich;
 mod error;
 mod finding;
-mod holders;
 mod hooks;
+mod host;
 mod placement;
 mod report;
 mod run;
@@ -21,6 +21,7 @@ mod session;
 mod stderr;
 mod stop;
 mod summary;
+mod tick;
 mod timeline;
 mod tree;
 

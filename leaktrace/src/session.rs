@@ -17,10 +17,9 @@ use crate::{
     cgroup::{self, Cgroup},
     cli::{CommonArgs, LeakArgs},
     decoder::{self, Event, EventKind},
-    detect::Detectors,
     error::Failure,
-    holders,
     hooks::{self, Attached, LoadError, LoadOptions},
+    host::{holders, ProcHost},
     report::{
         pipe::{self, Outlet},
         probe_failure_meaning, ring_size_hint, JsonReporter, Metrics, Reporter, StartInfo,
@@ -29,6 +28,7 @@ use crate::{
     stderr,
     stop::{self, StopSignals},
     summary::{FinalReport, IngestCounts},
+    tick::Evaluator,
     timeline::Store,
     tree::{self, Traced},
 };
@@ -158,7 +158,8 @@ pub struct Session {
     metrics: Option<Metrics>,
     trace_out: Option<TraceOut>,
     store: Store,
-    detectors: Detectors,
+    /// Enrichment, detection and sweeping, at each tick.
+    evaluator: Evaluator,
     counts: IngestCounts,
     /// Traced processes still alive; the session ends when the last one exits.
     live: BTreeSet<u32>,
@@ -413,7 +414,11 @@ impl Session {
             store,
             metrics,
             trace_out,
-            detectors: Detectors::new(options.leaks.leak_after, options.leaks.idle_after),
+            evaluator: Evaluator::new(
+                options.leaks.leak_after,
+                options.leaks.idle_after,
+                Box::new(ProcHost::default()),
+            ),
             counts,
             // A cgroup's processes come and go (a service restarts): it is traced until stopped.
             ends_with_processes: matches!(options.scope, Scope::Pids(_)),
@@ -517,7 +522,7 @@ impl Session {
         self.note_losses(true)?;
         self.evaluate()?;
         let now = monotonic_ns();
-        let report = self.detectors.summary(&mut self.store, now, self.counts);
+        let report = self.evaluator.summary(&mut self.store, now, self.counts);
         self.report(|reporter| reporter.finish(&report))?;
         // A reader that stopped reading does not hold leaktrace past a stop for long.
         if self.reporter.is_some() {
@@ -526,6 +531,8 @@ impl Session {
             }
         }
         if let Some(trace) = self.trace_out.take() {
+            let owners = self.store.owners();
+            self.evaluator.name(&mut self.store, owners);
             trace
                 .finish(&mut self.store, now)
                 .context("writing the trace file")?;
@@ -546,7 +553,7 @@ impl Session {
 
     fn progress(&mut self) -> Result<(), Failure> {
         let progress = self
-            .detectors
+            .evaluator
             .progress(&self.store, monotonic_ns(), self.counts);
         self.report(|reporter| reporter.progress(&progress))
     }
@@ -554,13 +561,15 @@ impl Session {
     fn evaluate(&mut self) -> Result<(), Failure> {
         self.note_losses(false)?;
         let now = monotonic_ns();
-        for outcome in self.detectors.evaluate(&mut self.store, now) {
+        for outcome in self.evaluator.evaluate(&mut self.store, now) {
             self.report(|reporter| reporter.outcome(&outcome))?;
             if let Some(metrics) = &mut self.metrics {
                 metrics.outcome(&outcome);
             }
         }
         if let Some(trace) = &mut self.trace_out {
+            let owners = self.store.swept_owners();
+            self.evaluator.name(&mut self.store, owners);
             trace
                 .write_swept(&mut self.store, now)
                 .context("writing the trace file")?;
@@ -646,7 +655,9 @@ impl Session {
         self.read_ring();
         self.forget_exited();
         // What /proc could not tell now is asked again at the next re-check.
-        self.loss_unchecked = !self.store.recheck_owners(monotonic_ns());
+        self.loss_unchecked = !self
+            .evaluator
+            .recheck_owners(&mut self.store, monotonic_ns());
         self.rechecked = Some(Instant::now());
     }
 
@@ -658,7 +669,7 @@ impl Session {
             .live
             .iter()
             .copied()
-            .filter(|&pid| holders::gone(pid))
+            .filter(|&pid| self.evaluator.gone(pid))
             .collect();
         for &pid in &exited {
             self.live.remove(&pid);

@@ -4,18 +4,17 @@
 
 mod stats;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::net::SocketAddr;
 
 use leaktrace_common::{shutdown_how, tcp_state};
 
-use crate::activity::{KernelTimer, Sample, Sampler, Wanted};
 use crate::decoder::{Comm, Event, EventKind, Owner, ReceiveState, SockKey, Task};
-use crate::holders;
+use crate::host::Holder;
+pub use crate::host::KernelTimer;
 use crate::placement::Placement;
-use crate::stderr;
 pub use stats::{Counts, Remote};
 
 /// Entries a socket's timeline usually ends up with (opening, establishment, the peer's or the
@@ -64,8 +63,6 @@ const EVICT_BATCH_DIVISOR: usize = 10;
 /// connection, opened for an earlier client, never pairs with a later one.
 const PAIR_WINDOW_NS: u64 = 2_000_000_000;
 
-/// How often the kernel's socket table is read for traffic and timers, at most.
-const ACTIVITY_EVERY_NS: u64 = 1_000_000_000;
 /// See [`Store::wants_activity`].
 const ACTIVITY_AFTER_HALF_CLOSE_NS: u64 = 1_000_000_000;
 
@@ -125,12 +122,12 @@ pub struct Timeline {
     write_shutdown: Option<WriteShutdown>,
     closed_ns: Option<u64>,
     /// The close was inferred from /proc after records were lost (see
-    /// [`Store::recheck_owners`]), not recorded.
+    /// [`crate::enrich::recheck_owners`]), not recorded.
     close_unrecorded: bool,
     destroyed_ns: Option<u64>,
     receive: Option<Stamped<ReceiveState>>,
     /// When the owning process exited: every finding on the socket ends there, unless another
-    /// process still holds it (see [`Store::reattribute`]).
+    /// process still holds it (see [`crate::enrich`]).
     owner_exited_ns: Option<u64>,
     /// The owner was found by looking for who holds the socket, not from a record: later
     /// records, which carry the kernel's first idea of the owner, must not undo it.
@@ -431,7 +428,13 @@ impl Timeline {
         self.activity
     }
 
-    fn live(&self) -> bool {
+    /// The inode of the socket's file, as the latest record naming it said.
+    pub fn ino(&self) -> Option<u64> {
+        self.ino
+    }
+
+    /// Still held: neither closed nor destroyed, its owner not gone.
+    pub fn live(&self) -> bool {
         !self.closed() && !self.destroyed() && !self.owner_exited()
     }
 
@@ -464,7 +467,7 @@ impl Timeline {
 
     /// `holder` holds the socket now, found in /proc at `now_ns` rather than recorded; the
     /// timeline says so.
-    fn hand_over(&mut self, sock: SockKey, holder: &holders::Holder, now_ns: u64) {
+    fn hand_over(&mut self, sock: SockKey, holder: &Holder, now_ns: u64) {
         let owner = Owner {
             tgid: holder.pid,
             fd: Some(holder.fd),
@@ -526,9 +529,9 @@ pub struct Store {
     /// Boxed: a timeline is a few hundred bytes, and on a busy host one is made and dropped per
     /// socket; the map then moves pointers, not timelines.
     timelines: FxHashMap<SockKey, Box<Timeline>>,
-    /// Process names by tgid, learned from records the owner itself produced or from /proc.
+    /// Process names by tgid, learned from records the owner itself produced or found running.
     comms: FxHashMap<u32, Comm>,
-    /// Where the owners of findings run, read from /proc once per process.
+    /// Where the owners of findings run, found once per process.
     placements: FxHashMap<u32, Placement>,
     sockets_seen: u64,
     latest_ns: u64,
@@ -556,10 +559,6 @@ pub struct Store {
     /// Exits not yet applied to the timelines: one pass over them per evaluation, not per exit,
     /// as on a busy host every process's exit is a record.
     exits: FxHashMap<u32, u64>,
-    /// When the kernel's socket table was last read for traffic and timers.
-    activity_sampled_ns: Option<u64>,
-    /// Reading it failed once already, and said so.
-    activity_failed: bool,
     /// Timelines dropped, until [`Self::take_swept`]; `None`: nobody wants them.
     swept: Option<Vec<(SockKey, Box<Timeline>)>>,
     max_sockets: usize,
@@ -589,8 +588,6 @@ impl Store {
             stories: Vec::new(),
             story_index: FxHashMap::default(),
             exits: FxHashMap::default(),
-            activity_sampled_ns: None,
-            activity_failed: false,
             swept: None,
             max_sockets: max_sockets.max(1),
             dropped: Dropped::default(),
@@ -609,6 +606,20 @@ impl Store {
     /// The timelines swept since the last call, oldest sweep first.
     pub fn take_swept(&mut self) -> Vec<(SockKey, Box<Timeline>)> {
         self.swept.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The owners of the timelines swept and not taken yet (see [`Self::take_swept`]).
+    pub fn swept_owners(&self) -> Vec<u32> {
+        (self.swept.iter().flatten())
+            .filter_map(|(_, timeline)| Some(timeline.owner()?.tgid))
+            .collect()
+    }
+
+    /// The owners of the timelines in memory.
+    pub fn owners(&self) -> Vec<u32> {
+        (self.timelines.values())
+            .filter_map(|timeline| Some(timeline.owner()?.tgid))
+            .collect()
     }
 
     /// Timelines in memory.
@@ -763,26 +774,28 @@ impl Store {
         self.exits.clear();
     }
 
-    /// Sockets whose owner let go of them while other fds still hold them (fork, dup,
-    /// SCM_RIGHTS) get whoever holds them now as their owner: the one to blame for a leak.
-    pub fn reattribute(&mut self, now_ns: u64) {
+    /// The inodes of sockets whose owner let go of them while other fds may still hold them
+    /// (fork, dup, SCM_RIGHTS), not looked for in the last second.
+    pub fn orphans_to_look_for(&self, now_ns: u64) -> BTreeSet<u64> {
         const RESCAN_NS: u64 = 1_000_000_000;
-        let wanted: BTreeSet<u64> = self
-            .timelines
+        self.timelines
             .values()
             .filter(|t| {
                 t.holders_scanned_ns
                     .is_none_or(|at| now_ns.saturating_sub(at) >= RESCAN_NS)
             })
             .filter_map(|t| t.orphan_inode())
-            .collect();
-        if wanted.is_empty() {
-            return;
-        }
-        // Scanned again at the next evaluation.
-        let Ok(found) = holders::find(&wanted) else {
-            return;
-        };
+            .collect()
+    }
+
+    /// The holders of the orphans `wanted` were looked for at `now_ns`: each one held goes to
+    /// whoever holds it now, the one to blame for a leak.
+    pub fn found_holders(
+        &mut self,
+        wanted: &BTreeSet<u64>,
+        found: &BTreeMap<u64, Vec<Holder>>,
+        now_ns: u64,
+    ) {
         for (key, timeline) in &mut self.timelines {
             let Some(ino) = timeline.orphan_inode().filter(|ino| wanted.contains(ino)) else {
                 continue;
@@ -797,100 +810,32 @@ impl Store {
         }
     }
 
-    /// After records were lost: every socket's owner is looked up in /proc. A close, an exit or
-    /// a hand-over among the lost records would otherwise leave the socket held in leaktrace's
-    /// view for good, and a leak reported that has ended. False where /proc could not be read
-    /// for some: what it could not tell is left as it was.
-    pub fn recheck_owners(&mut self, now_ns: u64) -> bool {
-        let mut exited = BTreeSet::new();
-        let mut elsewhere = Vec::new();
-        let mut complete = true;
-        let mut lookup = holders::FdLookup::default();
-        for (key, timeline) in &self.timelines {
-            let Some(owner) = timeline.owner().filter(|_| timeline.live()) else {
-                continue;
-            };
-            let held = match (owner.fd, timeline.ino) {
-                (Some(fd), ino) => lookup.holds(owner.tgid, fd, ino),
-                (None, Some(_)) if holders::gone(owner.tgid) => holders::FdHeld::ProcessGone,
-                (None, Some(ino)) => match lookup.fd_of(owner.tgid, ino) {
-                    Ok(Some(_)) => holders::FdHeld::Yes,
-                    Ok(None) => holders::FdHeld::No,
-                    Err(holders::Unreadable) => holders::FdHeld::Unknown,
-                },
-                // Not accepted yet, or no record named its file: nothing to look for.
-                (None, None) => continue,
-            };
-            match held {
-                holders::FdHeld::Yes => {}
-                holders::FdHeld::No => elsewhere.push(*key),
-                holders::FdHeld::ProcessGone => {
-                    exited.insert(owner.tgid);
-                }
-                holders::FdHeld::Unknown => complete = false,
-            }
-        }
-        for tgid in exited {
-            self.owner_exited(tgid, now_ns);
-        }
-        self.hand_over_or_close(&elsewhere, now_ns) && complete
-    }
-
-    /// Finds by which fd the owner of each of `keys` holds it now: the kernel side names a
-    /// socket's file (its inode), not the fd. Where the owner no longer holds it, whoever does
-    /// becomes the owner; where nobody does, it was closed without a record of it.
-    pub fn resolve_fds(&mut self, keys: &[SockKey], now_ns: u64) {
-        let mut lookup = holders::FdLookup::default();
-        let mut elsewhere = Vec::new();
-        for key in keys {
-            let Some(timeline) = self.timelines.get_mut(key) else {
-                continue;
-            };
-            let (Some(owner), Some(ino)) = (timeline.owner(), timeline.ino) else {
-                continue;
-            };
-            if owner.fd.is_some() || !timeline.live() {
-                continue;
-            }
-            match lookup.fd_of(owner.tgid, ino) {
-                Ok(Some(fd)) => {
-                    if let Some(known) = &mut timeline.owner {
-                        known.value.fd = Some(fd);
-                    }
-                }
-                Ok(None) => elsewhere.push(*key),
-                // The fd stays unknown until a later look succeeds.
-                Err(holders::Unreadable) => {}
-            }
-        }
-        self.hand_over_or_close(&elsewhere, now_ns);
-    }
-
-    /// Sockets their recorded owner no longer holds: to whoever holds them now, else closed.
-    /// False, and nothing changed, where /proc could not be read: a holder may have been missed.
-    fn hand_over_or_close(&mut self, keys: &[SockKey], now_ns: u64) -> bool {
-        let inodes = keys
-            .iter()
-            .filter_map(|key| self.timelines.get(key)?.ino)
-            .collect();
-        let Ok(found) = holders::find(&inodes) else {
-            return false;
+    /// `holder` holds the socket `key` now, as found at `now_ns` rather than recorded.
+    pub fn hand_over(&mut self, key: SockKey, holder: &Holder, now_ns: u64) {
+        let Some(timeline) = self.timelines.get_mut(&key) else {
+            return;
         };
-        for key in keys {
-            let Some(timeline) = self.timelines.get_mut(key) else {
-                continue;
-            };
-            let held = timeline.held();
-            match timeline.ino.and_then(|ino| found.get(&ino)?.first()) {
-                Some(holder) => timeline.hand_over(*key, holder, now_ns),
-                None => {
-                    timeline.closed_ns.get_or_insert(now_ns);
-                    timeline.close_unrecorded = true;
-                }
-            }
-            self.counts.move_held(held, timeline.held());
+        let held = timeline.held();
+        timeline.hand_over(key, holder, now_ns);
+        self.counts.move_held(held, timeline.held());
+    }
+
+    /// Nobody holds the socket `key` at `now_ns`: it was closed, its close among lost records.
+    pub fn found_closed(&mut self, key: SockKey, now_ns: u64) {
+        let Some(timeline) = self.timelines.get_mut(&key) else {
+            return;
+        };
+        let held = timeline.held();
+        timeline.closed_ns.get_or_insert(now_ns);
+        timeline.close_unrecorded = true;
+        self.counts.move_held(held, timeline.held());
+    }
+
+    /// The owner of `key` holds it by `fd`: the kernel side names a socket's file, not its fd.
+    pub fn found_fd(&mut self, key: SockKey, fd: i32) {
+        if let Some(known) = self.timelines.get_mut(&key).and_then(|t| t.owner.as_mut()) {
+            known.value.fd = Some(fd);
         }
-        true
     }
 
     /// How many sockets `pid` holds in CLOSE_WAIT that it connected to `remote`: one is what a
@@ -924,79 +869,32 @@ impl Store {
         self.timelines.iter().map(|(key, t)| (key, &**t))
     }
 
-    /// The owner's process name: from its own records if any, else from /proc (cached, as a
-    /// finding is reported long after the records that named the process).
-    pub fn comm(&mut self, tgid: u32) -> Option<String> {
-        if let Some(comm) = self.comms.get(&tgid) {
-            return Some(comm.to_string());
-        }
-        let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm")).ok()?;
-        let comm = comm.trim_end_matches('\n').to_owned();
-        self.comms.insert(tgid, Comm::new(&comm));
-        Some(comm)
+    /// The owner's process name, from its own records if any, else as last found running.
+    pub fn comm(&self, tgid: u32) -> Option<String> {
+        self.comms.get(&tgid).map(ToString::to_string)
     }
 
-    /// Where the owner runs (cgroup, container or unit, network namespace): from /proc, cached,
-    /// as a process's findings all share it.
-    pub fn placement(&mut self, tgid: u32) -> Placement {
-        self.placements
-            .entry(tgid)
-            .or_insert_with(|| Placement::of(tgid))
-            .clone()
+    /// The name of `tgid`, found running rather than in its records: kept, as a finding is
+    /// reported long after the records that named the process.
+    pub fn found_comm(&mut self, tgid: u32, comm: &str) {
+        self.comms.insert(tgid, Comm::new(comm));
     }
 
-    /// Links each socket whose peer half-closed to the other socket of its proxied pair, then,
-    /// at most once a second and only while some such pair's other socket is still open, reads
-    /// the kernel's socket table for the traffic and timers of those sockets.
-    pub fn watch_idle(&mut self, now_ns: u64, sample: &mut Sampler) {
-        self.pair_half_closed(now_ns);
-        let due = self
-            .activity_sampled_ns
-            .is_none_or(|at| now_ns.saturating_sub(at) >= ACTIVITY_EVERY_NS);
-        if !due
-            || !self
-                .timelines
-                .values()
-                .any(|t| Self::wants_activity(t, now_ns))
-        {
-            return;
-        }
-        self.activity_sampled_ns = Some(now_ns);
-        let unresolved: Vec<SockKey> = self
-            .timelines
-            .iter()
-            .filter(|(_, t)| {
-                Self::wants_activity(t, now_ns) && t.owner().is_some_and(|o| o.fd.is_none())
-            })
-            .map(|(key, _)| *key)
-            .collect();
-        self.resolve_fds(&unresolved, now_ns);
-        let wanted: Vec<Wanted> = self
-            .timelines
-            .values()
-            .filter(|t| Self::wants_activity(t, now_ns))
-            .filter_map(|t| {
-                let owner = t.owner()?;
-                Some(Wanted {
-                    pid: owner.tgid,
-                    fd: owner.fd?,
-                    ino: t.ino?,
-                    local: t.local()?,
-                    remote: t.remote()?,
-                })
-            })
-            .collect();
-        match sample(&wanted) {
-            Ok(samples) => self.record_activity(&samples, now_ns),
-            Err(e) if !self.activity_failed => {
-                self.activity_failed = true;
-                stderr::line(format_args!(
-                    "leaktrace: warning: cannot read the traffic of connections ({e}); \
-                     idle_half_closed cannot be detected"
-                ));
-            }
-            Err(_) => {}
-        }
+    /// Where the owner runs (cgroup, container or unit, network namespace), once found.
+    pub fn placement(&self, tgid: u32) -> Option<&Placement> {
+        self.placements.get(&tgid)
+    }
+
+    /// Where `tgid` runs: kept, as a process's findings all share it.
+    pub fn found_placement(&mut self, tgid: u32, placement: Placement) {
+        self.placements.insert(tgid, placement);
+    }
+
+    /// The sockets whose traffic and timers are wanted now: those that may sit idle while the
+    /// other socket of their pair is half-closed (see [`Self::wants_activity`]).
+    pub fn wanting_activity(&self, now_ns: u64) -> impl Iterator<Item = (&SockKey, &Timeline)> {
+        self.iter()
+            .filter(move |(_, t)| Self::wants_activity(t, now_ns))
     }
 
     /// Looked at only once its partner has been half-closed for [`ACTIVITY_AFTER_HALF_CLOSE_NS`]:
@@ -1033,7 +931,7 @@ impl Store {
     /// in the other direction within [`PAIR_WINDOW_NS`], if that one has no partner yet. Looked
     /// for until the window has passed, as the proxy may open the other socket only after the
     /// half-close (the client sent its request and its FIN at once).
-    fn pair_half_closed(&mut self, now_ns: u64) {
+    pub fn pair_half_closed(&mut self, now_ns: u64) {
         self.note_partners_let_go();
         // Only a half-closed socket its owner still holds: one it closed (or shut down for
         // good) had its end-of-stream handled, as a proxy's pool does with a finished client.
@@ -1099,35 +997,10 @@ impl Store {
         }
     }
 
-    /// Stores what the kernel said of the sockets that want it, found by inode, or by their
-    /// addresses where no record carried the inode.
-    fn record_activity(&mut self, samples: &[Sample], now_ns: u64) {
-        let by_ino: HashMap<u64, &Sample> = samples
-            .iter()
-            .filter(|s| s.ino != 0)
-            .map(|s| (s.ino, s))
-            .collect();
-        let by_addresses: HashMap<(SocketAddr, SocketAddr), &Sample> =
-            samples.iter().map(|s| ((s.local, s.remote), s)).collect();
-        for timeline in self.timelines.values_mut() {
-            if !Self::wants_activity(timeline, now_ns) {
-                continue;
-            }
-            let found = match timeline.ino {
-                Some(ino) => by_ino.get(&ino),
-                None => timeline
-                    .local()
-                    .zip(timeline.remote())
-                    .and_then(|pair| by_addresses.get(&pair)),
-            };
-            if let Some(sample) = found {
-                let idle_ns = u64::try_from(sample.idle.as_nanos()).unwrap_or(u64::MAX);
-                timeline.activity = Some(Activity {
-                    sampled_ns: now_ns,
-                    last_traffic_ns: now_ns.saturating_sub(idle_ns),
-                    timer: sample.timer,
-                });
-            }
+    /// What the kernel's socket table said of the traffic of `key`.
+    pub fn found_activity(&mut self, key: SockKey, activity: Activity) {
+        if let Some(timeline) = self.timelines.get_mut(&key) {
+            timeline.activity = Some(activity);
         }
     }
 
@@ -1881,82 +1754,6 @@ pub(crate) mod tests {
                 .held()
                 .all(|(_, states)| states.iter().map(|(_, n)| n).sum::<u64>() <= 9),
             "evicted sockets leave the held counts"
-        );
-    }
-
-    /// After lost records, /proc decides: a socket still held stays as it was, one whose fd
-    /// was copied before the (lost) close moves to the copy, one closed for good is closed,
-    /// and one whose owner is gone has its owner exited.
-    #[test]
-    fn lost_records_are_made_up_for_from_proc() {
-        use std::net::{TcpListener, TcpStream};
-        use std::os::fd::AsRawFd;
-
-        /// `fd_known`: found at start, with its fd; else only its file (the inode) is known.
-        fn owned_by_me(store: &mut Store, sock: SockKey, stream: &TcpStream, fd_known: bool) {
-            let fd = stream.as_raw_fd();
-            let mut present = event(
-                sock,
-                10,
-                EventKind::Present {
-                    fd,
-                    state: tcp_state::ESTABLISHED,
-                    send_shutdown: false,
-                },
-            );
-            present.task.tgid = std::process::id();
-            present.owner = Some(Owner {
-                tgid: std::process::id(),
-                fd: fd_known.then_some(fd),
-            });
-            present.ino = Some(holders::tests::inode_of(fd));
-            store.insert(present);
-        }
-
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let connect = || TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (held, copied, closed, by_file) = (connect(), connect(), connect(), connect());
-        let mut store = Store::default();
-        let (held_key, copied_key, closed_key, gone_key, by_file_key) =
-            (key(1, 1), key(2, 2), key(3, 3), key(4, 4), key(5, 5));
-        owned_by_me(&mut store, held_key, &held, true);
-        owned_by_me(&mut store, copied_key, &copied, true);
-        owned_by_me(&mut store, closed_key, &closed, true);
-        owned_by_me(&mut store, by_file_key, &by_file, false);
-        // Beyond any pid_max: a process that is gone.
-        let mut gone = event(gone_key, 10, ACCEPT);
-        gone.ino = Some(1);
-        gone.owner = Some(Owner {
-            tgid: 1 << 23,
-            fd: Some(7),
-        });
-        store.insert(gone);
-        let copy = copied.try_clone().unwrap();
-        drop((copied, closed));
-
-        store.recheck_owners(1_000);
-        store.apply_exits();
-        let timeline = |key| store.get(&key).unwrap();
-        assert!(timeline(held_key).live());
-        assert!(!timeline(held_key).close_unrecorded());
-        assert_eq!(
-            timeline(copied_key).owner(),
-            Some(OwnerInfo {
-                tgid: std::process::id(),
-                fd: Some(copy.as_raw_fd()),
-            })
-        );
-        assert!(timeline(copied_key).live());
-        assert!(timeline(closed_key).closed() && timeline(closed_key).close_unrecorded());
-        assert!(timeline(gone_key).owner_exited());
-        assert!(!timeline(gone_key).close_unrecorded());
-        assert!(timeline(by_file_key).live());
-
-        // The fd of a socket known by its file alone is looked up when a finding needs it.
-        store.resolve_fds(&[by_file_key], 2_000);
-        assert_eq!(
-            store.get(&by_file_key).unwrap().owner().unwrap().fd,
-            Some(by_file.as_raw_fd())
         );
     }
 

@@ -12,7 +12,7 @@ use leaktrace_common::tcp_state;
 
 use super::shut_wr_unread::{self, Unconsumed};
 use super::{Since, Verdict};
-use crate::activity::KernelTimer;
+use crate::timeline::KernelTimer;
 use crate::timeline::Timeline;
 
 /// Traffic this soon after the partner's half-close still counts as before it: the proxy
@@ -71,9 +71,11 @@ mod tests {
     use leaktrace_common::tcp_state::*;
 
     use super::super::tests::{leaks, MS};
-    use super::super::{Detectors, LeakKind, Outcome};
-    use crate::activity::{KernelTimer, Sample, Wanted};
+    use super::super::{LeakKind, Outcome};
     use crate::decoder::{Event, EventKind, Owner, SockKey};
+    use crate::host::fake::FakeHost;
+    use crate::host::{KernelTimer, Sample, Wanted};
+    use crate::tick::Evaluator;
     use crate::timeline::tests::{event, from_peer, key, state, ACCEPT, OWNER, RELEASE};
     use crate::timeline::Store;
 
@@ -117,21 +119,27 @@ mod tests {
     }
 
     /// A proxy with no sockets yet: the kernel's answers, its timelines, its detectors.
-    fn proxy() -> (Kernel, Store, Detectors) {
+    fn proxy() -> (Kernel, Store, Evaluator) {
         let kernel = Kernel::default();
         let detectors = detectors(&kernel);
         (kernel, Store::default(), detectors)
     }
 
     /// The proxy's detectors (idle after 3s) reading `kernel`.
-    fn detectors(kernel: &Kernel) -> Detectors {
-        let mut detectors = Detectors::new(Duration::from_secs(1), Duration::from_secs(3));
+    fn detectors(kernel: &Kernel) -> Evaluator {
         let kernel = kernel.clone();
-        detectors.sample_activity = Box::new(move |_: &[Wanted]| -> io::Result<Vec<Sample>> {
-            *kernel.reads.lock().unwrap() += 1;
-            Ok(kernel.upstream.lock().unwrap().iter().copied().collect())
-        });
-        detectors
+        let host = FakeHost {
+            activity: Some(Box::new(move |_: &[Wanted]| -> io::Result<Vec<Sample>> {
+                *kernel.reads.lock().unwrap() += 1;
+                Ok(kernel.upstream.lock().unwrap().iter().copied().collect())
+            })),
+            ..FakeHost::default()
+        };
+        Evaluator::new(
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+            Box::new(host),
+        )
     }
 
     /// An event of the proxy's, which holds its client as fd 5 and its upstream as fd 6 (as
@@ -208,7 +216,7 @@ mod tests {
 
     /// The idle class's outcomes only: the client socket the proxy holds in CLOSE_WAIT is
     /// `close_wait`'s, reported on its own.
-    fn idle(detectors: &mut Detectors, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
+    fn idle(detectors: &mut Evaluator, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
         let is_idle = |o: &Outcome| match o {
             Outcome::Leak(f) => f.kind == LeakKind::IdleHalfClosed,
             Outcome::Resolved(r) => r.kind == LeakKind::IdleHalfClosed,

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
-use crate::activity::{self, Sampler};
 use crate::decoder::SockKey;
 use crate::finding::{Finding, LeakKind, Outcome, Resolved};
 use crate::summary::{FinalReport, History, IngestCounts, PidStats, Progress, RemoteStats, Stats};
@@ -95,8 +94,45 @@ pub struct Detectors {
     new_leaks: HashMap<u32, (u64, String)>,
     reported: u64,
     history: History,
-    /// Reads the kernel's socket table for traffic and timers.
-    sample_activity: Box<Sampler>,
+}
+
+/// Identifies one possible finding: a socket and a leak class.
+type Id = (SockKey, LeakKind);
+
+/// The detectors' verdicts on the store, before the host says what the findings they mature
+/// will name (see [`Detectors::check`]).
+#[derive(Debug)]
+pub struct Verdicts {
+    /// Held long enough, with a known owner: to report, once made current.
+    matured: Vec<(Since, Id)>,
+    /// Held long enough, no owner known, not counted yet.
+    unattributed: Vec<Id>,
+    /// Counted as unattributed before, their owner known now.
+    attributed: u64,
+    resolved: Vec<(Id, &'static str)>,
+}
+
+impl Verdicts {
+    /// The sockets whose fds the findings will name: the kernel side names each socket's file,
+    /// not its fd, so the host says which fd holds it, or that another process does, or nobody
+    /// (closed among lost records). So for the half-closed partner an `idle_half_closed`
+    /// finding names, which the owner still holds.
+    pub fn sockets(&self, store: &Store) -> Vec<SockKey> {
+        let partners = self.matured.iter().filter_map(|(_, (key, kind))| {
+            (*kind == LeakKind::IdleHalfClosed).then(|| store.get(key)?.partner())?
+        });
+        (self.matured.iter().map(|(_, (key, _))| *key))
+            .chain(partners.map(|p| p.sock))
+            .collect()
+    }
+
+    /// The sockets of the findings to report now that their fds are known: those still held.
+    pub fn to_report(&self, store: &Store) -> Vec<SockKey> {
+        (self.matured.iter())
+            .map(|(_, (key, _))| *key)
+            .filter(|key| store.get(key).is_some_and(|t| ended(t).is_none()))
+            .collect()
+    }
 }
 
 impl Detectors {
@@ -112,19 +148,17 @@ impl Detectors {
             new_leaks: HashMap::new(),
             reported: 0,
             history: History::default(),
-            sample_activity: activity::sampler(),
         }
     }
 
     /// Runs every detector over every socket. `now_ns` is CLOCK_MONOTONIC, the records' clock.
-    /// Also drops timelines nothing needs any more.
-    pub fn evaluate(&mut self, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
-        self.started_ns.get_or_insert(now_ns);
-        store.apply_exits();
-        store.reattribute(now_ns);
-        store.watch_idle(now_ns, &mut self.sample_activity);
-        let mut matured = Vec::new();
-        let mut resolved = Vec::new();
+    pub fn check(&self, store: &Store, now_ns: u64) -> Verdicts {
+        let mut verdicts = Verdicts {
+            matured: Vec::new(),
+            unattributed: Vec::new(),
+            attributed: 0,
+            resolved: Vec::new(),
+        };
         for (key, timeline) in store.iter() {
             for (kind, check) in DETECTORS {
                 let id = (*key, kind);
@@ -143,21 +177,37 @@ impl Detectors {
                         let counted = tracked.is_some();
                         if timeline.owner().is_some() {
                             if counted {
-                                self.unattributed -= 1;
+                                verdicts.attributed += 1;
                             }
-                            matured.push((since, id));
+                            verdicts.matured.push((since, id));
                         } else if !counted {
-                            self.unattributed += 1;
-                            self.tracked.insert(id, Tracked::Unattributed);
+                            verdicts.unattributed.push(id);
                         }
                     }
                     (Verdict::Holds { .. }, _) => {}
-                    (Verdict::Clear { how }, Some(_)) => resolved.push((id, how)),
+                    (Verdict::Clear { how }, Some(_)) => verdicts.resolved.push((id, how)),
                     (Verdict::Clear { .. }, None) => {}
                 }
             }
         }
+        verdicts
+    }
 
+    /// Turns `verdicts` into outcomes over the store as the host made it current since (see
+    /// [`Verdicts::sockets`]): findings reported once, and resolutions.
+    pub fn evaluate(&mut self, verdicts: Verdicts, store: &Store, now_ns: u64) -> Vec<Outcome> {
+        self.started_ns.get_or_insert(now_ns);
+        let Verdicts {
+            mut matured,
+            unattributed,
+            attributed,
+            mut resolved,
+        } = verdicts;
+        for id in unattributed {
+            self.unattributed += 1;
+            self.tracked.insert(id, Tracked::Unattributed);
+        }
+        self.unattributed -= attributed;
         let mut outcomes = Vec::new();
         resolved.sort_unstable_by_key(|(id, _)| *id);
         for (id, how) in resolved {
@@ -176,17 +226,6 @@ impl Detectors {
             }
         }
         matured.sort_unstable();
-        // The kernel side names each socket's file, not its fd: /proc says which fd holds it,
-        // or that another process does, or nobody (closed among lost records).
-        // So does the half-closed partner an idle_half_closed finding names, which the owner
-        // still holds.
-        let partners = matured.iter().filter_map(|(_, (key, kind))| {
-            (*kind == LeakKind::IdleHalfClosed).then(|| store.get(key)?.partner())?
-        });
-        let keys: Vec<SockKey> = (matured.iter().map(|(_, (key, _))| *key))
-            .chain(partners.map(|p| p.sock))
-            .collect();
-        store.resolve_fds(&keys, now_ns);
         for (since, (key, kind)) in matured {
             if store.get(&key).is_none_or(|t| ended(t).is_some()) {
                 continue;
@@ -209,14 +248,17 @@ impl Detectors {
             }
         }
 
-        store.sweep(|key| {
-            DETECTORS
-                .iter()
-                .any(|(kind, _)| self.tracked.contains_key(&(*key, *kind)))
-        });
         let open = self.open_by_kind().values().sum();
         self.history.record(self.elapsed_ns(now_ns), open);
         outcomes
+    }
+
+    /// Whether the store must keep the timeline of `key`: a finding on it is open, or counted
+    /// as unattributed.
+    pub fn keeps(&self, key: &SockKey) -> bool {
+        DETECTORS
+            .iter()
+            .any(|(kind, _)| self.tracked.contains_key(&(*key, *kind)))
     }
 
     /// Findings reported and not resolved, by class.
@@ -258,15 +300,26 @@ impl Detectors {
         }
     }
 
-    /// The final report: findings still open, with their timelines as of `now_ns`, and counts.
-    pub fn summary(&self, store: &mut Store, now_ns: u64, ingest: IngestCounts) -> FinalReport {
-        let reported: Vec<SockKey> = self
-            .tracked
+    /// The sockets of the findings reported and still open, whose fds and owners the final report
+    /// names as they are at its end.
+    pub fn reported(&self) -> Vec<SockKey> {
+        self.tracked
             .iter()
             .filter(|(_, tracked)| matches!(tracked, Tracked::Reported { .. }))
             .map(|((key, _), _)| *key)
-            .collect();
-        store.resolve_fds(&reported, now_ns);
+            .collect()
+    }
+
+    /// The processes the final report's statistics name: those holding sockets, and those that
+    /// leaked while tracing.
+    pub fn processes(&self, store: &Store) -> Vec<u32> {
+        (store.counts().held().map(|(pid, _)| pid))
+            .chain(self.new_leaks.keys().copied())
+            .collect()
+    }
+
+    /// The final report: findings still open, with their timelines as of `now_ns`, and counts.
+    pub fn summary(&self, store: &Store, now_ns: u64, ingest: IngestCounts) -> FinalReport {
         let mut open: Vec<Finding> = self
             .tracked
             .iter()
@@ -296,7 +349,7 @@ impl Detectors {
     }
 
     /// The store's counts joined with the findings, per process and per remote endpoint.
-    fn stats(&self, store: &mut Store, open: &[Finding], now_ns: u64) -> Stats {
+    fn stats(&self, store: &Store, open: &[Finding], now_ns: u64) -> Stats {
         #[derive(Default)]
         struct PerPid {
             states: Vec<(u8, u64)>,
@@ -361,7 +414,7 @@ impl Detectors {
 /// A finding for a socket whose condition has held since `since`; `None` if the socket or its
 /// owner is unknown.
 fn finding(
-    store: &mut Store,
+    store: &Store,
     key: SockKey,
     kind: LeakKind,
     since: Since,
@@ -369,7 +422,7 @@ fn finding(
 ) -> Option<Finding> {
     let owner = store.get(&key)?.owner()?;
     let comm = store.comm(owner.tgid).unwrap_or_else(|| "?".into());
-    let placement = store.placement(owner.tgid);
+    let placement = store.placement(owner.tgid).cloned().unwrap_or_default();
     let timeline = store.get(&key)?;
     let latest = timeline.receive().map(|r| r.value);
     // Measured from tracing's start for a shutdown that predates it: not what followed it.
@@ -423,6 +476,8 @@ mod tests {
 
     use super::*;
     use crate::decoder::{Event, EventKind};
+    use crate::host::fake::FakeHost;
+    use crate::tick::Evaluator;
     use crate::timeline::tests::{
         event, from_peer, key, state, with_receive, ACCEPT, DESTROY, OWNER, RELEASE,
     };
@@ -433,8 +488,14 @@ mod tests {
         born_ns: 1,
     };
 
-    fn detectors() -> Detectors {
-        Detectors::new(Duration::from_secs(1), Duration::from_secs(3))
+    /// The detectors (leaks after 1s, idle after 3s) as each tick runs them, on a host where
+    /// none of the records' processes runs.
+    fn detectors() -> Evaluator {
+        Evaluator::new(
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+            Box::new(FakeHost::default()),
+        )
     }
 
     pub(super) fn leaks(outcomes: &[Outcome]) -> Vec<&Finding> {
@@ -448,7 +509,7 @@ mod tests {
     }
 
     /// The one leak the detectors report at `now_ns`, and nothing else.
-    pub(super) fn the_leak(detectors: &mut Detectors, store: &mut Store, now_ns: u64) -> Finding {
+    pub(super) fn the_leak(detectors: &mut Evaluator, store: &mut Store, now_ns: u64) -> Finding {
         let outcomes = detectors.evaluate(store, now_ns);
         let [finding] = leaks(&outcomes)[..] else {
             panic!("expected one leak: {outcomes:?}");

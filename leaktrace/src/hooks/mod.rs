@@ -25,7 +25,7 @@ use clap::ValueEnum;
 use leaktrace_common::Config;
 
 pub use btf::VMLINUX_BTF;
-pub use seed::{pidfd_getfd, pidfd_open, seed_existing, SEED_HOOK};
+pub use seed::{seed_existing, SEED_HOOK};
 
 /// Which hook family to use (`--hooks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -8,7 +8,7 @@
 //! seeding: left attached, it would put every syscall on the host on the kernel's slow path.
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
 };
 
 use anyhow::{anyhow, Context as _, Result};
@@ -23,6 +23,7 @@ use procfs::{
     ProcError,
 };
 
+use crate::host::pidfd::{pidfd_getfd, pidfd_open};
 use crate::stop;
 
 /// What seeding found, for the startup log.
@@ -186,24 +187,6 @@ fn trigger_seed(duplicate: &OwnedFd) {
             &mut length,
         )
     };
-}
-
-pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; a non-negative result is a new fd we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-pub fn pidfd_getfd(pidfd: &OwnedFd, fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; a non-negative result is a new fd we own.
-    let duplicate = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if duplicate < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(duplicate as RawFd) })
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! every inode of interest.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::Fds;
+
 use procfs::{
     process::{FDTarget, Process},
     ProcError,
@@ -96,10 +98,12 @@ impl FdLookup {
     fn process(&mut self, pid: u32) -> &Looked {
         self.processes.entry(pid).or_insert_with(|| look_up(pid))
     }
+}
 
+impl Fds for FdLookup {
     /// Looks at `/proc/<pid>/fd/<fd>`. Without the socket's inode only a closed fd can be told
     /// apart; an fd reused for another file then passes as held.
-    pub fn holds(&mut self, pid: u32, fd: i32, ino: Option<u64>) -> FdHeld {
+    fn holds(&mut self, pid: u32, fd: i32, ino: Option<u64>) -> FdHeld {
         let process = match self.process(pid) {
             Looked::Alive(process) => process,
             Looked::Gone => return FdHeld::ProcessGone,
@@ -114,7 +118,7 @@ impl FdLookup {
     }
 
     /// The fd by which `pid` holds the socket `ino`, if it does; none if `pid` is gone.
-    pub fn fd_of(&mut self, pid: u32, ino: u64) -> Result<Option<i32>, Unreadable> {
+    fn fd_of(&mut self, pid: u32, ino: u64) -> Result<Option<i32>, Unreadable> {
         if !self.sockets.contains_key(&pid) {
             let mut sockets = HashMap::new();
             let fds = match self.process(pid) {
@@ -248,7 +252,7 @@ pub(crate) mod tests {
             let child = std::process::Command::new(std::env::current_exe().unwrap())
                 .args([
                     "--exact",
-                    "holders::tests::unreadable_proc_is_neither_an_exit_nor_a_close",
+                    "host::holders::tests::unreadable_proc_is_neither_an_exit_nor_a_close",
                 ])
                 .env(OUT_OF_FDS, "1")
                 .output()

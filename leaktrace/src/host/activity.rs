@@ -25,6 +25,8 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 
+use super::pidfd::{pidfd_getfd, pidfd_open};
+
 /// A timer the kernel keeps on a connection: something will happen on it even if neither side
 /// sends anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,23 +58,25 @@ pub struct Wanted {
     pub remote: SocketAddr,
 }
 
-/// Where samples come from: [`sampler`], or what a test makes up.
-pub type Sampler = dyn FnMut(&[Wanted]) -> io::Result<Vec<Sample>> + Send;
-
 /// Up to this many sockets are read through their fds: a sock_diag dump walks every TCP socket
 /// of the host, TIME_WAIT ones included, which on a host churning connections costs far more
 /// than a few `getsockopt` calls.
 const THROUGH_FDS_AT_MOST: usize = 32;
 
-/// The wanted sockets' samples, and maybe others': through their fds when they are few, else
-/// from sock_diag. The dump covers leaktrace's network namespace only, so the wanted sockets it
-/// lacks (a traced process in a container's namespace) are read through their fds too. Once the
-/// kernel said it has no TCP part of sock_diag (ENOENT: the module is not loaded and could not
-/// be), it is not asked again, nor made to try its module loader every second.
-pub fn sampler() -> Box<Sampler> {
-    let mut diag_missing = false;
-    Box::new(move |wanted: &[Wanted]| {
-        let diag_error = if diag_missing || wanted.len() <= THROUGH_FDS_AT_MOST {
+/// Reads connections' traffic and timers. Once the kernel said it has no TCP part of sock_diag
+/// (ENOENT: the module is not loaded and could not be), it is not asked again, nor made to try
+/// its module loader every second.
+#[derive(Debug, Default)]
+pub struct Sampler {
+    diag_missing: bool,
+}
+
+impl Sampler {
+    /// The wanted sockets' samples, and maybe others': through their fds when they are few, else
+    /// from sock_diag. The dump covers leaktrace's network namespace only, so the wanted sockets
+    /// it lacks (a traced process in a container's namespace) are read through their fds too.
+    pub fn sample(&mut self, wanted: &[Wanted]) -> io::Result<Vec<Sample>> {
+        let diag_error = if self.diag_missing || wanted.len() <= THROUGH_FDS_AT_MOST {
             None
         } else {
             match sock_diag() {
@@ -87,7 +91,7 @@ pub fn sampler() -> Box<Sampler> {
                     return Ok(samples);
                 }
                 Err(e) => {
-                    diag_missing = e.raw_os_error() == Some(libc::ENOENT);
+                    self.diag_missing = e.raw_os_error() == Some(libc::ENOENT);
                     Some(e)
                 }
             }
@@ -96,7 +100,7 @@ pub fn sampler() -> Box<Sampler> {
             Some(diag_error) => io::Error::other(format!("sock_diag: {diag_error}; {e}")),
             None => e,
         })
-    })
+    }
 }
 
 fn through_fds(wanted: &[Wanted]) -> io::Result<Vec<Sample>> {
@@ -210,12 +214,12 @@ fn parse(response: &InetResponse) -> Option<Sample> {
 /// close of the duplicate.
 fn through_fd(socket: &Wanted) -> io::Result<Option<Sample>> {
     let gone = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ESRCH | libc::EBADF));
-    let pidfd = match crate::hooks::pidfd_open(socket.pid) {
+    let pidfd = match pidfd_open(socket.pid) {
         Ok(pidfd) => pidfd,
         Err(e) if gone(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let duplicate = match crate::hooks::pidfd_getfd(&pidfd, socket.fd) {
+    let duplicate = match pidfd_getfd(&pidfd, socket.fd) {
         Ok(duplicate) => duplicate,
         Err(e) if gone(&e) => return Ok(None),
         Err(e) => return Err(e),
@@ -389,7 +393,7 @@ mod tests {
             local: server.local_addr().unwrap(),
             remote: server.peer_addr().unwrap(),
         };
-        let samples = sampler()(&[wanted]).unwrap();
+        let samples = Sampler::default().sample(&[wanted]).unwrap();
         let found: Vec<&Sample> = samples.iter().filter(|s| s.ino == wanted.ino).collect();
         assert_eq!(found.len(), 1, "{samples:?}");
         assert_eq!((found[0].local, found[0].timer), (wanted.local, None));
