@@ -103,7 +103,7 @@ type Id = (SockKey, LeakKind);
 /// will name (see [`Detectors::check`]).
 #[derive(Debug)]
 pub struct Verdicts {
-    /// Held long enough, with a known owner: to report, once made current.
+    /// Held long enough, with a known owner: to report, once made current. Oldest first.
     matured: Vec<(Since, Id)>,
     /// Held long enough, no owner known, not counted yet.
     unattributed: Vec<Id>,
@@ -190,6 +190,7 @@ impl Detectors {
                 }
             }
         }
+        verdicts.matured.sort_unstable();
         verdicts
     }
 
@@ -198,7 +199,7 @@ impl Detectors {
     pub fn evaluate(&mut self, verdicts: Verdicts, store: &Store, now_ns: u64) -> Vec<Outcome> {
         self.started_ns.get_or_insert(now_ns);
         let Verdicts {
-            mut matured,
+            matured,
             unattributed,
             attributed,
             mut resolved,
@@ -225,7 +226,6 @@ impl Detectors {
                 }));
             }
         }
-        matured.sort_unstable();
         for (since, (key, kind)) in matured {
             if store.get(&key).is_none_or(|t| ended(t).is_some()) {
                 continue;
