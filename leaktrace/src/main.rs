@@ -2,7 +2,7 @@
 //!
 //! Data path, one module per stage: `hooks` (load and attach the eBPF programs) -> ring buffer
 //! records -> `decoder` -> `timeline` (per-socket store) -> `detect` (one detector per leak
-//! class) -> `report` (text, JSON Lines). `session` drives it; `demo` feeds it leaky servers;
+//! class) -> `output` (text, JSON Lines, metrics, trace file). `session` drives it; `demo` feeds it leaky servers;
 //! `run` traces a command it starts.
 mod cgroup;
 mod cli;
@@ -14,8 +14,8 @@ mod error;
 mod finding;
 mod hooks;
 mod host;
+mod output;
 mod placement;
-mod report;
 mod run;
 mod session;
 mod stderr;

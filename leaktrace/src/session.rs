@@ -20,7 +20,7 @@ use crate::{
     error::Failure,
     hooks::{self, Attached, LoadError, LoadOptions},
     host::{holders, ProcHost},
-    report::{
+    output::{
         pipe::{self, Outlet},
         probe_failure_meaning, ring_size_hint, JsonReporter, Metrics, Reporter, StartInfo,
         TextReporter, TraceOut,

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
-use super::{probe_failure_meaning, ring_size_hint, write_line, Reporter, StartInfo};
+use super::format::{addr, fd, kernel_address, printable, probe_failure_meaning, ring_size_hint};
+use super::{write_line, Reporter, StartInfo};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::finding::{Finding, LeakKind, Outcome};
 use crate::hooks::UNAVAILABLE;
@@ -189,29 +190,6 @@ impl Reporter for TextReporter {
         }
         Ok(())
     }
-}
-
-/// A string a process controls (its name), fit to print: every character Rust's `{:?}` would
-/// escape is shown escaped (`\u{1b}`, `\n`, `\\`), so a process named with ESC, BEL or a
-/// newline can neither drive the reader's terminal nor forge a line of the report. Quotes stay
-/// as they are: names are not printed inside quotes.
-pub(crate) fn printable(text: &str) -> String {
-    let mut shown = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '"' | '\'' => shown.push(c),
-            _ => shown.extend(c.escape_debug()),
-        }
-    }
-    shown
-}
-
-pub(super) fn fd(fd: Option<i32>) -> String {
-    fd.map_or_else(|| "?".to_owned(), |fd| fd.to_string())
-}
-
-pub(super) fn addr(addr: Option<SocketAddr>) -> String {
-    addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
 }
 
 /// The hooks in one line: how many programs of each kind, and by name the events served some
@@ -500,13 +478,13 @@ fn aligned<const N: usize>(
 
 fn timeline(f: &Finding) -> Vec<String> {
     let mut lines = vec![format!(
-        "{} pid {} ({}) fd {}  {}  socket {:#x}:",
+        "{} pid {} ({}) fd {}  {}  socket {}:",
         f.kind.as_str(),
         f.pid,
         printable(&f.comm),
         fd(f.fd),
         endpoints(f.local, f.remote, f.accepted),
-        f.sock.addr
+        kernel_address(f.sock.addr)
     )];
     let start = f.timeline.first().map_or(0, |e| e.ts_ns);
     // Microseconds: on loopback a whole connection lifecycle fits in a millisecond. Signed: a
@@ -815,17 +793,6 @@ mod tests {
             6,
             "{lines:#?}"
         );
-    }
-
-    #[test]
-    fn printable_names_keep_what_prints() {
-        assert_eq!(
-            printable("caf\u{e9} \"it's\" [x]"),
-            "caf\u{e9} \"it's\" [x]"
-        );
-        // Escaped backslashes keep the escapes unambiguous: this is no ESC.
-        assert_eq!(printable(r"a\u{1b}"), r"a\\u{1b}");
-        assert_eq!(printable("tab\there\u{202e}"), r"tab\there\u{202e}");
     }
 
     #[test]

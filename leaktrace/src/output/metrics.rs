@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use super::text::printable;
+use super::format::printable;
 use crate::decoder::{Event, EventKind, SockKey};
 use crate::detect;
 use crate::finding::{LeakKind, Outcome};

@@ -21,8 +21,8 @@ use std::path::Path;
 use leaktrace_common::tcp_state;
 use serde_json::{json, Value};
 
+use super::format::{addr, kernel_address};
 use super::json::entry;
-use super::text::addr;
 use crate::decoder::{EventKind, SockKey};
 use crate::timeline::{Store, Timeline};
 
@@ -116,7 +116,7 @@ impl TraceOut {
             "name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name},
         }));
 
-        let sock = format!("{:#x}", key.addr);
+        let sock = kernel_address(key.addr);
         let slice = |state: u8, start_ns: u64, end_ns: u64, args: Value| {
             let mut args = args;
             args["sock"] = sock.clone().into();

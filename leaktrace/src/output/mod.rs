@@ -1,7 +1,8 @@
-//! Reporters: the same start, live outcomes and final report rendered for people (text) or for
+//! Outputs: the same start, live outcomes and final report rendered for people (text) or for
 //! other tools (JSON Lines); and the exports beside them: Prometheus metrics (`metrics`) and the
 //! per-socket timelines as a trace file (`trace_out`).
 
+mod format;
 mod json;
 mod metrics;
 pub mod pipe;
@@ -12,11 +13,10 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use leaktrace_common::ProbeFailure;
-
+pub(crate) use format::printable;
+pub use format::{probe_failure_meaning, ring_size_hint};
 pub use json::JsonReporter;
 pub use metrics::Metrics;
-pub(crate) use text::printable;
 pub use text::TextReporter;
 pub use trace_out::TraceOut;
 
@@ -44,28 +44,6 @@ pub struct StartInfo {
     pub metrics: Option<SocketAddr>,
 }
 
-/// What a probe failure costs and what to do about it, for the live warning and the summary.
-pub fn probe_failure_meaning(failure: ProbeFailure) -> &'static str {
-    match failure {
-        ProbeFailure::Read => {
-            "a read of kernel memory failed: some events may be missing from the timelines"
-        }
-        ProbeFailure::SocketMapFull => {
-            "sockets of traced processes were not followed, the kernel's map of them being full: \
-             leaks among them are missed; raise --max-kernel-sockets"
-        }
-        ProbeFailure::TargetMapFull => {
-            "children of traced processes were not traced, the kernel's map of traced processes \
-             being full: leaks in them are missed; raise --max-processes"
-        }
-    }
-}
-
-/// What to do about lost records, for the live warning and both summaries.
-pub fn ring_size_hint(ring_size: u32) -> String {
-    format!("raise --ring-size (now {ring_size} bytes)")
-}
-
 pub trait Reporter: Send {
     fn start(&mut self, info: &StartInfo) -> io::Result<()>;
     /// A leak or resolution, as the detectors find it.
@@ -89,7 +67,7 @@ fn write_line(out: &mut dyn Write, line: &str) -> io::Result<()> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use leaktrace_common::tcp_state;
+    use leaktrace_common::{tcp_state, ProbeFailure};
 
     use super::*;
     use crate::decoder::{EventKind, SockKey};

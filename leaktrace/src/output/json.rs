@@ -8,7 +8,8 @@ use std::time::Duration;
 use leaktrace_common::tcp_state;
 use serde_json::{json, Map, Value};
 
-use super::{ring_size_hint, write_line, Reporter, StartInfo};
+use super::format::{kernel_address, ring_size_hint};
+use super::{write_line, Reporter, StartInfo};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::finding::{Finding, Outcome, Resolved};
 use crate::summary::{FinalReport, Progress, Stats};
@@ -149,7 +150,7 @@ fn leak(finding: &Finding) -> Value {
         "bytes_after_shutdown": finding.bytes_after_shutdown,
         "age_ms": millis(finding.age),
         "age_at_least": finding.age_at_least,
-        "sock": format!("{:#x}", finding.sock.addr),
+        "sock": kernel_address(finding.sock.addr),
         "sock_born_ns": finding.sock.born_ns,
         "timeline": finding
             .timeline
@@ -171,7 +172,7 @@ fn partner(p: &Partner) -> Value {
         "direction": direction(Some(p.accepted)),
         "half_closed": true,
         "half_closed_ns": p.half_closed_ns,
-        "sock": format!("{:#x}", p.sock.addr),
+        "sock": kernel_address(p.sock.addr),
         "sock_born_ns": p.sock.born_ns,
     })
 }
