@@ -16,20 +16,19 @@ use tokio::{
 use crate::{
     cgroup::{self, Cgroup},
     cli::{CommonArgs, LeakArgs},
-    decoder::{self, Event, EventKind},
+    decoder::{self, Event, EventKind, SockKey},
     error::Failure,
     hooks::{self, Attached, LoadError, LoadOptions},
     host::{holders, ProcHost},
     output::{
-        pipe::{self, Outlet},
-        probe_failure_meaning, ring_size_hint, JsonReporter, Metrics, Reporter, StartInfo,
-        TextReporter, TraceOut,
+        pipe, probe_failure_meaning, ring_size_hint, Batch, End, JsonReporter, Metrics, Output,
+        OutputError, Outputs, StartInfo, TextReporter, Tick, TraceOut, Track,
     },
     stderr,
     stop::{self, StopSignals},
     summary::{FinalReport, IngestCounts},
     tick::Evaluator,
-    timeline::Store,
+    timeline::{Store, Timeline},
     tree::{self, Traced},
 };
 
@@ -45,8 +44,6 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// After records were lost, the owners are looked up in /proc at most this often: a scan per
 /// tracked socket is what a host overflowing the ring buffer can least afford every second.
 const RECHECK_EVERY: Duration = Duration::from_secs(5);
-/// How long the final report may wait for its reader.
-const REPORT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Which processes to trace.
 pub enum Scope {
@@ -150,13 +147,9 @@ pub struct Session {
     lost: PerCpuArray<MapData, u64>,
     /// Per-CPU counts of what the programs could not do, by `ProbeFailure`.
     probe_failures: PerCpuArray<MapData, u64>,
-    /// None once given up (see `SessionOptions::report_to_stderr`).
-    reporter: Option<Box<dyn Reporter>>,
-    /// Where the reporter's lines leave, on a thread of their own.
-    outlet: Outlet,
+    /// The report, until given up (see `SessionOptions::report_to_stderr`), and the exports.
+    outputs: Outputs,
     report_to_stderr: bool,
-    metrics: Option<Metrics>,
-    trace_out: Option<TraceOut>,
     store: Store,
     /// Enrichment, detection and sweeping, at each tick.
     evaluator: Evaluator,
@@ -244,24 +237,20 @@ impl Session {
         preflight(options)?;
         // Before tracing starts: a port in use or an unwritable file is the user's to fix, and
         // must not cost a session's worth of tracing.
-        let metrics = options
-            .common
-            .metrics
-            .map(|addr| {
-                Metrics::serve(addr, options.common.ring_size)
-                    .map_err(|e| Failure::Output(anyhow!("cannot serve metrics on {addr}: {e}")))
-            })
-            .transpose()?;
-        let trace_out = options
-            .common
-            .trace_out
-            .as_deref()
-            .map(|path| {
-                TraceOut::create(path).map_err(|e| {
-                    Failure::Output(anyhow!("cannot write the trace to {}: {e}", path.display()))
-                })
-            })
-            .transpose()?;
+        let mut outputs = Outputs::default();
+        let mut metrics_addr = None;
+        if let Some(addr) = options.common.metrics {
+            let metrics = Metrics::serve(addr, options.common.ring_size)
+                .map_err(|e| Failure::Output(anyhow!("cannot serve metrics on {addr}: {e}")))?;
+            metrics_addr = metrics.local_addr();
+            outputs.export("the metrics", metrics);
+        }
+        if let Some(path) = options.common.trace_out.as_deref() {
+            let trace = TraceOut::create(path).map_err(|e| {
+                Failure::Output(anyhow!("cannot write the trace to {}: {e}", path.display()))
+            })?;
+            outputs.export("the trace file", trace);
+        }
         check_not_interrupted()?;
         let pids = match &options.scope {
             Scope::Pids(pids) => pids.clone(),
@@ -321,7 +310,7 @@ impl Session {
         )
         .map_err(anyhow::Error::from)?;
         let mut store = Store::with_capacity_limit(options.common.max_sockets);
-        if trace_out.is_some() {
+        if outputs.wants_timelines() {
             store = store.keeping_swept();
         }
         let mut counts = IngestCounts {
@@ -336,13 +325,7 @@ impl Session {
             // Drained while seeding, a quarter of the ring at a time: one record per socket.
             let batch = options.common.ring_size as usize / Record::SIZE / 4;
             let seeded = hooks::seed_existing(&mut attached.ebpf, &traced, batch, &mut || {
-                drain(
-                    &mut ring,
-                    &mut store,
-                    &mut live,
-                    &mut counts,
-                    metrics.as_ref(),
-                )
+                drain(&mut ring, &mut store, &mut live, &mut counts, &mut outputs)
             })?;
             if let Some(why) = &seeded.first_failure {
                 stderr::line(format_args!(
@@ -368,11 +351,12 @@ impl Session {
         let (pipe, outlet) =
             opened.map_err(|e| anyhow!("starting the thread that writes the report: {e}"))?;
         let out: Box<dyn io::Write + Send> = Box::new(pipe);
-        let reporter: Box<dyn Reporter> = if options.common.json {
+        let reporter: Box<dyn Output> = if options.common.json {
             Box::new(JsonReporter::new(out))
         } else {
             Box::new(TextReporter::new(out, options.common.verbose))
         };
+        outputs.report(reporter, outlet);
         if options.common.verbose {
             for refused in &attached.refused {
                 stderr::line(format_args!("leaktrace: hook not used: {refused}"));
@@ -401,19 +385,16 @@ impl Session {
             leak_after: options.leaks.leak_after,
             idle_after: options.leaks.idle_after,
             kernel: kernel_release(),
-            metrics: metrics.as_ref().and_then(Metrics::local_addr),
+            metrics: metrics_addr,
         };
         let mut session = Session {
             attached,
             ring,
             lost,
             probe_failures,
-            reporter: Some(reporter),
-            outlet,
+            outputs,
             report_to_stderr: options.report_to_stderr,
             store,
-            metrics,
-            trace_out,
             evaluator: Evaluator::new(
                 options.leaks.leak_after,
                 options.leaks.idle_after,
@@ -433,7 +414,8 @@ impl Session {
             stops,
             report_fd,
         };
-        session.report(|reporter| reporter.start(&start))?;
+        let started = session.outputs.start(&start);
+        session.handle(started)?;
         // One that exited before its exit hook was attached leaves no record of it: the session
         // would wait for it forever.
         let exited = session.forget_exited();
@@ -523,20 +505,32 @@ impl Session {
         self.evaluate()?;
         let now = monotonic_ns();
         let report = self.evaluator.summary(&mut self.store, now, self.counts);
-        self.report(|reporter| reporter.finish(&report))?;
-        // A reader that stopped reading does not hold leaktrace past a stop for long.
-        if self.reporter.is_some() {
-            if let Err(e) = self.outlet.wait(REPORT_DRAIN_LIMIT) {
-                self.give_up_report(Failure::writing(e))?;
-            }
-        }
-        if let Some(trace) = self.trace_out.take() {
+        // Named first: naming asks the host, and keeps what it finds in the store.
+        let mut named: Vec<(SockKey, Option<String>)> = Vec::new();
+        if self.outputs.wants_timelines() {
             let owners = self.store.owners();
             self.evaluator.name(&mut self.store, owners);
-            trace
-                .finish(&mut self.store, now)
-                .context("writing the trace file")?;
+            named = (self.store.iter())
+                .map(|(key, timeline)| (*key, owner_comm(&self.store, timeline)))
+                .collect();
         }
+        let left: Vec<Track<'_>> = named
+            .into_iter()
+            .filter_map(|(key, comm)| {
+                let timeline = self.store.get(&key)?;
+                Some(Track {
+                    key,
+                    timeline,
+                    comm,
+                })
+            })
+            .collect();
+        let finished = self.outputs.finish(&End {
+            report: &report,
+            timelines: &left,
+            now_ns: now,
+        });
+        self.handle(finished)?;
         Ok(report)
     }
 
@@ -547,7 +541,7 @@ impl Session {
             &mut self.store,
             &mut self.live,
             &mut self.counts,
-            self.metrics.as_ref(),
+            &mut self.outputs,
         );
     }
 
@@ -555,45 +549,49 @@ impl Session {
         let progress = self
             .evaluator
             .progress(&self.store, monotonic_ns(), self.counts);
-        self.report(|reporter| reporter.progress(&progress))
+        let reported = self.outputs.progress(&progress);
+        self.handle(reported)
     }
 
     fn evaluate(&mut self) -> Result<(), Failure> {
         self.note_losses(false)?;
         let now = monotonic_ns();
-        for outcome in self.evaluator.evaluate(&mut self.store, now) {
-            self.report(|reporter| reporter.outcome(&outcome))?;
-            if let Some(metrics) = &mut self.metrics {
-                metrics.outcome(&outcome);
-            }
-        }
-        if let Some(trace) = &mut self.trace_out {
-            let owners = self.store.swept_owners();
-            self.evaluator.name(&mut self.store, owners);
-            trace
-                .write_swept(&mut self.store, now)
-                .context("writing the trace file")?;
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.totals(&self.counts, self.store.tracked());
-        }
-        Ok(())
+        let outcomes = self.evaluator.evaluate(&mut self.store, now);
+        let owners = self.store.swept_owners();
+        self.evaluator.name(&mut self.store, owners);
+        // Taken by the session, not by the outputs: they never change the store.
+        let swept = self.store.take_swept();
+        let swept: Vec<Track<'_>> = swept
+            .iter()
+            .map(|(key, timeline)| Track {
+                key: *key,
+                timeline,
+                comm: owner_comm(&self.store, timeline),
+            })
+            .collect();
+        let ticked = self.outputs.tick(&Tick {
+            outcomes: &outcomes,
+            swept: &swept,
+            ingest: &self.counts,
+            sockets_tracked: self.store.tracked(),
+            now_ns: now,
+        });
+        self.handle(ticked)
     }
 
-    /// Writes to the report, unless it was given up.
-    fn report(
-        &mut self,
-        write: impl FnOnce(&mut (dyn Reporter + 'static)) -> io::Result<()>,
-    ) -> Result<(), Failure> {
-        match self.reporter.as_deref_mut().map(write) {
-            Some(Err(e)) => self.give_up_report(Failure::writing(e)),
-            Some(Ok(())) | None => Ok(()),
+    /// What an output's failure means: a report that cannot be written ends the session or only
+    /// the report (see [`Self::give_up_report`]); an export that cannot ends the session.
+    fn handle(&mut self, sent: Result<(), OutputError>) -> Result<(), Failure> {
+        match sent {
+            Ok(()) => Ok(()),
+            Err(OutputError::Report(e)) => self.give_up_report(Failure::writing(e)),
+            Err(OutputError::Export(e)) => Err(e.into()),
         }
     }
 
     /// Notices that nobody reads the report any more.
     fn watch(&mut self) -> Result<(), Failure> {
-        if self.reporter.is_some() && stop::reader_gone(self.report_fd) {
+        if self.outputs.has_report() && stop::reader_gone(self.report_fd) {
             return self.give_up_report(Failure::OutputClosed);
         }
         Ok(())
@@ -605,7 +603,7 @@ impl Session {
         if !self.report_to_stderr {
             return Err(failure);
         }
-        self.reporter = None;
+        self.outputs.give_up_report();
         Ok(())
     }
 
@@ -755,6 +753,12 @@ fn per_cpu_counters(
     Ok(PerCpuArray::try_from(map).map_err(anyhow::Error::from)?)
 }
 
+/// The name of `timeline`'s owner, for the outputs that write timelines: the store's, from the
+/// records or else from /proc.
+fn owner_comm(store: &Store, timeline: &Timeline) -> Option<String> {
+    store.comm(timeline.owner()?.tgid)
+}
+
 fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, Failure> {
     // SAFETY: the ring buffer owns its map fd; the AsyncFd owns the ring buffer, so the fd stays
     // open and unchanged for the AsyncFd's whole life.
@@ -767,13 +771,13 @@ fn drain(
     store: &mut Store,
     live: &mut BTreeSet<u32>,
     counts: &mut IngestCounts,
-    metrics: Option<&Metrics>,
+    outputs: &mut Outputs,
 ) {
-    let (mut records, mut bytes) = (0, 0);
+    let mut batch = Batch::default();
     while let Some(item) = ring.next() {
         counts.records += 1;
-        records += 1;
-        bytes += item.len();
+        batch.records += 1;
+        batch.bytes += item.len();
         let decoded = match decoder::decode(&item) {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -788,26 +792,23 @@ fn drain(
             }
         };
         // Not an iterator over both: a chain of 176-byte events moves each one twice more.
-        ingest(decoded.first, store, live, metrics);
+        ingest(decoded.first, store, live, &mut batch);
         if let Some(second) = decoded.second() {
-            ingest(second, store, live, metrics);
+            ingest(second, store, live, &mut batch);
         }
         if store.staged_enough() {
             store.insert_staged();
         }
     }
     store.insert_staged();
-    if let Some(metrics) = metrics {
-        metrics.drained(records, bytes);
-    }
+    outputs.batch(&batch);
 }
 
-/// Routes one event: process lifetimes to the traced set, socket events to the store.
+/// Routes one event: process lifetimes to the traced set, socket events to the store; and
+/// counts it in its batch for the outputs.
 #[inline(always)]
-fn ingest(event: Event, store: &mut Store, live: &mut BTreeSet<u32>, metrics: Option<&Metrics>) {
-    if let Some(metrics) = metrics {
-        metrics.event(&event);
-    }
+fn ingest(event: Event, store: &mut Store, live: &mut BTreeSet<u32>, batch: &mut Batch) {
+    batch.count(&event);
     match event.kind {
         EventKind::Fork { child } => {
             live.insert(child);

@@ -9,10 +9,10 @@ use leaktrace_common::tcp_state;
 use serde_json::{json, Map, Value};
 
 use super::format::{kernel_address, ring_size_hint};
-use super::{write_line, Reporter, StartInfo};
+use super::{write_line, End, Output, StartInfo, Tick};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::finding::{Finding, Outcome, Resolved};
-use crate::summary::{FinalReport, Progress, Stats};
+use crate::summary::{Progress, Stats};
 use crate::timeline::{Dropped, Partner};
 
 pub struct JsonReporter {
@@ -27,9 +27,17 @@ impl JsonReporter {
     fn emit(&mut self, value: &Value) -> io::Result<()> {
         write_line(&mut self.out, &value.to_string())
     }
+
+    /// A leak or resolution, as the detectors find it.
+    pub fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
+        match outcome {
+            Outcome::Leak(finding) => self.emit(&leak(finding)),
+            Outcome::Resolved(resolved) => self.emit(&resolution(resolved)),
+        }
+    }
 }
 
-impl Reporter for JsonReporter {
+impl Output for JsonReporter {
     fn start(&mut self, info: &StartInfo) -> io::Result<()> {
         let hooks: Map<String, Value> = info
             .hooks
@@ -55,11 +63,10 @@ impl Reporter for JsonReporter {
         self.emit(&start)
     }
 
-    fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
-        match outcome {
-            Outcome::Leak(finding) => self.emit(&leak(finding)),
-            Outcome::Resolved(resolved) => self.emit(&resolution(resolved)),
-        }
+    fn tick(&mut self, tick: &Tick<'_>) -> io::Result<()> {
+        tick.outcomes
+            .iter()
+            .try_for_each(|outcome| self.outcome(outcome))
     }
 
     fn progress(&mut self, progress: &Progress) -> io::Result<()> {
@@ -84,7 +91,8 @@ impl Reporter for JsonReporter {
     }
 
     /// Findings were printed as they were found; the counts are left, and the summary, last.
-    fn finish(&mut self, report: &FinalReport) -> io::Result<()> {
+    fn finish(&mut self, end: &End<'_>) -> io::Result<()> {
+        let report = end.report;
         let ingest = &report.ingest;
         let hint = (ingest.lost_events > 0).then(|| ring_size_hint(ingest.ring_size));
         self.emit(&stats(&report.stats))?;
@@ -292,8 +300,8 @@ fn direction(accepted: Option<bool>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{
-        final_report, finding, idle_finding, in_a_service, progress, resolved, start_info, stats,
-        Captured,
+        end, final_report, finding, idle_finding, in_a_service, progress, resolved, start_info,
+        stats, Captured,
     };
     use super::*;
     use crate::finding::LeakKind;
@@ -448,7 +456,9 @@ mod tests {
         let mut reporter = JsonReporter::new(captured.writer());
         reporter.outcome(&Outcome::Resolved(resolved())).unwrap();
         // The counts and the summary are all `finish` prints, even with findings open.
-        reporter.finish(&final_report(vec![finding()], 5)).unwrap();
+        reporter
+            .finish(&end(&final_report(vec![finding()], 5)))
+            .unwrap();
         let lines = captured.lines();
         assert_eq!(lines.len(), 3);
         assert_eq!(
@@ -498,7 +508,7 @@ mod tests {
         reporter.progress(&progress).unwrap();
         let mut report = final_report(Vec::new(), 0);
         report.open_over_time = vec![(Duration::ZERO, 0), (Duration::from_secs(10), 2)];
-        reporter.finish(&report).unwrap();
+        reporter.finish(&end(&report)).unwrap();
         let lines = captured.lines();
         assert_eq!(
             parse(&lines[0]),
@@ -528,7 +538,7 @@ mod tests {
         let mut reporter = JsonReporter::new(captured.writer());
         let mut report = final_report(Vec::new(), 0);
         report.stats = stats();
-        reporter.finish(&report).unwrap();
+        reporter.finish(&end(&report)).unwrap();
         let lines: Vec<Value> = captured.lines().iter().map(|l| parse(l)).collect();
         let [stats, summary] = &lines[..] else {
             panic!("expected a stats and a summary line: {lines:?}");

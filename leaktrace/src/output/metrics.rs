@@ -21,7 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
 use super::format::printable;
-use crate::decoder::{Event, EventKind, SockKey};
+use super::{Batch, Output, Tick};
+use crate::decoder::SockKey;
 use crate::detect;
 use crate::finding::{LeakKind, Outcome};
 use crate::summary::IngestCounts;
@@ -265,14 +266,6 @@ impl Metrics {
         }
     }
 
-    /// A decoded record on its way into the timelines.
-    pub fn event(&self, event: &Event) {
-        if let EventKind::State { new, .. } = event.kind {
-            let state = tcp_state::name(new);
-            self.transitions.get_or_create(&StateLabels { state }).inc();
-        }
-    }
-
     /// One wake-up took `records` records of `bytes` in all out of the ring buffer.
     pub fn drained(&self, records: usize, bytes: usize) {
         let taken = bytes + records * RING_RECORD_OVERHEAD;
@@ -298,6 +291,26 @@ impl Metrics {
         }
         self.sockets_tracked
             .set(i64::try_from(sockets_tracked).unwrap_or(i64::MAX));
+    }
+}
+
+impl Output for Metrics {
+    fn batch(&mut self, batch: &Batch) {
+        for (state, n) in batch.entered() {
+            let state = tcp_state::name(state);
+            self.transitions
+                .get_or_create(&StateLabels { state })
+                .inc_by(n);
+        }
+        self.drained(batch.records, batch.bytes);
+    }
+
+    fn tick(&mut self, tick: &Tick<'_>) -> io::Result<()> {
+        for outcome in tick.outcomes {
+            self.outcome(outcome);
+        }
+        self.totals(tick.ingest, tick.sockets_tracked);
+        Ok(())
     }
 }
 
@@ -416,6 +429,7 @@ fn response(status: &str, content_type: &str, body: &str, with_body: bool) -> Ve
 mod tests {
     use super::super::tests::{finding, resolved, SOCK};
     use super::*;
+    use crate::decoder::EventKind;
     use crate::timeline::tests::{event, state};
 
     fn exposition(metrics: &Metrics) -> String {
@@ -507,19 +521,21 @@ mod tests {
 
     #[test]
     fn transitions_totals_and_ring_fill() {
-        let metrics = Metrics::new(4096);
+        let mut metrics = Metrics::new(4096);
         let sock = SOCK;
-        metrics.event(&event(
+        let mut batch = Batch::default();
+        batch.count(&event(
             sock,
             1,
             state(tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
         ));
-        metrics.event(&event(
+        batch.count(&event(
             sock,
             2,
             state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
         ));
-        metrics.event(&event(sock, 3, EventKind::Accept { traced: true }));
+        batch.count(&event(sock, 3, EventKind::Accept { traced: true }));
+        metrics.batch(&batch);
         metrics.totals(
             &IngestCounts {
                 records: 3,

@@ -1,6 +1,8 @@
-//! Outputs: the same start, live outcomes and final report rendered for people (text) or for
-//! other tools (JSON Lines); and the exports beside them: Prometheus metrics (`metrics`) and the
-//! per-socket timelines as a trace file (`trace_out`).
+//! Outputs: what the session learns, rendered for people (text) or for other tools (JSON Lines),
+//! and the exports beside them: Prometheus metrics (`metrics`) and the per-socket timelines as a
+//! trace file (`trace_out`). Each is an [`Output`]; the session feeds them all through one
+//! [`Outputs`], once per read of the ring buffer and once per look of the detectors. None of
+//! them reaches into the timelines store: what they need of it comes with what they are fed.
 
 mod format;
 mod json;
@@ -13,6 +15,9 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use leaktrace_common::tcp_state;
+
 pub(crate) use format::printable;
 pub use format::{probe_failure_meaning, ring_size_hint};
 pub use json::JsonReporter;
@@ -20,8 +25,14 @@ pub use metrics::Metrics;
 pub use text::TextReporter;
 pub use trace_out::TraceOut;
 
+use crate::decoder::{Event, EventKind, SockKey};
 use crate::finding::Outcome;
-use crate::summary::{FinalReport, Progress};
+use crate::summary::{FinalReport, IngestCounts, Progress};
+use crate::timeline::Timeline;
+use pipe::Outlet;
+
+/// How long the final report may wait for its reader.
+const REPORT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 pub struct StartInfo {
     /// (event, hook) pairs, e.g. ("state", "tracepoint:sock:inet_sock_set_state").
@@ -44,13 +55,196 @@ pub struct StartInfo {
     pub metrics: Option<SocketAddr>,
 }
 
-pub trait Reporter: Send {
-    fn start(&mut self, info: &StartInfo) -> io::Result<()>;
-    /// A leak or resolution, as the detectors find it.
-    fn outcome(&mut self, outcome: &Outcome) -> io::Result<()>;
+/// One way out for what the session learns. Each output takes what it shows and leaves the
+/// rest: the defaults do nothing.
+pub trait Output: Send {
+    /// Tracing is live.
+    fn start(&mut self, _info: &StartInfo) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// What one read of the ring buffer brought.
+    fn batch(&mut self, _batch: &Batch) {}
+
+    /// What one look of the detectors found, and what the store let go of meanwhile.
+    fn tick(&mut self, _tick: &Tick<'_>) -> io::Result<()> {
+        Ok(())
+    }
+
     /// A periodic summary while the session runs (`--interval`).
-    fn progress(&mut self, progress: &Progress) -> io::Result<()>;
-    fn finish(&mut self, report: &FinalReport) -> io::Result<()>;
+    fn progress(&mut self, _progress: &Progress) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self, _end: &End<'_>) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Whether it writes the timelines themselves: then the store keeps the ones it drops for
+    /// [`Tick::swept`], and [`End::timelines`] holds every one left.
+    fn wants_timelines(&self) -> bool {
+        false
+    }
+}
+
+/// Slots of [`Batch::entered`]: every TCP state, and 0 for any other number.
+const STATE_SLOTS: usize = tcp_state::NEW_SYN_RECV as usize + 1;
+
+/// What one read of the ring buffer brought.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub records: usize,
+    /// Their bytes, the ring's record headers aside.
+    pub bytes: usize,
+    /// State transitions among them, by the state entered (the kernel's numbering; 0 for a
+    /// number that is no TCP state).
+    entered: [u64; STATE_SLOTS],
+}
+
+impl Batch {
+    /// Counts `event` among the batch's transitions, if it is one.
+    #[inline(always)]
+    pub fn count(&mut self, event: &Event) {
+        if let EventKind::State { new, .. } = event.kind {
+            let slot = usize::from(new);
+            self.entered[if slot < STATE_SLOTS { slot } else { 0 }] += 1;
+        }
+    }
+
+    /// (state, transitions into it) for the states entered.
+    pub fn entered(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
+        (0..STATE_SLOTS as u8)
+            .zip(self.entered)
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+/// A socket's timeline, for an output that writes timelines (see [`Output::wants_timelines`]).
+pub struct Track<'a> {
+    pub key: SockKey,
+    pub timeline: &'a Timeline,
+    /// Its owner's process name, where known.
+    pub comm: Option<String>,
+}
+
+/// What one look of the detectors found.
+pub struct Tick<'a> {
+    pub outcomes: &'a [Outcome],
+    /// Timelines the store let go of since the last tick: sockets whose story is over.
+    pub swept: &'a [Track<'a>],
+    pub ingest: &'a IngestCounts,
+    /// Timelines in memory now.
+    pub sockets_tracked: usize,
+    /// CLOCK_MONOTONIC, the records' clock.
+    pub now_ns: u64,
+}
+
+/// The end of the session.
+pub struct End<'a> {
+    pub report: &'a FinalReport,
+    /// Every timeline the store still holds, for outputs that want them.
+    pub timelines: &'a [Track<'a>],
+    /// CLOCK_MONOTONIC, the records' clock: where states still current end.
+    pub now_ns: u64,
+}
+
+/// Why an output failed.
+#[derive(Debug)]
+pub enum OutputError {
+    /// The report could not be written (see [`Outputs::give_up_report`]).
+    Report(io::Error),
+    /// An export could not: what it is, and why.
+    Export(anyhow::Error),
+}
+
+/// The report (text or JSON Lines, whose lines leave through a thread of their own) and the
+/// exports, fed as one.
+#[derive(Default)]
+pub struct Outputs {
+    /// `None` until the report starts, and once given up.
+    report: Option<(Box<dyn Output>, Outlet)>,
+    /// Each with what it writes, for its errors ("the trace file").
+    exports: Vec<(&'static str, Box<dyn Output>)>,
+}
+
+impl Outputs {
+    /// Adds an export, `what` naming it in its errors.
+    pub fn export(&mut self, what: &'static str, output: impl Output + 'static) {
+        self.exports.push((what, Box::new(output)));
+    }
+
+    /// Sets the report, whose lines `outlet` hands on.
+    pub fn report(&mut self, report: Box<dyn Output>, outlet: Outlet) {
+        self.report = Some((report, outlet));
+    }
+
+    pub fn has_report(&self) -> bool {
+        self.report.is_some()
+    }
+
+    /// Stops writing the report; the exports go on.
+    pub fn give_up_report(&mut self) {
+        self.report = None;
+    }
+
+    pub fn wants_timelines(&self) -> bool {
+        self.each_output().any(|output| output.wants_timelines())
+    }
+
+    pub fn start(&mut self, info: &StartInfo) -> Result<(), OutputError> {
+        self.each(|output| output.start(info))
+    }
+
+    pub fn batch(&mut self, batch: &Batch) {
+        self.each_output_mut()
+            .for_each(|output| output.batch(batch));
+    }
+
+    pub fn tick(&mut self, tick: &Tick<'_>) -> Result<(), OutputError> {
+        self.each(|output| output.tick(tick))
+    }
+
+    pub fn progress(&mut self, progress: &Progress) -> Result<(), OutputError> {
+        self.each(|output| output.progress(progress))
+    }
+
+    /// Finishes every output; the report's last lines may take [`REPORT_DRAIN_LIMIT`] to reach
+    /// a slow reader, and one that stopped reading does not hold leaktrace past a stop for long.
+    pub fn finish(&mut self, end: &End<'_>) -> Result<(), OutputError> {
+        self.each(|output| output.finish(end))?;
+        match &self.report {
+            Some((_, outlet)) => outlet.wait(REPORT_DRAIN_LIMIT).map_err(OutputError::Report),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands something to the report, then to every export, even after the report failed: the
+    /// report's failure ends the session or only the report (see [`Self::give_up_report`]).
+    fn each(
+        &mut self,
+        mut send: impl FnMut(&mut dyn Output) -> io::Result<()>,
+    ) -> Result<(), OutputError> {
+        let report = match &mut self.report {
+            Some((report, _)) => send(report.as_mut()).map_err(OutputError::Report),
+            None => Ok(()),
+        };
+        for (what, export) in &mut self.exports {
+            send(export.as_mut())
+                .with_context(|| format!("writing {what}"))
+                .map_err(OutputError::Export)?;
+        }
+        report
+    }
+
+    fn each_output(&self) -> impl Iterator<Item = &dyn Output> {
+        let report = self.report.iter().map(|(report, _)| report.as_ref());
+        report.chain(self.exports.iter().map(|(_, export)| export.as_ref()))
+    }
+
+    fn each_output_mut(&mut self) -> impl Iterator<Item = &mut Box<dyn Output>> {
+        let report = self.report.iter_mut().map(|(report, _)| report);
+        report.chain(self.exports.iter_mut().map(|(_, export)| export))
+    }
 }
 
 /// Writes one whole line in a single call and flushes it, so a reader following the output (or a
@@ -231,6 +425,15 @@ mod tests {
             remote: Some("[::1]:50412".parse().unwrap()),
             accepted: None,
             how: "closed",
+        }
+    }
+
+    /// The end of a session that reported `report`, for the outputs that take only that.
+    pub(super) fn end(report: &FinalReport) -> End<'_> {
+        End {
+            report,
+            timelines: &[],
+            now_ns: 0,
         }
     }
 

@@ -9,12 +9,12 @@ use std::time::Duration;
 use leaktrace_common::tcp_state;
 
 use super::format::{addr, fd, kernel_address, printable, probe_failure_meaning, ring_size_hint};
-use super::{write_line, Reporter, StartInfo};
+use super::{write_line, End, Output, StartInfo, Tick};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::finding::{Finding, LeakKind, Outcome};
 use crate::hooks::UNAVAILABLE;
 use crate::placement::Placement;
-use crate::summary::{FinalReport, Progress, Stats};
+use crate::summary::{Progress, Stats};
 use crate::timeline::{Dropped, Partner};
 
 pub struct TextReporter {
@@ -31,9 +31,34 @@ impl TextReporter {
     fn line(&mut self, line: &str) -> io::Result<()> {
         write_line(&mut self.out, line)
     }
+
+    /// A leak or resolution, as the detectors find it.
+    pub fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
+        let line = match outcome {
+            Outcome::Leak(f) => format!(
+                "LEAK  {}  pid {} ({}){} fd {}  {}  {}",
+                f.kind.as_str(),
+                f.pid,
+                printable(&f.comm),
+                placement(&f.placement),
+                fd(f.fd),
+                endpoints(f.local, f.remote, f.accepted),
+                explanation(f)
+            ),
+            Outcome::Resolved(r) => format!(
+                "RESOLVED {} pid {} fd {}  {}  ({})",
+                r.kind.as_str(),
+                r.pid,
+                fd(r.fd),
+                endpoints(r.local, r.remote, r.accepted),
+                r.how
+            ),
+        };
+        self.line(&line)
+    }
 }
 
-impl Reporter for TextReporter {
+impl Output for TextReporter {
     fn start(&mut self, info: &StartInfo) -> io::Result<()> {
         self.line(&format!(
             "leaktrace: tracing {} on kernel {}; a socket counts as leaked after {} (idle after \
@@ -60,28 +85,10 @@ impl Reporter for TextReporter {
         Ok(())
     }
 
-    fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
-        let line = match outcome {
-            Outcome::Leak(f) => format!(
-                "LEAK  {}  pid {} ({}){} fd {}  {}  {}",
-                f.kind.as_str(),
-                f.pid,
-                printable(&f.comm),
-                placement(&f.placement),
-                fd(f.fd),
-                endpoints(f.local, f.remote, f.accepted),
-                explanation(f)
-            ),
-            Outcome::Resolved(r) => format!(
-                "RESOLVED {} pid {} fd {}  {}  ({})",
-                r.kind.as_str(),
-                r.pid,
-                fd(r.fd),
-                endpoints(r.local, r.remote, r.accepted),
-                r.how
-            ),
-        };
-        self.line(&line)
+    fn tick(&mut self, tick: &Tick<'_>) -> io::Result<()> {
+        tick.outcomes
+            .iter()
+            .try_for_each(|outcome| self.outcome(outcome))
     }
 
     fn progress(&mut self, p: &Progress) -> io::Result<()> {
@@ -110,7 +117,8 @@ impl Reporter for TextReporter {
         ))
     }
 
-    fn finish(&mut self, report: &FinalReport) -> io::Result<()> {
+    fn finish(&mut self, end: &End<'_>) -> io::Result<()> {
+        let report = end.report;
         let sections = stats_sections(&report.stats);
         self.line("")?;
         if report.open.is_empty() {
@@ -594,8 +602,8 @@ fn describe(event: &Event, fd: Option<i32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{
-        final_report, finding, idle_finding, in_a_service, progress, resolved, start_info, stats,
-        Captured,
+        end, final_report, finding, idle_finding, in_a_service, progress, resolved, start_info,
+        stats, Captured,
     };
     use super::*;
 
@@ -774,7 +782,7 @@ mod tests {
         report.stats.per_pid[0].comm = HOSTILE_NAME.into();
         let (captured, mut reporter) = reporter();
         reporter.outcome(&Outcome::Leak(Box::new(leak))).unwrap();
-        reporter.finish(&report).unwrap();
+        reporter.finish(&end(&report)).unwrap();
         let lines = captured.lines();
         assert!(
             lines.iter().all(|l| !l.contains(char::is_control)),
@@ -832,7 +840,9 @@ mod tests {
     #[test]
     fn final_report_with_findings() {
         let (captured, mut reporter) = reporter();
-        reporter.finish(&final_report(vec![finding()], 5)).unwrap();
+        reporter
+            .finish(&end(&final_report(vec![finding()], 5)))
+            .unwrap();
         let lines = captured.lines();
         let expected = [
             "",
@@ -871,7 +881,7 @@ mod tests {
             .unwrap();
         let mut report = final_report(vec![idle_finding()], 0);
         report.unattributed = 0;
-        reporter.finish(&report).unwrap();
+        reporter.finish(&end(&report)).unwrap();
         let lines = captured.lines();
         assert_eq!(
             lines[0],
@@ -911,7 +921,7 @@ mod tests {
         let (captured, mut reporter) = reporter();
         let mut report = final_report(Vec::new(), 0);
         report.unattributed = 0;
-        reporter.finish(&report).unwrap();
+        reporter.finish(&end(&report)).unwrap();
         assert_eq!(
             captured.lines(),
             [
@@ -929,7 +939,7 @@ mod tests {
         let mut report = final_report(Vec::new(), 0);
         report.unattributed = 0;
         report.stats = stats();
-        reporter.finish(&report).unwrap();
+        reporter.finish(&end(&report)).unwrap();
         assert_eq!(
             captured.lines(),
             [
@@ -970,7 +980,7 @@ mod tests {
             (Duration::from_secs(10), 2),
             (Duration::from_secs(75), 3),
         ];
-        reporter.finish(&report).unwrap();
+        reporter.finish(&end(&report)).unwrap();
         let lines = captured.lines();
         assert_eq!(
             lines[lines.len() - 3..],

@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 
 use super::format::{addr, kernel_address};
 use super::json::entry;
-use crate::decoder::{EventKind, SockKey};
-use crate::timeline::{Store, Timeline};
+use super::{End, Output, Tick, Track};
+use crate::decoder::EventKind;
 
 /// Track ids start past the largest pid Linux hands out (`PID_MAX_LIMIT`, 2^22), so a viewer
 /// never takes a socket's track for a real process's main thread.
@@ -57,41 +57,15 @@ impl TraceOut {
         })
     }
 
-    /// Writes the tracks of the timelines `store` swept since the last call: sockets destroyed
-    /// a while ago, whose last state ends at their destruction.
-    pub fn write_swept(&mut self, store: &mut Store, end_ns: u64) -> io::Result<()> {
-        for (key, timeline) in store.take_swept() {
-            let comm = timeline.owner().and_then(|o| store.comm(o.tgid));
-            self.socket(&key, &timeline, comm.as_deref(), end_ns)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the tracks of the timelines still in `store`, whose current states last until
-    /// `end_ns`, and closes the JSON array: the file is whole.
-    pub fn finish(mut self, store: &mut Store, end_ns: u64) -> io::Result<()> {
-        let mut left: Vec<SockKey> = store.iter().map(|(key, _)| *key).collect();
-        left.sort_unstable_by_key(|key| (key.born_ns, key.addr));
-        for key in left {
-            let owner = store.get(&key).and_then(Timeline::owner);
-            let comm = owner.and_then(|o| store.comm(o.tgid));
-            if let Some(timeline) = store.get(&key) {
-                self.socket(&key, timeline, comm.as_deref(), end_ns)?;
-            }
-        }
-        self.out.write_all(b"\n]\n")?;
-        self.out.flush()
-    }
-
-    /// Writes the track of the socket `key`, whose owner is called `comm`. A state still
-    /// current when the timeline ends (no destruction recorded) lasts until `end_ns`.
-    fn socket(
-        &mut self,
-        key: &SockKey,
-        timeline: &Timeline,
-        comm: Option<&str>,
-        end_ns: u64,
-    ) -> io::Result<()> {
+    /// Writes the track of a socket. A state still current when its timeline ends (no
+    /// destruction recorded) lasts until `end_ns`.
+    fn socket(&mut self, track: &Track<'_>, end_ns: u64) -> io::Result<()> {
+        let Track {
+            key,
+            timeline,
+            comm,
+        } = track;
+        let comm = comm.as_deref();
         let owner = timeline.owner();
         let pid = owner.map_or(NO_OWNER, |o| o.tgid);
         let tid = self.next_track;
@@ -170,6 +144,33 @@ impl TraceOut {
         }
         self.out.write_all(text.as_bytes())?;
         self.out.flush()
+    }
+}
+
+impl Output for TraceOut {
+    /// Writes the tracks of the timelines the store let go of: sockets destroyed a while ago,
+    /// whose last state ends at their destruction.
+    fn tick(&mut self, tick: &Tick<'_>) -> io::Result<()> {
+        for track in tick.swept {
+            self.socket(track, tick.now_ns)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the tracks of the timelines left, whose current states last until the end, and
+    /// closes the JSON array: the file is whole.
+    fn finish(&mut self, end: &End<'_>) -> io::Result<()> {
+        let mut left: Vec<&Track<'_>> = end.timelines.iter().collect();
+        left.sort_unstable_by_key(|track| (track.key.born_ns, track.key.addr));
+        for track in left {
+            self.socket(track, end.now_ns)?;
+        }
+        self.out.write_all(b"\n]\n")?;
+        self.out.flush()
+    }
+
+    fn wants_timelines(&self) -> bool {
+        true
     }
 }
 
@@ -256,12 +257,14 @@ fn micros(ns: u64) -> f64 {
 mod tests {
     use leaktrace_common::tcp_state::*;
 
-    use super::super::tests::Captured;
+    use super::super::tests::{final_report, Captured};
     use super::*;
-    use crate::decoder::Owner;
+    use crate::decoder::{Owner, SockKey};
+    use crate::summary::IngestCounts;
     use crate::timeline::tests::{
         event, from_peer, key, state, with_receive, ACCEPT, DESTROY, OWNER, RELEASE,
     };
+    use crate::timeline::{Store, Timeline};
 
     const MS: u64 = 1_000_000;
 
@@ -276,6 +279,39 @@ mod tests {
             .iter()
             .filter(|e| e["ph"] == ph && e["name"] == name)
             .collect()
+    }
+
+    /// The timelines as the session hands them over, with their owner's name: the records
+    /// name `OWNER` mailer.
+    fn tracks<'a>(timelines: impl Iterator<Item = (&'a SockKey, &'a Timeline)>) -> Vec<Track<'a>> {
+        timelines
+            .map(|(key, timeline)| Track {
+                key: *key,
+                timeline,
+                comm: timeline.owner().map(|_| "mailer".to_owned()),
+            })
+            .collect()
+    }
+
+    /// Ends the trace with the timelines `store` holds.
+    fn finish(mut trace: TraceOut, store: &Store, end_ns: u64) -> io::Result<()> {
+        trace.finish(&End {
+            report: &final_report(Vec::new(), 0),
+            timelines: &tracks(store.iter()),
+            now_ns: end_ns,
+        })
+    }
+
+    /// A look of the detectors, after which the session hands over what `store` swept.
+    fn tick(trace: &mut TraceOut, store: &mut Store, now_ns: u64) -> io::Result<()> {
+        let swept = store.take_swept();
+        trace.tick(&Tick {
+            outcomes: &[],
+            swept: &tracks(swept.iter().map(|(key, timeline)| (key, &**timeline))),
+            ingest: &IngestCounts::default(),
+            sockets_tracked: store.tracked(),
+            now_ns,
+        })
     }
 
     /// Incident 1's shape, and a well-behaved connection next to it that the sweep let go.
@@ -314,10 +350,10 @@ mod tests {
 
     #[test]
     fn a_track_per_socket_with_state_slices_and_instants() {
-        let mut store = store();
+        let store = store();
         let captured = Captured::default();
         let trace = TraceOut::new(captured.writer()).unwrap();
-        trace.finish(&mut store, 50 * MS).unwrap();
+        finish(trace, &store, 50 * MS).unwrap();
         let events = parse(&captured);
 
         let processes = named(&events, "M", "process_name");
@@ -415,7 +451,7 @@ mod tests {
         store.insert(present);
         let captured = Captured::default();
         let trace = TraceOut::new(captured.writer()).unwrap();
-        trace.finish(&mut store, 6 * MS).unwrap();
+        finish(trace, &store, 6 * MS).unwrap();
         let events = parse(&captured);
         // Present records carry the fd and pid only as the owner; without one, neither is known.
         assert_eq!(
@@ -439,7 +475,7 @@ mod tests {
         store.sweep(|_| false);
         let captured = Captured::default();
         let mut trace = TraceOut::new(captured.writer()).unwrap();
-        trace.write_swept(&mut store, 2_000 * MS).unwrap();
+        tick(&mut trace, &mut store, 2_000 * MS).unwrap();
         // No finish: what SIGKILL leaves. Closing the array is all a reader has to add.
         let text = captured.lines().join("\n");
         assert!(text.starts_with("[\n") && !text.ends_with(','), "{text}");
@@ -448,7 +484,7 @@ mod tests {
         let names: Vec<&Value> = threads.iter().map(|t| &t["args"]["name"]).collect();
         assert_eq!(names, ["fd 8 127.0.0.1:8080 -> 127.0.0.1:50412"]);
         assert_eq!(named(&events, "X", "CLOSE")[0]["dur"], 0.0);
-        trace.write_swept(&mut store, 2_000 * MS).unwrap();
+        tick(&mut trace, &mut store, 2_000 * MS).unwrap();
         assert_eq!(
             captured.lines().join("\n"),
             text,
