@@ -78,7 +78,38 @@ pub struct Resolved {
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub accepted: Option<bool>,
-    pub how: &'static str,
+    pub how: Resolution,
+}
+
+/// What ended a leak; the outputs put it in words (see [`crate::format::how_resolved`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Resolution {
+    /// Every class: the owner exited, and nobody else holds the socket.
+    OwnerExited,
+    /// Every class: /proc shows the socket no longer held, its close among the lost records.
+    ClosedUnrecorded,
+    /// Every class: the owner closed it.
+    Closed,
+    /// Every class: the kernel destroyed the socket.
+    Destroyed,
+    /// The peer reset the connection.
+    Reset,
+    /// The owner shut its side down.
+    Shutdown,
+    /// The owner consumed what the peer sent after its shutdown.
+    Drained,
+    /// The owner connected the socket again.
+    Reconnected,
+    /// Another class describes the socket now.
+    Superseded,
+    /// Data moved again, or a timer runs that will end the connection.
+    Traffic,
+    /// A keepalive was turned on.
+    Keepalive,
+    /// The connection moved on toward its end.
+    Ended,
+    /// The owner closed or shut down the half-closed partner.
+    PartnerClosed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,6 +12,7 @@ mod detect;
 mod enrich;
 mod error;
 mod finding;
+mod format;
 mod hooks;
 mod host;
 mod output;

@@ -15,7 +15,7 @@ use procfs::{
     process::{FDTarget, Process},
 };
 
-use crate::output::printable;
+use crate::format::printable;
 
 /// What [`trace_descendants`]'s caller did with one process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

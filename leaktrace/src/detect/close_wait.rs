@@ -3,6 +3,7 @@
 use leaktrace_common::tcp_state;
 
 use super::{Since, Verdict};
+use crate::finding::Resolution;
 use crate::timeline::Timeline;
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
@@ -16,9 +17,11 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
         // Left CLOSE_WAIT without a close: straight to CLOSE, the peer reset the connection
         // (the fd is still held: fd_after_close takes over); else shutdown(SHUT_WR) moved it on
         // to LAST_ACK.
-        (Some(tcp_state::CLOSE), _) if timeline.write_shutdown().is_none() => {
-            Verdict::Clear { how: "reset" }
-        }
-        _ => Verdict::Clear { how: "shutdown" },
+        (Some(tcp_state::CLOSE), _) if timeline.write_shutdown().is_none() => Verdict::Clear {
+            how: Resolution::Reset,
+        },
+        _ => Verdict::Clear {
+            how: Resolution::Shutdown,
+        },
     }
 }

@@ -11,6 +11,7 @@ use leaktrace_common::tcp_state;
 
 use super::shut_wr_unread::{self, Unconsumed};
 use super::{Since, Verdict};
+use crate::finding::Resolution;
 use crate::timeline::Timeline;
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
@@ -22,12 +23,18 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
         timeline.remote(),
     ) else {
         // Out of CLOSE again: connect(2) on the same socket after a failed attempt.
-        return Verdict::Clear { how: "reconnected" };
+        return Verdict::Clear {
+            how: Resolution::Reconnected,
+        };
     };
     let ns = match shut_wr_unread::unconsumed(timeline) {
         // shut_wr_unread's finding. The how only shows if one of ours was open, which takes
         // records arriving far out of order: the peer sends nothing once the socket is in CLOSE.
-        Unconsumed::Since(_) => return Verdict::Clear { how: "superseded" },
+        Unconsumed::Since(_) => {
+            return Verdict::Clear {
+                how: Resolution::Superseded,
+            }
+        }
         Unconsumed::Until(consumed) => ended.max(consumed),
         Unconsumed::Never => ended,
     };

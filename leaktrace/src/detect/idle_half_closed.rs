@@ -12,6 +12,7 @@ use leaktrace_common::tcp_state;
 
 use super::shut_wr_unread::{self, Unconsumed};
 use super::{Since, Verdict};
+use crate::finding::Resolution;
 use crate::timeline::KernelTimer;
 use crate::timeline::Timeline;
 
@@ -22,34 +23,54 @@ const QUIET_SLACK_NS: u64 = 1_000_000_000;
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
     let Some(partner) = timeline.partner() else {
-        return Verdict::Clear { how: "traffic" };
+        return Verdict::Clear {
+            how: Resolution::Traffic,
+        };
     };
     if timeline.partner_let_go() {
         return Verdict::Clear {
-            how: "partner closed",
+            how: Resolution::PartnerClosed,
         };
     }
     match timeline.state() {
         Some(tcp_state::ESTABLISHED | tcp_state::FIN_WAIT2) => {}
-        Some(tcp_state::CLOSE_WAIT) => return Verdict::Clear { how: "superseded" },
+        Some(tcp_state::CLOSE_WAIT) => {
+            return Verdict::Clear {
+                how: Resolution::Superseded,
+            }
+        }
         // A shutdown, the peer's FIN after ours, or a reset: the connection is ending.
-        _ => return Verdict::Clear { how: "ended" },
+        _ => {
+            return Verdict::Clear {
+                how: Resolution::Ended,
+            }
+        }
     }
     if let Unconsumed::Since(_) = shut_wr_unread::unconsumed(timeline) {
-        return Verdict::Clear { how: "superseded" };
+        return Verdict::Clear {
+            how: Resolution::Superseded,
+        };
     }
     // Only a sample taken after the half-close can tell that nothing moved since.
     let Some(activity) = timeline
         .activity()
         .filter(|a| a.sampled_ns >= partner.half_closed_ns)
     else {
-        return Verdict::Clear { how: "traffic" };
+        return Verdict::Clear {
+            how: Resolution::Traffic,
+        };
     };
     match activity.timer {
-        Some(KernelTimer::Keepalive) => Verdict::Clear { how: "keepalive" },
-        Some(KernelTimer::Other) => Verdict::Clear { how: "traffic" },
+        Some(KernelTimer::Keepalive) => Verdict::Clear {
+            how: Resolution::Keepalive,
+        },
+        Some(KernelTimer::Other) => Verdict::Clear {
+            how: Resolution::Traffic,
+        },
         None if activity.last_traffic_ns > partner.half_closed_ns + QUIET_SLACK_NS => {
-            Verdict::Clear { how: "traffic" }
+            Verdict::Clear {
+                how: Resolution::Traffic,
+            }
         }
         None => Verdict::Holds {
             since: Since {
@@ -71,7 +92,7 @@ mod tests {
     use leaktrace_common::tcp_state::*;
 
     use super::super::tests::{leaks, MS};
-    use super::super::{LeakKind, Outcome};
+    use super::super::{LeakKind, Outcome, Resolution};
     use crate::decoder::{Event, EventKind, Owner, SockKey};
     use crate::host::fake::FakeHost;
     use crate::host::{KernelTimer, Sample, Wanted};
@@ -275,7 +296,7 @@ mod tests {
         };
         assert_eq!(
             (resolved.kind, resolved.how),
-            (LeakKind::IdleHalfClosed, "traffic")
+            (LeakKind::IdleHalfClosed, Resolution::Traffic)
         );
     }
 
@@ -310,7 +331,7 @@ mod tests {
         let [Outcome::Resolved(resolved)] = &outcomes[..] else {
             panic!("expected a resolution: {outcomes:?}");
         };
-        assert_eq!(resolved.how, "partner closed");
+        assert_eq!(resolved.how, Resolution::PartnerClosed);
     }
 
     #[test]
@@ -408,7 +429,7 @@ mod tests {
         };
         assert_eq!(
             (resolved.kind, resolved.how),
-            (LeakKind::IdleHalfClosed, "superseded")
+            (LeakKind::IdleHalfClosed, Resolution::Superseded)
         );
         let outcomes = detectors.evaluate(&mut store, 5000 * MS);
         let kinds: Vec<LeakKind> = leaks(&outcomes).iter().map(|f| f.kind).collect();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use leaktrace_common::tcp_state;
 
 use crate::decoder::SockKey;
-use crate::finding::{Finding, LeakKind, Outcome, Resolved};
+use crate::finding::{Finding, LeakKind, Outcome, Resolution, Resolved};
 use crate::summary::{FinalReport, History, IngestCounts, PidStats, Progress, RemoteStats, Stats};
 use crate::timeline::{Partner, Remote, Store, Timeline};
 
@@ -24,7 +24,7 @@ enum Verdict {
     /// The leak condition has held since then.
     Holds { since: Since },
     /// It does not hold; `how` says what ended it, should a finding be open.
-    Clear { how: &'static str },
+    Clear { how: Resolution },
 }
 
 /// When a leak condition began.
@@ -58,15 +58,15 @@ pub fn kinds() -> impl Iterator<Item = LeakKind> {
 
 /// What ends a socket's leaks whatever their class: the owner's exit releases every fd, and a
 /// socket closed or destroyed is held by nobody.
-fn ended(timeline: &Timeline) -> Option<&'static str> {
+fn ended(timeline: &Timeline) -> Option<Resolution> {
     if timeline.owner_exited() {
-        Some("owner exited")
+        Some(Resolution::OwnerExited)
     } else if timeline.close_unrecorded() {
-        Some("closed (found in /proc; the close was among the lost records)")
+        Some(Resolution::ClosedUnrecorded)
     } else if timeline.closed() {
-        Some("closed")
+        Some(Resolution::Closed)
     } else if timeline.destroyed() {
-        Some("destroyed")
+        Some(Resolution::Destroyed)
     } else {
         None
     }
@@ -109,7 +109,7 @@ pub struct Verdicts {
     unattributed: Vec<Id>,
     /// Counted as unattributed before, their owner known now.
     attributed: u64,
-    resolved: Vec<(Id, &'static str)>,
+    resolved: Vec<(Id, Resolution)>,
 }
 
 impl Verdicts {
@@ -559,7 +559,7 @@ mod tests {
         leaks(outcomes).iter().map(|f| f.kind).collect()
     }
 
-    fn resolutions(outcomes: &[Outcome]) -> Vec<(LeakKind, &'static str)> {
+    fn resolutions(outcomes: &[Outcome]) -> Vec<(LeakKind, Resolution)> {
         outcomes
             .iter()
             .filter_map(|o| match o {
@@ -612,7 +612,10 @@ mod tests {
 
         close(&mut store, SOCK, 2100 * MS);
         let outcomes = detectors.evaluate(&mut store, 2200 * MS);
-        assert_eq!(resolutions(&outcomes), [(LeakKind::CloseWait, "closed")]);
+        assert_eq!(
+            resolutions(&outcomes),
+            [(LeakKind::CloseWait, Resolution::Closed)]
+        );
         let Outcome::Resolved(resolved) = &outcomes[0] else {
             unreachable!()
         };
@@ -663,8 +666,8 @@ mod tests {
         assert_eq!(
             outcomes,
             [
-                (LeakKind::CloseWait, "destroyed"),
-                (LeakKind::CloseWait, "shutdown")
+                (LeakKind::CloseWait, Resolution::Destroyed),
+                (LeakKind::CloseWait, Resolution::Shutdown)
             ]
         );
     }
@@ -799,7 +802,7 @@ mod tests {
             let outcomes = detectors.evaluate(&mut store, 1400 * MS);
             assert_eq!(
                 resolutions(&outcomes),
-                [(LeakKind::ShutWrUnread, "drained")]
+                [(LeakKind::ShutWrUnread, Resolution::Drained)]
             );
         }
     }
@@ -870,7 +873,10 @@ mod tests {
         store.insert(event(SOCK, 200 * MS, RELEASE));
         store.insert(event(SOCK, 200 * MS, state(CLOSE_WAIT, LAST_ACK)));
         let outcomes = detectors.evaluate(&mut store, 300 * MS);
-        assert_eq!(resolutions(&outcomes), [(LeakKind::CloseWait, "closed")]);
+        assert_eq!(
+            resolutions(&outcomes),
+            [(LeakKind::CloseWait, Resolution::Closed)]
+        );
     }
 
     #[test]
@@ -1011,7 +1017,10 @@ mod tests {
 
     #[test]
     fn shut_wr_resolved_by_close_and_destroy() {
-        for (end, how) in [(RELEASE, "closed"), (DESTROY, "destroyed")] {
+        for (end, how) in [
+            (RELEASE, Resolution::Closed),
+            (DESTROY, Resolution::Destroyed),
+        ] {
             let mut store = Store::default();
             let mut detectors = detectors();
             shut_down(&mut store, SHUT_WR);
@@ -1057,7 +1066,10 @@ mod tests {
         // A later record elsewhere moves kernel time past the grace period.
         store.insert(event(key(0x9000, 1), 3000 * MS, EventKind::Arrival));
         let outcomes = detectors.evaluate(&mut store, 3000 * MS);
-        assert_eq!(resolutions(&outcomes), [(LeakKind::CloseWait, "destroyed")]);
+        assert_eq!(
+            resolutions(&outcomes),
+            [(LeakKind::CloseWait, Resolution::Destroyed)]
+        );
         assert!(store.get(&SOCK).is_none());
     }
 
@@ -1085,7 +1097,10 @@ mod tests {
 
     #[test]
     fn fd_after_close_reset_while_held() {
-        for (end, how) in [(RELEASE, "closed"), (DESTROY, "destroyed")] {
+        for (end, how) in [
+            (RELEASE, Resolution::Closed),
+            (DESTROY, Resolution::Destroyed),
+        ] {
             let mut store = Store::default();
             let mut detectors = detectors();
             reset(&mut store, SOCK, 100 * MS);
@@ -1141,7 +1156,7 @@ mod tests {
         let outcomes = detectors.evaluate(&mut store, 5300 * MS);
         assert_eq!(
             resolutions(&outcomes),
-            [(LeakKind::ShutWrUnread, "drained")]
+            [(LeakKind::ShutWrUnread, Resolution::Drained)]
         );
         assert!(leaks(&outcomes).is_empty());
         assert!(detectors.evaluate(&mut store, 6199 * MS).is_empty());
@@ -1215,7 +1230,10 @@ mod tests {
         );
         store.insert(from_peer(event(SOCK, 2000 * MS, state(CLOSE_WAIT, CLOSE))));
         let outcomes = detectors.evaluate(&mut store, 2100 * MS);
-        assert_eq!(resolutions(&outcomes), [(LeakKind::CloseWait, "reset")]);
+        assert_eq!(
+            resolutions(&outcomes),
+            [(LeakKind::CloseWait, Resolution::Reset)]
+        );
         assert!(leaks(&outcomes).is_empty());
         assert_eq!(
             kinds(&detectors.evaluate(&mut store, 3000 * MS)),
@@ -1238,7 +1256,7 @@ mod tests {
         let outcomes = detectors.evaluate(&mut store, 5100 * MS);
         assert_eq!(
             resolutions(&outcomes),
-            [(LeakKind::FdAfterClose, "reconnected")]
+            [(LeakKind::FdAfterClose, Resolution::Reconnected)]
         );
     }
 

@@ -3,6 +3,7 @@
 
 use super::{Since, Verdict};
 use crate::decoder::ReceiveState;
+use crate::finding::Resolution;
 use crate::timeline::Timeline;
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
@@ -16,7 +17,9 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
                     .is_some_and(|s| s.before_trace && s.ts_ns == ns),
             },
         },
-        Unconsumed::Never | Unconsumed::Until(_) => Verdict::Clear { how: "drained" },
+        Unconsumed::Never | Unconsumed::Until(_) => Verdict::Clear {
+            how: Resolution::Drained,
+        },
     }
 }
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 use leaktrace_common::tcp_state;
 use serde_json::{json, Map, Value};
 
-use super::format::{kernel_address, ring_size_hint};
 use super::{write_line, End, Output, StartInfo, Tick};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::finding::{Finding, Outcome, Resolved};
+use crate::format::{how_resolved, kernel_address, ring_size_hint};
 use crate::summary::{Progress, Stats};
 use crate::timeline::{Dropped, Partner};
 
@@ -286,7 +286,7 @@ fn resolution(resolved: &Resolved) -> Value {
         "local": addr(resolved.local),
         "remote": addr(resolved.remote),
         "direction": direction(resolved.accepted),
-        "how": resolved.how,
+        "how": how_resolved(resolved.how),
     })
 }
 

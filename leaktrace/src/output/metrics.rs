@@ -20,11 +20,11 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use super::format::printable;
 use super::{Batch, Output, Tick};
 use crate::decoder::SockKey;
 use crate::detect;
 use crate::finding::{LeakKind, Outcome};
+use crate::format::printable;
 use crate::summary::IngestCounts;
 
 /// What Prometheus asks for first, and what prometheus-client writes.

@@ -4,7 +4,6 @@
 //! [`Outputs`], once per read of the ring buffer and once per look of the detectors. None of
 //! them reaches into the timelines store: what they need of it comes with what they are fed.
 
-mod format;
 mod json;
 mod metrics;
 pub mod pipe;
@@ -18,8 +17,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use leaktrace_common::tcp_state;
 
-pub(crate) use format::printable;
-pub use format::{probe_failure_meaning, ring_size_hint};
 pub use json::JsonReporter;
 pub use metrics::Metrics;
 pub use text::TextReporter;
@@ -265,7 +262,7 @@ mod tests {
 
     use super::*;
     use crate::decoder::{EventKind, SockKey};
-    use crate::finding::{Finding, LeakKind, Resolved};
+    use crate::finding::{Finding, LeakKind, Resolution, Resolved};
     use crate::placement::Placement;
     use crate::summary::{IngestCounts, PidStats, RemoteStats, Stats};
     use crate::timeline::tests::{event, from_peer, state, with_receive, DESTROY, RELEASE};
@@ -424,7 +421,7 @@ mod tests {
             local: Some("[::1]:8080".parse().unwrap()),
             remote: Some("[::1]:50412".parse().unwrap()),
             accepted: None,
-            how: "closed",
+            how: Resolution::Closed,
         }
     }
 

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
-use super::format::{addr, fd, kernel_address, printable, probe_failure_meaning, ring_size_hint};
 use super::{write_line, End, Output, StartInfo, Tick};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
 use crate::finding::{Finding, LeakKind, Outcome};
+use crate::format::{
+    addr, fd, how_resolved, kernel_address, printable, probe_failure_meaning, ring_size_hint,
+};
 use crate::hooks::UNAVAILABLE;
 use crate::placement::Placement;
 use crate::summary::{Progress, Stats};
@@ -51,7 +53,7 @@ impl TextReporter {
                 r.pid,
                 fd(r.fd),
                 endpoints(r.local, r.remote, r.accepted),
-                r.how
+                how_resolved(r.how)
             ),
         };
         self.line(&line)

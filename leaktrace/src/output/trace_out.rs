@@ -21,10 +21,10 @@ use std::path::Path;
 use leaktrace_common::tcp_state;
 use serde_json::{json, Value};
 
-use super::format::{addr, kernel_address};
 use super::json::entry;
 use super::{End, Output, Tick, Track};
 use crate::decoder::EventKind;
+use crate::format::{addr, kernel_address};
 
 /// Track ids start past the largest pid Linux hands out (`PID_MAX_LIMIT`, 2^22), so a viewer
 /// never takes a socket's track for a real process's main thread.

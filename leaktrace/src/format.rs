@@ -1,9 +1,12 @@
-//! Formatting more than one output shares, so that a process name, an address or a warning
-//! reads the same in the text report, the metrics' labels, the trace file and stderr.
+//! Formatting shared by the outputs and the words the leak classes give their findings, so that a
+//! process name, an address, a duration or a warning reads the same in the text report, the
+//! metrics' labels, the trace file and stderr. Below both: it knows neither.
 
 use std::net::SocketAddr;
 
 use leaktrace_common::ProbeFailure;
+
+use crate::finding::Resolution;
 
 /// A string a process controls (its name), fit to print: every character Rust's `{:?}` would
 /// escape is shown escaped (`\u{1b}`, `\n`, `\\`), so a process named with ESC, BEL or a
@@ -21,18 +24,39 @@ pub(crate) fn printable(text: &str) -> String {
 }
 
 /// An fd, `?` where /proc did not name one.
-pub(super) fn fd(fd: Option<i32>) -> String {
+pub(crate) fn fd(fd: Option<i32>) -> String {
     fd.map_or_else(|| "?".to_owned(), |fd| fd.to_string())
 }
 
 /// An address, `?` where the records did not carry it.
-pub(super) fn addr(addr: Option<SocketAddr>) -> String {
+pub(crate) fn addr(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
 }
 
 /// A socket's kernel address, as `ss -e` and the kernel's own messages spell it.
-pub(super) fn kernel_address(addr: u64) -> String {
+pub(crate) fn kernel_address(addr: u64) -> String {
     format!("{addr:#x}")
+}
+
+/// How a leak ended, in the words of the text report and of the JSON's `how`.
+pub(crate) fn how_resolved(how: Resolution) -> &'static str {
+    match how {
+        Resolution::OwnerExited => "owner exited",
+        Resolution::ClosedUnrecorded => {
+            "closed (found in /proc; the close was among the lost records)"
+        }
+        Resolution::Closed => "closed",
+        Resolution::Destroyed => "destroyed",
+        Resolution::Reset => "reset",
+        Resolution::Shutdown => "shutdown",
+        Resolution::Drained => "drained",
+        Resolution::Reconnected => "reconnected",
+        Resolution::Superseded => "superseded",
+        Resolution::Traffic => "traffic",
+        Resolution::Keepalive => "keepalive",
+        Resolution::Ended => "ended",
+        Resolution::PartnerClosed => "partner closed",
+    }
 }
 
 /// What a probe failure costs and what to do about it, for the live warning and the summary.
