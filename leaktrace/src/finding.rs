@@ -7,23 +7,14 @@ use crate::decoder::{Event, SockKey};
 use crate::placement::Placement;
 use crate::timeline::Partner;
 
+/// A leak class; what it is called, how it is found and how its findings read are `detect`'s
+/// (`detect::CLASSES`), in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LeakKind {
     CloseWait,
     ShutWrUnread,
     FdAfterClose,
     IdleHalfClosed,
-}
-
-impl LeakKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::CloseWait => "close_wait",
-            Self::ShutWrUnread => "shut_wr_unread",
-            Self::FdAfterClose => "fd_after_close",
-            Self::IdleHalfClosed => "idle_half_closed",
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

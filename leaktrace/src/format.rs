@@ -3,10 +3,12 @@
 //! metrics' labels, the trace file and stderr. Below both: it knows neither.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use leaktrace_common::ProbeFailure;
 
 use crate::finding::Resolution;
+use crate::timeline::Partner;
 
 /// A string a process controls (its name), fit to print: every character Rust's `{:?}` would
 /// escape is shown escaped (`\u{1b}`, `\n`, `\\`), so a process named with ESC, BEL or a
@@ -36,6 +38,49 @@ pub(crate) fn addr(addr: Option<SocketAddr>) -> String {
 /// A socket's kernel address, as `ss -e` and the kernel's own messages spell it.
 pub(crate) fn kernel_address(addr: u64) -> String {
     format!("{addr:#x}")
+}
+
+/// The two ends, the arrow pointing the way the connection was made: `<-` accepted from the
+/// remote end, `->` connected to it.
+pub(crate) fn endpoints(
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    accepted: Option<bool>,
+) -> String {
+    let arrow = match accepted {
+        Some(true) => "<-",
+        Some(false) => "->",
+        None => "--",
+    };
+    format!("{} {arrow} {}", addr(local), addr(remote))
+}
+
+/// Whole seconds and up get one decimal; long ages read better in minutes and hours.
+pub(crate) fn duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..60 => format!("{:.1}s", d.as_secs_f64()),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// What lies unread in the kernel: data bytes, and the peer's FIN if the owner never read it.
+pub(crate) fn unread(bytes: u32, eof: bool) -> String {
+    if eof {
+        format!("unread {bytes} + EOF")
+    } else {
+        format!("unread {bytes}")
+    }
+}
+
+/// The other socket of a proxied pair, for people.
+pub(crate) fn partner(p: &Partner) -> String {
+    format!(
+        "its partner fd {} ({})",
+        fd(p.fd),
+        endpoints(p.local, p.remote, Some(p.accepted))
+    )
 }
 
 /// How a leak ended, in the words of the text report and of the JSON's `how`.

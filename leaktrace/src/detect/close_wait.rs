@@ -2,9 +2,17 @@
 
 use leaktrace_common::tcp_state;
 
-use super::{Since, Verdict};
-use crate::finding::Resolution;
+use super::{held_for, LeakClass, Since, Verdict, Wait};
+use crate::finding::{Finding, LeakKind, Resolution};
 use crate::timeline::Timeline;
+
+pub(super) const CLASS: LeakClass = LeakClass {
+    kind: LeakKind::CloseWait,
+    name: "close_wait",
+    wait: Wait::LeakAfter,
+    check,
+    explain,
+};
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
     match (timeline.state(), timeline.close_wait_since()) {
@@ -24,4 +32,16 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
             how: Resolution::Shutdown,
         },
     }
+}
+
+fn explain(f: &Finding) -> String {
+    let pool = match f.close_waits_to_remote {
+        // A client pool keeps one per connection until its next use: not a pile.
+        Some(1) => "; the only one to this server: likely a pooled keep-alive connection the \
+                    server timed out, dropped at its next use"
+            .to_owned(),
+        Some(n) => format!("; {n} held in CLOSE_WAIT to this server"),
+        None => String::new(),
+    };
+    format!("{} {}, never closed{pool}", f.state, held_for(f))
 }

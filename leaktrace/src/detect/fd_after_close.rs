@@ -10,9 +10,18 @@
 use leaktrace_common::tcp_state;
 
 use super::shut_wr_unread::{self, Unconsumed};
-use super::{Since, Verdict};
-use crate::finding::Resolution;
+use super::{held_for, LeakClass, Since, Verdict, Wait};
+use crate::finding::{Finding, LeakKind, Resolution};
+use crate::format::unread;
 use crate::timeline::Timeline;
+
+pub(super) const CLASS: LeakClass = LeakClass {
+    kind: LeakKind::FdAfterClose,
+    name: "fd_after_close",
+    wait: Wait::LeakAfter,
+    check,
+    explain,
+};
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
     // A socket without a peer never had a connection to end: created and not yet connected, or a
@@ -44,4 +53,13 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
             before_trace: found_at_start && ns == ended,
         },
     }
+}
+
+fn explain(f: &Finding) -> String {
+    format!(
+        "{}, the connection is over, {}, fd still open {}",
+        f.state,
+        unread(f.unread_bytes, f.eof_unread),
+        held_for(f)
+    )
 }

@@ -11,10 +11,20 @@
 use leaktrace_common::tcp_state;
 
 use super::shut_wr_unread::{self, Unconsumed};
-use super::{Since, Verdict};
-use crate::finding::Resolution;
+use super::{held_for, LeakClass, Since, Verdict, Wait};
+use crate::finding::{Finding, LeakKind, Resolution};
+use crate::format::partner;
 use crate::timeline::KernelTimer;
 use crate::timeline::Timeline;
+
+/// Its own wait: an idle connection is no leak for a while (see `--idle-after`).
+pub(super) const CLASS: LeakClass = LeakClass {
+    kind: LeakKind::IdleHalfClosed,
+    name: "idle_half_closed",
+    wait: Wait::IdleAfter,
+    check,
+    explain,
+};
 
 /// Traffic this soon after the partner's half-close still counts as before it: the proxy
 /// forwards the bytes that came with the peer's FIN after the FIN arrived, and the kernel reports
@@ -80,6 +90,17 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
             },
         },
     }
+}
+
+fn explain(f: &Finding) -> String {
+    format!(
+        "{}, no data either way and no keepalive {} since {} half-closed; its end-of-stream was \
+         never passed on",
+        f.state,
+        held_for(f),
+        f.partner
+            .map_or_else(|| "its partner".to_owned(), |p| partner(&p))
+    )
 }
 
 #[cfg(test)]

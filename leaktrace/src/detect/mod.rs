@@ -15,6 +15,7 @@ use leaktrace_common::tcp_state;
 
 use crate::decoder::SockKey;
 use crate::finding::{Finding, LeakKind, Outcome, Resolution, Resolved};
+use crate::format::duration;
 use crate::summary::{FinalReport, History, IngestCounts, PidStats, Progress, RemoteStats, Stats};
 use crate::timeline::{Partner, Remote, Store, Timeline};
 
@@ -37,23 +38,73 @@ struct Since {
     before_trace: bool,
 }
 
-/// What every detector file provides. It sees only sockets some process still holds: the
-/// ends every class shares are [`ended`]'s.
+/// What every class's file provides. It sees only sockets some process still holds: the ends
+/// every class shares are [`ended`]'s.
 type Check = fn(&Timeline) -> Verdict;
 
-/// Adding a leak class: a new file with a `check`, a `LeakKind` variant, one line here. The
-/// detectors know nothing of each other here: where two classes could describe one socket, the
-/// more general one's condition excludes the more specific one's (see `fd_after_close`).
-const DETECTORS: [(LeakKind, Check); 4] = [
-    (LeakKind::CloseWait, close_wait::check),
-    (LeakKind::ShutWrUnread, shut_wr_unread::check),
-    (LeakKind::FdAfterClose, fd_after_close::check),
-    (LeakKind::IdleHalfClosed, idle_half_closed::check),
+/// Which wait a condition must last before it is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// `--leak-after`.
+    LeakAfter,
+    /// `--idle-after`.
+    IdleAfter,
+}
+
+/// A leak class: everything about it, each in its own file as its `CLASS`.
+pub struct LeakClass {
+    kind: LeakKind,
+    /// What the text report, the JSON and the metrics call it.
+    name: &'static str,
+    wait: Wait,
+    check: Check,
+    /// What a finding's line says after its endpoints: the state, and how long and why it is
+    /// a leak.
+    explain: fn(&Finding) -> String,
+}
+
+/// Every leak class, in the order the detectors run, which is `LeakKind`'s. Adding one: its file
+/// with its `CLASS`, its `LeakKind` variant, and its line here. The classes know nothing of each
+/// other here: where two could describe one socket, the more general one's condition excludes
+/// the more specific one's (see `fd_after_close`).
+const CLASSES: [LeakClass; 4] = [
+    close_wait::CLASS,
+    shut_wr_unread::CLASS,
+    fd_after_close::CLASS,
+    idle_half_closed::CLASS,
 ];
+
+impl LeakKind {
+    fn class(self) -> &'static LeakClass {
+        // In `LeakKind`'s order: see `every_kind_has_its_class`.
+        &CLASSES[self as usize]
+    }
+
+    /// What the text report, the JSON and the metrics call the class.
+    pub fn name(self) -> &'static str {
+        self.class().name
+    }
+
+    /// The words after a finding's endpoints in its line.
+    pub fn explain(self, finding: &Finding) -> String {
+        (self.class().explain)(finding)
+    }
+}
 
 /// Every leak class, in the order the detectors run.
 pub fn kinds() -> impl Iterator<Item = LeakKind> {
-    DETECTORS.into_iter().map(|(kind, _)| kind)
+    CLASSES.iter().map(|class| class.kind)
+}
+
+/// How long a condition has held, in the words of a finding's line. Of one that already held
+/// when tracing started only that is known: the time since the start, its lower bound, would
+/// read as its age ("for at least 0.0s" when found at start).
+fn held_for(f: &Finding) -> String {
+    if f.age_at_least {
+        "since before tracing started".to_owned()
+    } else {
+        format!("for {}", duration(f.age))
+    }
 }
 
 /// What ends a socket's leaks whatever their class: the owner's exit releases every fd, and a
@@ -160,11 +211,12 @@ impl Detectors {
             resolved: Vec::new(),
         };
         for (key, timeline) in store.iter() {
-            for (kind, check) in DETECTORS {
+            for class in &CLASSES {
+                let kind = class.kind;
                 let id = (*key, kind);
                 let verdict = match ended(timeline) {
                     Some(how) => Verdict::Clear { how },
-                    None => check(timeline),
+                    None => (class.check)(timeline),
                 };
                 match (verdict, self.tracked.get(&id)) {
                     (Verdict::Holds { .. }, Some(Tracked::Reported { .. })) => {}
@@ -256,9 +308,9 @@ impl Detectors {
     /// Whether the store must keep the timeline of `key`: a finding on it is open, or counted
     /// as unattributed.
     pub fn keeps(&self, key: &SockKey) -> bool {
-        DETECTORS
+        CLASSES
             .iter()
-            .any(|(kind, _)| self.tracked.contains_key(&(*key, *kind)))
+            .any(|class| self.tracked.contains_key(&(*key, class.kind)))
     }
 
     /// Findings reported and not resolved, by class.
@@ -292,11 +344,9 @@ impl Detectors {
 
     /// How long a condition of `kind` must hold before it is reported.
     fn wait(&self, kind: LeakKind) -> u64 {
-        match kind {
-            LeakKind::IdleHalfClosed => self.idle_after_ns,
-            LeakKind::CloseWait | LeakKind::ShutWrUnread | LeakKind::FdAfterClose => {
-                self.leak_after_ns
-            }
+        match kind.class().wait {
+            Wait::LeakAfter => self.leak_after_ns,
+            Wait::IdleAfter => self.idle_after_ns,
         }
     }
 
@@ -515,6 +565,23 @@ mod tests {
             panic!("expected one leak: {outcomes:?}");
         };
         finding.clone()
+    }
+
+    #[test]
+    fn every_kind_has_its_class() {
+        for (index, class) in CLASSES.iter().enumerate() {
+            assert_eq!(class.kind as usize, index, "{} out of order", class.name);
+        }
+        let names: Vec<&str> = super::kinds().map(LeakKind::name).collect();
+        assert_eq!(
+            names,
+            [
+                "close_wait",
+                "shut_wr_unread",
+                "fd_after_close",
+                "idle_half_closed"
+            ]
+        );
     }
 
     #[test]

@@ -1,10 +1,19 @@
 //! Incident 3: the owner shut down its write side, the peer sent more (data, its FIN or both)
 //! and the owner never consumed it, yet kept the fd, even after the connection itself finished.
 
-use super::{Since, Verdict};
+use super::{held_for, LeakClass, Since, Verdict, Wait};
 use crate::decoder::ReceiveState;
-use crate::finding::Resolution;
+use crate::finding::{Finding, LeakKind, Resolution};
+use crate::format::unread;
 use crate::timeline::Timeline;
+
+pub(super) const CLASS: LeakClass = LeakClass {
+    kind: LeakKind::ShutWrUnread,
+    name: "shut_wr_unread",
+    wait: Wait::LeakAfter,
+    check,
+    explain,
+};
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
     match unconsumed(timeline) {
@@ -21,6 +30,24 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
             how: Resolution::Drained,
         },
     }
+}
+
+fn explain(f: &Finding) -> String {
+    if f.age_at_least {
+        return format!(
+            "{}, shut down for writing before tracing started, {}, fd still open",
+            f.state,
+            unread(f.unread_bytes, f.eof_unread),
+        );
+    }
+    format!(
+        "{}, shut down for writing; the peer then sent {} bytes{}, {} {}, fd still open",
+        f.state,
+        f.bytes_after_shutdown.unwrap_or_default(),
+        if f.eof_unread { " and its FIN" } else { "" },
+        unread(f.unread_bytes, f.eof_unread),
+        held_for(f)
+    )
 }
 
 /// Whether what the peer sent after the owner's write shutdown lies unconsumed.

@@ -73,7 +73,7 @@ impl Output for JsonReporter {
         let open: Map<String, Value> = progress
             .open
             .iter()
-            .map(|(kind, n)| (kind.as_str().to_owned(), Value::from(*n)))
+            .map(|(kind, n)| (kind.name().to_owned(), Value::from(*n)))
             .collect();
         self.emit(&json!({
             "type": "interval",
@@ -141,7 +141,7 @@ fn addr(addr: Option<SocketAddr>) -> Value {
 fn leak(finding: &Finding) -> Value {
     json!({
         "type": "leak",
-        "kind": finding.kind.as_str(),
+        "kind": finding.kind.name(),
         "pid": finding.pid,
         "comm": finding.comm,
         "cgroup": finding.placement.cgroup,
@@ -280,7 +280,7 @@ fn stats(stats: &Stats) -> Value {
 fn resolution(resolved: &Resolved) -> Value {
     json!({
         "type": "resolved",
-        "kind": resolved.kind.as_str(),
+        "kind": resolved.kind.name(),
         "pid": resolved.pid,
         "fd": resolved.fd,
         "local": addr(resolved.local),

@@ -138,9 +138,7 @@ impl Metrics {
         );
         // Present from the first scrape, so rates and alerts need no absent() guard.
         for kind in detect::kinds() {
-            let labels = KindLabels {
-                kind: kind.as_str(),
-            };
+            let labels = KindLabels { kind: kind.name() };
             reported.get_or_create_owned(&labels);
             resolved.get_or_create_owned(&labels);
         }
@@ -229,7 +227,7 @@ impl Metrics {
     pub fn outcome(&mut self, outcome: &Outcome) {
         match outcome {
             Outcome::Leak(finding) => {
-                let kind = finding.kind.as_str();
+                let kind = finding.kind.name();
                 self.reported.get_or_create(&KindLabels { kind }).inc();
                 let placement = &finding.placement;
                 let labels = LeakLabels {
@@ -253,7 +251,7 @@ impl Metrics {
                 self.open.insert((finding.sock, finding.kind), labels);
             }
             Outcome::Resolved(resolved) => {
-                let kind = resolved.kind.as_str();
+                let kind = resolved.kind.name();
                 self.resolved.get_or_create(&KindLabels { kind }).inc();
                 if let Some(labels) = self.open.remove(&(resolved.sock, resolved.kind)) {
                     // A process's series goes away with its last leak: pids are not reused

@@ -3,21 +3,21 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
 use super::{write_line, End, Output, StartInfo, Tick};
 use crate::decoder::{shutdown_how_name, Event, EventKind};
-use crate::finding::{Finding, LeakKind, Outcome};
+use crate::finding::{Finding, Outcome};
 use crate::format::{
-    addr, fd, how_resolved, kernel_address, printable, probe_failure_meaning, ring_size_hint,
+    addr, duration, endpoints, fd, how_resolved, kernel_address, partner, printable,
+    probe_failure_meaning, ring_size_hint, unread,
 };
 use crate::hooks::UNAVAILABLE;
 use crate::placement::Placement;
 use crate::summary::{Progress, Stats};
-use crate::timeline::{Dropped, Partner};
+use crate::timeline::Dropped;
 
 pub struct TextReporter {
     out: Box<dyn Write + Send>,
@@ -39,17 +39,17 @@ impl TextReporter {
         let line = match outcome {
             Outcome::Leak(f) => format!(
                 "LEAK  {}  pid {} ({}){} fd {}  {}  {}",
-                f.kind.as_str(),
+                f.kind.name(),
                 f.pid,
                 printable(&f.comm),
                 placement(&f.placement),
                 fd(f.fd),
                 endpoints(f.local, f.remote, f.accepted),
-                explanation(f)
+                f.kind.explain(f)
             ),
             Outcome::Resolved(r) => format!(
                 "RESOLVED {} pid {} fd {}  {}  ({})",
-                r.kind.as_str(),
+                r.kind.name(),
                 r.pid,
                 fd(r.fd),
                 endpoints(r.local, r.remote, r.accepted),
@@ -98,7 +98,7 @@ impl Output for TextReporter {
         let by_kind: Vec<String> = p
             .open
             .iter()
-            .map(|(kind, n)| format!("{} {n}", kind.as_str()))
+            .map(|(kind, n)| format!("{} {n}", kind.name()))
             .collect();
         let by_kind = if by_kind.is_empty() {
             String::new()
@@ -229,8 +229,6 @@ fn hooks_summary(hooks: &[(String, String)]) -> String {
     )
 }
 
-/// The two ends, the arrow pointing the way the connection was made: `<-` accepted from the
-/// remote end, `->` connected to it.
 /// Where the owner runs, where it says something: ` in container 3f4c2a9b8e7d`, ` in
 /// nginx.service`, ` in cgroup /batch/job-7`; and ` netns 4026532281` when its addresses are
 /// another network namespace's than leaktrace's.
@@ -250,29 +248,6 @@ fn placement(p: &Placement) -> String {
     text
 }
 
-fn endpoints(
-    local: Option<SocketAddr>,
-    remote: Option<SocketAddr>,
-    accepted: Option<bool>,
-) -> String {
-    let arrow = match accepted {
-        Some(true) => "<-",
-        Some(false) => "->",
-        None => "--",
-    };
-    format!("{} {arrow} {}", addr(local), addr(remote))
-}
-
-/// Whole seconds and up get one decimal; long ages read better in minutes and hours.
-fn duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0..60 => format!("{:.1}s", d.as_secs_f64()),
-        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
-        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
-    }
-}
-
 /// What the store let go of: finished sockets as planned, and any dropped over the cap.
 fn dropped(d: &Dropped) -> String {
     let mut text = format!("timelines forgotten: {} finished", d.finished);
@@ -280,25 +255,6 @@ fn dropped(d: &Dropped) -> String {
         write!(text, ", {} over the cap", d.evicted).unwrap_or_default();
     }
     text
-}
-
-fn unread(bytes: u32, eof: bool) -> String {
-    if eof {
-        format!("unread {bytes} + EOF")
-    } else {
-        format!("unread {bytes}")
-    }
-}
-
-/// How long the condition has held, in a sentence. Of one that already held when tracing
-/// started only that is known: the time since the start, its lower bound, would read as its
-/// age ("for at least 0.0s" when found at start).
-fn held_for(f: &Finding) -> String {
-    if f.age_at_least {
-        "since before tracing started".to_owned()
-    } else {
-        format!("for {}", duration(f.age))
-    }
 }
 
 /// The finding's age in the table, `>` marking a lower bound (held since before tracing).
@@ -310,58 +266,6 @@ fn age(f: &Finding) -> String {
     }
 }
 
-fn explanation(f: &Finding) -> String {
-    match f.kind {
-        LeakKind::CloseWait => {
-            let pool = match f.close_waits_to_remote {
-                // A client pool keeps one per connection until its next use: not a pile.
-                Some(1) => "; the only one to this server: likely a pooled keep-alive \
-                            connection the server timed out, dropped at its next use"
-                    .to_owned(),
-                Some(n) => format!("; {n} held in CLOSE_WAIT to this server"),
-                None => String::new(),
-            };
-            format!("{} {}, never closed{pool}", f.state, held_for(f))
-        }
-        LeakKind::ShutWrUnread if f.age_at_least => format!(
-            "{}, shut down for writing before tracing started, {}, fd still open",
-            f.state,
-            unread(f.unread_bytes, f.eof_unread),
-        ),
-        LeakKind::ShutWrUnread => format!(
-            "{}, shut down for writing; the peer then sent {} bytes{}, {} {}, fd still open",
-            f.state,
-            f.bytes_after_shutdown.unwrap_or_default(),
-            if f.eof_unread { " and its FIN" } else { "" },
-            unread(f.unread_bytes, f.eof_unread),
-            held_for(f)
-        ),
-        LeakKind::FdAfterClose => format!(
-            "{}, the connection is over, {}, fd still open {}",
-            f.state,
-            unread(f.unread_bytes, f.eof_unread),
-            held_for(f)
-        ),
-        LeakKind::IdleHalfClosed => format!(
-            "{}, no data either way and no keepalive {} since {} half-closed; its \
-             end-of-stream was never passed on",
-            f.state,
-            held_for(f),
-            f.partner
-                .map_or_else(|| "its partner".to_owned(), |p| partner(&p))
-        ),
-    }
-}
-
-/// The other socket of a proxied pair, for people.
-fn partner(p: &Partner) -> String {
-    format!(
-        "its partner fd {} ({})",
-        fd(p.fd),
-        endpoints(p.local, p.remote, Some(p.accepted))
-    )
-}
-
 fn table(open: &[Finding]) -> Vec<String> {
     let header = [
         "KIND", "PID", "COMM", "FD", "LOCAL", "REMOTE", "STATE", "UNREAD", "EOF", "AGE",
@@ -370,7 +274,7 @@ fn table(open: &[Finding]) -> Vec<String> {
         header,
         open.iter().map(|f| {
             [
-                f.kind.as_str().to_owned(),
+                f.kind.name().to_owned(),
                 f.pid.to_string(),
                 printable(&f.comm),
                 fd(f.fd),
@@ -489,7 +393,7 @@ fn aligned<const N: usize>(
 fn timeline(f: &Finding) -> Vec<String> {
     let mut lines = vec![format!(
         "{} pid {} ({}) fd {}  {}  socket {}:",
-        f.kind.as_str(),
+        f.kind.name(),
         f.pid,
         printable(&f.comm),
         fd(f.fd),
@@ -608,6 +512,7 @@ mod tests {
         stats, Captured,
     };
     use super::*;
+    use crate::finding::LeakKind;
 
     fn reporter() -> (Captured, TextReporter) {
         let captured = Captured::default();
@@ -812,17 +717,18 @@ mod tests {
         pooled.state = tcp_state::name(tcp_state::CLOSE_WAIT);
         pooled.close_waits_to_remote = Some(1);
         assert!(
-            explanation(&pooled).ends_with(
+            pooled.kind.explain(&pooled).ends_with(
                 "never closed; the only one to this server: likely a pooled keep-alive \
                  connection the server timed out, dropped at its next use"
             ),
             "{}",
-            explanation(&pooled)
+            pooled.kind.explain(&pooled)
         );
         pooled.close_waits_to_remote = Some(30);
-        assert!(
-            explanation(&pooled).ends_with("never closed; 30 held in CLOSE_WAIT to this server")
-        );
+        assert!(pooled
+            .kind
+            .explain(&pooled)
+            .ends_with("never closed; 30 held in CLOSE_WAIT to this server"));
     }
 
     #[test]
@@ -832,7 +738,7 @@ mod tests {
         present.state = tcp_state::name(tcp_state::CLOSE_WAIT);
         present.age_at_least = true;
         assert_eq!(
-            explanation(&present),
+            present.kind.explain(&present),
             "CLOSE_WAIT since before tracing started, never closed"
         );
         let row = table(&[present]).pop().unwrap();
