@@ -8,8 +8,9 @@ use std::time::Duration;
 use leaktrace_common::tcp_state;
 use serde_json::{json, Map, Value};
 
+use super::event::describe;
 use super::{write_line, End, Output, StartInfo, Tick};
-use crate::decoder::{shutdown_how_name, Event, EventKind};
+use crate::decoder::Event;
 use crate::finding::{Finding, Outcome, Resolved};
 use crate::format::{how_resolved, kernel_address, ring_size_hint};
 use crate::summary::{Progress, Stats};
@@ -195,38 +196,10 @@ pub(super) fn entry(event: &Event, fd: Option<i32>) -> Value {
         "comm": event.task.comm.to_string(),
         "owner_context": event.in_owner_context,
     });
-    let details = match event.kind {
-        EventKind::State { old, new } => {
-            json!({"event": "state", "old": tcp_state::name(old), "new": tcp_state::name(new)})
-        }
-        EventKind::Accept { traced } => json!({"event": "accept", "fd": fd, "traced": traced}),
-        // Only a shutdown that changed the state is seen: one that succeeded.
-        EventKind::Shutdown { how } => {
-            json!({"event": "shutdown", "fd": fd, "how": shutdown_how_name(how), "ret": 0})
-        }
-        EventKind::Close { time_wait } => {
-            json!({"event": "close", "fd": fd, "time_wait": time_wait})
-        }
-        EventKind::Destroy => json!({"event": "destroy"}),
-        EventKind::Recv { ret } => json!({"event": "recv", "ret": ret}),
-        EventKind::Arrival => json!({"event": "arrival"}),
-        EventKind::Connect => json!({"event": "connect", "fd": fd}),
-        EventKind::HandedOver { fd } => json!({"event": "held", "fd": fd, "found_in": "/proc"}),
-        EventKind::Fork { child } => json!({"event": "fork", "child": child}),
-        EventKind::Exit => json!({"event": "exit"}),
-        EventKind::Present {
-            fd,
-            state,
-            send_shutdown,
-        } => json!({
-            "event": "present",
-            "fd": fd,
-            "state": tcp_state::name(state),
-            "send_shutdown": send_shutdown,
-        }),
-    };
-    if let (Value::Object(entry), Value::Object(details)) = (&mut entry, details) {
-        entry.extend(details);
+    let described = describe(event, fd);
+    entry["event"] = described.name.into();
+    if let Value::Object(entry) = &mut entry {
+        entry.extend(described.fields);
     }
     if let Some(receive) = event.receive {
         entry["unread_bytes"] = receive.unread_bytes().into();

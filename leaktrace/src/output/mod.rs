@@ -4,6 +4,7 @@
 //! [`Outputs`], once per read of the ring buffer and once per look of the detectors. None of
 //! them reaches into the timelines store: what they need of it comes with what they are fed.
 
+mod event;
 mod json;
 mod metrics;
 pub mod pipe;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use leaktrace_common::tcp_state;
 
+use super::event::describe;
 use super::{write_line, End, Output, StartInfo, Tick};
-use crate::decoder::{shutdown_how_name, Event, EventKind};
+use crate::decoder::Event;
 use crate::finding::{Finding, Outcome};
 use crate::format::{
     addr, duration, endpoints, fd, how_resolved, kernel_address, partner, printable,
@@ -423,7 +424,7 @@ fn timeline(f: &Finding) -> Vec<String> {
         format!(
             "  {}  {}",
             offset(event.ts_ns),
-            describe(event, f.fd_of(event))
+            timeline_line(event, f.fd_of(event))
         )
     }));
     if f.elided > 0 {
@@ -436,53 +437,9 @@ fn timeline(f: &Finding) -> Vec<String> {
 }
 
 /// `fd`: the fd by which the event's process holds the socket, where known.
-fn describe(event: &Event, fd: Option<i32>) -> String {
-    let on = |call: &str, rest: &str| match fd {
-        Some(fd) => format!("{call}(fd {fd}{rest})"),
-        None if rest.is_empty() => format!("{call}()"),
-        None => format!("{call}({})", rest.trim_start_matches(", ")),
-    };
-    let mut text = match event.kind {
-        EventKind::State { old, new } => {
-            format!("{} -> {}", tcp_state::name(old), tcp_state::name(new))
-        }
-        EventKind::Accept { traced: true } => match fd {
-            Some(fd) => format!("accepted (fd {fd})"),
-            None => "accepted".to_owned(),
-        },
-        EventKind::Accept { traced: false } => "accepted by a process not traced".to_owned(),
-        EventKind::Shutdown { how } => {
-            format!(
-                "{} = 0",
-                on("shutdown", &format!(", {}", shutdown_how_name(how)))
-            )
-        }
-        EventKind::Close { .. } => on("close", ""),
-        EventKind::Destroy => "destroyed".to_owned(),
-        EventKind::Recv { ret: Some(ret) } => format!("read() = {ret}"),
-        EventKind::Recv { ret: None } => "read()".to_owned(),
-        EventKind::Arrival => "peer data or FIN arrived".to_owned(),
-        EventKind::Connect => on("connect", ""),
-        EventKind::HandedOver { fd } => format!(
-            "held by pid {} as fd {fd} (found in /proc)",
-            event.task.tgid
-        ),
-        EventKind::Fork { child } => format!("started process {child}"),
-        EventKind::Exit => "process exited".to_owned(),
-        EventKind::Present {
-            fd,
-            state,
-            send_shutdown,
-        } => format!(
-            "already open when tracing started: fd {fd}, {}{}",
-            tcp_state::name(state),
-            if send_shutdown {
-                ", sending side shut down"
-            } else {
-                ""
-            }
-        ),
-    };
+fn timeline_line(event: &Event, fd: Option<i32>) -> String {
+    let described = describe(event, fd);
+    let mut text = described.text;
     if let Some(receive) = event.receive {
         let _ = write!(
             text,
@@ -490,16 +447,14 @@ fn describe(event: &Event, fd: Option<i32>) -> String {
             unread(receive.unread_bytes(), receive.eof_unread())
         );
     }
-    // The owner's own actions need no attribution. What the kernel did on its own (a packet's
-    // state change, an arrival) ran in softirq, in whatever process the CPU was running (the
-    // peer, on loopback), which did not cause it; anything else another process did.
+    // The owner's own actions need no attribution; what the kernel did on its own, the process
+    // that happened to run did not cause; anything else another process did.
     if !event.in_owner_context && event.task.tgid != 0 {
         let (pid, comm) = (event.task.tgid, printable(&event.task.comm.to_string()));
-        let _ = match event.kind {
-            EventKind::State { .. } | EventKind::Arrival | EventKind::Destroy => {
-                write!(text, "  (in the kernel, while pid {pid} {comm} ran)")
-            }
-            _ => write!(text, "  (by pid {pid} {comm}, not the owner)"),
+        let _ = if described.by_kernel {
+            write!(text, "  (in the kernel, while pid {pid} {comm} ran)")
+        } else {
+            write!(text, "  (by pid {pid} {comm}, not the owner)")
         };
     }
     text
@@ -512,6 +467,7 @@ mod tests {
         stats, Captured,
     };
     use super::*;
+    use crate::decoder::EventKind;
     use crate::finding::LeakKind;
 
     fn reporter() -> (Captured, TextReporter) {
@@ -657,16 +613,16 @@ mod tests {
             state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
         );
         (packet.task, packet.in_owner_context) = (peer, false);
-        assert!(describe(&packet, None).ends_with("(in the kernel, while pid 5151 curl ran)"));
+        assert!(timeline_line(&packet, None).ends_with("(in the kernel, while pid 5151 curl ran)"));
         let mut closed = event(sock, 0, EventKind::Close { time_wait: false });
         (closed.task, closed.in_owner_context) = (peer, false);
-        assert!(describe(&closed, None).ends_with("(by pid 5151 curl, not the owner)"));
+        assert!(timeline_line(&closed, None).ends_with("(by pid 5151 curl, not the owner)"));
         let own = event(sock, 0, EventKind::Close { time_wait: false });
         assert_eq!(own.task.tgid, OWNER);
         assert!(
-            !describe(&own, Some(7)).contains("pid"),
+            !timeline_line(&own, Some(7)).contains("pid"),
             "{}",
-            describe(&own, Some(7))
+            timeline_line(&own, Some(7))
         );
     }
 
