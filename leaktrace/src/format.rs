@@ -105,7 +105,7 @@ pub(crate) fn how_resolved(how: Resolution) -> &'static str {
 }
 
 /// What a probe failure costs and what to do about it, for the live warning and the summary.
-pub fn probe_failure_meaning(failure: ProbeFailure) -> &'static str {
+pub(crate) fn probe_failure_meaning(failure: ProbeFailure) -> &'static str {
     match failure {
         ProbeFailure::Read => {
             "a read of kernel memory failed: some events may be missing from the timelines"
@@ -122,7 +122,7 @@ pub fn probe_failure_meaning(failure: ProbeFailure) -> &'static str {
 }
 
 /// What to do about lost records, for the live warning and both summaries.
-pub fn ring_size_hint(ring_size: u32) -> String {
+pub(crate) fn ring_size_hint(ring_size: u32) -> String {
     format!("raise --ring-size (now {ring_size} bytes)")
 }
 
