@@ -357,7 +357,7 @@ impl Session {
         } else {
             Box::new(TextReporter::new(out, options.common.verbose))
         };
-        outputs.report(reporter, outlet);
+        outputs.set_report(reporter, outlet);
         if options.common.verbose {
             for refused in &attached.refused {
                 stderr::line(format_args!("leaktrace: hook not used: {refused}"));
@@ -416,7 +416,7 @@ impl Session {
             report_fd,
         };
         let started = session.outputs.start(&start);
-        session.handle(started)?;
+        session.check_output(started)?;
         // One that exited before its exit hook was attached leaves no record of it: the session
         // would wait for it forever.
         let exited = session.forget_exited();
@@ -531,7 +531,7 @@ impl Session {
             timelines: &left,
             now_ns: now,
         });
-        self.handle(finished)?;
+        self.check_output(finished)?;
         Ok(report)
     }
 
@@ -551,7 +551,7 @@ impl Session {
             .evaluator
             .progress(&self.store, monotonic_ns(), self.counts);
         let reported = self.outputs.progress(&progress);
-        self.handle(reported)
+        self.check_output(reported)
     }
 
     fn evaluate(&mut self) -> Result<(), Failure> {
@@ -577,12 +577,12 @@ impl Session {
             sockets_tracked: self.store.tracked(),
             now_ns: now,
         });
-        self.handle(ticked)
+        self.check_output(ticked)
     }
 
     /// What an output's failure means: a report that cannot be written ends the session or only
     /// the report (see [`Self::give_up_report`]); an export that cannot ends the session.
-    fn handle(&mut self, sent: Result<(), OutputError>) -> Result<(), Failure> {
+    fn check_output(&mut self, sent: Result<(), OutputError>) -> Result<(), Failure> {
         match sent {
             Ok(()) => Ok(()),
             Err(OutputError::Report(e)) => self.give_up_report(Failure::writing(e)),

@@ -74,6 +74,7 @@ pub trait Output: Send {
         Ok(())
     }
 
+    /// The session ends: its final report, and the timelines left.
     fn finish(&mut self, _end: &End<'_>) -> io::Result<()> {
         Ok(())
     }
@@ -172,7 +173,7 @@ impl Outputs {
     }
 
     /// Sets the report, whose lines `outlet` hands on.
-    pub fn report(&mut self, report: Box<dyn Output>, outlet: Outlet) {
+    pub fn set_report(&mut self, report: Box<dyn Output>, outlet: Outlet) {
         self.report = Some((report, outlet));
     }
 
@@ -508,6 +509,76 @@ mod tests {
                     leaks_open: 0,
                 },
             ],
+        }
+    }
+
+    /// Counts the ticks it is fed, and fails each if told to.
+    struct Fake {
+        ticks: Arc<Mutex<u32>>,
+        fails: bool,
+    }
+
+    impl Output for Fake {
+        fn tick(&mut self, _tick: &Tick<'_>) -> io::Result<()> {
+            *self.ticks.lock().unwrap() += 1;
+            if self.fails {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_report_leaves_the_exports_fed_and_a_failed_export_says_which() {
+        let (report_ticks, export_ticks) = (Arc::default(), Arc::default());
+        let mut outputs = Outputs::default();
+        let (_pipe, outlet) = pipe::open(io::sink()).unwrap();
+        outputs.set_report(
+            Box::new(Fake {
+                ticks: Arc::clone(&report_ticks),
+                fails: true,
+            }),
+            outlet,
+        );
+        outputs.export(
+            "the trace file",
+            Fake {
+                ticks: Arc::clone(&export_ticks),
+                fails: false,
+            },
+        );
+        let ingest = IngestCounts::default();
+        let tick = Tick {
+            outcomes: &[],
+            swept: &[],
+            ingest: &ingest,
+            sockets_tracked: 0,
+            now_ns: 0,
+        };
+        assert!(matches!(outputs.tick(&tick), Err(OutputError::Report(_))));
+        assert_eq!(*export_ticks.lock().unwrap(), 1, "fed all the same");
+
+        outputs.give_up_report();
+        assert!(!outputs.has_report());
+        assert!(outputs.tick(&tick).is_ok());
+        assert_eq!(*report_ticks.lock().unwrap(), 1, "given up: fed no more");
+        assert_eq!(*export_ticks.lock().unwrap(), 2);
+
+        outputs.export(
+            "the metrics",
+            Fake {
+                ticks: Arc::default(),
+                fails: true,
+            },
+        );
+        match outputs.tick(&tick) {
+            Err(OutputError::Export(e)) => {
+                assert!(
+                    format!("{e:#}").starts_with("writing the metrics: "),
+                    "{e:#}"
+                )
+            }
+            other => panic!("expected the metrics' failure: {other:?}"),
         }
     }
 
