@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{Leaktrace, Report, Wait};
+use crate::child::Wait;
+use crate::{Leaktrace, Report};
 
 /// The inode of the network namespace `pid` is in: what `ip netns identify`, `lsns` and
 /// `readlink /proc/<pid>/ns/net` (`net:[<inode>]`) name it by.
