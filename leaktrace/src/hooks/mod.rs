@@ -7,6 +7,8 @@
 //! would put every syscall of every process on the kernel's slow path, so connect, listen,
 //! shutdown and close are read off the state changes they make (see the eBPF crate's `state`).
 mod btf;
+#[cfg(test)]
+mod probe_tests;
 mod seed;
 mod tracefs;
 
