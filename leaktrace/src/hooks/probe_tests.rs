@@ -22,7 +22,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use leaktrace_common::{shutdown_how::SHUT_WR, tcp_state};
-use leaktrace_tests::{is_root, skip};
+use leaktrace_tests::{is_root, kernel_socket, skip};
 
 use super::{load, seed_existing, Attached, HookFamily, LoadError, LoadOptions};
 use crate::decoder::{decode, Event, EventKind, SockKey};
@@ -114,22 +114,18 @@ impl Probes {
         }
     }
 
-    /// The socket whose records name `local` (and `remote`, if given) as its endpoints.
-    fn socket(&self, local: SocketAddr, remote: Option<SocketAddr>) -> Option<SockKey> {
-        self.events
-            .iter()
-            .find(|e| e.local == Some(local) && (remote.is_none() || e.remote == remote))
-            .map(|e| e.sock)
+    /// Waits for the first record that `names` the socket sought, and returns that socket.
+    fn wait_for_socket(&mut self, what: &str, names: impl Fn(&Event) -> bool) -> SockKey {
+        self.wait_for(what, |events| events.iter().any(&names));
+        let first = self.events.iter().find(|e| names(e));
+        first.expect("just seen").sock
     }
 
-    /// Waits for the first record of the socket with these endpoints, and returns its key.
-    fn wait_for_socket(&mut self, local: SocketAddr, remote: Option<SocketAddr>) -> SockKey {
-        self.wait_for(&format!("the socket {local} -> {remote:?}"), |events| {
-            events
-                .iter()
-                .any(|e| e.local == Some(local) && (remote.is_none() || e.remote == remote))
-        });
-        self.socket(local, remote).expect("just seen")
+    /// [`Probes::wait_for_socket`] for the socket from `local` to `remote` (`None`: no peer).
+    fn wait_for_endpoints(&mut self, local: SocketAddr, remote: Option<SocketAddr>) -> SockKey {
+        self.wait_for_socket(&format!("the socket {local} -> {remote:?}"), |e| {
+            e.local == Some(local) && e.remote == remote
+        })
     }
 
     /// The kinds of the records of `sock`, in order.
@@ -273,31 +269,18 @@ fn close_all_but(kept: &[RawFd]) {
     }
 }
 
-/// Waits until the TCP socket `stream` is in `state` (as `tcp_info` says).
+/// Waits until the TCP socket `stream` is in `state`, as the kernel says.
 fn wait_for_state(stream: &TcpStream, state: u8) {
     let deadline = Instant::now() + RECORDS_WITHIN;
     loop {
-        // SAFETY: tcp_info is plain integers, for which all-zero is valid.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
-        // SAFETY: the kernel writes at most `len` bytes into `info`.
-        let ret = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&raw mut info).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(ret, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-        if info.tcpi_state == state {
+        let (now, _) = kernel_socket(own_pid(), stream.as_raw_fd().into()).expect("TCP_INFO");
+        if now == state {
             return;
         }
         assert!(
             Instant::now() < deadline,
             "the socket stays in state {} rather than {}",
-            tcp_state::name(info.tcpi_state),
+            tcp_state::name(now),
             tcp_state::name(state)
         );
         thread::sleep(Duration::from_millis(10));
@@ -326,7 +309,7 @@ fn listen_and_connect_are_recorded_with_their_owner_and_endpoints() {
     let connection = Connection::open();
     let (listening, client_end) = (connection.listening(), connection.client_end());
 
-    let listener = probes.wait_for_socket(listening, None);
+    let listener = probes.wait_for_endpoints(listening, None);
     let listen = probes.of(listener).next().copied().unwrap();
     assert_eq!(listen.kind, state(tcp_state::CLOSE, tcp_state::LISTEN));
     assert_eq!(listen.owner.map(|o| o.tgid), Some(own_pid()));
@@ -335,7 +318,7 @@ fn listen_and_connect_are_recorded_with_their_owner_and_endpoints() {
     assert_eq!(listen.remote, None, "a listener has no peer");
     assert_eq!(listen.ino, Some(inode(connection.listener.as_raw_fd())));
 
-    let client = probes.wait_for_socket(client_end, Some(listening));
+    let client = probes.wait_for_endpoints(client_end, Some(listening));
     let connected = probes.of(client).next().copied().unwrap();
     assert_eq!(
         connected.kind,
@@ -374,11 +357,11 @@ fn close_is_recorded_once_and_the_peer_sees_close_wait() {
     let server_ino = inode(server.as_raw_fd());
     drop(client);
 
-    let client = probes.wait_for_socket(client_end, Some(listening));
+    let client = probes.wait_for_endpoints(client_end, Some(listening));
     let close = probes.wait_for_kind(client, EventKind::Close { time_wait: true });
     assert_eq!(close.task.tgid, own_pid(), "close runs in its caller");
     assert!(close.in_owner_context);
-    let server_sock = probes.wait_for_socket(listening, Some(client_end));
+    let server_sock = probes.wait_for_endpoints(listening, Some(client_end));
     let close_wait = probes.wait_for_kind(
         server_sock,
         state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
@@ -440,15 +423,9 @@ fn a_refused_connect_ends_in_close_and_its_close_destroys_the_socket() {
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
 
     // The connecting end's own address is gone with the failed connect: it is found by its peer.
-    probes.wait_for(&format!("a connection to {refusing}"), |events| {
-        events.iter().any(|e| e.remote == Some(refusing))
+    let sock = probes.wait_for_socket(&format!("a connection to {refusing}"), |e| {
+        e.remote == Some(refusing)
     });
-    let sock = probes
-        .events
-        .iter()
-        .find(|e| e.remote == Some(refusing))
-        .map(|e| e.sock)
-        .unwrap();
     let destroy = probes.wait_for_kind(sock, EventKind::Destroy);
     assert_eq!(
         destroy.task.tgid,
@@ -479,7 +456,7 @@ fn shutdown_then_the_peers_late_data_and_its_read_are_recorded() {
     let (listening, client_end) = (listener.local_addr().unwrap(), client.local_addr().unwrap());
     client.shutdown(Shutdown::Write).expect("shutdown");
 
-    let sock = probes.wait_for_socket(client_end, Some(listening));
+    let sock = probes.wait_for_endpoints(client_end, Some(listening));
     let shutdown = probes.wait_for_kind(sock, EventKind::Shutdown { how: SHUT_WR });
     assert_eq!(shutdown.task.tgid, own_pid(), "shutdown runs in its caller");
     assert_eq!(shutdown.owner.map(|o| o.tgid), Some(own_pid()));
@@ -536,7 +513,7 @@ fn a_connection_another_traced_process_takes_is_recorded_as_accepted_by_it() {
     client.write_all(b"x").expect("write");
     acceptor.wait();
 
-    let accepted = probes.wait_for_socket(listening, Some(client.local_addr().unwrap()));
+    let accepted = probes.wait_for_endpoints(listening, Some(client.local_addr().unwrap()));
     let accept = probes.wait_for_kind(accepted, EventKind::Accept { traced: true });
     assert_eq!(accept.task.tgid, acceptor_pid, "the acceptor's own call");
     assert_eq!(accept.owner.map(|o| o.tgid), Some(acceptor_pid));
@@ -558,7 +535,7 @@ fn a_connection_an_untraced_process_takes_leaves_the_trace() {
     client.write_all(b"x").expect("write");
     acceptor.wait();
 
-    let accepted = probes.wait_for_socket(listening, Some(client.local_addr().unwrap()));
+    let accepted = probes.wait_for_endpoints(listening, Some(client.local_addr().unwrap()));
     let accept = probes.wait_for_kind(accepted, EventKind::Accept { traced: false });
     assert_eq!(accept.task.tgid, acceptor_pid);
     assert_eq!(accept.owner.map(|o| o.tgid), Some(acceptor_pid));
@@ -654,8 +631,7 @@ fn sockets_held_when_tracing_starts_are_recorded_with_their_fd_and_state() {
             "fd {fd}"
         );
     }
-    let server = probes.socket(connection.listening(), Some(connection.client_end()));
-    let server = server.expect("the server end's record names its endpoints");
+    let server = probes.wait_for_endpoints(connection.listening(), Some(connection.client_end()));
     let receive = probes.of(server).next().unwrap().receive.unwrap();
     assert!(receive.eof_unread(), "{receive:?}");
 }
