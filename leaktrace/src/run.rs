@@ -60,6 +60,8 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
+            // After the start lines, which the report's own thread writes to stderr too.
+            session.report_written();
             stderr::line(format_args!(
                 "leaktrace: error: cannot run {}: {e}",
                 args.command[0]

@@ -431,6 +431,11 @@ impl Session {
         Ok(session)
     }
 
+    /// Waits for the report's lines so far to be written, before a line of leaktrace's own.
+    pub fn report_written(&self) {
+        self.outputs.written();
+    }
+
     /// Traces `pid` from now on (and, with `follow_children`, the processes it starts).
     pub fn trace(&mut self, pid: u32) -> Result<(), Failure> {
         targets(&mut self.attached)?

@@ -217,6 +217,15 @@ impl Outputs {
         }
     }
 
+    /// Waits, at most [`REPORT_DRAIN_LIMIT`], for the report's lines handed over so far to be
+    /// written: a line leaktrace then writes to stderr itself comes after them.
+    pub fn written(&self) {
+        if let Some((_, outlet)) = &self.report {
+            // A reader that stopped reading is the report's failure, seen at its next write.
+            let _ = outlet.wait(REPORT_DRAIN_LIMIT);
+        }
+    }
+
     /// Hands something to the report, then to every export, even after the report failed: the
     /// report's failure ends the session or only the report (see [`Self::give_up_report`]).
     fn each(
