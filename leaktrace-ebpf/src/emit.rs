@@ -14,7 +14,7 @@ use crate::{
     kernel::{File, Reader, ReceiveSide, Sock},
     maps::SockMeta,
     maps::{LOST, RECORDS, SINCE_FILL_CHECK},
-    sock_meta::{current, ESTABLISHED_AT_BIRTH},
+    sock_meta::{claimed, current, ESTABLISHED_AT_BIRTH},
 };
 
 /// What one record on a socket says besides what every socket record carries.
@@ -93,6 +93,25 @@ pub fn socket_record<R: Reader>(sk: Sock, meta: &mut SockMeta, event: &Event) {
     record.sport = sport;
     record.dport = dport;
     submit(&record);
+}
+
+/// Starts following `sk` for `owner` if `owner` is traced, and records the step that made it
+/// followed, dated at the socket's birth: the claim is its birth.
+#[inline(always)]
+pub fn claim_and_record<R: Reader>(
+    sk: Sock,
+    owner: u32,
+    kind: RecordKind,
+    old_state: u8,
+    new_state: u8,
+) {
+    if let Some(meta) = claimed(sk, owner, 0) {
+        let mut event = Event::new(kind, meta.born_ns);
+        event.old_state = old_state;
+        event.new_state = new_state;
+        event.file = sk.socket::<R>().and_then(|socket| socket.file::<R>());
+        socket_record::<R>(sk, meta, &event);
+    }
 }
 
 /// Writes one record about a process (`Fork`, `Exit`), which names no socket.

@@ -91,7 +91,7 @@ fn joins_traced_cgroup(tgid: u32) -> bool {
 
 /// Starts following `sk` for `owner`, if `owner` is traced, born now; an entry made meanwhile by
 /// another CPU is kept, with its birth time. Whether `sk` is followed now: callers that need its
-/// entry look it up ([`followed`]), the others save the lookup.
+/// entry use [`claimed`], the others save the lookup.
 #[inline(always)]
 pub fn claim(sk: Sock, owner: u32, flags: u32) -> bool {
     if !traced(owner) {
@@ -118,6 +118,16 @@ pub fn claim(sk: Sock, owner: u32, flags: u32) -> bool {
         }
     }
     true
+}
+
+/// [`claim`], and the entry of `sk` if it is followed now.
+#[inline(always)]
+pub fn claimed(sk: Sock, owner: u32, flags: u32) -> Option<&'static mut SockMeta> {
+    if claim(sk, owner, flags) {
+        followed(sk)
+    } else {
+        None
+    }
 }
 
 /// Stops following `sk`, whose entry is `meta`.

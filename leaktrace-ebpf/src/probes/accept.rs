@@ -10,11 +10,11 @@ use leaktrace_common::{RecordKind, FLAG_UNTRACED};
 
 use crate::{
     clock::now,
-    emit::{socket_record, Event},
+    emit::{claim_and_record, socket_record, Event},
     idle,
     kernel::{Btf, Probe, Reader, Sock},
     maps::SockMeta,
-    sock_meta::{claim, current, followed, forget, traced, FROM_LISTENER},
+    sock_meta::{current, followed, forget, traced, FROM_LISTENER},
 };
 
 /// `tgid` holds `sk`, which its listener's process claimed: the socket moves to `tgid`, and out
@@ -50,13 +50,7 @@ fn on_accepted<R: Reader>(sk: Sock) {
             let _ = taken_over::<R>(sk, meta, tgid, now());
         }
         // Its listener is nobody's we trace, but a traced process took it.
-        None => {
-            if let Some(meta) = claim(sk, tgid, 0).then(|| followed(sk)).flatten() {
-                let mut event = Event::new(RecordKind::Accept, meta.born_ns);
-                event.file = sk.socket::<R>().and_then(|socket| socket.file::<R>());
-                socket_record::<R>(sk, meta, &event);
-            }
-        }
+        None => claim_and_record::<R>(sk, tgid, RecordKind::Accept, 0, 0),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
     idle,
     kernel::{File, Probe, Reader, Sock},
     maps::SEED_REQUEST,
-    sock_meta::{claim, current, followed, watch_arrivals, READS_WATCHED},
+    sock_meta::{claimed, current, followed, watch_arrivals, READS_WATCHED},
 };
 
 /// The TCP socket behind `fd` in the current task's fd table, and its file:
@@ -50,11 +50,7 @@ fn present<R: Reader>(sk: Sock, file: Option<File>) -> Option<()> {
         return None;
     }
     let now = now();
-    let meta = match followed(sk) {
-        Some(meta) => meta,
-        None if claim(sk, request.owner_tgid, 0) => followed(sk)?,
-        None => return None,
-    };
+    let meta = followed(sk).or_else(|| claimed(sk, request.owner_tgid, 0))?;
     let state = sk.state::<R>();
     if state == tcp_state::LISTEN {
         if let Some(owner) = listener::<R>(sk) {

@@ -14,7 +14,7 @@ use super::{accept::taken_over, listener};
 use crate::{
     clock::now,
     config,
-    emit::{socket_record, Event},
+    emit::{claim_and_record, socket_record, Event},
     idle,
     kernel::{Btf, FileRefs, Probe, Reader, Sock},
     maps::SockMeta,
@@ -59,13 +59,7 @@ fn on_first_sight<R: Reader>(sk: Sock, old: u8, new: u8) {
                     *owner = tgid;
                 }
             }
-            if let Some(meta) = claim(sk, tgid, 0).then(|| followed(sk)).flatten() {
-                let mut event = Event::new(RecordKind::State, meta.born_ns);
-                event.old_state = old;
-                event.new_state = new;
-                event.file = sk.socket::<R>().and_then(|socket| socket.file::<R>());
-                socket_record::<R>(sk, meta, &event);
-            }
+            claim_and_record::<R>(sk, tgid, RecordKind::State, old, new);
         }
         (_, tcp_state::SYN_SENT) => {
             let _ = claim(sk, current().0, 0);
