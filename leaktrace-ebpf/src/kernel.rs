@@ -5,11 +5,12 @@
 //! each load against the kernel's types, knowing the offset because `CONFIG` is frozen
 //! `.rodata`, and the JIT emits a plain load with a fault handler: no helper call); [`Probe`]
 //! goes through `bpf_probe_read_kernel`, which classic tracepoints and kprobes need, as their
-//! pointers are bare integers. Each pointer has its own type ([`Sock`], [`Socket`], [`File`]),
-//! so an offset of one struct is never applied to another.
+//! pointers are bare integers. Each pointer has its own type ([`Sock`], [`TcpSock`], [`Socket`],
+//! [`File`], [`Inode`], and the fd table's), and a read takes an [`Addr`], which only this module
+//! can make from one of them: an offset of one struct is never applied to another.
 use core::mem::{size_of, MaybeUninit};
 
-use aya_ebpf::helpers::{bpf_skc_to_tcp_sock, generated as gen};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_skc_to_tcp_sock, generated as gen};
 use leaktrace_common::{
     shutdown_how, ProbeFailure, AF_INET, AF_INET6, FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE,
     OFFSET_UNKNOWN,
@@ -23,15 +24,20 @@ const IPPROTO_TCP: u16 = 6;
 const RCV_SHUTDOWN: u8 = 1;
 const SEND_SHUTDOWN: u8 = 2;
 
+/// The address of a kernel struct, to read a field of it: made only here, from the pointer type
+/// whose offsets apply.
+#[derive(Clone, Copy)]
+pub struct Addr(u64);
+
 /// How a program reads kernel memory.
 pub trait Reader {
     /// The `T` at `base + offset`; zeros if it cannot be read (a failure counted). Never an
     /// `Option`: a branch per read multiplies the paths the verifier walks, past what older
     /// kernels' verifiers accept in a program with many reads.
-    fn read<T: Copy>(base: u64, offset: u32) -> T;
+    fn read<T: Copy>(base: Addr, offset: u32) -> T;
 
     /// The `tcp_sock` view of `sk` (the same address) for reading its TCP fields.
-    fn tcp_sock(sk: Sock) -> Option<u64>;
+    fn tcp_sock(sk: Sock) -> Option<TcpSock>;
 }
 
 /// Direct loads through BTF-typed pointers: only for `tp_btf`, `fentry` and `fexit` programs,
@@ -40,18 +46,18 @@ pub enum Btf {}
 
 impl Reader for Btf {
     #[inline(always)]
-    fn read<T: Copy>(base: u64, offset: u32) -> T {
+    fn read<T: Copy>(base: Addr, offset: u32) -> T {
         // SAFETY: the verifier accepts the load only where `base` is a BTF pointer and the
         // offset names a field of type T in its struct; a fault (a NULL or stale pointer) reads
         // zeros instead of crashing.
-        unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize).cast()) }
+        unsafe { core::ptr::read_volatile((base.0 as *const u8).add(offset as usize).cast()) }
     }
 
     #[inline(always)]
-    fn tcp_sock(sk: Sock) -> Option<u64> {
+    fn tcp_sock(sk: Sock) -> Option<TcpSock> {
         // SAFETY: the helper checks that `sk` is a full TCP socket and returns NULL otherwise.
         let tcp = unsafe { bpf_skc_to_tcp_sock(sk.0 as *mut _) };
-        (!tcp.is_null()).then_some(tcp as u64)
+        (!tcp.is_null()).then_some(TcpSock(tcp as u64))
     }
 }
 
@@ -60,7 +66,7 @@ pub enum Probe {}
 
 impl Reader for Probe {
     #[inline(always)]
-    fn read<T: Copy>(base: u64, offset: u32) -> T {
+    fn read<T: Copy>(base: Addr, offset: u32) -> T {
         let mut value = MaybeUninit::<T>::zeroed();
         // SAFETY: the helper validates the address and writes `size_of::<T>()` bytes into
         // `value`, zeros on a fault.
@@ -68,7 +74,7 @@ impl Reader for Probe {
             gen::bpf_probe_read_kernel(
                 value.as_mut_ptr().cast(),
                 size_of::<T>() as u32,
-                (base + offset as u64) as *const _,
+                (base.0 + offset as u64) as *const _,
             )
         };
         if ret != 0 {
@@ -79,14 +85,19 @@ impl Reader for Probe {
     }
 
     #[inline(always)]
-    fn tcp_sock(sk: Sock) -> Option<u64> {
-        Some(sk.0)
+    fn tcp_sock(sk: Sock) -> Option<TcpSock> {
+        Some(TcpSock(sk.0))
     }
 }
 
 /// A `struct sock *`.
 #[derive(Clone, Copy)]
 pub struct Sock(pub u64);
+
+/// A `struct tcp_sock *`: a [`Sock`] known to be a full TCP socket, whose TCP fields lie past
+/// `struct sock`.
+#[derive(Clone, Copy)]
+pub struct TcpSock(u64);
 
 /// A `struct socket *`: the socket's file side, present once a process holds it.
 #[derive(Clone, Copy)]
@@ -95,6 +106,31 @@ pub struct Socket(u64);
 /// A `struct file *`.
 #[derive(Clone, Copy)]
 pub struct File(u64);
+
+/// A `struct inode *`.
+#[derive(Clone, Copy)]
+struct Inode(u64);
+
+/// A `struct files_struct *`: a task's open files.
+#[derive(Clone, Copy)]
+struct Files(u64);
+
+/// A `struct fdtable *`.
+#[derive(Clone, Copy)]
+struct FdTable(u64);
+
+/// Each pointer type reads only through its own address.
+macro_rules! readable_at {
+    ($($pointer:ident),+) => {$(
+        impl $pointer {
+            #[inline(always)]
+            fn at(self) -> Addr {
+                Addr(self.0)
+            }
+        }
+    )+};
+}
+readable_at!(Sock, TcpSock, Socket, File, Inode, Files, FdTable);
 
 /// Whether a file still has references, as read while a TCP state changes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -113,7 +149,7 @@ impl Sock {
 
     #[inline(always)]
     pub fn family<R: Reader>(self) -> u16 {
-        R::read(self.0, config!(kernel.sock_family))
+        R::read(self.at(), config!(kernel.sock_family))
     }
 
     #[inline(always)]
@@ -123,9 +159,9 @@ impl Sock {
             return false;
         }
         let protocol = if config!(kernel.sock_protocol_size) == 1 {
-            u16::from(R::read::<u8>(self.0, config!(kernel.sock_protocol)))
+            u16::from(R::read::<u8>(self.at(), config!(kernel.sock_protocol)))
         } else {
-            R::read::<u16>(self.0, config!(kernel.sock_protocol))
+            R::read::<u16>(self.at(), config!(kernel.sock_protocol))
         };
         protocol == IPPROTO_TCP
     }
@@ -134,23 +170,21 @@ impl Sock {
     /// still held) the one `getsockname` still reports.
     #[inline(always)]
     pub fn local_port<R: Reader>(self) -> u16 {
-        match R::read::<u16>(self.0, config!(kernel.sock_num)) {
+        match R::read::<u16>(self.at(), config!(kernel.sock_num)) {
             // Past `struct sock`, so read through the TCP view the verifier knows the size of.
-            0 => R::tcp_sock(self).map_or(0, |tcp| {
-                u16::from_be(R::read(tcp, config!(kernel.inet_sport)))
-            }),
+            0 => R::tcp_sock(self).map_or(0, |tcp| tcp.inet_sport::<R>()),
             port => port,
         }
     }
 
     #[inline(always)]
     pub fn state<R: Reader>(self) -> u8 {
-        R::read(self.0, config!(kernel.sock_state))
+        R::read(self.at(), config!(kernel.sock_state))
     }
 
     #[inline(always)]
     fn flag<R: Reader>(self, bit: u32) -> bool {
-        R::read::<u64>(self.0, config!(kernel.sock_flags)) & (1u64 << (bit & 63)) != 0
+        R::read::<u64>(self.at(), config!(kernel.sock_flags)) & (1u64 << (bit & 63)) != 0
     }
 
     #[inline(always)]
@@ -159,7 +193,7 @@ impl Sock {
         if offset == OFFSET_UNKNOWN {
             return 0;
         }
-        R::read::<u8>(self.0, offset)
+        R::read::<u8>(self.at(), offset)
     }
 
     /// The sending side was shut down (shutdown(2) or close).
@@ -182,7 +216,7 @@ impl Sock {
     /// The socket's file side; `None` before `accept` has given it one.
     #[inline(always)]
     pub fn socket<R: Reader>(self) -> Option<Socket> {
-        Some(R::read::<u64>(self.0, config!(kernel.sock_socket)))
+        Some(R::read::<u64>(self.at(), config!(kernel.sock_socket)))
             .filter(|&socket| socket != 0)
             .map(Socket)
     }
@@ -197,15 +231,15 @@ impl Sock {
     ) -> (u16, u16, u16) {
         let family = self.family::<R>();
         let sport = self.local_port::<R>();
-        let dport = u16::from_be(R::read(self.0, config!(kernel.sock_dport)));
+        let dport = u16::from_be(R::read(self.at(), config!(kernel.sock_dport)));
         if family == AF_INET {
-            let local: u32 = R::read(self.0, config!(kernel.sock_rcv_saddr));
-            let remote: u32 = R::read(self.0, config!(kernel.sock_daddr));
+            let local: u32 = R::read(self.at(), config!(kernel.sock_rcv_saddr));
+            let remote: u32 = R::read(self.at(), config!(kernel.sock_daddr));
             saddr[..4].copy_from_slice(&local.to_ne_bytes());
             daddr[..4].copy_from_slice(&remote.to_ne_bytes());
         } else if family == AF_INET6 {
-            copy_v6::<R>(self.0, config!(kernel.sock_v6_rcv_saddr), saddr);
-            copy_v6::<R>(self.0, config!(kernel.sock_v6_daddr), daddr);
+            copy_v6::<R>(self, config!(kernel.sock_v6_rcv_saddr), saddr);
+            copy_v6::<R>(self, config!(kernel.sock_v6_daddr), daddr);
         }
         (family, sport, dport)
     }
@@ -216,9 +250,9 @@ impl Sock {
         let Some(tcp) = R::tcp_sock(self) else {
             return ReceiveSide::UNREAD;
         };
-        let rcv_nxt = R::read::<u32>(tcp, config!(kernel.tcp_rcv_nxt));
-        let copied_seq = R::read::<u32>(tcp, config!(kernel.tcp_copied_seq));
-        let qlen = R::read::<u32>(self.0, config!(kernel.sock_receive_qlen));
+        let rcv_nxt = R::read::<u32>(tcp.at(), config!(kernel.tcp_rcv_nxt));
+        let copied_seq = R::read::<u32>(tcp.at(), config!(kernel.tcp_copied_seq));
+        let qlen = R::read::<u32>(self.at(), config!(kernel.sock_receive_qlen));
         let mut flags = FLAG_HAS_RECEIVE_STATE;
         if self.flag::<R>(config!(kernel.sock_done_bit)) {
             flags |= FLAG_FIN_RECEIVED;
@@ -235,40 +269,43 @@ impl Sock {
 /// Four 32-bit loads: one 16-byte copy is no single instruction, and a load must stay inside
 /// one field of `struct in6_addr` for the verifier.
 #[inline(always)]
-fn copy_v6<R: Reader>(base: u64, offset: u32, out: &mut [u8; 16]) {
+fn copy_v6<R: Reader>(sk: Sock, offset: u32, out: &mut [u8; 16]) {
     for i in 0..4 {
-        let word: u32 = R::read(base, offset + i * 4);
+        let word: u32 = R::read(sk.at(), offset + i * 4);
         out[i as usize * 4..i as usize * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+}
+
+impl TcpSock {
+    /// `inet_sock.inet_sport`, past `struct sock`: the local port `getsockname` reports.
+    #[inline(always)]
+    fn inet_sport<R: Reader>(self) -> u16 {
+        u16::from_be(R::read(self.at(), config!(kernel.inet_sport)))
     }
 }
 
 impl Socket {
     #[inline(always)]
     pub fn file<R: Reader>(self) -> Option<File> {
-        Some(R::read::<u64>(self.0, config!(kernel.socket_file)))
+        Some(R::read::<u64>(self.at(), config!(kernel.socket_file)))
             .filter(|&file| file != 0)
             .map(File)
     }
 
     #[inline(always)]
     pub fn sock<R: Reader>(self) -> Option<Sock> {
-        Some(R::read::<u64>(self.0, config!(kernel.socket_sk)))
+        Some(R::read::<u64>(self.at(), config!(kernel.socket_sk)))
             .filter(|&sk| sk != 0)
             .map(Sock)
     }
 }
 
 impl File {
-    #[inline(always)]
-    pub fn from_raw(file: u64) -> Option<File> {
-        (file != 0).then_some(File(file))
-    }
-
     /// Whether anything still refers to the file. Read while the kernel closes the socket, the
     /// counter has already dropped past one reference (`f_count` to 0, `f_ref` below 0).
     #[inline(always)]
     pub fn refs<R: Reader>(self) -> FileRefs {
-        if R::read::<i64>(self.0, config!(kernel.file_count))
+        if R::read::<i64>(self.at(), config!(kernel.file_count))
             < config!(kernel.file_count_one) as i64
         {
             FileRefs::Released
@@ -277,13 +314,19 @@ impl File {
         }
     }
 
+    #[inline(always)]
+    fn inode<R: Reader>(self) -> Option<Inode> {
+        Some(R::read::<u64>(self.at(), config!(kernel.file_inode)))
+            .filter(|&inode| inode != 0)
+            .map(Inode)
+    }
+
     /// The inode number: `socket:[ino]` in /proc/<pid>/fd.
     #[inline(always)]
     pub fn ino<R: Reader>(self) -> u64 {
-        match R::read::<u64>(self.0, config!(kernel.file_inode)) {
-            0 => 0,
-            inode => R::read::<u64>(inode, config!(kernel.inode_ino)),
-        }
+        self.inode::<R>().map_or(0, |inode| {
+            R::read::<u64>(inode.at(), config!(kernel.inode_ino))
+        })
     }
 
     /// Whether the file is a socket (`S_IFSOCK` in the inode's mode).
@@ -292,18 +335,37 @@ impl File {
         // File type bits of `inode.i_mode`: part of the stat(2) ABI, not a kernel layout.
         const S_IFMT: u16 = 0o170000;
         const S_IFSOCK: u16 = 0o140000;
-        match R::read::<u64>(self.0, config!(kernel.file_inode)) {
-            0 => false,
-            inode => R::read::<u16>(inode, config!(kernel.inode_mode)) & S_IFMT == S_IFSOCK,
-        }
+        self.inode::<R>().is_some_and(|inode| {
+            R::read::<u16>(inode.at(), config!(kernel.inode_mode)) & S_IFMT == S_IFSOCK
+        })
     }
 
     #[inline(always)]
     pub fn socket<R: Reader>(self) -> Option<Socket> {
-        Some(R::read::<u64>(self.0, config!(kernel.file_private_data)))
+        Some(R::read::<u64>(self.at(), config!(kernel.file_private_data)))
             .filter(|&socket| socket != 0)
             .map(Socket)
     }
+}
+
+/// The current task's file at `fd`: task->files->fdt->fd[fd], bounded by the table's size.
+/// Through `bpf_probe_read_kernel`: `bpf_get_current_task` gives a bare number (its BTF-typed
+/// twin is missing before 5.11).
+#[inline(always)]
+pub fn current_file(fd: i32) -> Option<File> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: no preconditions; the task is only read through bpf_probe_read_kernel.
+    let task = Addr(unsafe { bpf_get_current_task() });
+    let files = Files(Probe::read(task, config!(kernel.task_files)));
+    let fdt = FdTable(Probe::read(files.at(), config!(kernel.files_fdt)));
+    let max_fds: u32 = Probe::read(fdt.at(), config!(kernel.fdtable_max_fds));
+    if fd as u32 >= max_fds {
+        return None;
+    }
+    let fd_array = Addr(Probe::read(fdt.at(), config!(kernel.fdtable_fd)));
+    Some(File(Probe::read(fd_array, fd as u32 * 8))).filter(|&File(file)| file != 0)
 }
 
 /// The receive side of a TCP socket at one moment: how far the peer's stream reached, how far

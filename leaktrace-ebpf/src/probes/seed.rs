@@ -4,7 +4,7 @@
 //! the socket, binds it to its real owner (so its later transitions are followed), and records
 //! its present state and receive side. Attached only while leaktrace seeds, at start: a syscall
 //! tracepoint left attached would slow every syscall on the host.
-use aya_ebpf::{helpers::bpf_get_current_task, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use leaktrace_common::{tcp_state, RecordKind, FLAG_SEND_SHUTDOWN};
 
 use super::listener;
@@ -13,28 +13,16 @@ use crate::{
     config,
     emit::{socket_record, Event},
     idle,
-    kernel::{File, Probe, Reader, Sock},
+    kernel::{current_file, File, Probe, Reader, Sock},
     maps::SEED_REQUEST,
     sock_meta::{claimed, current, followed, watch_arrivals, READS_WATCHED},
 };
 
-/// The TCP socket behind `fd` in the current task's fd table, and its file:
-/// task->files->fdt->fd[fd], a socket file whose private data is the `struct socket`.
+/// The TCP socket behind `fd` in the current task's fd table, and its file: a socket file whose
+/// private data is the `struct socket`.
 #[inline(always)]
 fn tcp_socket_of_fd(fd: i32) -> Option<(Sock, File)> {
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: no preconditions; the task is only read through bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = Probe::read(task, config!(kernel.task_files));
-    let fdt: u64 = Probe::read(files, config!(kernel.files_fdt));
-    let max_fds: u32 = Probe::read(fdt, config!(kernel.fdtable_max_fds));
-    if fd as u32 >= max_fds {
-        return None;
-    }
-    let fd_array: u64 = Probe::read(fdt, config!(kernel.fdtable_fd));
-    let file = File::from_raw(Probe::read(fd_array, fd as u32 * 8))?;
+    let file = current_file(fd)?;
     if !file.is_socket::<Probe>() {
         return None;
     }
