@@ -60,6 +60,7 @@ fn on_accepted<R: Reader>(sk: Sock) {
 
 /// `inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg)`, 6.10+.
 #[fexit(function = "inet_csk_accept")]
+#[inline(always)]
 pub fn accept_fexit_2(ctx: FExitContext) -> i32 {
     if !idle() {
         on_accepted::<Btf>(Sock(ctx.arg(2)));
@@ -69,6 +70,7 @@ pub fn accept_fexit_2(ctx: FExitContext) -> i32 {
 
 /// `inet_csk_accept(struct sock *sk, int flags, int *err, bool kern)`, before 6.10.
 #[fexit(function = "inet_csk_accept")]
+#[inline(always)]
 pub fn accept_fexit_4(ctx: FExitContext) -> i32 {
     if !idle() {
         on_accepted::<Btf>(Sock(ctx.arg(4)));
@@ -77,6 +79,7 @@ pub fn accept_fexit_4(ctx: FExitContext) -> i32 {
 }
 
 #[kretprobe]
+#[inline(always)]
 pub fn accept_retprobe(ctx: RetProbeContext) -> u32 {
     if idle() {
         return 0;

@@ -1,6 +1,10 @@
 //! One module per kernel area. Each module's entry points (one per program type) only extract
 //! their arguments and call that area's handler, generic over how kernel memory is read, so every
 //! hook family produces the same records.
+//!
+//! Entry points are `#[inline(always)]` too: the program macros wrap each in the program's own
+//! function, and LLVM left to itself keeps a body past its inlining threshold (state_tp's is at
+//! it) out of line, a BPF-to-BPF call with a stack frame of its own.
 mod accept;
 mod destroy;
 mod process;

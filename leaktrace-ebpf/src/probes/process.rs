@@ -37,6 +37,7 @@ fn on_newtask(ctx: &TracePointContext) -> Option<()> {
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn newtask(ctx: TracePointContext) -> u32 {
     if !idle() {
         let _ = on_newtask(&ctx);
@@ -68,6 +69,7 @@ fn on_process_exit(ctx: &TracePointContext) -> Option<()> {
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn process_exit(ctx: TracePointContext) -> u32 {
     if !idle() {
         let _ = on_process_exit(&ctx);

@@ -55,6 +55,7 @@ fn on_arrival<R: Reader>(sk: Sock) {
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
+#[inline(always)]
 pub fn recv_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
@@ -66,6 +67,7 @@ pub fn recv_tp_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn recv_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
@@ -86,6 +88,7 @@ pub fn recv_tp(ctx: TracePointContext) -> u32 {
 }
 
 #[btf_tracepoint(function = "tcp_rcv_space_adjust")]
+#[inline(always)]
 pub fn rcvspace_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
@@ -95,6 +98,7 @@ pub fn rcvspace_tp_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn rcvspace_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
@@ -108,6 +112,7 @@ pub fn rcvspace_tp(ctx: TracePointContext) -> u32 {
 }
 
 #[btf_tracepoint(function = "sk_data_ready")]
+#[inline(always)]
 pub fn arrival_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
@@ -117,6 +122,7 @@ pub fn arrival_tp_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn arrival_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;

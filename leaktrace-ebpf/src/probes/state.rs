@@ -145,6 +145,7 @@ fn stops_sending(old: u8, new: u8) -> bool {
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
+#[inline(always)]
 pub fn state_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
@@ -157,6 +158,7 @@ pub fn state_tp_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn state_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
