@@ -4,13 +4,14 @@ use aya_ebpf::{
     helpers::bpf_get_current_comm,
 };
 use leaktrace_common::{
-    Record, RecordKind, COMM_LEN, FLAG_ESTABLISHED_AT_BIRTH, FLAG_OWNER_CONTEXT, NO_FD,
-    OWNER_UNKNOWN,
+    ProbeFailure, Record, RecordKind, COMM_LEN, FLAG_ESTABLISHED_AT_BIRTH, FLAG_OWNER_CONTEXT,
+    NO_FD, OWNER_UNKNOWN,
 };
 
 use crate::{
     clock::now,
     config,
+    failure::count_failure,
     kernel::{File, Reader, ReceiveSide, Sock},
     maps::SockMeta,
     maps::{LOST, RECORDS, SINCE_FILL_CHECK},
@@ -150,7 +151,10 @@ fn blank(kind: RecordKind, ts_ns: u64, tgid: u32, tid: u32) -> Record {
         _pad: [0; 1],
         saddr: [0; 16],
         daddr: [0; 16],
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: bpf_get_current_comm().unwrap_or_else(|_| {
+            count_failure(ProbeFailure::Comm);
+            [0; COMM_LEN]
+        }),
     }
 }
 

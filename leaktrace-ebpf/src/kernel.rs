@@ -10,7 +10,10 @@
 //! can make from one of them: an offset of one struct is never applied to another.
 use core::mem::{size_of, MaybeUninit};
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_skc_to_tcp_sock, generated as gen};
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_skc_to_tcp_sock, generated as gen},
+    programs::TracePointContext,
+};
 use leaktrace_common::{
     shutdown_how, ProbeFailure, AF_INET, AF_INET6, FLAG_FIN_RECEIVED, FLAG_HAS_RECEIVE_STATE,
     OFFSET_UNKNOWN,
@@ -346,6 +349,19 @@ impl File {
             .filter(|&socket| socket != 0)
             .map(Socket)
     }
+}
+
+/// The field at `offset` (from this kernel's tracefs format file for the event) of a classic
+/// tracepoint's record; `None` if it cannot be read (a failure counted).
+#[inline(always)]
+pub fn tracepoint_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    // SAFETY: the helper behind `read_at` validates the address; the offsets of `T`-typed fields
+    // come from the format file.
+    let field = unsafe { ctx.read_at::<T>(offset as usize) };
+    if field.is_err() {
+        count_failure(ProbeFailure::TracepointArgs);
+    }
+    field.ok()
 }
 
 /// The current task's file at `fd`: task->files->fdt->fd[fd], bounded by the table's size.

@@ -118,6 +118,11 @@ pub(crate) fn probe_failure_meaning(failure: ProbeFailure) -> &'static str {
             "children of traced processes were not traced, the kernel's map of traced processes \
              being full: leaks in them are missed; raise --max-processes"
         }
+        ProbeFailure::TracepointArgs => {
+            "a tracepoint's record could not be read: the events it reported are missing from \
+             the timelines"
+        }
+        ProbeFailure::Comm => "a process's command name could not be read: some records have none",
     }
 }
 

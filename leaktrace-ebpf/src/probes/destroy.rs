@@ -11,7 +11,7 @@ use crate::{
     config,
     emit::{socket_record, Event},
     idle,
-    kernel::{Btf, Probe, Reader, Sock},
+    kernel::{tracepoint_field, Btf, Probe, Reader, Sock},
     sock_meta::{followed, forget},
 };
 
@@ -45,8 +45,7 @@ pub fn destroy_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }
-    // SAFETY: offset from this kernel's tracefs format file for the event.
-    if let Ok(sk) = unsafe { ctx.read_at::<u64>(config!(tracepoints.destroy_skaddr) as usize) } {
+    if let Some(sk) = tracepoint_field(&ctx, config!(tracepoints.destroy_skaddr)) {
         on_destroy::<Probe>(Sock(sk));
     }
     0

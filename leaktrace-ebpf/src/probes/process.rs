@@ -6,7 +6,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use leaktrace_common::{ProbeFailure, RecordKind, OFFSET_UNKNOWN};
 
 use crate::{
-    config, emit::process_record, failure::count_failure, idle, maps::TARGETS, sock_meta::current,
+    config, emit::process_record, failure::count_failure, idle, kernel::tracepoint_field,
+    maps::TARGETS, sock_meta::current,
 };
 
 // include/uapi/linux/sched.h: a new thread, not a new process.
@@ -21,12 +22,11 @@ fn on_newtask(ctx: &TracePointContext) -> Option<()> {
     let (parent, _) = current();
     // SAFETY: the value is not used, only its presence.
     unsafe { TARGETS.get(parent) }?;
-    // SAFETY: offsets from this kernel's tracefs format file for the event.
-    let read = |offset: u32| unsafe { ctx.read_at::<u64>(offset as usize) }.ok();
-    if read(config!(tracepoints.newtask_clone_flags))? & CLONE_THREAD != 0 {
+    let clone_flags: u64 = tracepoint_field(ctx, config!(tracepoints.newtask_clone_flags))?;
+    if clone_flags & CLONE_THREAD != 0 {
         return None;
     }
-    let child = read(config!(tracepoints.newtask_pid))? as u32;
+    let child = tracepoint_field::<u64>(ctx, config!(tracepoints.newtask_pid))? as u32;
     if TARGETS.insert(child, 1, 0).is_err() {
         // Untraced, its exit would never be recorded: userspace must not wait for it.
         count_failure(ProbeFailure::TargetMapFull);
@@ -53,8 +53,7 @@ fn on_process_exit(ctx: &TracePointContext) -> Option<()> {
         // Older kernels do not say whether this is the last thread: the leader's exit stands in.
         tid == tgid
     } else {
-        // SAFETY: offset from this kernel's tracefs format file for the event.
-        unsafe { ctx.read_at::<u8>(offset as usize) }.ok()? != 0
+        tracepoint_field::<u8>(ctx, offset)? != 0
     };
     if !process_ends {
         return None;

@@ -17,7 +17,7 @@ use crate::{
     config,
     emit::{socket_record, Event},
     idle,
-    kernel::{Btf, Probe, Reader, Sock},
+    kernel::{tracepoint_field, Btf, Probe, Reader, Sock},
     sock_meta::{
         arrivals_watched, current, followed, ARRIVALS_WATCHED, FROM_LISTENER, READS_WATCHED,
     },
@@ -72,16 +72,13 @@ pub fn recv_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }
-    // SAFETY: offsets from this kernel's tracefs format file for the event.
-    let read = || -> Result<(u64, i32), i64> {
-        unsafe {
-            Ok((
-                ctx.read_at(config!(tracepoints.recv_length_sk) as usize)?,
-                ctx.read_at(config!(tracepoints.recv_length_ret) as usize)?,
-            ))
-        }
+    let read = || -> Option<(u64, i32)> {
+        Some((
+            tracepoint_field(&ctx, config!(tracepoints.recv_length_sk))?,
+            tracepoint_field(&ctx, config!(tracepoints.recv_length_ret))?,
+        ))
     };
-    if let Ok((sk, ret)) = read() {
+    if let Some((sk, ret)) = read() {
         on_read::<Probe>(Sock(sk), ret as i64);
     }
     0
@@ -103,9 +100,7 @@ pub fn rcvspace_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }
-    // SAFETY: offset from this kernel's tracefs format file for the event.
-    let sk = unsafe { ctx.read_at::<u64>(config!(tracepoints.rcv_space_adjust_skaddr) as usize) };
-    if let Ok(sk) = sk {
+    if let Some(sk) = tracepoint_field(&ctx, config!(tracepoints.rcv_space_adjust_skaddr)) {
         on_read::<Probe>(Sock(sk), RESULT_UNKNOWN);
     }
     0
@@ -127,8 +122,7 @@ pub fn arrival_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }
-    // SAFETY: offset from this kernel's tracefs format file for the event.
-    if let Ok(sk) = unsafe { ctx.read_at::<u64>(config!(tracepoints.data_ready_sk) as usize) } {
+    if let Some(sk) = tracepoint_field(&ctx, config!(tracepoints.data_ready_sk)) {
         on_arrival::<Probe>(Sock(sk));
     }
     0

@@ -13,7 +13,7 @@ use crate::{
     config,
     emit::{socket_record, Event},
     idle,
-    kernel::{current_file, File, Probe, Reader, Sock},
+    kernel::{current_file, tracepoint_field, File, Probe, Reader, Sock},
     maps::SEED_REQUEST,
     sock_meta::{claimed, current, followed, watch_arrivals, READS_WATCHED},
 };
@@ -69,8 +69,7 @@ fn on_getsockname(ctx: &TracePointContext) -> Option<()> {
     if current().0 != config!(seeder_tgid) {
         return None;
     }
-    // SAFETY: offset from this kernel's tracefs format file for the event.
-    let fd = unsafe { ctx.read_at::<i64>(config!(tracepoints.syscall_arg0) as usize) }.ok()? as i32;
+    let fd = tracepoint_field::<i64>(ctx, config!(tracepoints.syscall_arg0))? as i32;
     let (sk, file) = tcp_socket_of_fd(fd)?;
     present::<Probe>(sk, Some(file))
 }

@@ -16,7 +16,7 @@ use crate::{
     config,
     emit::{claim_and_record, socket_record, Event},
     idle,
-    kernel::{Btf, FileRefs, Probe, Reader, Sock},
+    kernel::{tracepoint_field, Btf, FileRefs, Probe, Reader, Sock},
     maps::SockMeta,
     sock_meta::{
         claim, current, followed, forget, traced, watch_arrivals, ESTABLISHED_AT_BIRTH,
@@ -163,17 +163,14 @@ pub fn state_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }
-    // SAFETY: offsets from this kernel's tracefs format file for the event.
-    let read = || -> Result<(u64, i32, i32), i64> {
-        unsafe {
-            Ok((
-                ctx.read_at(config!(tracepoints.set_state_skaddr) as usize)?,
-                ctx.read_at(config!(tracepoints.set_state_oldstate) as usize)?,
-                ctx.read_at(config!(tracepoints.set_state_newstate) as usize)?,
-            ))
-        }
+    let read = || -> Option<(u64, i32, i32)> {
+        Some((
+            tracepoint_field(&ctx, config!(tracepoints.set_state_skaddr))?,
+            tracepoint_field(&ctx, config!(tracepoints.set_state_oldstate))?,
+            tracepoint_field(&ctx, config!(tracepoints.set_state_newstate))?,
+        ))
     };
-    if let Ok((sk, old, new)) = read() {
+    if let Some((sk, old, new)) = read() {
         on_state::<Probe>(Sock(sk), old as u8, new as u8);
     }
     0

@@ -170,7 +170,8 @@ impl Metrics {
         registry.register(
             "probe_failures",
             "What the eBPF programs could not do, by reason (read: a kernel read failed; \
-             *_map_full: a kernel map had no room), counted in the kernel",
+             *_map_full: a kernel map had no room; tracepoint_args: a tracepoint's record could \
+             not be read; comm: a command name could not be read), counted in the kernel",
             probe_failures.clone(),
         );
         for failure in ProbeFailure::ALL {
@@ -550,7 +551,7 @@ mod tests {
                 decode_errors: 0,
                 lost_events: 2,
                 ring_size: 4096,
-                probe_failures: [1, 0, 0],
+                probe_failures: [1, 0, 0, 0, 0],
             },
             4,
         );
