@@ -45,3 +45,217 @@ fn explain(f: &Finding) -> String {
     };
     format!("{} {}, never closed{pool}", f.state, held_for(f))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use leaktrace_common::shutdown_how::SHUT_WR;
+    use leaktrace_common::tcp_state::*;
+
+    use super::super::test_support::{
+        close, close_wait, detectors, kinds, leaks, present, recv, resolutions, the_leak, MS, SOCK,
+    };
+    use crate::decoder::{EventKind, SockKey};
+    use crate::finding::{LeakKind, Outcome, Resolution};
+    use crate::timeline::tests::{
+        event, from_peer, key, state, with_receive, ACCEPT, DESTROY, OWNER, RELEASE,
+    };
+    use crate::timeline::Store;
+
+    #[test]
+    fn a_client_close_wait_says_how_many_it_holds_to_that_server() {
+        // A pool's connections to one server, which timed them out; an accepted one apart.
+        let mut detectors = detectors();
+        let mut store = Store::default();
+        let server = "127.0.0.1:8000".parse().unwrap();
+        for (n, addr) in [(1, 0x1000), (2, 0x2000)] {
+            let sock = key(addr, n);
+            let mut connected = event(sock, n * MS, state(SYN_SENT, ESTABLISHED));
+            connected.remote = Some(server);
+            store.insert(connected);
+            let mut fin = from_peer(event(sock, 10 * MS, state(ESTABLISHED, CLOSE_WAIT)));
+            fin.remote = Some(server);
+            store.insert(fin);
+        }
+        let accepted = key(0x3000, 3);
+        store.insert(from_peer(event(
+            accepted,
+            3 * MS,
+            state(SYN_RECV, ESTABLISHED),
+        )));
+        store.insert(from_peer(event(
+            accepted,
+            10 * MS,
+            state(ESTABLISHED, CLOSE_WAIT),
+        )));
+        let outcomes = detectors.evaluate(&mut store, 1100 * MS);
+        let counts: Vec<(SockKey, Option<u32>)> = leaks(&outcomes)
+            .iter()
+            .map(|f| (f.sock, f.close_waits_to_remote))
+            .collect();
+        assert_eq!(counts.len(), 3, "{outcomes:?}");
+        for (sock, count) in counts {
+            let expected = if sock == accepted { None } else { Some(2) };
+            assert_eq!(count, expected, "{sock:?}");
+        }
+    }
+
+    #[test]
+    fn close_wait_reported_after_grace_then_resolved_by_close() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        close_wait(&mut store, SOCK, 100 * MS);
+
+        assert!(detectors.evaluate(&mut store, 1099 * MS).is_empty());
+        let finding = the_leak(&mut detectors, &mut store, 1100 * MS);
+        assert_eq!(finding.kind, LeakKind::CloseWait);
+        assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
+        assert_eq!(finding.comm, "mailer");
+        assert_eq!(finding.state, "CLOSE_WAIT");
+        assert_eq!(finding.age, Duration::from_secs(1));
+        assert_eq!((finding.unread_bytes, finding.eof_unread), (0, true));
+        assert_eq!(finding.local, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(finding.remote, Some("127.0.0.1:50412".parse().unwrap()));
+        // With its opening (LISTEN -> SYN_RECV), rebuilt from the socket's birth.
+        assert_eq!(finding.timeline.len(), 4);
+        // Reported once only.
+        assert!(detectors.evaluate(&mut store, 2000 * MS).is_empty());
+
+        close(&mut store, SOCK, 2100 * MS);
+        let outcomes = detectors.evaluate(&mut store, 2200 * MS);
+        assert_eq!(
+            resolutions(&outcomes),
+            [(LeakKind::CloseWait, Resolution::Closed)]
+        );
+        let Outcome::Resolved(resolved) = &outcomes[0] else {
+            unreachable!()
+        };
+        assert_eq!((resolved.pid, resolved.fd), (OWNER, Some(7)));
+        assert!(detectors.evaluate(&mut store, 9000 * MS).is_empty());
+
+        let report = detectors.summary(&mut store, 9000 * MS, Default::default());
+        assert!(report.open.is_empty());
+        assert_eq!((report.leaks_resolved, report.sockets_seen), (1, 1));
+    }
+
+    #[test]
+    fn close_wait_closed_within_grace_is_no_leak() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        close_wait(&mut store, SOCK, 100 * MS);
+        close(&mut store, SOCK, 1099 * MS);
+        assert!(detectors.evaluate(&mut store, 1100 * MS).is_empty());
+        assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
+    }
+
+    #[test]
+    fn close_wait_late_records_from_another_cpu() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        // The close and LAST_ACK reach userspace before the CLOSE_WAIT transition that preceded
+        // them.
+        close(&mut store, SOCK, 500 * MS);
+        close_wait(&mut store, SOCK, 100 * MS);
+        assert!(detectors.evaluate(&mut store, 5000 * MS).is_empty());
+    }
+
+    #[test]
+    fn close_wait_resolved_by_shutdown_or_destroy() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        let other = key(0x2000, 1);
+        close_wait(&mut store, SOCK, 100 * MS);
+        close_wait(&mut store, other, 100 * MS);
+        assert_eq!(leaks(&detectors.evaluate(&mut store, 1100 * MS)).len(), 2);
+
+        let shutdown = EventKind::Shutdown { how: SHUT_WR };
+        store.insert(event(SOCK, 1200 * MS, shutdown));
+        store.insert(event(SOCK, 1200 * MS, state(CLOSE_WAIT, LAST_ACK)));
+        store.insert(event(other, 1200 * MS, DESTROY));
+        let mut outcomes = resolutions(&detectors.evaluate(&mut store, 1300 * MS));
+        outcomes.sort_unstable();
+        assert_eq!(
+            outcomes,
+            [
+                (LeakKind::CloseWait, Resolution::Destroyed),
+                (LeakKind::CloseWait, Resolution::Shutdown)
+            ]
+        );
+    }
+
+    #[test]
+    fn close_wait_reports_whether_the_owner_read_the_eof() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        store.insert(event(SOCK, MS, ACCEPT));
+        store.insert(from_peer(with_receive(
+            event(SOCK, 10 * MS, state(ESTABLISHED, CLOSE_WAIT)),
+            1001,
+            1000,
+            true,
+        )));
+        recv(&mut store, 20 * MS, 0, 1001, 1001);
+        let finding = the_leak(&mut detectors, &mut store, 1100 * MS);
+        assert_eq!(finding.kind, LeakKind::CloseWait);
+        assert_eq!((finding.unread_bytes, finding.eof_unread), (0, false));
+    }
+
+    #[test]
+    fn close_wait_found_at_start_is_reported_at_once() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        store.insert(present(100 * MS, CLOSE_WAIT, false, 1001, true));
+        let finding = the_leak(&mut detectors, &mut store, 150 * MS);
+        assert_eq!(finding.kind, LeakKind::CloseWait);
+        assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
+        assert!(finding.age_at_least);
+        assert_eq!(finding.age, Duration::from_millis(50));
+
+        // Its later transitions join the same timeline: the owner finally closes.
+        store.insert(event(SOCK, 200 * MS, RELEASE));
+        store.insert(event(SOCK, 200 * MS, state(CLOSE_WAIT, LAST_ACK)));
+        let outcomes = detectors.evaluate(&mut store, 300 * MS);
+        assert_eq!(
+            resolutions(&outcomes),
+            [(LeakKind::CloseWait, Resolution::Closed)]
+        );
+    }
+
+    #[test]
+    fn close_wait_entered_while_tracing_waits_for_the_grace_period() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        store.insert(present(100 * MS, ESTABLISHED, false, 1000, false));
+        store.insert(from_peer(event(
+            SOCK,
+            200 * MS,
+            state(ESTABLISHED, CLOSE_WAIT),
+        )));
+        assert!(detectors.evaluate(&mut store, 1199 * MS).is_empty());
+        let finding = the_leak(&mut detectors, &mut store, 1200 * MS);
+        assert!(!finding.age_at_least);
+    }
+
+    #[test]
+    fn close_wait_reset_by_the_peer_becomes_fd_after_close() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        close_wait(&mut store, SOCK, 100 * MS);
+        assert_eq!(
+            kinds(&detectors.evaluate(&mut store, 1100 * MS)),
+            [LeakKind::CloseWait]
+        );
+        store.insert(from_peer(event(SOCK, 2000 * MS, state(CLOSE_WAIT, CLOSE))));
+        let outcomes = detectors.evaluate(&mut store, 2100 * MS);
+        assert_eq!(
+            resolutions(&outcomes),
+            [(LeakKind::CloseWait, Resolution::Reset)]
+        );
+        assert!(leaks(&outcomes).is_empty());
+        assert_eq!(
+            kinds(&detectors.evaluate(&mut store, 3000 * MS)),
+            [LeakKind::FdAfterClose]
+        );
+    }
+}

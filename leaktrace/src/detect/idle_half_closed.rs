@@ -112,7 +112,7 @@ mod tests {
 
     use leaktrace_common::tcp_state::*;
 
-    use super::super::tests::{leaks, MS};
+    use super::super::test_support::{leaks, MS};
     use super::super::{LeakKind, Outcome, Resolution};
     use crate::decoder::{Event, EventKind, Owner, SockKey};
     use crate::host::fake::FakeHost;

@@ -150,7 +150,19 @@ fn unconsumed_since_shutdown(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use leaktrace_common::shutdown_how::{SHUT_RD, SHUT_RDWR, SHUT_WR};
+    use leaktrace_common::tcp_state::*;
+
+    use super::super::test_support::{
+        detectors, kinds, leaks, peer_sends_and_closes, present, recv, resolutions, shut_down,
+        the_leak, MS, SOCK,
+    };
     use super::*;
+    use crate::decoder::EventKind;
+    use crate::timeline::tests::{event, from_peer, with_receive, ACCEPT, DESTROY, OWNER, RELEASE};
+    use crate::timeline::Store;
 
     fn at(rcv_nxt: u32, fin_received: bool) -> ReceiveState {
         ReceiveState {
@@ -175,5 +187,215 @@ mod tests {
         );
         // An older state than the shutdown's never gives a negative count.
         assert_eq!(bytes_after_shutdown(&at(100, false), &at(90, false)), 0);
+    }
+
+    #[test]
+    fn shut_wr_late_bytes_never_read() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 6);
+
+        assert!(detectors.evaluate(&mut store, 1199 * MS).is_empty());
+        let finding = the_leak(&mut detectors, &mut store, 1200 * MS);
+        assert_eq!(finding.kind, LeakKind::ShutWrUnread);
+        assert_eq!(finding.state, "CLOSE");
+        assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
+        assert_eq!(finding.unread_bytes, 6);
+        assert!(finding.eof_unread);
+        assert_eq!(finding.bytes_after_shutdown, Some(6));
+        assert_eq!(finding.age, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn shut_wr_late_bytes_read_but_not_eof() {
+        // Incident 3: the runtime pulled the bytes into its own buffer, never read the EOF.
+        // Whether the FIN came in a segment of its own (copied_seq stops before it) or with the
+        // bytes (reading them moves copied_seq past it), the read returned 6, never 0: the owner
+        // never learned of the end of the stream.
+        for copied_after_read in [1006, 1007] {
+            let mut store = Store::default();
+            let mut detectors = detectors();
+            shut_down(&mut store, SHUT_WR);
+            peer_sends_and_closes(&mut store, 6);
+            recv(&mut store, 220 * MS, 6, copied_after_read, 1007);
+
+            let finding = the_leak(&mut detectors, &mut store, 1200 * MS);
+            assert_eq!(
+                (
+                    finding.unread_bytes,
+                    finding.eof_unread,
+                    finding.bytes_after_shutdown
+                ),
+                (0, true, Some(6)),
+                "copied_seq {copied_after_read}"
+            );
+
+            // Reading the EOF drains it.
+            recv(&mut store, 1300 * MS, 0, 1007, 1007);
+            let outcomes = detectors.evaluate(&mut store, 1400 * MS);
+            assert_eq!(
+                resolutions(&outcomes),
+                [(LeakKind::ShutWrUnread, Resolution::Drained)]
+            );
+        }
+    }
+
+    #[test]
+    fn shut_wr_without_read_results_trusts_the_counters() {
+        // Kernels before 6.3 only report data reads, without their result: there the kernel's
+        // counters are all there is, and counters past the FIN mean drained.
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 6);
+        store.insert(with_receive(
+            event(SOCK, 220 * MS, EventKind::Recv { ret: None }),
+            1007,
+            1007,
+            true,
+        ));
+        // Drained, so no shut_wr_unread; the fd still held after the connection ended is
+        // fd_after_close's.
+        let outcomes = detectors.evaluate(&mut store, 5000 * MS);
+        assert_eq!(kinds(&outcomes), [LeakKind::FdAfterClose]);
+    }
+
+    #[test]
+    fn shut_down_before_tracing_with_unread_data_is_reported_at_once() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        store.insert(present(100 * MS, CLOSE, true, 1013, true));
+        let finding = the_leak(&mut detectors, &mut store, 100 * MS);
+        assert_eq!(finding.kind, LeakKind::ShutWrUnread);
+        assert_eq!((finding.unread_bytes, finding.eof_unread), (12, true));
+        assert!(finding.age_at_least);
+    }
+
+    #[test]
+    fn shut_down_before_tracing_and_drained_is_no_leak() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        store.insert(present(100 * MS, FIN_WAIT2, true, 1000, false));
+        assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
+    }
+
+    #[test]
+    fn shut_wr_baseline_from_before_the_shutdown() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        store.insert(with_receive(
+            event(SOCK, 50 * MS, ACCEPT),
+            1000,
+            1000,
+            false,
+        ));
+        // This shutdown record carries no receive state.
+        let shutdown = EventKind::Shutdown { how: SHUT_WR };
+        store.insert(event(SOCK, 100 * MS, shutdown));
+        peer_sends_and_closes(&mut store, 6);
+        let finding = the_leak(&mut detectors, &mut store, 1200 * MS);
+        assert_eq!(finding.bytes_after_shutdown, Some(6));
+    }
+
+    #[test]
+    fn shut_rdwr_counts_shut_rd_does_not() {
+        // Without a write shutdown, the unread bytes of a finished connection whose fd is held
+        // are no shut_wr_unread: just the held fd.
+        for (how, expected) in [
+            (SHUT_RDWR, LeakKind::ShutWrUnread),
+            (SHUT_RD, LeakKind::FdAfterClose),
+        ] {
+            let mut store = Store::default();
+            let mut detectors = detectors();
+            shut_down(&mut store, how);
+            peer_sends_and_closes(&mut store, 6);
+            let outcomes = detectors.evaluate(&mut store, 5000 * MS);
+            assert_eq!(kinds(&outcomes), [expected], "how {how}");
+        }
+    }
+
+    #[test]
+    fn shut_wr_well_behaved_is_no_leak() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 6);
+        recv(&mut store, 220 * MS, 6, 1006, 1007);
+        recv(&mut store, 230 * MS, 0, 1007, 1007);
+        store.insert(event(SOCK, 240 * MS, RELEASE));
+        store.insert(event(SOCK, 240 * MS, DESTROY));
+        assert!(detectors.evaluate(&mut store, 60_000 * MS).is_empty());
+    }
+
+    #[test]
+    fn shut_wr_only_fin_after_shutdown() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        peer_sends_and_closes(&mut store, 0);
+        let finding = the_leak(&mut detectors, &mut store, 1300 * MS);
+        assert_eq!(
+            (
+                finding.unread_bytes,
+                finding.eof_unread,
+                finding.bytes_after_shutdown
+            ),
+            (0, true, Some(0))
+        );
+        // Not a close_wait leak: the socket never was in CLOSE_WAIT.
+        assert_eq!(finding.kind, LeakKind::ShutWrUnread);
+    }
+
+    #[test]
+    fn shut_wr_condition_restarts_after_a_drain() {
+        let mut store = Store::default();
+        let mut detectors = detectors();
+        shut_down(&mut store, SHUT_WR);
+        let arrival = |ts, rcv_nxt, fin| {
+            from_peer(with_receive(
+                event(SOCK, ts, EventKind::Arrival),
+                rcv_nxt,
+                1000,
+                fin,
+            ))
+        };
+        store.insert(arrival(200 * MS, 1006, false));
+        store.insert(with_receive(
+            event(SOCK, 300 * MS, EventKind::Recv { ret: Some(6) }),
+            1006,
+            1006,
+            false,
+        ));
+        store.insert(from_peer(with_receive(
+            event(SOCK, 400 * MS, EventKind::Arrival),
+            1010,
+            1006,
+            false,
+        )));
+        assert!(detectors.evaluate(&mut store, 1399 * MS).is_empty());
+        let finding = the_leak(&mut detectors, &mut store, 1400 * MS);
+        assert_eq!(
+            (finding.unread_bytes, finding.bytes_after_shutdown),
+            (4, Some(10))
+        );
+        assert!(!finding.eof_unread);
+    }
+
+    #[test]
+    fn shut_wr_resolved_by_close_and_destroy() {
+        for (end, how) in [
+            (RELEASE, Resolution::Closed),
+            (DESTROY, Resolution::Destroyed),
+        ] {
+            let mut store = Store::default();
+            let mut detectors = detectors();
+            shut_down(&mut store, SHUT_WR);
+            peer_sends_and_closes(&mut store, 6);
+            assert_eq!(leaks(&detectors.evaluate(&mut store, 2000 * MS)).len(), 1);
+            store.insert(event(SOCK, 2100 * MS, end));
+            let outcomes = detectors.evaluate(&mut store, 2200 * MS);
+            assert_eq!(resolutions(&outcomes), [(LeakKind::ShutWrUnread, how)]);
+        }
     }
 }
