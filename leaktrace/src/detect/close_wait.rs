@@ -51,13 +51,14 @@ mod tests {
     use std::time::Duration;
 
     use leaktrace_common::shutdown_how::SHUT_WR;
-    use leaktrace_common::tcp_state::*;
+    use leaktrace_common::tcp_state::{self, *};
 
     use super::super::test_support::{
         close, close_wait, detectors, kinds, leaks, present, recv, resolutions, the_leak, MS, SOCK,
     };
     use crate::decoder::{EventKind, SockKey};
     use crate::finding::{LeakKind, Outcome, Resolution};
+    use crate::output::tests::finding;
     use crate::timeline::tests::{
         event, from_peer, key, state, with_receive, ACCEPT, DESTROY, OWNER, RELEASE,
     };
@@ -257,5 +258,26 @@ mod tests {
             kinds(&detectors.evaluate(&mut store, 3000 * MS)),
             [LeakKind::FdAfterClose]
         );
+    }
+
+    #[test]
+    fn a_client_close_wait_says_whether_it_is_one_or_a_pile() {
+        let mut pooled = finding();
+        pooled.kind = LeakKind::CloseWait;
+        pooled.state = tcp_state::name(tcp_state::CLOSE_WAIT);
+        pooled.close_waits_to_remote = Some(1);
+        assert!(
+            pooled.kind.explain(&pooled).ends_with(
+                "never closed; the only one to this server: likely a pooled keep-alive \
+                 connection the server timed out, dropped at its next use"
+            ),
+            "{}",
+            pooled.kind.explain(&pooled)
+        );
+        pooled.close_waits_to_remote = Some(30);
+        assert!(pooled
+            .kind
+            .explain(&pooled)
+            .ends_with("never closed; 30 held in CLOSE_WAIT to this server"));
     }
 }

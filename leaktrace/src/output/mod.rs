@@ -266,7 +266,7 @@ fn write_line(out: &mut dyn Write, line: &str) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use leaktrace_common::{tcp_state, ProbeFailure};
@@ -336,7 +336,7 @@ mod tests {
     };
 
     /// Incident 3's shape: shut down, 6 late bytes read by the runtime, the FIN never read.
-    pub(super) fn finding() -> Finding {
+    pub(crate) fn finding() -> Finding {
         let shutdown = EventKind::Shutdown {
             how: leaktrace_common::shutdown_how::SHUT_WR,
         };

@@ -667,27 +667,6 @@ mod tests {
     }
 
     #[test]
-    fn a_client_close_wait_says_whether_it_is_one_or_a_pile() {
-        let mut pooled = finding();
-        pooled.kind = LeakKind::CloseWait;
-        pooled.state = tcp_state::name(tcp_state::CLOSE_WAIT);
-        pooled.close_waits_to_remote = Some(1);
-        assert!(
-            pooled.kind.explain(&pooled).ends_with(
-                "never closed; the only one to this server: likely a pooled keep-alive \
-                 connection the server timed out, dropped at its next use"
-            ),
-            "{}",
-            pooled.kind.explain(&pooled)
-        );
-        pooled.close_waits_to_remote = Some(30);
-        assert!(pooled
-            .kind
-            .explain(&pooled)
-            .ends_with("never closed; 30 held in CLOSE_WAIT to this server"));
-    }
-
-    #[test]
     fn an_age_from_before_tracing_is_a_lower_bound() {
         let mut present = finding();
         present.kind = LeakKind::CloseWait;
