@@ -3,15 +3,9 @@
 use std::{collections::BTreeSet, future::Future, io, os::fd::RawFd, path::Path, time::Duration};
 
 use anyhow::{anyhow, Context as _};
-use aya::{
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
-    sys::SyscallError,
-};
+use aya::maps::{MapData, RingBuf};
 use leaktrace_common::{ProbeFailure, Record};
-use tokio::{
-    io::unix::AsyncFd,
-    time::{interval, interval_at, sleep_until, Instant, MissedTickBehavior},
-};
+use tokio::time::{interval, interval_at, sleep_until, Instant, MissedTickBehavior};
 
 use crate::{
     cgroup::{self, Cgroup},
@@ -19,7 +13,7 @@ use crate::{
     decoder::{self, Event, EventKind, SockKey},
     error::Failure,
     format::{probe_failure_meaning, ring_size_hint},
-    hooks::{self, Attached, LoadError, LoadOptions},
+    hooks::{self, Attached, Channel, LoadError, LoadOptions},
     host::{holders, ProcHost},
     output::{
         pipe, Batch, End, JsonReporter, Metrics, Output, OutputError, Outputs, StartInfo,
@@ -30,7 +24,7 @@ use crate::{
     summary::{FinalReport, IngestCounts},
     tick::Evaluator,
     timeline::{Store, Timeline},
-    tree::{self, Traced},
+    tree,
 };
 
 /// How often the detectors look at the timelines: a leak is reported at most this long after
@@ -144,10 +138,8 @@ pub enum Ended {
 
 pub struct Session {
     attached: Attached,
-    ring: AsyncFd<RingBuf<MapData>>,
-    lost: PerCpuArray<MapData, u64>,
-    /// Per-CPU counts of what the programs could not do, by `ProbeFailure`.
-    probe_failures: PerCpuArray<MapData, u64>,
+    /// Records, and the counts of what was lost and what the programs could not do.
+    channel: Channel,
     /// The report, until given up (see `SessionOptions::report_to_stderr`), and the exports.
     outputs: Outputs,
     report_to_stderr: bool,
@@ -282,11 +274,9 @@ impl Session {
             .into());
         }
         {
-            let mut targets = targets(&mut attached)?;
+            let mut targets = attached.targets()?;
             for &pid in &pids {
-                targets
-                    .insert(pid, 1, 0)
-                    .with_context(|| format!("tracing pid {pid}"))?;
+                targets.insert(pid)?;
             }
         }
         let descendants = match &options.scope {
@@ -303,13 +293,7 @@ impl Session {
         };
         // Seeded and waited for like the processes named.
         let traced: Vec<u32> = pids.iter().chain(&descendants).copied().collect();
-        let mut ring = RingBuf::try_from(
-            attached
-                .ebpf
-                .take_map("RECORDS")
-                .ok_or_else(|| anyhow!("RECORDS map missing"))?,
-        )
-        .map_err(anyhow::Error::from)?;
+        let mut channel = Channel::take(&mut attached.ebpf)?;
         let mut store = Store::with_capacity_limit(options.common.max_sockets);
         if outputs.wants_timelines() {
             store = store.keeping_swept();
@@ -326,7 +310,13 @@ impl Session {
             // Drained while seeding, a quarter of the ring at a time: one record per socket.
             let batch = options.common.ring_size as usize / Record::SIZE / 4;
             let seeded = hooks::seed_existing(&mut attached.ebpf, &traced, batch, &mut || {
-                drain(&mut ring, &mut store, &mut live, &mut counts, &mut outputs)
+                drain(
+                    channel.records(),
+                    &mut store,
+                    &mut live,
+                    &mut counts,
+                    &mut outputs,
+                )
             })?;
             if let Some(why) = &seeded.first_failure {
                 stderr::line(format_args!(
@@ -337,9 +327,6 @@ impl Session {
             check_not_interrupted()?;
         }
         release_startup_memory();
-        let lost = per_cpu_counters(&mut attached, "LOST")?;
-        let probe_failures = per_cpu_counters(&mut attached, "PROBE_FAILURES")?;
-        let ring = register(ring)?;
         // Before the start line: whoever reads it may stop leaktrace at once, and must get the
         // final report, not a process killed by a signal's default action.
         let stops = StopSignals::install()?;
@@ -390,9 +377,7 @@ impl Session {
         };
         let mut session = Session {
             attached,
-            ring,
-            lost,
-            probe_failures,
+            channel,
             outputs,
             report_to_stderr: options.report_to_stderr,
             store,
@@ -438,17 +423,13 @@ impl Session {
 
     /// Traces `pid` from now on (and, with `follow_children`, the processes it starts).
     pub fn trace(&mut self, pid: u32) -> Result<(), Failure> {
-        targets(&mut self.attached)?
-            .insert(pid, 1, 0)
-            .with_context(|| format!("tracing pid {pid}"))?;
+        self.attached.targets()?.insert(pid)?;
         self.live.insert(pid);
         Ok(())
     }
 
     pub fn untrace(&mut self, pid: u32) -> Result<(), Failure> {
-        targets(&mut self.attached)?
-            .remove(&pid)
-            .with_context(|| format!("untracing pid {pid}"))?;
+        self.attached.targets()?.remove(pid)?;
         self.live.remove(&pid);
         Ok(())
     }
@@ -470,7 +451,7 @@ impl Session {
         tokio::pin!(until);
         loop {
             tokio::select! {
-                readable = self.ring.readable_mut() => {
+                readable = self.channel.readable() => {
                     // Cleared before reading: a record arriving meanwhile sets it again.
                     readable.context("polling the ring buffer")?.clear_ready();
                     self.read_ring();
@@ -543,7 +524,7 @@ impl Session {
     /// Moves every record waiting in the ring buffer into the timelines.
     fn read_ring(&mut self) {
         drain(
-            self.ring.get_mut(),
+            self.channel.records(),
             &mut self.store,
             &mut self.live,
             &mut self.counts,
@@ -618,8 +599,8 @@ impl Session {
     /// for what was lost from /proc before the detectors look, at most every `RECHECK_EVERY`
     /// unless `now`.
     fn note_losses(&mut self, now: bool) -> Result<(), Failure> {
-        let lost = self.lost_events()?;
-        let failures = self.probe_failures()?;
+        let lost = self.channel.lost()?;
+        let failures = self.channel.probe_failures()?;
         for failure in ProbeFailure::ALL {
             let (before, now) = (
                 self.counts.probe_failures[failure as usize],
@@ -681,29 +662,6 @@ impl Session {
         }
         exited
     }
-
-    /// What the programs could not do, by `ProbeFailure`, summed over the CPUs.
-    fn probe_failures(&self) -> Result<[u64; ProbeFailure::COUNT as usize], Failure> {
-        let mut counts = [0; ProbeFailure::COUNT as usize];
-        for (index, count) in counts.iter_mut().enumerate() {
-            *count = self
-                .probe_failures
-                .get(&(index as u32), 0)
-                .context("reading the probe failure counters")?
-                .iter()
-                .sum();
-        }
-        Ok(counts)
-    }
-
-    /// Records that did not fit in the ring buffer, counted per CPU by the kernel side.
-    fn lost_events(&self) -> Result<u64, Failure> {
-        let per_cpu = self
-            .lost
-            .get(&0, 0)
-            .context("reading the lost-events counter")?;
-        Ok(per_cpu.iter().sum())
-    }
 }
 
 /// Traces the descendants of `pids` already running (see [`tree::trace_descendants`]) and
@@ -713,21 +671,8 @@ fn trace_descendants(
     pids: &[u32],
     max_processes: u32,
 ) -> Result<Vec<u32>, Failure> {
-    let mut targets = targets(attached)?;
-    let found = tree::trace_descendants(pids, &mut |pid| {
-        if targets.get(&pid, 0).is_ok() {
-            return Ok(Traced::Already);
-        }
-        match targets.insert(pid, 1, 0) {
-            Ok(()) => Ok(Traced::Added),
-            Err(MapError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.raw_os_error() == Some(libc::E2BIG) =>
-            {
-                Ok(Traced::NoRoom)
-            }
-            Err(e) => Err(anyhow::Error::new(e).context(format!("tracing pid {pid}"))),
-        }
-    })?;
+    let mut targets = attached.targets()?;
+    let found = tree::trace_descendants(pids, &mut |pid| targets.add(pid))?;
     if found.untraced > 0 {
         stderr::line(format_args!(
             "leaktrace: warning: {} running descendant process(es) of the traced ones not \
@@ -739,37 +684,10 @@ fn trace_descendants(
     Ok(found.added)
 }
 
-fn targets(attached: &mut Attached) -> Result<BpfHashMap<&mut MapData, u32, u8>, Failure> {
-    let map = attached
-        .ebpf
-        .map_mut("TARGETS")
-        .ok_or_else(|| anyhow!("TARGETS map missing"))?;
-    Ok(BpfHashMap::try_from(map).map_err(anyhow::Error::from)?)
-}
-
-/// The kernel side's per-CPU counters `name`, which the session reads on its own.
-fn per_cpu_counters(
-    attached: &mut Attached,
-    name: &str,
-) -> Result<PerCpuArray<MapData, u64>, Failure> {
-    let map = attached
-        .ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow!("{name} map missing"))?;
-    Ok(PerCpuArray::try_from(map).map_err(anyhow::Error::from)?)
-}
-
 /// The name of `timeline`'s owner, for the outputs that write timelines: the store's, from the
 /// records or else from /proc.
 fn owner_comm(store: &Store, timeline: &Timeline) -> Option<String> {
     store.comm(timeline.owner()?.tgid)
-}
-
-fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, Failure> {
-    // SAFETY: the ring buffer owns its map fd; the AsyncFd owns the ring buffer, so the fd stays
-    // open and unchanged for the AsyncFd's whole life.
-    unsafe { AsyncFd::register(ring) }
-        .map_err(|e| Failure::Runtime(anyhow!("polling the ring buffer: {e}")))
 }
 
 fn drain(

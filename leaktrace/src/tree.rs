@@ -16,17 +16,7 @@ use procfs::{
 };
 
 use crate::format::printable;
-
-/// What [`trace_descendants`]'s caller did with one process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Traced {
-    /// Traced from now on.
-    Added,
-    /// Already traced: the kernel's fork hook added it, its parent being traced when it started.
-    Already,
-    /// The kernel's map of traced processes is full (`--max-processes`).
-    NoRoom,
-}
+use crate::hooks::Tracing;
 
 /// The descendants [`trace_descendants`] found running.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -45,7 +35,7 @@ pub struct Descendants {
 /// a busy server forking all along does not keep them going.
 pub fn trace_descendants(
     roots: &[u32],
-    trace: &mut dyn FnMut(u32) -> Result<Traced>,
+    trace: &mut dyn FnMut(u32) -> Result<Tracing>,
 ) -> Result<Descendants> {
     let mut known: BTreeSet<u32> = roots.iter().copied().collect();
     let mut found = Descendants::default();
@@ -58,12 +48,12 @@ pub fn trace_descendants(
         for pid in descendants(&parents, &known) {
             known.insert(pid);
             match trace(pid)? {
-                Traced::Added => {
+                Tracing::Started => {
                     found.added.push(pid);
                     added_any = true;
                 }
-                Traced::Already => {}
-                Traced::NoRoom => found.untraced += 1,
+                Tracing::Already => {}
+                Tracing::NoRoom => found.untraced += 1,
             }
         }
         if !added_any {

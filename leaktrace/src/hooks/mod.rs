@@ -7,6 +7,7 @@
 //! would put every syscall of every process on the kernel's slow path, so connect, listen,
 //! shutdown and close are read off the state changes they make (see the eBPF crate's `state`).
 mod btf;
+mod channel;
 #[cfg(test)]
 mod probe_tests;
 mod seed;
@@ -27,6 +28,7 @@ use clap::ValueEnum;
 use leaktrace_common::Config;
 
 pub use btf::VMLINUX_BTF;
+pub use channel::{Channel, Tracing};
 pub use seed::{seed_existing, SEED_HOOK};
 
 /// Which hook family to use (`--hooks`).
@@ -174,6 +176,32 @@ const fn tracepoint(
     }
 }
 
+const fn fexit(program: &'static str, function: &'static str, params: u32) -> Candidate {
+    Candidate {
+        hook: Some(Hook::Fexit {
+            program,
+            function,
+            params,
+        }),
+        derived: None,
+    }
+}
+
+const fn kretprobe(program: &'static str, function: &'static str) -> Candidate {
+    Candidate {
+        hook: Some(Hook::Kretprobe { program, function }),
+        derived: None,
+    }
+}
+
+/// No hook of its own: `what` serves the event, given one of `programs` attached.
+const fn derived(what: &'static str, programs: &'static [&'static str]) -> Candidate {
+    Candidate {
+        hook: None,
+        derived: Some((what, programs)),
+    }
+}
+
 impl Candidate {
     fn family(&self) -> HookFamily {
         // Derived candidates ride on tracepoints.
@@ -235,37 +263,11 @@ static HOOKS: &[EventHooks] = &[
         event: "accept",
         required: true,
         candidates: &[
-            Candidate {
-                hook: Some(Hook::Fexit {
-                    program: "accept_fexit_2",
-                    function: ACCEPT_FUNCTION,
-                    params: 2,
-                }),
-                derived: None,
-            },
-            Candidate {
-                hook: Some(Hook::Fexit {
-                    program: "accept_fexit_4",
-                    function: ACCEPT_FUNCTION,
-                    params: 4,
-                }),
-                derived: None,
-            },
-            Candidate {
-                hook: Some(Hook::Kretprobe {
-                    program: "accept_retprobe",
-                    function: ACCEPT_FUNCTION,
-                }),
-                derived: None,
-            },
-            Candidate {
-                hook: None,
-                derived: Some(("the connection's first read (recv)", READ_PROGRAMS)),
-            },
-            Candidate {
-                hook: None,
-                derived: Some(("the listening process, until a shutdown shows another", &[])),
-            },
+            fexit("accept_fexit_2", ACCEPT_FUNCTION, 2),
+            fexit("accept_fexit_4", ACCEPT_FUNCTION, 4),
+            kretprobe("accept_retprobe", ACCEPT_FUNCTION),
+            derived("the connection's first read (recv)", READ_PROGRAMS),
+            derived("the listening process, until a shutdown shows another", &[]),
         ],
     },
     EventHooks {

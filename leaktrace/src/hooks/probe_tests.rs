@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use leaktrace_common::{shutdown_how::SHUT_WR, tcp_state};
 use leaktrace_tests::{is_root, kernel_socket, skip};
 
@@ -76,11 +76,9 @@ impl Probes {
             Err(e) => panic!("{test}: loading leaktrace's eBPF programs: {e}"),
         };
         {
-            let targets = attached.ebpf.map_mut("TARGETS").expect("TARGETS map");
-            let mut targets: BpfHashMap<_, u32, u8> =
-                BpfHashMap::try_from(targets).expect("TARGETS is a hash map");
+            let mut targets = attached.targets().expect("TARGETS map");
             for &pid in pids {
-                targets.insert(pid, 1, 0).expect("tracing a pid");
+                targets.insert(pid).expect("tracing a pid");
             }
         }
         let ring = attached.ebpf.take_map("RECORDS").expect("RECORDS map");
