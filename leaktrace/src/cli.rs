@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{builder::RangedU64ValueParser, Args, CommandFactory as _, Parser, Subcommand};
 
 use crate::hooks::HookFamily;
+use crate::settings;
 use crate::timeline::DEFAULT_MAX_SOCKETS;
 
 const AFTER_HELP: &str = "\
@@ -214,6 +215,59 @@ pub struct CommonArgs {
     /// themselves, for `cargo xtask bench`. Finds nothing.
     #[arg(long, hide = true)]
     pub floor: bool,
+}
+
+impl From<CommonArgs> for settings::Common {
+    fn from(args: CommonArgs) -> Self {
+        Self {
+            json: args.json,
+            hooks: args.hooks,
+            ring_size: args.ring_size,
+            interval: args.interval,
+            max_sockets: args.max_sockets,
+            max_processes: args.max_processes,
+            max_kernel_sockets: args.max_kernel_sockets,
+            metrics: args.metrics,
+            trace_out: args.trace_out,
+            verbose: args.verbose,
+            floor: args.floor,
+        }
+    }
+}
+
+impl From<LeakArgs> for settings::Leaks {
+    fn from(args: LeakArgs) -> Self {
+        Self {
+            leak_after: args.leak_after,
+            idle_after: args.idle_after,
+        }
+    }
+}
+
+impl From<TraceArgs> for settings::Trace {
+    fn from(args: TraceArgs) -> Self {
+        Self {
+            pids: args.pids,
+            follow_children: args.follow_children,
+            cgroup: args.cgroup,
+            unit: args.unit,
+            duration: args.duration,
+            common: args.common.into(),
+            leaks: args.leaks.into(),
+        }
+    }
+}
+
+impl From<RunArgs> for settings::Run {
+    fn from(args: RunArgs) -> Self {
+        Self {
+            fail_on_leak: args.fail_on_leak,
+            as_root: args.as_root,
+            command: args.command,
+            common: args.common.into(),
+            leaks: args.leaks.into(),
+        }
+    }
 }
 
 /// A usage error in one line, as the README promises every error: clap spreads it over

@@ -10,9 +10,9 @@ use std::{
 };
 
 use crate::{
-    cli::{DemoArgs, LeakArgs},
     error::Failure,
     session::{Scope, Session, SessionOptions},
+    settings::{Common, Leaks},
     stderr,
 };
 
@@ -23,8 +23,8 @@ const DURATION: Duration = Duration::from_secs(3);
 /// Connections the leaky servers "forgot": held, never closed, until the process exits.
 static FORGOTTEN: Mutex<Vec<TcpStream>> = Mutex::new(Vec::new());
 
-pub async fn run(args: DemoArgs) -> Result<(), Failure> {
-    if !args.common.json {
+pub async fn run(common: Common) -> Result<(), Failure> {
+    if !common.json {
         stderr::line(format_args!(
             "leaktrace demo: tracing this process (pid {}) while it runs a report service that never \
              closes after a parse error (CLOSE_WAIT leak), an SMTP server that shuts down its side \
@@ -35,14 +35,14 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
             humantime::format_duration(DURATION),
         ));
     }
-    let leaks = LeakArgs {
+    let leaks = Leaks {
         leak_after: LEAK_AFTER,
         // The demo has no proxy: nothing of it is ever idle_half_closed.
         idle_after: LEAK_AFTER,
     };
     let options = SessionOptions {
         duration: Some(DURATION),
-        ..SessionOptions::new(Scope::Pids(vec![std::process::id()]), args.common, leaks)
+        ..SessionOptions::new(Scope::Pids(vec![std::process::id()]), common, leaks)
     };
     let mut session = Session::start(&options)?;
     // Only now: nothing the servers do may happen before tracing starts.

@@ -19,6 +19,7 @@ mod output;
 mod placement;
 mod run;
 mod session;
+mod settings;
 mod stderr;
 mod stop;
 mod summary;
@@ -31,7 +32,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::{
-    cli::{Cli, Command, TraceArgs},
+    cli::{Cli, Command},
     error::Failure,
     session::{Scope, Session, SessionOptions},
 };
@@ -63,12 +64,12 @@ fn main() -> ExitCode {
     // Under run, leaktrace's own failures are told apart from the command's statuses.
     let mut run_json = None;
     let result = match cli.command {
-        Some(Command::Demo(args)) => runtime.block_on(demo::run(args)).map(|()| 0),
+        Some(Command::Demo(args)) => runtime.block_on(demo::run(args.common.into())).map(|()| 0),
         Some(Command::Run(args)) => {
             run_json = Some(args.common.json);
-            runtime.block_on(run::run(args))
+            runtime.block_on(run::run(args.into()))
         }
-        None => runtime.block_on(trace(cli.trace)).map(|()| 0),
+        None => runtime.block_on(trace(cli.trace.into())).map(|()| 0),
     };
     match result {
         Ok(status) => ExitCode::from(status),
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn trace(args: TraceArgs) -> Result<(), Failure> {
+async fn trace(args: settings::Trace) -> Result<(), Failure> {
     let scope = if let Some(path) = &args.cgroup {
         Scope::Cgroup(cgroup::resolve(path).map_err(Failure::NoSuchService)?)
     } else if let Some(name) = &args.unit {

@@ -15,10 +15,9 @@ use nix::unistd::{getgrouplist, setgid, setgroups, setuid, Gid, Uid, User};
 use tokio::process::Command;
 
 use crate::{
-    cli::RunArgs,
     error::{exit_code, Failure},
     session::{Ended, Scope, Session, SessionOptions},
-    stderr,
+    settings, stderr,
 };
 
 /// `--fail-on-leak` and a leak was reported.
@@ -27,7 +26,7 @@ pub const LEAKS_FOUND: u8 = 10;
 const CANNOT_EXECUTE: u8 = 126;
 const NOT_FOUND: u8 = 127;
 
-pub async fn run(args: RunArgs) -> Result<u8, Failure> {
+pub async fn run(args: settings::Run) -> Result<u8, Failure> {
     let json = args.common.json;
     // Before tracing starts: a user that cannot be found is the caller's to sort out.
     let run_as = if args.as_root {

@@ -9,7 +9,6 @@ use tokio::time::{interval, interval_at, sleep_until, Instant, MissedTickBehavio
 
 use crate::{
     cgroup::{self, Cgroup},
-    cli::{CommonArgs, LeakArgs},
     decoder::{self, Event, EventKind, SockKey},
     error::Failure,
     format::{probe_failure_meaning, ring_size_hint},
@@ -19,6 +18,7 @@ use crate::{
         pipe, Batch, End, JsonReporter, Metrics, Output, OutputError, Outputs, StartInfo,
         TextReporter, Tick, TraceOut, Track,
     },
+    settings::{Common, Leaks},
     stderr,
     stop::{self, StopSignals},
     summary::{FinalReport, IngestCounts},
@@ -106,13 +106,13 @@ pub struct SessionOptions {
     pub report_to_stderr: bool,
     pub duration: Option<Duration>,
     /// What every mode takes from the command line: output, hooks, limits.
-    pub common: CommonArgs,
-    pub leaks: LeakArgs,
+    pub common: Common,
+    pub leaks: Leaks,
 }
 
 impl SessionOptions {
     /// A session until stopped, reporting to stdout, following no children.
-    pub fn new(scope: Scope, common: CommonArgs, leaks: LeakArgs) -> Self {
+    pub fn new(scope: Scope, common: Common, leaks: Leaks) -> Self {
         Self {
             scope,
             follow_children: false,
