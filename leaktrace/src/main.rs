@@ -1,40 +1,12 @@
-//! leaktrace: finds the TCP sockets a process leaks.
-//!
-//! Data path, one module per stage: `hooks` (load and attach the eBPF programs) -> ring buffer
-//! records -> `decoder` -> `timeline` (per-socket store) -> `detect` (one detector per leak
-//! class) -> `output` (text, JSON Lines, metrics, trace file). `session` drives it; `demo` feeds it leaky servers;
-//! `run` traces a command it starts.
-mod cgroup;
-mod cli;
-mod decoder;
-mod demo;
-mod detect;
-mod enrich;
-mod error;
-mod finding;
-mod format;
-mod hooks;
-mod host;
-mod output;
-mod placement;
-mod run;
-mod session;
-mod settings;
-mod stderr;
-mod stop;
-mod summary;
-mod tick;
-mod timeline;
-mod tree;
-
+//! The `leaktrace` command: parses the command line and runs the mode it names (see the
+//! library, `leaktrace`, for everything else).
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::{
-    cli::{Cli, Command},
-    error::Failure,
-    session::{Scope, Session, SessionOptions},
+use leaktrace::{
+    cli::{self, Cli, Command},
+    demo, error, run, stderr, stop, trace,
 };
 
 fn main() -> ExitCode {
@@ -69,7 +41,7 @@ fn main() -> ExitCode {
             run_json = Some(args.common.json);
             runtime.block_on(run::run(args.into()))
         }
-        None => runtime.block_on(trace(cli.trace.into())).map(|()| 0),
+        None => runtime.block_on(trace::run(cli.trace.into())).map(|()| 0),
     };
     match result {
         Ok(status) => ExitCode::from(status),
@@ -81,25 +53,4 @@ fn main() -> ExitCode {
             ExitCode::from(failure.exit_code())
         }
     }
-}
-
-async fn trace(args: settings::Trace) -> Result<(), Failure> {
-    let scope = if let Some(path) = &args.cgroup {
-        Scope::Cgroup(cgroup::resolve(path).map_err(Failure::NoSuchService)?)
-    } else if let Some(name) = &args.unit {
-        Scope::Cgroup(cgroup::unit(name).map_err(Failure::NoSuchService)?)
-    } else if args.pids.is_empty() {
-        Scope::All
-    } else {
-        Scope::Pids(args.pids)
-    };
-    let options = SessionOptions {
-        follow_children: args.follow_children,
-        duration: args.duration,
-        ..SessionOptions::new(scope, args.common, args.leaks)
-    };
-    let mut session = Session::start(&options)?;
-    session.run_until(std::future::pending()).await?;
-    session.finish()?;
-    Ok(())
 }
