@@ -2,7 +2,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 #[inline(always)]
-pub fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// What one record on a socket says besides what every socket record carries.
-pub struct Event {
+pub(crate) struct Event {
     pub kind: RecordKind,
     pub ts_ns: u64,
     pub old_state: u8,
@@ -36,7 +36,7 @@ pub struct Event {
 
 impl Event {
     #[inline(always)]
-    pub fn new(kind: RecordKind, ts_ns: u64) -> Self {
+    pub(crate) fn new(kind: RecordKind, ts_ns: u64) -> Self {
         Self {
             kind,
             ts_ns,
@@ -54,7 +54,7 @@ impl Event {
 
 /// Writes one record about `sk`: the event, the socket's owner, addresses and receive side.
 #[inline(always)]
-pub fn socket_record<R: Reader>(sk: Sock, meta: &mut SockMeta, event: &Event) {
+pub(crate) fn socket_record<R: Reader>(sk: Sock, meta: &mut SockMeta, event: &Event) {
     let (tgid, tid) = current();
     let mut flags = event.flags;
     if meta.owner_tgid != OWNER_UNKNOWN && meta.owner_tgid == tgid {
@@ -99,7 +99,7 @@ pub fn socket_record<R: Reader>(sk: Sock, meta: &mut SockMeta, event: &Event) {
 /// Starts following `sk` for `owner` if `owner` is traced, and records the step that made it
 /// followed, dated at the socket's birth: the claim is its birth.
 #[inline(always)]
-pub fn claim_and_record<R: Reader>(
+pub(crate) fn claim_and_record<R: Reader>(
     sk: Sock,
     owner: u32,
     kind: RecordKind,
@@ -117,7 +117,7 @@ pub fn claim_and_record<R: Reader>(
 
 /// Writes one record about a process (`Fork`, `Exit`), which names no socket.
 #[inline(always)]
-pub fn process_record(kind: RecordKind, child_tgid: u32) {
+pub(crate) fn process_record(kind: RecordKind, child_tgid: u32) {
     let (tgid, tid) = current();
     let mut record = blank(kind, now(), tgid, tid);
     record.child_tgid = child_tgid;

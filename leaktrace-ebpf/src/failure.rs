@@ -4,7 +4,7 @@ use leaktrace_common::ProbeFailure;
 use crate::maps::PROBE_FAILURES;
 
 #[inline(always)]
-pub fn count_failure(failure: ProbeFailure) {
+pub(crate) fn count_failure(failure: ProbeFailure) {
     if let Some(count) = PROBE_FAILURES.get_ptr_mut(failure as u32) {
         // SAFETY: a per-CPU slot; programs do not preempt each other on one CPU.
         unsafe { *count += 1 };

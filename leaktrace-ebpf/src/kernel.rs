@@ -30,10 +30,10 @@ const SEND_SHUTDOWN: u8 = 2;
 /// The address of a kernel struct, to read a field of it: made only here, from the pointer type
 /// whose offsets apply.
 #[derive(Clone, Copy)]
-pub struct Addr(u64);
+pub(crate) struct Addr(u64);
 
 /// How a program reads kernel memory.
-pub trait Reader {
+pub(crate) trait Reader {
     /// The `T` at `base + offset`; zeros if it cannot be read (a failure counted). Never an
     /// `Option`: a branch per read multiplies the paths the verifier walks, past what older
     /// kernels' verifiers accept in a program with many reads.
@@ -45,7 +45,7 @@ pub trait Reader {
 
 /// Direct loads through BTF-typed pointers: only for `tp_btf`, `fentry` and `fexit` programs,
 /// and only on pointers that came from their arguments or from loads through those.
-pub enum Btf {}
+pub(crate) enum Btf {}
 
 impl Reader for Btf {
     #[inline(always)]
@@ -65,7 +65,7 @@ impl Reader for Btf {
 }
 
 /// `bpf_probe_read_kernel`: for programs whose pointers are plain integers.
-pub enum Probe {}
+pub(crate) enum Probe {}
 
 impl Reader for Probe {
     #[inline(always)]
@@ -95,20 +95,20 @@ impl Reader for Probe {
 
 /// A `struct sock *`.
 #[derive(Clone, Copy)]
-pub struct Sock(pub u64);
+pub(crate) struct Sock(pub u64);
 
 /// A `struct tcp_sock *`: a [`Sock`] known to be a full TCP socket, whose TCP fields lie past
 /// `struct sock`.
 #[derive(Clone, Copy)]
-pub struct TcpSock(u64);
+pub(crate) struct TcpSock(u64);
 
 /// A `struct socket *`: the socket's file side, present once a process holds it.
 #[derive(Clone, Copy)]
-pub struct Socket(u64);
+pub(crate) struct Socket(u64);
 
 /// A `struct file *`.
 #[derive(Clone, Copy)]
-pub struct File(u64);
+pub(crate) struct File(u64);
 
 /// A `struct inode *`.
 #[derive(Clone, Copy)]
@@ -137,7 +137,7 @@ readable_at!(Sock, TcpSock, Socket, File, Inode, Files, FdTable);
 
 /// Whether a file still has references, as read while a TCP state changes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum FileRefs {
+pub(crate) enum FileRefs {
     /// Some fd (or an in-flight SCM_RIGHTS message, or a duplicate) still refers to it.
     Held,
     /// The last reference went: the kernel is closing the socket (`close(2)`, process exit).
@@ -146,17 +146,17 @@ pub enum FileRefs {
 
 impl Sock {
     #[inline(always)]
-    pub fn addr(self) -> u64 {
+    pub(crate) fn addr(self) -> u64 {
         self.0
     }
 
     #[inline(always)]
-    pub fn family<R: Reader>(self) -> u16 {
+    pub(crate) fn family<R: Reader>(self) -> u16 {
         R::read(self.at(), config!(kernel.sock_family))
     }
 
     #[inline(always)]
-    pub fn is_tcp<R: Reader>(self) -> bool {
+    pub(crate) fn is_tcp<R: Reader>(self) -> bool {
         let family = self.family::<R>();
         if family != AF_INET && family != AF_INET6 {
             return false;
@@ -172,7 +172,7 @@ impl Sock {
     /// The bound port, else (a finished connection whose port the kernel released, its fd
     /// still held) the one `getsockname` still reports.
     #[inline(always)]
-    pub fn local_port<R: Reader>(self) -> u16 {
+    pub(crate) fn local_port<R: Reader>(self) -> u16 {
         match R::read::<u16>(self.at(), config!(kernel.sock_num)) {
             // Past `struct sock`, so read through the TCP view the verifier knows the size of.
             0 => R::tcp_sock(self).map_or(0, |tcp| tcp.inet_sport::<R>()),
@@ -181,7 +181,7 @@ impl Sock {
     }
 
     #[inline(always)]
-    pub fn state<R: Reader>(self) -> u8 {
+    pub(crate) fn state<R: Reader>(self) -> u8 {
         R::read(self.at(), config!(kernel.sock_state))
     }
 
@@ -201,14 +201,14 @@ impl Sock {
 
     /// The sending side was shut down (shutdown(2) or close).
     #[inline(always)]
-    pub fn send_shutdown<R: Reader>(self) -> bool {
+    pub(crate) fn send_shutdown<R: Reader>(self) -> bool {
         self.shutdown_bits::<R>() & SEND_SHUTDOWN != 0
     }
 
     /// `shutdown(2)`'s `how`, as the socket's shutdown bits show it after a shutdown that
     /// stopped sending.
     #[inline(always)]
-    pub fn shutdown_how<R: Reader>(self) -> i32 {
+    pub(crate) fn shutdown_how<R: Reader>(self) -> i32 {
         if self.shutdown_bits::<R>() & RCV_SHUTDOWN != 0 {
             shutdown_how::SHUT_RDWR
         } else {
@@ -218,7 +218,7 @@ impl Sock {
 
     /// The socket's file side; `None` before `accept` has given it one.
     #[inline(always)]
-    pub fn socket<R: Reader>(self) -> Option<Socket> {
+    pub(crate) fn socket<R: Reader>(self) -> Option<Socket> {
         Some(R::read::<u64>(self.at(), config!(kernel.sock_socket)))
             .filter(|&socket| socket != 0)
             .map(Socket)
@@ -227,7 +227,7 @@ impl Sock {
     /// Addresses and ports: `(family, local port, remote port)`, and the addresses into `saddr`
     /// and `daddr`. A failed read leaves zeros.
     #[inline(always)]
-    pub fn endpoints<R: Reader>(
+    pub(crate) fn endpoints<R: Reader>(
         self,
         saddr: &mut [u8; 16],
         daddr: &mut [u8; 16],
@@ -249,7 +249,7 @@ impl Sock {
 
     /// The receive side now; `ReceiveSide::UNREAD` if it cannot be read.
     #[inline(always)]
-    pub fn receive_side<R: Reader>(self) -> ReceiveSide {
+    pub(crate) fn receive_side<R: Reader>(self) -> ReceiveSide {
         let Some(tcp) = R::tcp_sock(self) else {
             return ReceiveSide::UNREAD;
         };
@@ -289,14 +289,14 @@ impl TcpSock {
 
 impl Socket {
     #[inline(always)]
-    pub fn file<R: Reader>(self) -> Option<File> {
+    pub(crate) fn file<R: Reader>(self) -> Option<File> {
         Some(R::read::<u64>(self.at(), config!(kernel.socket_file)))
             .filter(|&file| file != 0)
             .map(File)
     }
 
     #[inline(always)]
-    pub fn sock<R: Reader>(self) -> Option<Sock> {
+    pub(crate) fn sock<R: Reader>(self) -> Option<Sock> {
         Some(R::read::<u64>(self.at(), config!(kernel.socket_sk)))
             .filter(|&sk| sk != 0)
             .map(Sock)
@@ -307,7 +307,7 @@ impl File {
     /// Whether anything still refers to the file. Read while the kernel closes the socket, the
     /// counter has already dropped past one reference (`f_count` to 0, `f_ref` below 0).
     #[inline(always)]
-    pub fn refs<R: Reader>(self) -> FileRefs {
+    pub(crate) fn refs<R: Reader>(self) -> FileRefs {
         if R::read::<i64>(self.at(), config!(kernel.file_count))
             < config!(kernel.file_count_one) as i64
         {
@@ -326,7 +326,7 @@ impl File {
 
     /// The inode number: `socket:[ino]` in /proc/<pid>/fd.
     #[inline(always)]
-    pub fn ino<R: Reader>(self) -> u64 {
+    pub(crate) fn ino<R: Reader>(self) -> u64 {
         self.inode::<R>().map_or(0, |inode| {
             R::read::<u64>(inode.at(), config!(kernel.inode_ino))
         })
@@ -334,7 +334,7 @@ impl File {
 
     /// Whether the file is a socket (`S_IFSOCK` in the inode's mode).
     #[inline(always)]
-    pub fn is_socket<R: Reader>(self) -> bool {
+    pub(crate) fn is_socket<R: Reader>(self) -> bool {
         // File type bits of `inode.i_mode`: part of the stat(2) ABI, not a kernel layout.
         const S_IFMT: u16 = 0o170000;
         const S_IFSOCK: u16 = 0o140000;
@@ -344,7 +344,7 @@ impl File {
     }
 
     #[inline(always)]
-    pub fn socket<R: Reader>(self) -> Option<Socket> {
+    pub(crate) fn socket<R: Reader>(self) -> Option<Socket> {
         Some(R::read::<u64>(self.at(), config!(kernel.file_private_data)))
             .filter(|&socket| socket != 0)
             .map(Socket)
@@ -354,7 +354,7 @@ impl File {
 /// The field at `offset` (from this kernel's tracefs format file for the event) of a classic
 /// tracepoint's record; `None` if it cannot be read (a failure counted).
 #[inline(always)]
-pub fn tracepoint_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+pub(crate) fn tracepoint_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     // SAFETY: the helper behind `read_at` validates the address; the offsets of `T`-typed fields
     // come from the format file.
     let field = unsafe { ctx.read_at::<T>(offset as usize) };
@@ -368,7 +368,7 @@ pub fn tracepoint_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
 /// Through `bpf_probe_read_kernel`: `bpf_get_current_task` gives a bare number (its BTF-typed
 /// twin is missing before 5.11).
 #[inline(always)]
-pub fn current_file(fd: i32) -> Option<File> {
+pub(crate) fn current_file(fd: i32) -> Option<File> {
     if fd < 0 {
         return None;
     }
@@ -387,7 +387,7 @@ pub fn current_file(fd: i32) -> Option<File> {
 /// The receive side of a TCP socket at one moment: how far the peer's stream reached, how far
 /// the owner read it, whether the peer's FIN came, how many buffers are queued.
 #[derive(Clone, Copy)]
-pub struct ReceiveSide {
+pub(crate) struct ReceiveSide {
     pub rcv_nxt: u32,
     pub copied_seq: u32,
     pub qlen: u32,
@@ -397,7 +397,7 @@ pub struct ReceiveSide {
 
 impl ReceiveSide {
     /// Not read: a record carrying it says it has no receive state.
-    pub const UNREAD: Self = Self {
+    pub(crate) const UNREAD: Self = Self {
         rcv_nxt: 0,
         copied_seq: 0,
         qlen: 0,

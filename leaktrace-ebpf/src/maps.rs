@@ -7,7 +7,7 @@ use leaktrace_common::{ProbeFailure, SeedRequest};
 /// What the kernel side knows of one followed socket, the value of `SOCKS` (see `sock_meta`).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct SockMeta {
+pub(crate) struct SockMeta {
     pub born_ns: u64,
     /// The inode of the socket's file, once it has one (0 before): read once, as reaching it
     /// takes four dependent loads.
@@ -18,24 +18,25 @@ pub struct SockMeta {
 
 /// The records, in the order they were reserved. Userspace may resize it (`--ring-size`).
 #[map]
-pub static RECORDS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub(crate) static RECORDS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Records that did not fit in `RECORDS`, per CPU; userspace sums and reports them.
 #[map]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records written since the ring's fill was last looked at, per CPU (see `emit::wakeup_flags`).
 #[map]
-pub static SINCE_FILL_CHECK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SINCE_FILL_CHECK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Failures by `ProbeFailure`, per CPU; userspace sums and reports them.
 #[map]
-pub static PROBE_FAILURES: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProbeFailure::COUNT, 0);
+pub(crate) static PROBE_FAILURES: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(ProbeFailure::COUNT, 0);
 
 /// Processes whose sockets are traced when `CONFIG.filter_targets` is set (value unused).
 /// Userspace sizes it (`--max-processes`).
 #[map]
-pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+pub(crate) static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
 /// What the kernel side knows about each socket it follows, by `struct sock` address: only
 /// sockets claimed by a traced process have an entry, removed at its destruction or at its
@@ -43,25 +44,25 @@ pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 /// followed sockets silently where a full map fails an insert, which is counted. Userspace sizes
 /// it (`--max-kernel-sockets`).
 #[map]
-pub static SOCKS: HashMap<u64, SockMeta> = HashMap::with_max_entries(65536, 0);
+pub(crate) static SOCKS: HashMap<u64, SockMeta> = HashMap::with_max_entries(65536, 0);
 
 /// How many followed sockets fall in each slot (see `sock_meta::slot`). With `--pid` most
 /// sockets the hooks see are nobody's traced: an empty slot turns one away with a load from an
 /// array, where a `SOCKS` lookup hashes the address and reads a bucket far from anything cached.
 #[map]
-pub static FOLLOWED_SLOTS: Array<u32> = Array::with_max_entries(FOLLOWED_SLOT_COUNT, 0);
+pub(crate) static FOLLOWED_SLOTS: Array<u32> = Array::with_max_entries(FOLLOWED_SLOT_COUNT, 0);
 
 /// How many followed sockets have `sock_meta::ARRIVALS_WATCHED`, or more (see
 /// `sock_meta::watch_arrivals`).
 #[map]
-pub static ARRIVALS_WATCHED_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static ARRIVALS_WATCHED_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// One number per CPU to pass a socket's address through (see `sock_meta::slot`).
 #[map]
-pub static ADDRESS_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static ADDRESS_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Slots of `FOLLOWED_SLOTS`: 64 KiB, a few thousand followed sockets leave most slots empty.
-pub const FOLLOWED_SLOT_BITS: u32 = 14;
+pub(crate) const FOLLOWED_SLOT_BITS: u32 = 14;
 const FOLLOWED_SLOT_COUNT: u32 = 1 << FOLLOWED_SLOT_BITS;
 
 /// The process listening on each port (0: none), by `probes::listener` (IPv4 ports, then IPv6
@@ -70,8 +71,8 @@ const FOLLOWED_SLOT_COUNT: u32 = 1 << FOLLOWED_SLOT_BITS;
 /// per port is one load for every connection a host accepts, where a hash costs a lookup, and it
 /// is never full.
 #[map]
-pub static LISTENERS: Array<u32> = Array::with_max_entries(2 << 16, 0);
+pub(crate) static LISTENERS: Array<u32> = Array::with_max_entries(2 << 16, 0);
 
 /// Which socket the seeding `getsockname` stands for (see `probes::seed`).
 #[map]
-pub static SEED_REQUEST: Array<SeedRequest> = Array::with_max_entries(1, 0);
+pub(crate) static SEED_REQUEST: Array<SeedRequest> = Array::with_max_entries(1, 0);

@@ -21,28 +21,28 @@ use crate::{
 
 /// The owner shut the socket down or its peer did (CLOSE_WAIT): from now on its reads are
 /// recorded, for whether the owner ever reads the end-of-stream.
-pub const READS_WATCHED: u32 = 1 << 0;
+pub(crate) const READS_WATCHED: u32 = 1 << 0;
 /// It came from a listener and is claimed by the listener's process until the process that
 /// accepts it is known.
-pub const FROM_LISTENER: u32 = 1 << 1;
+pub(crate) const FROM_LISTENER: u32 = 1 << 1;
 /// The owner shut its sending side down: what the peer sends from now on is recorded too. (After
 /// the peer's own FIN nothing more can arrive, so CLOSE_WAIT alone does not need it.) Set by
 /// [`watch_arrivals`] only.
-pub const ARRIVALS_WATCHED: u32 = 1 << 2;
+pub(crate) const ARRIVALS_WATCHED: u32 = 1 << 2;
 /// Its handshake ended at its birth, unrecorded: every record says so
 /// ([`leaktrace_common::FLAG_ESTABLISHED_AT_BIRTH`]).
-pub const ESTABLISHED_AT_BIRTH: u32 = 1 << 3;
+pub(crate) const ESTABLISHED_AT_BIRTH: u32 = 1 << 3;
 
 /// The current task: (tgid, tid).
 #[inline(always)]
-pub fn current() -> (u32, u32) {
+pub(crate) fn current() -> (u32, u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     ((pid_tgid >> 32) as u32, pid_tgid as u32)
 }
 
 /// The entry of a socket the kernel side follows.
 #[inline(always)]
-pub fn followed(sk: Sock) -> Option<&'static mut SockMeta> {
+pub(crate) fn followed(sk: Sock) -> Option<&'static mut SockMeta> {
     // SAFETY: a slot of an array map; a torn read cannot happen to an aligned u32.
     if slots_kept() && slot(sk).is_some_and(|count| unsafe { count.read_volatile() } == 0) {
         return None;
@@ -56,7 +56,7 @@ pub fn followed(sk: Sock) -> Option<&'static mut SockMeta> {
 
 /// Whether sockets `tgid` claims are followed: with `--pid`, only a traced process's are.
 #[inline(always)]
-pub fn traced(tgid: u32) -> bool {
+pub(crate) fn traced(tgid: u32) -> bool {
     if config!(filter_targets) == 0 {
         return true;
     }
@@ -93,7 +93,7 @@ fn joins_traced_cgroup(tgid: u32) -> bool {
 /// another CPU is kept, with its birth time. Whether `sk` is followed now: callers that need its
 /// entry use [`claimed`], the others save the lookup.
 #[inline(always)]
-pub fn claim(sk: Sock, owner: u32, flags: u32) -> bool {
+pub(crate) fn claim(sk: Sock, owner: u32, flags: u32) -> bool {
     if !traced(owner) {
         return false;
     }
@@ -122,7 +122,7 @@ pub fn claim(sk: Sock, owner: u32, flags: u32) -> bool {
 
 /// [`claim`], and the entry of `sk` if it is followed now.
 #[inline(always)]
-pub fn claimed(sk: Sock, owner: u32, flags: u32) -> Option<&'static mut SockMeta> {
+pub(crate) fn claimed(sk: Sock, owner: u32, flags: u32) -> Option<&'static mut SockMeta> {
     if claim(sk, owner, flags) {
         followed(sk)
     } else {
@@ -132,7 +132,7 @@ pub fn claimed(sk: Sock, owner: u32, flags: u32) -> Option<&'static mut SockMeta
 
 /// Stops following `sk`, whose entry is `meta`.
 #[inline(always)]
-pub fn forget(sk: Sock, meta: &SockMeta) {
+pub(crate) fn forget(sk: Sock, meta: &SockMeta) {
     // Read before the entry goes: the map may hand its memory to another socket at once.
     let arrivals_watched = meta.flags & ARRIVALS_WATCHED != 0;
     // Only the removal that took the entry away uncounts it.
@@ -146,7 +146,7 @@ pub fn forget(sk: Sock, meta: &SockMeta) {
 
 /// Records what the peer sends to the socket of `meta` from now on.
 #[inline(always)]
-pub fn watch_arrivals(meta: &mut SockMeta) {
+pub(crate) fn watch_arrivals(meta: &mut SockMeta) {
     if meta.flags & ARRIVALS_WATCHED == 0 {
         // Counted before the flag is set, uncounted after the entry is gone: the count is never
         // below the sockets flagged. (Two CPUs flagging one socket at once count it twice, which
@@ -159,7 +159,7 @@ pub fn watch_arrivals(meta: &mut SockMeta) {
 /// Whether any followed socket has [`ARRIVALS_WATCHED`]: mostly none does, and the hook that
 /// runs on every packet of every socket then stops at one load.
 #[inline(always)]
-pub fn arrivals_watched() -> bool {
+pub(crate) fn arrivals_watched() -> bool {
     // SAFETY: an array slot; a torn read cannot happen to an aligned u32.
     ARRIVALS_WATCHED_COUNT
         .get_ptr(0)

@@ -24,7 +24,7 @@ pub struct Cgroup {
 
 /// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on most distributions,
 /// `/sys/fs/cgroup/unified` on hybrid ones.
-pub fn root() -> Result<PathBuf, String> {
+pub(crate) fn root() -> Result<PathBuf, String> {
     let mounts = procfs::process::Process::myself()
         .and_then(|me| me.mountinfo())
         .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
@@ -37,7 +37,7 @@ pub fn root() -> Result<PathBuf, String> {
 
 /// The cgroup `arg` names: a directory of the cgroup2 file system, or a path relative to its root
 /// (`system.slice/nginx.service`, or `/system.slice/nginx.service` as `/proc/PID/cgroup` says).
-pub fn resolve(arg: &str) -> Result<Cgroup, String> {
+pub(crate) fn resolve(arg: &str) -> Result<Cgroup, String> {
     let root = root().map_err(|e| format!("cannot trace cgroup {arg}: {e}"))?;
     let given = Path::new(arg);
     let dir = if given.starts_with(&root) {
@@ -70,7 +70,7 @@ pub fn resolve(arg: &str) -> Result<Cgroup, String> {
 
 /// The cgroup of systemd unit `name` (`nginx` stands for `nginx.service`): systemd's answer where
 /// systemd runs, else the directory of that name in the cgroup tree.
-pub fn unit(name: &str) -> Result<Cgroup, String> {
+pub(crate) fn unit(name: &str) -> Result<Cgroup, String> {
     let has_type = [".service", ".scope", ".slice", ".socket", ".mount", ".swap"]
         .iter()
         .any(|suffix| name.ends_with(suffix));
@@ -122,7 +122,7 @@ fn find_dir(root: &Path, name: &str) -> Option<PathBuf> {
 }
 
 /// The processes in `cgroup` and the cgroups below it now.
-pub fn processes(cgroup: &Cgroup) -> Vec<u32> {
+pub(crate) fn processes(cgroup: &Cgroup) -> Vec<u32> {
     let mut pids = Vec::new();
     let mut queue = VecDeque::from([cgroup.dir.clone()]);
     while let Some(dir) = queue.pop_front() {
@@ -142,7 +142,7 @@ pub fn processes(cgroup: &Cgroup) -> Vec<u32> {
 }
 
 /// The cgroup v2 path of process `pid` (`/system.slice/nginx.service`), if it still runs.
-pub fn of_process(pid: u32) -> Option<String> {
+pub(crate) fn of_process(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     text.lines()
         .find_map(|line| line.strip_prefix("0::"))
@@ -160,7 +160,7 @@ pub struct Names {
 
 /// Reads the container or systemd unit out of a cgroup path: runtimes name a container's cgroup
 /// after its 64-hex-digit id, systemd names a unit's cgroup after the unit.
-pub fn names(path: &str) -> Names {
+pub(crate) fn names(path: &str) -> Names {
     let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     for component in components.iter().rev() {
         if let Some(id) = container_id(component) {

@@ -225,19 +225,19 @@ impl Event {
 /// call, then the change). The two differ only in their kind, which is all that is kept of the
 /// second: a record is decoded for every socket event of a busy host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decoded {
+pub(crate) struct Decoded {
     pub first: Event,
     pub then: Option<EventKind>,
 }
 
 impl Decoded {
-    pub fn second(&self) -> Option<Event> {
+    pub(crate) fn second(&self) -> Option<Event> {
         self.then.map(|kind| Event { kind, ..self.first })
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     Length { got: usize },
     UnknownKind(u8),
 }
@@ -258,7 +258,7 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// The one spelling of `shutdown(2)`'s `how` values.
-pub fn shutdown_how_name(how: i32) -> &'static str {
+pub(crate) fn shutdown_how_name(how: i32) -> &'static str {
     match how {
         shutdown_how::SHUT_RD => "SHUT_RD",
         shutdown_how::SHUT_WR => "SHUT_WR",
@@ -267,7 +267,7 @@ pub fn shutdown_how_name(how: i32) -> &'static str {
     }
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     if bytes.len() != Record::SIZE {
         return Err(DecodeError::Length { got: bytes.len() });
     }

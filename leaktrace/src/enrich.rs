@@ -16,7 +16,7 @@ const ACTIVITY_EVERY_NS: u64 = 1_000_000_000;
 
 /// The enrichment step's memory between ticks.
 #[derive(Debug, Default)]
-pub struct Enricher {
+pub(crate) struct Enricher {
     /// When the kernel's socket table was last read for traffic and timers.
     activity_sampled_ns: Option<u64>,
     /// Reading it failed once already, and said so.
@@ -26,7 +26,7 @@ pub struct Enricher {
 impl Enricher {
     /// Before the detectors look: exits take effect, sockets an exited owner passed on go to
     /// whoever holds them now, and connections paired with a half-closed one get their traffic.
-    pub fn before_detection(&mut self, store: &mut Store, host: &mut dyn Host, now_ns: u64) {
+    pub(crate) fn before_detection(&mut self, store: &mut Store, host: &mut dyn Host, now_ns: u64) {
         store.apply_exits();
         reattribute(store, host, now_ns);
         self.watch_idle(store, host, now_ns);
@@ -126,7 +126,7 @@ fn record_activity(store: &mut Store, samples: &[Sample], now_ns: u64) {
 }
 
 /// Names the owners of `keys` and finds where they run, for findings about to name them.
-pub fn name_owners(store: &mut Store, host: &mut dyn Host, keys: &[SockKey]) {
+pub(crate) fn name_owners(store: &mut Store, host: &mut dyn Host, keys: &[SockKey]) {
     let tgids: Vec<u32> = (keys.iter())
         .filter_map(|key| Some(store.get(key)?.owner()?.tgid))
         .collect();
@@ -140,7 +140,7 @@ pub fn name_owners(store: &mut Store, host: &mut dyn Host, keys: &[SockKey]) {
 }
 
 /// Names the processes `tgids` that no record of their own named, where they still run.
-pub fn names(store: &mut Store, host: &mut dyn Host, tgids: impl IntoIterator<Item = u32>) {
+pub(crate) fn names(store: &mut Store, host: &mut dyn Host, tgids: impl IntoIterator<Item = u32>) {
     for tgid in tgids {
         name(store, host, tgid);
     }
@@ -158,7 +158,7 @@ fn name(store: &mut Store, host: &mut dyn Host, tgid: u32) {
 /// Finds by which fd the owner of each of `keys` holds it now: the kernel side names a
 /// socket's file (its inode), not the fd. Where the owner no longer holds it, whoever does
 /// becomes the owner; where nobody does, it was closed without a record of it.
-pub fn resolve_fds(store: &mut Store, host: &mut dyn Host, keys: &[SockKey], now_ns: u64) {
+pub(crate) fn resolve_fds(store: &mut Store, host: &mut dyn Host, keys: &[SockKey], now_ns: u64) {
     let mut elsewhere = Vec::new();
     let mut found = Vec::new();
     {
@@ -191,7 +191,7 @@ pub fn resolve_fds(store: &mut Store, host: &mut dyn Host, keys: &[SockKey], now
 /// among the lost records would otherwise leave the socket held in leaktrace's view for good,
 /// and a leak reported that has ended. False where the host could not tell for some: what it
 /// could not tell is left as it was.
-pub fn recheck_owners(store: &mut Store, host: &mut dyn Host, now_ns: u64) -> bool {
+pub(crate) fn recheck_owners(store: &mut Store, host: &mut dyn Host, now_ns: u64) -> bool {
     let mut exited = BTreeSet::new();
     let mut elsewhere = Vec::new();
     let mut complete = true;

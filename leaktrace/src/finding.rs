@@ -60,7 +60,7 @@ impl Finding {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     pub kind: LeakKind,
     /// The socket of the finding this resolves.
     pub sock: SockKey,
@@ -74,7 +74,7 @@ pub struct Resolved {
 
 /// What ended a leak; the outputs put it in words (see [`crate::format::how_resolved`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Resolution {
+pub(crate) enum Resolution {
     /// Every class: the owner exited, and nobody else holds the socket.
     OwnerExited,
     /// Every class: /proc shows the socket no longer held, its close among the lost records.
@@ -104,7 +104,7 @@ pub enum Resolution {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Boxed: a finding carries its timeline and where its owner runs, several times the size
     /// of a resolution.
     Leak(Box<Finding>),

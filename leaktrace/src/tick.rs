@@ -11,14 +11,18 @@ use crate::host::Host;
 use crate::summary::{FinalReport, IngestCounts, Progress};
 use crate::timeline::Store;
 
-pub struct Evaluator {
+pub(crate) struct Evaluator {
     detectors: Detectors,
     enricher: Enricher,
     host: Box<dyn Host + Send>,
 }
 
 impl Evaluator {
-    pub fn new(leak_after: Duration, idle_after: Duration, host: Box<dyn Host + Send>) -> Self {
+    pub(crate) fn new(
+        leak_after: Duration,
+        idle_after: Duration,
+        host: Box<dyn Host + Send>,
+    ) -> Self {
         Self {
             detectors: Detectors::new(leak_after, idle_after),
             enricher: Enricher::default(),
@@ -28,7 +32,7 @@ impl Evaluator {
 
     /// Runs every detector over every socket. `now_ns` is CLOCK_MONOTONIC, the records' clock.
     /// Also drops timelines nothing needs any more.
-    pub fn evaluate(&mut self, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
+    pub(crate) fn evaluate(&mut self, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
         let host = &mut *self.host;
         self.enricher.before_detection(store, host, now_ns);
         let verdicts = self.detectors.check(store, now_ns);
@@ -40,12 +44,17 @@ impl Evaluator {
     }
 
     /// Where the session stands, for the periodic summaries.
-    pub fn progress(&self, store: &Store, now_ns: u64, ingest: IngestCounts) -> Progress {
+    pub(crate) fn progress(&self, store: &Store, now_ns: u64, ingest: IngestCounts) -> Progress {
         self.detectors.progress(store, now_ns, ingest)
     }
 
     /// The final report, the open findings' owners made current first.
-    pub fn summary(&mut self, store: &mut Store, now_ns: u64, ingest: IngestCounts) -> FinalReport {
+    pub(crate) fn summary(
+        &mut self,
+        store: &mut Store,
+        now_ns: u64,
+        ingest: IngestCounts,
+    ) -> FinalReport {
         let host = &mut *self.host;
         let reported = self.detectors.reported();
         enrich::resolve_fds(store, host, &reported, now_ns);
@@ -55,18 +64,18 @@ impl Evaluator {
     }
 
     /// After records were lost: see [`enrich::recheck_owners`].
-    pub fn recheck_owners(&mut self, store: &mut Store, now_ns: u64) -> bool {
+    pub(crate) fn recheck_owners(&mut self, store: &mut Store, now_ns: u64) -> bool {
         enrich::recheck_owners(store, &mut *self.host, now_ns)
     }
 
     /// Whether `pid` is gone, although no exit record may have said so.
-    pub fn gone(&mut self, pid: u32) -> bool {
+    pub(crate) fn gone(&mut self, pid: u32) -> bool {
         self.host.gone(pid)
     }
 
     /// Names the processes `tgids` where no record of theirs did, for an output that names
     /// them (see [`enrich::names`]).
-    pub fn name(&mut self, store: &mut Store, tgids: Vec<u32>) {
+    pub(crate) fn name(&mut self, store: &mut Store, tgids: Vec<u32>) {
         enrich::names(store, &mut *self.host, tgids);
     }
 }

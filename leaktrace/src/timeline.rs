@@ -13,9 +13,9 @@ use leaktrace_common::{shutdown_how, tcp_state};
 
 use crate::decoder::{Comm, Event, EventKind, Owner, ReceiveState, SockKey, Task};
 use crate::host::Holder;
-pub use crate::host::KernelTimer;
+pub(crate) use crate::host::KernelTimer;
 use crate::placement::Placement;
-pub use stats::{Counts, Remote};
+pub(crate) use stats::{Counts, Remote};
 
 /// Entries a socket's timeline usually ends up with (opening, establishment, the peer's or the
 /// owner's end, the release), allocated at once.
@@ -43,7 +43,7 @@ const CLOSED_SCAN_EVERY_NS: u64 = 5_000_000_000;
 
 /// Timelines kept by default, whatever the churn: at a few hundred bytes to a few KiB each, tens
 /// of MiB. Past it, the least recently active sockets without an open finding are dropped.
-pub const DEFAULT_MAX_SOCKETS: usize = 100_000;
+pub(crate) const DEFAULT_MAX_SOCKETS: usize = 100_000;
 
 /// Events staged before they go into the store, whatever the read: a read of the ring can hold
 /// a quarter second of a busy host, thousands of 176-byte events, and staged past the CPU's
@@ -69,7 +69,7 @@ const ACTIVITY_AFTER_HALF_CLOSE_NS: u64 = 1_000_000_000;
 /// A value together with the kernel time it was observed at, so out-of-order arrivals cannot
 /// overwrite newer facts with older ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stamped<T> {
+pub(crate) struct Stamped<T> {
     pub ts_ns: u64,
     pub value: T,
 }
@@ -92,14 +92,14 @@ struct SeenState {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OwnerInfo {
+pub(crate) struct OwnerInfo {
     pub tgid: u32,
     pub fd: Option<i32>,
 }
 
 /// The first successful `shutdown(SHUT_WR | SHUT_RDWR)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WriteShutdown {
+pub(crate) struct WriteShutdown {
     /// When it happened, or for one that predates the trace, when tracing found it.
     pub ts_ns: u64,
     /// The receive side at that moment, when the record carried it.
@@ -109,7 +109,7 @@ pub struct WriteShutdown {
 }
 
 #[derive(Debug, Default)]
-pub struct Timeline {
+pub(crate) struct Timeline {
     entries: Vec<Event>,
     elided: u64,
     state: Option<Stamped<SeenState>>,
@@ -174,7 +174,7 @@ pub struct Partner {
 
 /// What the kernel's socket table said of a connection's traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Activity {
+pub(crate) struct Activity {
     /// Kernel time of the sample.
     pub sampled_ns: u64,
     /// Kernel time data last went either way.
@@ -319,73 +319,73 @@ impl Timeline {
     }
 
     /// Entries ordered by kernel time.
-    pub fn entries(&self) -> &[Event] {
+    pub(crate) fn entries(&self) -> &[Event] {
         &self.entries
     }
 
     /// Reads and arrivals left out of [`Self::entries`] to bound memory.
-    pub fn elided(&self) -> u64 {
+    pub(crate) fn elided(&self) -> u64 {
         self.elided
     }
 
     /// The TCP state of the latest state change by kernel time.
-    pub fn state(&self) -> Option<u8> {
+    pub(crate) fn state(&self) -> Option<u8> {
         self.state.map(|s| s.value.state)
     }
 
     /// When the socket entered its current state, and whether that state was found when tracing
     /// started (`true`: the time is when it was found; it entered earlier, how much is unknown).
-    pub fn state_entered(&self) -> Option<(u64, bool)> {
+    pub(crate) fn state_entered(&self) -> Option<(u64, bool)> {
         self.state.map(|s| (s.ts_ns, s.value.found_at_start))
     }
 
     /// When the peer's FIN moved the socket into CLOSE_WAIT (or when a socket already there was
     /// first seen).
-    pub fn close_wait_since(&self) -> Option<u64> {
+    pub(crate) fn close_wait_since(&self) -> Option<u64> {
         self.close_wait_since
     }
 
     /// The socket was already in CLOSE_WAIT when tracing started.
-    pub fn close_wait_before_trace(&self) -> bool {
+    pub(crate) fn close_wait_before_trace(&self) -> bool {
         self.close_wait_since.is_some() && !self.close_wait_entered
     }
 
-    pub fn local(&self) -> Option<SocketAddr> {
+    pub(crate) fn local(&self) -> Option<SocketAddr> {
         self.local.map(|a| a.value)
     }
 
-    pub fn remote(&self) -> Option<SocketAddr> {
+    pub(crate) fn remote(&self) -> Option<SocketAddr> {
         self.remote.map(|a| a.value)
     }
 
-    pub fn owner(&self) -> Option<OwnerInfo> {
+    pub(crate) fn owner(&self) -> Option<OwnerInfo> {
         self.owner.map(|o| o.value)
     }
 
-    pub fn write_shutdown(&self) -> Option<WriteShutdown> {
+    pub(crate) fn write_shutdown(&self) -> Option<WriteShutdown> {
         self.write_shutdown
     }
 
     /// The owner released the socket (`close(2)` or the kernel's `tcp_close`).
-    pub fn closed(&self) -> bool {
+    pub(crate) fn closed(&self) -> bool {
         self.closed_ns.is_some()
     }
 
     /// The socket was found closed in /proc after records were lost, its close not recorded.
-    pub fn close_unrecorded(&self) -> bool {
+    pub(crate) fn close_unrecorded(&self) -> bool {
         self.close_unrecorded
     }
 
-    pub fn destroyed(&self) -> bool {
+    pub(crate) fn destroyed(&self) -> bool {
         self.destroyed_ns.is_some()
     }
 
-    pub fn owner_exited(&self) -> bool {
+    pub(crate) fn owner_exited(&self) -> bool {
         self.owner_exited_ns.is_some()
     }
 
     /// The receive side as of the latest record (by kernel time) that carried it.
-    pub fn receive(&self) -> Option<Stamped<ReceiveState>> {
+    pub(crate) fn receive(&self) -> Option<Stamped<ReceiveState>> {
         self.receive
     }
 
@@ -395,46 +395,46 @@ impl Timeline {
     /// `copied_seq` past the FIN, yet returns the bytes, not 0, and a runtime that pauses then
     /// never learns of the end (incident 3 as Node.js does it). So where reads report their
     /// result, only a read returning 0 counts as the EOF consumed.
-    pub fn eof_unread_at(&self, ts_ns: u64, receive: &ReceiveState) -> bool {
+    pub(crate) fn eof_unread_at(&self, ts_ns: u64, receive: &ReceiveState) -> bool {
         receive.fin_received
             && self.eof_read_ns.is_none_or(|read| read > ts_ns)
             && (self.recv_results_known || receive.eof_unread())
     }
 
     /// [`Self::eof_unread_at`] as of the latest receive state.
-    pub fn eof_unread(&self) -> bool {
+    pub(crate) fn eof_unread(&self) -> bool {
         self.receive
             .is_some_and(|r| self.eof_unread_at(r.ts_ns, &r.value))
     }
 
     /// Where the per-remote counts put this socket's connection, once its direction is known.
-    pub fn remote_key(&self) -> Option<Remote> {
+    pub(crate) fn remote_key(&self) -> Option<Remote> {
         self.tally.remote()
     }
 
-    pub fn partner(&self) -> Option<Partner> {
+    pub(crate) fn partner(&self) -> Option<Partner> {
         self.partner
     }
 
     /// Whether the owner accepted the connection (`Some(true)`) or made it: as tracing saw it
     /// open, else as the counts tell it (by its local port, for a socket found at start).
-    pub fn accepted(&self) -> Option<bool> {
+    pub(crate) fn accepted(&self) -> Option<bool> {
         self.opened
             .map(|o| o.accepted)
             .or_else(|| self.tally.accepted())
     }
 
-    pub fn activity(&self) -> Option<Activity> {
+    pub(crate) fn activity(&self) -> Option<Activity> {
         self.activity
     }
 
     /// The inode of the socket's file, as the latest record naming it said.
-    pub fn ino(&self) -> Option<u64> {
+    pub(crate) fn ino(&self) -> Option<u64> {
         self.ino
     }
 
     /// Still held: neither closed nor destroyed, its owner not gone.
-    pub fn live(&self) -> bool {
+    pub(crate) fn live(&self) -> bool {
         !self.closed() && !self.destroyed() && !self.owner_exited()
     }
 
@@ -446,7 +446,7 @@ impl Timeline {
 
     /// The owner closed or shut down the half-closed partner after pairing: it handled the
     /// end-of-stream, which a proxy then need not pass on.
-    pub fn partner_let_go(&self) -> bool {
+    pub(crate) fn partner_let_go(&self) -> bool {
         self.partner_let_go
     }
 
@@ -525,7 +525,7 @@ pub struct Dropped {
 }
 
 #[derive(Debug)]
-pub struct Store {
+pub(crate) struct Store {
     /// Boxed: a timeline is a few hundred bytes, and on a busy host one is made and dropped per
     /// socket; the map then moves pointers, not timelines.
     timelines: FxHashMap<SockKey, Box<Timeline>>,
@@ -573,7 +573,7 @@ impl Default for Store {
 
 impl Store {
     /// A store that keeps at most `max_sockets` timelines (at least one).
-    pub fn with_capacity_limit(max_sockets: usize) -> Self {
+    pub(crate) fn with_capacity_limit(max_sockets: usize) -> Self {
         Self {
             timelines: FxHashMap::default(),
             comms: FxHashMap::default(),
@@ -596,7 +596,7 @@ impl Store {
 
     /// Hands the timelines it drops to [`Self::take_swept`] instead, for an output that writes
     /// each socket once its story is over.
-    pub fn keeping_swept(self) -> Self {
+    pub(crate) fn keeping_swept(self) -> Self {
         Self {
             swept: Some(Vec::new()),
             ..self
@@ -604,26 +604,26 @@ impl Store {
     }
 
     /// The timelines swept since the last call, oldest sweep first.
-    pub fn take_swept(&mut self) -> Vec<(SockKey, Box<Timeline>)> {
+    pub(crate) fn take_swept(&mut self) -> Vec<(SockKey, Box<Timeline>)> {
         self.swept.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The owners of the timelines swept and not taken yet (see [`Self::take_swept`]).
-    pub fn swept_owners(&self) -> Vec<u32> {
+    pub(crate) fn swept_owners(&self) -> Vec<u32> {
         (self.swept.iter().flatten())
             .filter_map(|(_, timeline)| Some(timeline.owner()?.tgid))
             .collect()
     }
 
     /// The owners of the timelines in memory.
-    pub fn owners(&self) -> Vec<u32> {
+    pub(crate) fn owners(&self) -> Vec<u32> {
         (self.timelines.values())
             .filter_map(|timeline| Some(timeline.owner()?.tgid))
             .collect()
     }
 
     /// Timelines in memory.
-    pub fn tracked(&self) -> usize {
+    pub(crate) fn tracked(&self) -> usize {
         self.timelines.len()
     }
 
@@ -631,7 +631,7 @@ impl Store {
     /// [`Self::staged_enough`]). Notes on the way the sockets whose story ends among the staged
     /// events, so they are gone through once more only, not twice.
     #[inline(always)]
-    pub fn stage(&mut self, event: Event) {
+    pub(crate) fn stage(&mut self, event: Event) {
         // Nothing is recorded of a socket after its end, so an end is never of a socket
         // already retired: no need to look through the many retired ones here.
         if self.swept.is_none()
@@ -649,7 +649,7 @@ impl Store {
 
     /// Enough events are staged to insert them: at the end of a record, never between its two
     /// events (the second, a close's state change, comes after the end of the story).
-    pub fn staged_enough(&self) -> bool {
+    pub(crate) fn staged_enough(&self) -> bool {
         self.staged.len() >= STAGE_LIMIT
     }
 
@@ -657,7 +657,7 @@ impl Store {
     /// (no timeline yet, and its end among these events) is only counted: its leak conditions,
     /// if any, ended before any evaluation could see them, as they would have with a timeline. On a busy host that is nearly every socket, and a
     /// timeline made and dropped for each would be most of leaktrace's work.
-    pub fn insert_staged(&mut self) {
+    pub(crate) fn insert_staged(&mut self) {
         let mut staged = std::mem::take(&mut self.staged);
         if self.swept.is_some() {
             // Whoever asked for dropped timelines gets every socket's.
@@ -690,14 +690,14 @@ impl Store {
 
     /// [`Self::stage`] each of `events`, then [`Self::insert_staged`].
     #[cfg(test)]
-    pub fn insert_batch(&mut self, events: &[Event]) {
+    pub(crate) fn insert_batch(&mut self, events: &[Event]) {
         for event in events {
             self.stage(*event);
         }
         self.insert_staged();
     }
 
-    pub fn insert(&mut self, event: Event) {
+    pub(crate) fn insert(&mut self, event: Event) {
         self.latest_ns = self.latest_ns.max(event.ts_ns);
         let known = self.timelines.contains_key(&event.sock);
         // A read or an arrival is recorded only of a socket recorded before: one that starts a
@@ -748,12 +748,12 @@ impl Store {
 
     /// Process `tgid` exited at `ts_ns`: the sockets it owned have no owner left to blame. Takes
     /// effect at the next [`Self::apply_exits`].
-    pub fn owner_exited(&mut self, tgid: u32, ts_ns: u64) {
+    pub(crate) fn owner_exited(&mut self, tgid: u32, ts_ns: u64) {
         self.exits.entry(tgid).or_insert(ts_ns);
     }
 
     /// Marks the sockets of the processes that exited since the last call as owner-less.
-    pub fn apply_exits(&mut self) {
+    pub(crate) fn apply_exits(&mut self) {
         if self.exits.is_empty() {
             return;
         }
@@ -776,7 +776,7 @@ impl Store {
 
     /// The inodes of sockets whose owner let go of them while other fds may still hold them
     /// (fork, dup, SCM_RIGHTS), not looked for in the last second.
-    pub fn orphans_to_look_for(&self, now_ns: u64) -> BTreeSet<u64> {
+    pub(crate) fn orphans_to_look_for(&self, now_ns: u64) -> BTreeSet<u64> {
         const RESCAN_NS: u64 = 1_000_000_000;
         self.timelines
             .values()
@@ -790,7 +790,7 @@ impl Store {
 
     /// The holders of the orphans `wanted` were looked for at `now_ns`: each one held goes to
     /// whoever holds it now, the one to blame for a leak.
-    pub fn found_holders(
+    pub(crate) fn found_holders(
         &mut self,
         wanted: &BTreeSet<u64>,
         found: &BTreeMap<u64, Vec<Holder>>,
@@ -811,7 +811,7 @@ impl Store {
     }
 
     /// `holder` holds the socket `key` now, as found at `now_ns` rather than recorded.
-    pub fn hand_over(&mut self, key: SockKey, holder: &Holder, now_ns: u64) {
+    pub(crate) fn hand_over(&mut self, key: SockKey, holder: &Holder, now_ns: u64) {
         let Some(timeline) = self.timelines.get_mut(&key) else {
             return;
         };
@@ -821,7 +821,7 @@ impl Store {
     }
 
     /// Nobody holds the socket `key` at `now_ns`: it was closed, its close among lost records.
-    pub fn found_closed(&mut self, key: SockKey, now_ns: u64) {
+    pub(crate) fn found_closed(&mut self, key: SockKey, now_ns: u64) {
         let Some(timeline) = self.timelines.get_mut(&key) else {
             return;
         };
@@ -832,7 +832,7 @@ impl Store {
     }
 
     /// The owner of `key` holds it by `fd`: the kernel side names a socket's file, not its fd.
-    pub fn found_fd(&mut self, key: SockKey, fd: i32) {
+    pub(crate) fn found_fd(&mut self, key: SockKey, fd: i32) {
         if let Some(known) = self.timelines.get_mut(&key).and_then(|t| t.owner.as_mut()) {
             known.value.fd = Some(fd);
         }
@@ -841,7 +841,7 @@ impl Store {
     /// How many sockets `pid` holds in CLOSE_WAIT that it connected to `remote`: one is what a
     /// client pool leaves of a keep-alive connection the server timed out, until its next use;
     /// more, and growing, is sockets piling up.
-    pub fn close_waits_to(&self, pid: u32, remote: SocketAddr) -> u32 {
+    pub(crate) fn close_waits_to(&self, pid: u32, remote: SocketAddr) -> u32 {
         (self.timelines.values())
             .filter(|t| {
                 t.live()
@@ -853,46 +853,49 @@ impl Store {
             .count() as u32
     }
 
-    pub fn sockets_seen(&self) -> u64 {
+    pub(crate) fn sockets_seen(&self) -> u64 {
         self.sockets_seen
     }
 
-    pub fn counts(&self) -> &Counts {
+    pub(crate) fn counts(&self) -> &Counts {
         &self.counts
     }
 
-    pub fn get(&self, key: &SockKey) -> Option<&Timeline> {
+    pub(crate) fn get(&self, key: &SockKey) -> Option<&Timeline> {
         self.timelines.get(key).map(|t| &**t)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&SockKey, &Timeline)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&SockKey, &Timeline)> {
         self.timelines.iter().map(|(key, t)| (key, &**t))
     }
 
     /// The owner's process name, from its own records if any, else as last found running.
-    pub fn comm(&self, tgid: u32) -> Option<String> {
+    pub(crate) fn comm(&self, tgid: u32) -> Option<String> {
         self.comms.get(&tgid).map(ToString::to_string)
     }
 
     /// The name of `tgid`, found running rather than in its records: kept, as a finding is
     /// reported long after the records that named the process.
-    pub fn found_comm(&mut self, tgid: u32, comm: &str) {
+    pub(crate) fn found_comm(&mut self, tgid: u32, comm: &str) {
         self.comms.insert(tgid, Comm::new(comm));
     }
 
     /// Where the owner runs (cgroup, container or unit, network namespace), once found.
-    pub fn placement(&self, tgid: u32) -> Option<&Placement> {
+    pub(crate) fn placement(&self, tgid: u32) -> Option<&Placement> {
         self.placements.get(&tgid)
     }
 
     /// Where `tgid` runs: kept, as a process's findings all share it.
-    pub fn found_placement(&mut self, tgid: u32, placement: Placement) {
+    pub(crate) fn found_placement(&mut self, tgid: u32, placement: Placement) {
         self.placements.insert(tgid, placement);
     }
 
     /// The sockets whose traffic and timers are wanted now: those that may sit idle while the
     /// other socket of their pair is half-closed (see [`Self::wants_activity`]).
-    pub fn wanting_activity(&self, now_ns: u64) -> impl Iterator<Item = (&SockKey, &Timeline)> {
+    pub(crate) fn wanting_activity(
+        &self,
+        now_ns: u64,
+    ) -> impl Iterator<Item = (&SockKey, &Timeline)> {
         self.iter()
             .filter(move |(_, t)| Self::wants_activity(t, now_ns))
     }
@@ -931,7 +934,7 @@ impl Store {
     /// in the other direction within [`PAIR_WINDOW_NS`], if that one has no partner yet. Looked
     /// for until the window has passed, as the proxy may open the other socket only after the
     /// half-close (the client sent its request and its FIN at once).
-    pub fn pair_half_closed(&mut self, now_ns: u64) {
+    pub(crate) fn pair_half_closed(&mut self, now_ns: u64) {
         self.note_partners_let_go();
         // Only a half-closed socket its owner still holds: one it closed (or shut down for
         // good) had its end-of-stream handled, as a proxy's pool does with a finished client.
@@ -998,20 +1001,20 @@ impl Store {
     }
 
     /// What the kernel's socket table said of the traffic of `key`.
-    pub fn found_activity(&mut self, key: SockKey, activity: Activity) {
+    pub(crate) fn found_activity(&mut self, key: SockKey, activity: Activity) {
         if let Some(timeline) = self.timelines.get_mut(&key) {
             timeline.activity = Some(activity);
         }
     }
 
-    pub fn dropped(&self) -> Dropped {
+    pub(crate) fn dropped(&self) -> Dropped {
         self.dropped
     }
 
     /// Drops the timelines nothing needs any more, unless `keep` (the detectors' open findings)
     /// still does: destroyed sockets', owner-closed sockets' after [`CLOSED_RETENTION_NS`], and
     /// past `max_sockets`, the least recently active.
-    pub fn sweep(&mut self, keep: impl Fn(&SockKey) -> bool) {
+    pub(crate) fn sweep(&mut self, keep: impl Fn(&SockKey) -> bool) {
         let now = self.latest_ns;
         self.retired.expire(now);
         let mut kept = Vec::new();

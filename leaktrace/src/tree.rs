@@ -20,7 +20,7 @@ use crate::hooks::Tracing;
 
 /// The descendants [`trace_descendants`] found running.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Descendants {
+pub(crate) struct Descendants {
     /// Traced from now on, by pid.
     pub added: Vec<u32>,
     /// Left untraced: no room in the kernel's map.
@@ -33,7 +33,7 @@ pub struct Descendants {
 /// already, and otherwise by the next reading, which comes whenever the last one added a
 /// process. The readings end when one finds nobody new, that is nobody the hook had not added:
 /// a busy server forking all along does not keep them going.
-pub fn trace_descendants(
+pub(crate) fn trace_descendants(
     roots: &[u32],
     trace: &mut dyn FnMut(u32) -> Result<Tracing>,
 ) -> Result<Descendants> {
@@ -102,7 +102,7 @@ fn descendants(parents: &HashMap<u32, u32>, roots: &BTreeSet<u32>) -> Vec<u32> {
 /// A process named with `--pid` whose listening sockets its descendants hold, and so accept
 /// from: a prefork server's master. Untraced, they take its connections out of the trace.
 #[derive(Debug, PartialEq, Eq)]
-pub struct SharedListener {
+pub(crate) struct SharedListener {
     pub pid: u32,
     pub comm: String,
     /// Where it listens, on the sockets they share.
@@ -143,7 +143,7 @@ impl fmt::Display for SharedListener {
 
 /// Those of `pids` whose listening sockets processes descended from them hold, other than
 /// `pids` themselves. What /proc cannot tell (a process gone, unreadable) counts as no listener.
-pub fn shared_listeners(pids: &[u32]) -> Vec<SharedListener> {
+pub(crate) fn shared_listeners(pids: &[u32]) -> Vec<SharedListener> {
     let named: BTreeSet<u32> = pids.iter().copied().collect();
     let Ok(parents) = parents() else {
         return Vec::new();

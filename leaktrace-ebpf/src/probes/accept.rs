@@ -20,7 +20,7 @@ use crate::{
 /// `tgid` holds `sk`, which its listener's process claimed: the socket moves to `tgid`, and out
 /// of the trace if `tgid` is not traced. Whether it is still followed.
 #[inline(always)]
-pub fn taken_over<R: Reader>(sk: Sock, meta: &mut SockMeta, tgid: u32, now: u64) -> bool {
+pub(super) fn taken_over<R: Reader>(sk: Sock, meta: &mut SockMeta, tgid: u32, now: u64) -> bool {
     meta.flags &= !FROM_LISTENER;
     if meta.owner_tgid == tgid {
         return true;
@@ -61,7 +61,7 @@ fn on_accepted<R: Reader>(sk: Sock) {
 /// `inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg)`, 6.10+.
 #[fexit(function = "inet_csk_accept")]
 #[inline(always)]
-pub fn accept_fexit_2(ctx: FExitContext) -> i32 {
+pub(crate) fn accept_fexit_2(ctx: FExitContext) -> i32 {
     if !idle() {
         on_accepted::<Btf>(Sock(ctx.arg(2)));
     }
@@ -71,7 +71,7 @@ pub fn accept_fexit_2(ctx: FExitContext) -> i32 {
 /// `inet_csk_accept(struct sock *sk, int flags, int *err, bool kern)`, before 6.10.
 #[fexit(function = "inet_csk_accept")]
 #[inline(always)]
-pub fn accept_fexit_4(ctx: FExitContext) -> i32 {
+pub(crate) fn accept_fexit_4(ctx: FExitContext) -> i32 {
     if !idle() {
         on_accepted::<Btf>(Sock(ctx.arg(4)));
     }
@@ -80,7 +80,7 @@ pub fn accept_fexit_4(ctx: FExitContext) -> i32 {
 
 #[kretprobe]
 #[inline(always)]
-pub fn accept_retprobe(ctx: RetProbeContext) -> u32 {
+pub(crate) fn accept_retprobe(ctx: RetProbeContext) -> u32 {
     if idle() {
         return 0;
     }

@@ -31,7 +31,7 @@ fn on_destroy<R: Reader>(sk: Sock) {
 
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 #[inline(always)]
-pub fn destroy_tp_btf(ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn destroy_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
     }
@@ -41,7 +41,7 @@ pub fn destroy_tp_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[tracepoint]
 #[inline(always)]
-pub fn destroy_tp(ctx: TracePointContext) -> u32 {
+pub(crate) fn destroy_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }

@@ -38,7 +38,7 @@ fn on_newtask(ctx: &TracePointContext) -> Option<()> {
 
 #[tracepoint]
 #[inline(always)]
-pub fn newtask(ctx: TracePointContext) -> u32 {
+pub(crate) fn newtask(ctx: TracePointContext) -> u32 {
     if !idle() {
         let _ = on_newtask(&ctx);
     }
@@ -69,7 +69,7 @@ fn on_process_exit(ctx: &TracePointContext) -> Option<()> {
 
 #[tracepoint]
 #[inline(always)]
-pub fn process_exit(ctx: TracePointContext) -> u32 {
+pub(crate) fn process_exit(ctx: TracePointContext) -> u32 {
     if !idle() {
         let _ = on_process_exit(&ctx);
     }

@@ -56,7 +56,7 @@ fn on_arrival<R: Reader>(sk: Sock) {
 
 #[btf_tracepoint(function = "sock_recv_length")]
 #[inline(always)]
-pub fn recv_tp_btf(ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn recv_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
     }
@@ -68,7 +68,7 @@ pub fn recv_tp_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[tracepoint]
 #[inline(always)]
-pub fn recv_tp(ctx: TracePointContext) -> u32 {
+pub(crate) fn recv_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }
@@ -86,7 +86,7 @@ pub fn recv_tp(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "tcp_rcv_space_adjust")]
 #[inline(always)]
-pub fn rcvspace_tp_btf(ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn rcvspace_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
     }
@@ -96,7 +96,7 @@ pub fn rcvspace_tp_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[tracepoint]
 #[inline(always)]
-pub fn rcvspace_tp(ctx: TracePointContext) -> u32 {
+pub(crate) fn rcvspace_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }
@@ -108,7 +108,7 @@ pub fn rcvspace_tp(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "sk_data_ready")]
 #[inline(always)]
-pub fn arrival_tp_btf(ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn arrival_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
     }
@@ -118,7 +118,7 @@ pub fn arrival_tp_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[tracepoint]
 #[inline(always)]
-pub fn arrival_tp(ctx: TracePointContext) -> u32 {
+pub(crate) fn arrival_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }

@@ -76,7 +76,7 @@ fn on_getsockname(ctx: &TracePointContext) -> Option<()> {
 
 #[tracepoint]
 #[inline(always)]
-pub fn seed(ctx: TracePointContext) -> u32 {
+pub(crate) fn seed(ctx: TracePointContext) -> u32 {
     if !idle() {
         let _ = on_getsockname(&ctx);
     }

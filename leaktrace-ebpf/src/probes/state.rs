@@ -146,7 +146,7 @@ fn stops_sending(old: u8, new: u8) -> bool {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 #[inline(always)]
-pub fn state_tp_btf(ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn state_tp_btf(ctx: BtfTracePointContext) -> i32 {
     if idle() {
         return 0;
     }
@@ -159,7 +159,7 @@ pub fn state_tp_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[tracepoint]
 #[inline(always)]
-pub fn state_tp(ctx: TracePointContext) -> u32 {
+pub(crate) fn state_tp(ctx: TracePointContext) -> u32 {
     if idle() {
         return 0;
     }

@@ -54,7 +54,7 @@ enum Wait {
 }
 
 /// A leak class: everything about it, each in its own file as its `CLASS`.
-pub struct LeakClass {
+pub(crate) struct LeakClass {
     kind: LeakKind,
     /// What the text report, the JSON and the metrics call it.
     name: &'static str,
@@ -94,7 +94,7 @@ impl LeakKind {
 }
 
 /// Every leak class, in the order the detectors run.
-pub fn kinds() -> impl Iterator<Item = LeakKind> {
+pub(crate) fn kinds() -> impl Iterator<Item = LeakKind> {
     CLASSES.iter().map(|class| class.kind)
 }
 
@@ -132,7 +132,7 @@ enum Tracked {
     Unattributed,
 }
 
-pub struct Detectors {
+pub(crate) struct Detectors {
     leak_after_ns: u64,
     /// `idle_half_closed`'s own wait: how long a socket stays silent after its partner's
     /// half-close before it counts as leaked.
@@ -155,7 +155,7 @@ type Id = (SockKey, LeakKind);
 /// The detectors' verdicts on the store, before the host says what the findings they mature
 /// will name (see [`Detectors::check`]).
 #[derive(Debug)]
-pub struct Verdicts {
+pub(crate) struct Verdicts {
     /// Held long enough, with a known owner: to report, once made current. Oldest first.
     matured: Vec<(Since, Id)>,
     /// Held long enough, no owner known, not counted yet.
@@ -170,7 +170,7 @@ impl Verdicts {
     /// not its fd, so the host says which fd holds it, or that another process does, or nobody
     /// (closed among lost records). So for the half-closed partner an `idle_half_closed`
     /// finding names, which the owner still holds.
-    pub fn sockets(&self, store: &Store) -> Vec<SockKey> {
+    pub(crate) fn sockets(&self, store: &Store) -> Vec<SockKey> {
         let partners = self.matured.iter().filter_map(|(_, (key, kind))| {
             (*kind == LeakKind::IdleHalfClosed).then(|| store.get(key)?.partner())?
         });
@@ -180,7 +180,7 @@ impl Verdicts {
     }
 
     /// The sockets of the findings to report now that their fds are known: those still held.
-    pub fn to_report(&self, store: &Store) -> Vec<SockKey> {
+    pub(crate) fn to_report(&self, store: &Store) -> Vec<SockKey> {
         (self.matured.iter())
             .map(|(_, (key, _))| *key)
             .filter(|key| store.get(key).is_some_and(|t| ended(t).is_none()))
@@ -189,7 +189,7 @@ impl Verdicts {
 }
 
 impl Detectors {
-    pub fn new(leak_after: Duration, idle_after: Duration) -> Self {
+    pub(crate) fn new(leak_after: Duration, idle_after: Duration) -> Self {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Self {
             leak_after_ns: ns(leak_after),
@@ -205,7 +205,7 @@ impl Detectors {
     }
 
     /// Runs every detector over every socket. `now_ns` is CLOCK_MONOTONIC, the records' clock.
-    pub fn check(&self, store: &Store, now_ns: u64) -> Verdicts {
+    pub(crate) fn check(&self, store: &Store, now_ns: u64) -> Verdicts {
         let mut verdicts = Verdicts {
             matured: Vec::new(),
             unattributed: Vec::new(),
@@ -250,7 +250,12 @@ impl Detectors {
 
     /// Turns `verdicts` into outcomes over the store as the host made it current since (see
     /// [`Verdicts::sockets`]): findings reported once, and resolutions.
-    pub fn evaluate(&mut self, verdicts: Verdicts, store: &Store, now_ns: u64) -> Vec<Outcome> {
+    pub(crate) fn evaluate(
+        &mut self,
+        verdicts: Verdicts,
+        store: &Store,
+        now_ns: u64,
+    ) -> Vec<Outcome> {
         self.started_ns.get_or_insert(now_ns);
         let Verdicts {
             matured,
@@ -309,7 +314,7 @@ impl Detectors {
 
     /// Whether the store must keep the timeline of `key`: a finding on it is open, or counted
     /// as unattributed.
-    pub fn keeps(&self, key: &SockKey) -> bool {
+    pub(crate) fn keeps(&self, key: &SockKey) -> bool {
         CLASSES
             .iter()
             .any(|class| self.tracked.contains_key(&(*key, class.kind)))
@@ -331,7 +336,7 @@ impl Detectors {
     }
 
     /// Where the session stands, for the periodic summaries.
-    pub fn progress(&self, store: &Store, now_ns: u64, ingest: IngestCounts) -> Progress {
+    pub(crate) fn progress(&self, store: &Store, now_ns: u64, ingest: IngestCounts) -> Progress {
         Progress {
             elapsed: Duration::from_nanos(self.elapsed_ns(now_ns)),
             open: self.open_by_kind(),
@@ -354,7 +359,7 @@ impl Detectors {
 
     /// The sockets of the findings reported and still open, whose fds and owners the final report
     /// names as they are at its end.
-    pub fn reported(&self) -> Vec<SockKey> {
+    pub(crate) fn reported(&self) -> Vec<SockKey> {
         self.tracked
             .iter()
             .filter(|(_, tracked)| matches!(tracked, Tracked::Reported { .. }))
@@ -364,14 +369,14 @@ impl Detectors {
 
     /// The processes the final report's statistics name: those holding sockets, and those that
     /// leaked while tracing.
-    pub fn processes(&self, store: &Store) -> Vec<u32> {
+    pub(crate) fn processes(&self, store: &Store) -> Vec<u32> {
         (store.counts().held().map(|(pid, _)| pid))
             .chain(self.new_leaks.keys().copied())
             .collect()
     }
 
     /// The final report: findings still open, with their timelines as of `now_ns`, and counts.
-    pub fn summary(&self, store: &Store, now_ns: u64, ingest: IngestCounts) -> FinalReport {
+    pub(crate) fn summary(&self, store: &Store, now_ns: u64, ingest: IngestCounts) -> FinalReport {
         let mut open: Vec<Finding> = self
             .tracked
             .iter()

@@ -6,9 +6,9 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Btf, Type};
 use leaktrace_common::{KernelOffsets, OFFSET_UNKNOWN};
 
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-pub struct KernelBtf {
+pub(super) struct KernelBtf {
     btf: Btf,
 }
 
@@ -19,12 +19,12 @@ struct Field {
 }
 
 impl KernelBtf {
-    pub fn load(path: &Path) -> Result<Self> {
+    pub(super) fn load(path: &Path) -> Result<Self> {
         let btf = Btf::from_file(path).with_context(|| format!("parsing {}", path.display()))?;
         Ok(Self { btf })
     }
 
-    pub fn offsets(&self) -> Result<KernelOffsets> {
+    pub(super) fn offsets(&self) -> Result<KernelOffsets> {
         let off = |ty: &str, path: &str| self.field(ty, path).map(|f| f.offset);
         let protocol = self.field("sock", "sk_protocol")?;
         let receive_queue = off("sock", "sk_receive_queue")?;
@@ -72,14 +72,14 @@ impl KernelBtf {
     }
 
     /// Whether the kernel has a function of this name (an fentry/kprobe target).
-    pub fn has_function(&self, name: &str) -> bool {
+    pub(super) fn has_function(&self, name: &str) -> bool {
         self.btf
             .resolve_types_by_name(name)
             .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
     }
 
     /// How many parameters the kernel function `name` takes, if it has one of that name.
-    pub fn parameter_count(&self, name: &str) -> Option<u32> {
+    pub(super) fn parameter_count(&self, name: &str) -> Option<u32> {
         self.btf
             .resolve_types_by_name(name)
             .ok()?
@@ -95,7 +95,7 @@ impl KernelBtf {
 
     /// Whether the kernel has a tracepoint of this name that BTF programs (`tp_btf`) can attach
     /// to: each has a `btf_trace_<name>` typedef.
-    pub fn has_btf_tracepoint(&self, name: &str) -> bool {
+    pub(super) fn has_btf_tracepoint(&self, name: &str) -> bool {
         self.btf
             .resolve_types_by_name(&format!("btf_trace_{name}"))
             .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Typedef(_))))
@@ -207,7 +207,10 @@ mod tests {
     fn resolves_every_offset_from_the_running_kernel() {
         let path = Path::new(VMLINUX_BTF);
         if !path.exists() {
-            eprintln!("SKIPPED resolves_every_offset_from_the_running_kernel: no {VMLINUX_BTF}");
+            leaktrace_tests::skip(
+                "resolves_every_offset_from_the_running_kernel",
+                &format!("no {VMLINUX_BTF}"),
+            );
             return;
         }
         let btf = KernelBtf::load(path).unwrap();
@@ -240,7 +243,10 @@ mod tests {
     fn a_missing_field_is_named_in_the_error() {
         let path = Path::new(VMLINUX_BTF);
         if !path.exists() {
-            eprintln!("SKIPPED a_missing_field_is_named_in_the_error: no {VMLINUX_BTF}");
+            leaktrace_tests::skip(
+                "a_missing_field_is_named_in_the_error",
+                &format!("no {VMLINUX_BTF}"),
+            );
             return;
         }
         let btf = KernelBtf::load(path).unwrap();

@@ -12,7 +12,7 @@ use tokio::io::unix::AsyncFd;
 use super::{Attached, LoadError};
 
 /// Records and counters, taken out of the loaded object once hooks are attached.
-pub struct Channel {
+pub(crate) struct Channel {
     /// Registered with the async runtime, which wakes the session when records wait.
     records: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
@@ -21,7 +21,7 @@ pub struct Channel {
 
 impl Channel {
     /// Takes the maps out of `ebpf`; called from within the async runtime.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
         let records = RingBuf::try_from(take(ebpf, "RECORDS")?).map_err(other)?;
         // SAFETY: the ring buffer owns its map fd; the AsyncFd owns the ring buffer, so the fd
         // stays open and unchanged for the AsyncFd's whole life.
@@ -35,19 +35,19 @@ impl Channel {
     }
 
     /// The ring buffer, to read what waits in it.
-    pub fn records(&mut self) -> &mut RingBuf<MapData> {
+    pub(crate) fn records(&mut self) -> &mut RingBuf<MapData> {
         self.records.get_mut()
     }
 
     /// Resolves when records wait; the caller clears the readiness before reading.
-    pub async fn readable(
+    pub(crate) async fn readable(
         &mut self,
     ) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
         self.records.readable_mut().await
     }
 
     /// Records lost to a full ring buffer so far, over every CPU.
-    pub fn lost(&self) -> anyhow::Result<u64> {
+    pub(crate) fn lost(&self) -> anyhow::Result<u64> {
         let per_cpu = self
             .lost
             .get(&0, 0)
@@ -56,7 +56,7 @@ impl Channel {
     }
 
     /// What the programs could not do so far, by `ProbeFailure`, over every CPU.
-    pub fn probe_failures(&self) -> anyhow::Result<[u64; ProbeFailure::COUNT as usize]> {
+    pub(crate) fn probe_failures(&self) -> anyhow::Result<[u64; ProbeFailure::COUNT as usize]> {
         let mut counts = [0; ProbeFailure::COUNT as usize];
         for (index, count) in counts.iter_mut().enumerate() {
             *count = self
@@ -71,11 +71,11 @@ impl Channel {
 }
 
 /// The kernel's map of traced processes (`--pid`, their children, `run`'s command).
-pub struct Targets<'a>(HashMap<&'a mut MapData, u32, u8>);
+pub(crate) struct Targets<'a>(HashMap<&'a mut MapData, u32, u8>);
 
 /// What [`Targets::add`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tracing {
+pub(crate) enum Tracing {
     /// Traced from now on.
     Started,
     /// Already traced: the kernel's fork hook added it, its parent being traced.
@@ -85,7 +85,7 @@ pub enum Tracing {
 }
 
 impl Targets<'_> {
-    pub fn add(&mut self, pid: u32) -> anyhow::Result<Tracing> {
+    pub(crate) fn add(&mut self, pid: u32) -> anyhow::Result<Tracing> {
         if self.0.get(&pid, 0).is_ok() {
             return Ok(Tracing::Already);
         }
@@ -101,13 +101,13 @@ impl Targets<'_> {
     }
 
     /// Traces `pid`; a full map is an error here, as the caller named it.
-    pub fn insert(&mut self, pid: u32) -> anyhow::Result<()> {
+    pub(crate) fn insert(&mut self, pid: u32) -> anyhow::Result<()> {
         self.0
             .insert(pid, 1, 0)
             .with_context(|| format!("tracing pid {pid}"))
     }
 
-    pub fn remove(&mut self, pid: u32) -> anyhow::Result<()> {
+    pub(crate) fn remove(&mut self, pid: u32) -> anyhow::Result<()> {
         self.0
             .remove(&pid)
             .with_context(|| format!("untracing pid {pid}"))
@@ -115,7 +115,7 @@ impl Targets<'_> {
 }
 
 impl Attached {
-    pub fn targets(&mut self) -> Result<Targets<'_>, LoadError> {
+    pub(crate) fn targets(&mut self) -> Result<Targets<'_>, LoadError> {
         let map = self
             .ebpf
             .map_mut("TARGETS")

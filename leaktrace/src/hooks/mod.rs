@@ -27,9 +27,9 @@ use aya::{
 use clap::ValueEnum;
 use leaktrace_common::Config;
 
-pub use btf::VMLINUX_BTF;
-pub use channel::{Channel, Tracing};
-pub use seed::{seed_existing, SEED_HOOK};
+pub(crate) use btf::VMLINUX_BTF;
+pub(crate) use channel::{Channel, Tracing};
+pub(crate) use seed::{seed_existing, SEED_HOOK};
 
 /// Which hook family to use (`--hooks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -292,14 +292,14 @@ static HOOKS: &[EventHooks] = &[
 
 /// The hook serving one event, for the startup log and the JSON header.
 #[derive(Clone, Debug)]
-pub struct HookChoice {
+pub(crate) struct HookChoice {
     pub event: &'static str,
     /// e.g. "tp_btf:inet_sock_set_state", or "unavailable: <why>".
     pub hook: String,
 }
 
 /// The loaded programs; dropping it detaches everything.
-pub struct Attached {
+pub(crate) struct Attached {
     pub ebpf: Ebpf,
     pub choices: Vec<HookChoice>,
     /// Candidates that were tried and refused, for `--verbose` and the JSON start record.
@@ -310,7 +310,7 @@ pub struct Attached {
 
 impl Attached {
     /// Whether some hook serves `event` on this kernel.
-    pub fn serves(&self, event: &str) -> bool {
+    pub(crate) fn serves(&self, event: &str) -> bool {
         self.choices
             .iter()
             .any(|c| c.event == event && !c.hook.starts_with(UNAVAILABLE))
@@ -318,13 +318,13 @@ impl Attached {
 }
 
 /// How a hook that serves nothing is spelled, ahead of the reasons.
-pub const UNAVAILABLE: &str = "unavailable";
+pub(crate) const UNAVAILABLE: &str = "unavailable";
 
 /// The object `leaktrace-ebpf` compiles to, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
 
 /// What the kernel side needs to know before it is loaded.
-pub struct LoadOptions {
+pub(crate) struct LoadOptions {
     pub family: HookFamily,
     pub filter_targets: bool,
     pub follow_children: bool,
@@ -339,7 +339,7 @@ pub struct LoadOptions {
     pub floor: bool,
 }
 
-pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
+pub(crate) fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }

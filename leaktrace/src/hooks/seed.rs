@@ -28,7 +28,7 @@ use crate::stop;
 
 /// What seeding found, for the startup log.
 #[derive(Debug, Default)]
-pub struct Seeded {
+pub(crate) struct Seeded {
     /// Socket fds named to the kernel (TCP or not: the kernel tells).
     pub sockets: usize,
     /// Processes that could not be inspected, with the first reason. One that exited since it
@@ -38,12 +38,12 @@ pub struct Seeded {
 }
 
 /// The tracepoint the `seed` program runs on, on leaktrace's own calls.
-pub const SEED_HOOK: (&str, &str) = ("syscalls", "sys_enter_getsockname");
+pub(crate) const SEED_HOOK: (&str, &str) = ("syscalls", "sys_enter_getsockname");
 
 /// Records every TCP socket the processes `pids` (all processes if empty) hold now, calling
 /// `drain` after every `batch` sockets: a host may hold more than the ring buffer can take at
 /// once.
-pub fn seed_existing(
+pub(crate) fn seed_existing(
     ebpf: &mut Ebpf,
     pids: &[u32],
     batch: usize,
@@ -177,6 +177,7 @@ fn seed_process(
 
 /// The `seed` program runs on this syscall; its result does not matter.
 fn trigger_seed(duplicate: &OwnedFd) {
+    // SAFETY: sockaddr_storage is plain data, for which all zeros is a valid value.
     let mut address: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut length = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: valid fd, buffer and length for the duration of the call.

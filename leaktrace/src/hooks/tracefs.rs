@@ -12,14 +12,14 @@ use leaktrace_common::{TracepointOffsets, OFFSET_UNKNOWN};
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
-pub struct Tracefs {
+pub(super) struct Tracefs {
     root: PathBuf,
 }
 
 impl Tracefs {
     /// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted yet (aya looks
     /// for tracepoints there too).
-    pub fn open() -> Result<Self> {
+    pub(super) fn open() -> Result<Self> {
         for root in [TRACEFS, DEBUGFS_TRACING] {
             if Path::new(root).join("events").is_dir() {
                 return Ok(Self { root: root.into() });
@@ -31,7 +31,7 @@ impl Tracefs {
         })
     }
 
-    pub fn has_event(&self, category: &str, name: &str) -> bool {
+    pub(super) fn has_event(&self, category: &str, name: &str) -> bool {
         self.format_path(category, name).is_file()
     }
 
@@ -44,7 +44,7 @@ impl Tracefs {
     }
 
     /// Offset of `field` in the record of `category:name`.
-    pub fn field_offset(&self, category: &str, name: &str, field: &str) -> Result<u32> {
+    pub(super) fn field_offset(&self, category: &str, name: &str, field: &str) -> Result<u32> {
         let path = self.format_path(category, name);
         let format =
             fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -54,7 +54,7 @@ impl Tracefs {
 
     /// Offsets of the fields the programs read, for the events this kernel has (missing ones
     /// stay 0: their programs are not attached).
-    pub fn offsets(&self) -> Result<TracepointOffsets> {
+    pub(super) fn offsets(&self) -> Result<TracepointOffsets> {
         let optional = |category: &str, name: &str, field: &str| -> Result<u32> {
             if self.has_event(category, name) {
                 self.field_offset(category, name, field)

@@ -30,7 +30,7 @@ use super::pidfd::{pidfd_getfd, pidfd_open};
 /// A timer the kernel keeps on a connection: something will happen on it even if neither side
 /// sends anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelTimer {
+pub(crate) enum KernelTimer {
     Keepalive,
     /// Retransmission or zero-window probing: data is still on its way.
     Other,
@@ -38,7 +38,7 @@ pub enum KernelTimer {
 
 /// One connection as the kernel's socket table shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// The socket file's inode, 0 for a socket no file refers to any more.
     pub ino: u64,
     pub local: SocketAddr,
@@ -50,7 +50,7 @@ pub struct Sample {
 
 /// A socket whose traffic is wanted: where its owner holds it, and what the timeline knows of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Wanted {
+pub(crate) struct Wanted {
     pub pid: u32,
     pub fd: i32,
     pub ino: u64,
@@ -67,7 +67,7 @@ const THROUGH_FDS_AT_MOST: usize = 32;
 /// (ENOENT: the module is not loaded and could not be), it is not asked again, nor made to try
 /// its module loader every second.
 #[derive(Debug, Default)]
-pub struct Sampler {
+pub(crate) struct Sampler {
     diag_missing: bool,
 }
 
@@ -75,7 +75,7 @@ impl Sampler {
     /// The wanted sockets' samples, and maybe others': through their fds when they are few, else
     /// from sock_diag. The dump covers leaktrace's network namespace only, so the wanted sockets
     /// it lacks (a traced process in a container's namespace) are read through their fds too.
-    pub fn sample(&mut self, wanted: &[Wanted]) -> io::Result<Vec<Sample>> {
+    pub(crate) fn sample(&mut self, wanted: &[Wanted]) -> io::Result<Vec<Sample>> {
         let diag_error = if self.diag_missing || wanted.len() <= THROUGH_FDS_AT_MOST {
             None
         } else {

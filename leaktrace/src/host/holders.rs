@@ -12,7 +12,7 @@ use procfs::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Holder {
+pub(crate) struct Holder {
     pub pid: u32,
     pub fd: i32,
 }
@@ -21,7 +21,7 @@ pub struct Holder {
 /// clients can take every fd): it tells nothing about the process, and nothing may be concluded
 /// from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Unreadable;
+pub(crate) struct Unreadable;
 
 /// Whether a /proc read failed for want of leaktrace's own resources. Any other failure means
 /// that what it read is gone (the process, the fd), or could not be read in passing.
@@ -34,7 +34,7 @@ fn unreadable(e: &ProcError) -> bool {
 
 /// Every (pid, fd) holding one of `inodes`, by inode; processes and fds that vanish during the
 /// scan are passed over. `Unreadable`: a holder may be missing.
-pub fn find(inodes: &BTreeSet<u64>) -> Result<BTreeMap<u64, Vec<Holder>>, Unreadable> {
+pub(crate) fn find(inodes: &BTreeSet<u64>) -> Result<BTreeMap<u64, Vec<Holder>>, Unreadable> {
     let mut found: BTreeMap<u64, Vec<Holder>> = BTreeMap::new();
     if inodes.is_empty() {
         return Ok(found);
@@ -75,7 +75,7 @@ pub fn find(inodes: &BTreeSet<u64>) -> Result<BTreeMap<u64, Vec<Holder>>, Unread
 
 /// Whether a process's fd is still the socket it was known to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FdHeld {
+pub(crate) enum FdHeld {
     Yes,
     /// Closed, or reused for another file.
     No,
@@ -88,7 +88,7 @@ pub enum FdHeld {
 /// Answers [`FdLookup::holds`] and [`FdLookup::fd_of`] for many sockets, opening each
 /// process's /proc entry once and listing its fds at most once.
 #[derive(Default)]
-pub struct FdLookup {
+pub(crate) struct FdLookup {
     processes: HashMap<u32, Looked>,
     /// Per process, the fd of each socket inode it holds (the lowest, where several do).
     sockets: HashMap<u32, HashMap<u64, i32>>,
@@ -175,7 +175,7 @@ fn look_up(pid: u32) -> Looked {
 }
 
 /// Whether `pid` is gone (or a zombie); not when leaktrace lacks the resources to read /proc.
-pub fn gone(pid: u32) -> bool {
+pub(crate) fn gone(pid: u32) -> bool {
     matches!(look_up(pid), Looked::Gone)
 }
 

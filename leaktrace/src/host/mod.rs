@@ -3,21 +3,21 @@
 //! (netlink sock_diag, or a pidfd duplicate of the owner's fd). [`ProcHost`] asks the kernel;
 //! unit tests answer with a fake, so what the store and the detectors make of the answers is
 //! tested without the processes and sockets it would take to produce them.
-pub mod activity;
+pub(crate) mod activity;
 #[cfg(test)]
 pub(crate) mod fake;
-pub mod holders;
-pub mod pidfd;
+pub(crate) mod holders;
+pub(crate) mod pidfd;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
-pub use activity::{KernelTimer, Sample, Wanted};
-pub use holders::{FdHeld, Holder, Unreadable};
+pub(crate) use activity::{KernelTimer, Sample, Wanted};
+pub(crate) use holders::{FdHeld, Holder, Unreadable};
 
 use crate::placement::Placement;
 
-pub trait Host {
+pub(crate) trait Host {
     /// Every (pid, fd) holding one of `inodes`, by inode (see [`holders::find`]).
     fn holders(&mut self, inodes: &BTreeSet<u64>)
         -> Result<BTreeMap<u64, Vec<Holder>>, Unreadable>;
@@ -39,7 +39,7 @@ pub trait Host {
 }
 
 /// See [`Host::fds`].
-pub trait Fds {
+pub(crate) trait Fds {
     /// Whether `pid`'s `fd` is still the socket `ino` (see [`holders::FdLookup::holds`]).
     fn holds(&mut self, pid: u32, fd: i32, ino: Option<u64>) -> FdHeld;
 
@@ -49,7 +49,7 @@ pub trait Fds {
 
 /// The running system, as /proc, sock_diag and pidfds show it.
 #[derive(Debug, Default)]
-pub struct ProcHost {
+pub(crate) struct ProcHost {
     sampler: activity::Sampler,
 }
 

@@ -16,12 +16,12 @@ use crate::format::{how_resolved, kernel_address, ring_size_hint};
 use crate::summary::{Progress, Stats};
 use crate::timeline::{Dropped, Partner};
 
-pub struct JsonReporter {
+pub(crate) struct JsonReporter {
     out: Box<dyn Write + Send>,
 }
 
 impl JsonReporter {
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
+    pub(crate) fn new(out: Box<dyn Write + Send>) -> Self {
         Self { out }
     }
 
@@ -30,7 +30,7 @@ impl JsonReporter {
     }
 
     /// A leak or resolution, as the detectors find it.
-    pub fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
+    pub(crate) fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
         match outcome {
             Outcome::Leak(finding) => self.emit(&leak(finding)),
             Outcome::Resolved(resolved) => self.emit(&resolution(resolved)),

@@ -97,7 +97,7 @@ impl Exposition {
 }
 
 /// The metrics the session updates; a spawned task serves them until this is dropped.
-pub struct Metrics {
+pub(crate) struct Metrics {
     exposition: Arc<Exposition>,
     open_leaks: Family<LeakLabels, Gauge>,
     reported: Family<KindLabels, Counter>,
@@ -209,7 +209,7 @@ impl Metrics {
 
     /// Binds `addr` now, so that an address in use fails before tracing starts, and serves the
     /// metrics from a task of the current tokio runtime.
-    pub fn serve(addr: SocketAddr, ring_size: u32) -> io::Result<Self> {
+    pub(crate) fn serve(addr: SocketAddr, ring_size: u32) -> io::Result<Self> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
@@ -221,11 +221,11 @@ impl Metrics {
     }
 
     /// Where the metrics are served (the port chosen when asked for port 0).
-    pub fn local_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
 
-    pub fn outcome(&mut self, outcome: &Outcome) {
+    pub(crate) fn outcome(&mut self, outcome: &Outcome) {
         match outcome {
             Outcome::Leak(finding) => {
                 let kind = finding.kind.name();
@@ -266,7 +266,7 @@ impl Metrics {
     }
 
     /// One wake-up took `records` records of `bytes` in all out of the ring buffer.
-    pub fn drained(&self, records: usize, bytes: usize) {
+    pub(crate) fn drained(&self, records: usize, bytes: usize) {
         let taken = bytes + records * RING_RECORD_OVERHEAD;
         let ratio = (taken as f64 / f64::from(self.ring_size)).min(1.0);
         if ratio > self.exposition.ring_fill.get() {
@@ -275,7 +275,7 @@ impl Metrics {
     }
 
     /// The session's running totals (`lost_events` read from the kernel just before).
-    pub fn totals(&self, counts: &IngestCounts, sockets_tracked: usize) {
+    pub(crate) fn totals(&self, counts: &IngestCounts, sockets_tracked: usize) {
         // The counters only go up: add what is new since the last call.
         self.records
             .inc_by(counts.records.saturating_sub(self.records.get()));

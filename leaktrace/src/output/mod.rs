@@ -7,7 +7,7 @@
 mod event;
 mod json;
 mod metrics;
-pub mod pipe;
+pub(crate) mod pipe;
 mod text;
 mod trace_out;
 
@@ -18,10 +18,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use leaktrace_common::tcp_state;
 
-pub use json::JsonReporter;
-pub use metrics::Metrics;
-pub use text::TextReporter;
-pub use trace_out::TraceOut;
+pub(crate) use json::JsonReporter;
+pub(crate) use metrics::Metrics;
+pub(crate) use text::TextReporter;
+pub(crate) use trace_out::TraceOut;
 
 use crate::decoder::{Event, EventKind, SockKey};
 use crate::finding::Outcome;
@@ -32,7 +32,7 @@ use pipe::Outlet;
 /// How long the final report may wait for its reader.
 const REPORT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
-pub struct StartInfo {
+pub(crate) struct StartInfo {
     /// (event, hook) pairs, e.g. ("state", "tracepoint:sock:inet_sock_set_state").
     pub hooks: Vec<(String, String)>,
     /// Hooks tried and refused, with the kernel's reason ("event: hook: why").
@@ -55,7 +55,7 @@ pub struct StartInfo {
 
 /// One way out for what the session learns. Each output takes what it shows and leaves the
 /// rest: the defaults do nothing.
-pub trait Output: Send {
+pub(crate) trait Output: Send {
     /// Tracing is live.
     fn start(&mut self, _info: &StartInfo) -> io::Result<()> {
         Ok(())
@@ -91,7 +91,7 @@ const STATE_SLOTS: usize = tcp_state::NEW_SYN_RECV as usize + 1;
 
 /// What one read of the ring buffer brought.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Batch {
+pub(crate) struct Batch {
     pub records: usize,
     /// Their bytes, the ring's record headers aside.
     pub bytes: usize,
@@ -103,7 +103,7 @@ pub struct Batch {
 impl Batch {
     /// Counts `event` among the batch's transitions, if it is one.
     #[inline(always)]
-    pub fn count(&mut self, event: &Event) {
+    pub(crate) fn count(&mut self, event: &Event) {
         if let EventKind::State { new, .. } = event.kind {
             let slot = usize::from(new);
             self.entered[if slot < STATE_SLOTS { slot } else { 0 }] += 1;
@@ -111,7 +111,7 @@ impl Batch {
     }
 
     /// (state, transitions into it) for the states entered.
-    pub fn entered(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
+    pub(crate) fn entered(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
         (0..STATE_SLOTS as u8)
             .zip(self.entered)
             .filter(|(_, n)| *n > 0)
@@ -119,7 +119,7 @@ impl Batch {
 }
 
 /// A socket's timeline, for an output that writes timelines (see [`Output::wants_timelines`]).
-pub struct Track<'a> {
+pub(crate) struct Track<'a> {
     pub key: SockKey,
     pub timeline: &'a Timeline,
     /// Its owner's process name, where known.
@@ -127,7 +127,7 @@ pub struct Track<'a> {
 }
 
 /// What one look of the detectors found.
-pub struct Tick<'a> {
+pub(crate) struct Tick<'a> {
     pub outcomes: &'a [Outcome],
     /// Timelines the store let go of since the last tick: sockets whose story is over.
     pub swept: &'a [Track<'a>],
@@ -139,7 +139,7 @@ pub struct Tick<'a> {
 }
 
 /// The end of the session.
-pub struct End<'a> {
+pub(crate) struct End<'a> {
     pub report: &'a FinalReport,
     /// Every timeline the store still holds, for outputs that want them.
     pub timelines: &'a [Track<'a>],
@@ -149,7 +149,7 @@ pub struct End<'a> {
 
 /// Why an output failed.
 #[derive(Debug)]
-pub enum OutputError {
+pub(crate) enum OutputError {
     /// The report could not be written (see [`Outputs::give_up_report`]).
     Report(io::Error),
     /// An export could not: what it is, and why.
@@ -159,7 +159,7 @@ pub enum OutputError {
 /// The report (text or JSON Lines, whose lines leave through a thread of their own) and the
 /// exports, fed as one.
 #[derive(Default)]
-pub struct Outputs {
+pub(crate) struct Outputs {
     /// `None` until the report starts, and once given up.
     report: Option<(Box<dyn Output>, Outlet)>,
     /// Each with what it writes, for its errors ("the trace file").
@@ -168,48 +168,48 @@ pub struct Outputs {
 
 impl Outputs {
     /// Adds an export, `what` naming it in its errors.
-    pub fn export(&mut self, what: &'static str, output: impl Output + 'static) {
+    pub(crate) fn export(&mut self, what: &'static str, output: impl Output + 'static) {
         self.exports.push((what, Box::new(output)));
     }
 
     /// Sets the report, whose lines `outlet` hands on.
-    pub fn set_report(&mut self, report: Box<dyn Output>, outlet: Outlet) {
+    pub(crate) fn set_report(&mut self, report: Box<dyn Output>, outlet: Outlet) {
         self.report = Some((report, outlet));
     }
 
-    pub fn has_report(&self) -> bool {
+    pub(crate) fn has_report(&self) -> bool {
         self.report.is_some()
     }
 
     /// Stops writing the report; the exports go on.
-    pub fn give_up_report(&mut self) {
+    pub(crate) fn give_up_report(&mut self) {
         self.report = None;
     }
 
-    pub fn wants_timelines(&self) -> bool {
+    pub(crate) fn wants_timelines(&self) -> bool {
         self.each_output().any(|output| output.wants_timelines())
     }
 
-    pub fn start(&mut self, info: &StartInfo) -> Result<(), OutputError> {
+    pub(crate) fn start(&mut self, info: &StartInfo) -> Result<(), OutputError> {
         self.each(|output| output.start(info))
     }
 
-    pub fn batch(&mut self, batch: &Batch) {
+    pub(crate) fn batch(&mut self, batch: &Batch) {
         self.each_output_mut()
             .for_each(|output| output.batch(batch));
     }
 
-    pub fn tick(&mut self, tick: &Tick<'_>) -> Result<(), OutputError> {
+    pub(crate) fn tick(&mut self, tick: &Tick<'_>) -> Result<(), OutputError> {
         self.each(|output| output.tick(tick))
     }
 
-    pub fn progress(&mut self, progress: &Progress) -> Result<(), OutputError> {
+    pub(crate) fn progress(&mut self, progress: &Progress) -> Result<(), OutputError> {
         self.each(|output| output.progress(progress))
     }
 
     /// Finishes every output; the report's last lines may take [`REPORT_DRAIN_LIMIT`] to reach
     /// a slow reader, and one that stopped reading does not hold leaktrace past a stop for long.
-    pub fn finish(&mut self, end: &End<'_>) -> Result<(), OutputError> {
+    pub(crate) fn finish(&mut self, end: &End<'_>) -> Result<(), OutputError> {
         self.each(|output| output.finish(end))?;
         match &self.report {
             Some((_, outlet)) => outlet.wait(REPORT_DRAIN_LIMIT).map_err(OutputError::Report),
@@ -219,7 +219,7 @@ impl Outputs {
 
     /// Waits, at most [`REPORT_DRAIN_LIMIT`], for the report's lines handed over so far to be
     /// written: a line leaktrace then writes to stderr itself comes after them.
-    pub fn written(&self) {
+    pub(crate) fn written(&self) {
         if let Some((_, outlet)) = &self.report {
             // A reader that stopped reading is the report's failure, seen at its next write.
             let _ = outlet.wait(REPORT_DRAIN_LIMIT);

@@ -31,18 +31,18 @@ impl State {
 }
 
 /// What the reporters write to: whole lines, each handed to the thread at once.
-pub struct Pipe {
+pub(crate) struct Pipe {
     lines: mpsc::Sender<Vec<u8>>,
     state: Arc<Mutex<State>>,
 }
 
 /// The session's handle on the thread, to wait for the last lines to go out.
-pub struct Outlet {
+pub(crate) struct Outlet {
     state: Arc<Mutex<State>>,
 }
 
 /// Starts the thread that writes to `out`.
-pub fn open(mut out: impl Write + Send + 'static) -> io::Result<(Pipe, Outlet)> {
+pub(crate) fn open(mut out: impl Write + Send + 'static) -> io::Result<(Pipe, Outlet)> {
     let (lines, incoming) = mpsc::channel::<Vec<u8>>();
     let state = Arc::new(Mutex::new(State::default()));
     let shared = Arc::clone(&state);
@@ -92,7 +92,7 @@ impl Write for Pipe {
 
 impl Outlet {
     /// Waits at most `limit` for every line handed over to be written.
-    pub fn wait(&self, limit: Duration) -> io::Result<()> {
+    pub(crate) fn wait(&self, limit: Duration) -> io::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             {

@@ -20,14 +20,14 @@ use crate::placement::Placement;
 use crate::summary::{Progress, Stats};
 use crate::timeline::Dropped;
 
-pub struct TextReporter {
+pub(crate) struct TextReporter {
     out: Box<dyn Write + Send>,
     /// One line per hook at start, rather than one line for them all.
     verbose: bool,
 }
 
 impl TextReporter {
-    pub fn new(out: Box<dyn Write + Send>, verbose: bool) -> Self {
+    pub(crate) fn new(out: Box<dyn Write + Send>, verbose: bool) -> Self {
         Self { out, verbose }
     }
 
@@ -36,7 +36,7 @@ impl TextReporter {
     }
 
     /// A leak or resolution, as the detectors find it.
-    pub fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
+    pub(crate) fn outcome(&mut self, outcome: &Outcome) -> io::Result<()> {
         let line = match outcome {
             Outcome::Leak(f) => format!(
                 "LEAK  {}  pid {} ({}){} fd {}  {}  {}",

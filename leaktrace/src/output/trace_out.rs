@@ -33,7 +33,7 @@ const FIRST_TRACK: u64 = 1 << 22;
 /// The pid of tracks whose owner was never learned.
 const NO_OWNER: u32 = 0;
 
-pub struct TraceOut {
+pub(crate) struct TraceOut {
     out: Box<dyn Write + Send>,
     /// Processes whose name was written already.
     named: HashSet<u32>,
@@ -43,7 +43,7 @@ pub struct TraceOut {
 }
 
 impl TraceOut {
-    pub fn create(path: &Path) -> io::Result<Self> {
+    pub(crate) fn create(path: &Path) -> io::Result<Self> {
         Self::new(Box::new(open_own(path)?))
     }
 

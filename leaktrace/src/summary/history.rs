@@ -9,7 +9,7 @@ const MAX_POINTS: usize = 120;
 const FIRST_STEP_NS: u64 = 10_000_000_000;
 
 #[derive(Debug)]
-pub struct History {
+pub(crate) struct History {
     step_ns: u64,
     /// (time since the session started, open leaks then), oldest first.
     points: Vec<(u64, u64)>,
@@ -26,7 +26,7 @@ impl Default for History {
 
 impl History {
     /// Takes a sample if a step has passed since the last one.
-    pub fn record(&mut self, elapsed_ns: u64, open: u64) {
+    pub(crate) fn record(&mut self, elapsed_ns: u64, open: u64) {
         if self
             .points
             .last()
@@ -46,7 +46,7 @@ impl History {
     }
 
     /// The samples with the final count at `elapsed_ns` appended, so the series ends at the end.
-    pub fn series(&self, elapsed_ns: u64, open: u64) -> Vec<(Duration, u64)> {
+    pub(crate) fn series(&self, elapsed_ns: u64, open: u64) -> Vec<(Duration, u64)> {
         let mut series: Vec<(Duration, u64)> = self
             .points
             .iter()

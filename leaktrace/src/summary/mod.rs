@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use leaktrace_common::ProbeFailure;
 
-pub use history::History;
+pub(crate) use history::History;
 
 use crate::finding::{Finding, LeakKind};
 use crate::timeline::{Dropped, Remote};
@@ -53,7 +53,7 @@ pub struct FinalReport {
 
 /// Where a running session stands: what `--interval` prints.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub elapsed: Duration,
     /// Open findings by class; classes with none are absent.
     pub open: BTreeMap<LeakKind, u64>,

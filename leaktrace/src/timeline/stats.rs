@@ -56,7 +56,7 @@ impl fmt::Display for Remote {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RemoteCounts {
+pub(crate) struct RemoteCounts {
     pub connections: u64,
     /// Connections this side closed first, which leave a TIME_WAIT socket behind for a minute.
     pub time_wait: u64,
@@ -91,7 +91,7 @@ impl Tally {
 }
 
 #[derive(Debug, Default)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Sockets each process holds (neither closed nor destroyed), by TCP state: updated on
     /// every record, so an array rather than a map.
     held: FxHashMap<u32, [u64; STATES]>,
@@ -103,7 +103,7 @@ pub struct Counts {
 impl Counts {
     /// Per process: how many sockets it holds in each TCP state. Processes holding none are
     /// left out.
-    pub fn held(&self) -> impl Iterator<Item = (u32, Vec<(u8, u64)>)> + '_ {
+    pub(crate) fn held(&self) -> impl Iterator<Item = (u32, Vec<(u8, u64)>)> + '_ {
         self.held.iter().map(|(pid, states)| {
             let states = (0..STATES)
                 .filter(|&state| states[state] > 0)
@@ -113,7 +113,7 @@ impl Counts {
         })
     }
 
-    pub fn remotes(&self) -> impl Iterator<Item = (Remote, RemoteCounts)> + '_ {
+    pub(crate) fn remotes(&self) -> impl Iterator<Item = (Remote, RemoteCounts)> + '_ {
         self.remotes
             .iter()
             .map(|(remote, counts)| (*remote, *counts))
