@@ -1,4 +1,4 @@
-//! What userspace tells the programs: the `CONFIG` global at load time, and the seed requests.
+//! What userspace tells the programs: the `CONFIG` global at load time, and the requests for sockets present at start.
 
 /// Byte offsets of the kernel struct fields the programs read, taken from the running kernel's
 /// BTF at load time: aya emits no CO-RE relocations for Rust programs.
@@ -82,7 +82,7 @@ pub struct Config {
     /// Non-zero: only sockets claimed by a tgid in the `TARGETS` map are followed.
     pub filter_targets: u32,
     /// leaktrace's own tgid: only it may ask for sockets that predate the trace to be recorded.
-    pub seeder_tgid: u32,
+    pub leaktrace_tgid: u32,
     /// Non-zero: processes started by traced processes are traced too.
     pub follow_children: u32,
     /// The ring buffer's size in bytes (`--ring-size`).
@@ -140,7 +140,7 @@ impl Config {
             ready: 0,
             floor: 0,
             filter_targets: 0,
-            seeder_tgid: 0,
+            leaktrace_tgid: 0,
             follow_children: 0,
             ring_size: 0,
             cgroup_id: 0,
@@ -165,11 +165,11 @@ impl Config {
     };
 }
 
-/// What userspace asks the `seed` program to record: the socket the next `getsockname(2)` of
+/// What userspace asks the `present` program to record: the socket the next `getsockname(2)` of
 /// leaktrace names is a duplicate of `owner_fd` in process `owner_tgid`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SeedRequest {
+pub struct PresentRequest {
     pub owner_tgid: u32,
     pub owner_fd: i32,
 }

@@ -35,5 +35,5 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Record {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::SeedRequest {}
+    unsafe impl aya::Pod for super::PresentRequest {}
 }

@@ -2,7 +2,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use leaktrace_common::{ProbeFailure, SeedRequest};
+use leaktrace_common::{PresentRequest, ProbeFailure};
 
 /// What the kernel side knows of one followed socket, the value of `SOCKS` (see `sock_meta`).
 #[repr(C)]
@@ -73,6 +73,6 @@ const FOLLOWED_SLOT_COUNT: u32 = 1 << FOLLOWED_SLOT_BITS;
 #[map]
 pub(crate) static LISTENERS: Array<u32> = Array::with_max_entries(2 << 16, 0);
 
-/// Which socket the seeding `getsockname` stands for (see `probes::seed`).
+/// Which socket the `getsockname` that records a present socket stands for (see `probes::present`).
 #[map]
-pub(crate) static SEED_REQUEST: Array<SeedRequest> = Array::with_max_entries(1, 0);
+pub(crate) static PRESENT_REQUEST: Array<PresentRequest> = Array::with_max_entries(1, 0);

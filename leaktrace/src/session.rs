@@ -197,7 +197,7 @@ fn preflight(options: &SessionOptions) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The processes in `cgroup` now, leaktrace aside, to trace and seed from the start.
+/// The processes in `cgroup` now, leaktrace aside, to trace and record the sockets of from the start.
 fn cgroup_processes(cgroup: &Cgroup, max_processes: u32) -> Result<Vec<u32>, Failure> {
     let own = std::process::id();
     let pids: Vec<u32> = cgroup::processes(cgroup)
@@ -291,7 +291,7 @@ impl Session {
             }
             Scope::All | Scope::Added | Scope::Cgroup(_) => Vec::new(),
         };
-        // Seeded and waited for like the processes named.
+        // PresentFound and waited for like the processes named.
         let traced: Vec<u32> = pids.iter().chain(&descendants).copied().collect();
         let mut channel = Channel::take(&mut attached.ebpf)?;
         let mut store = Store::with_capacity_limit(options.common.max_sockets);
@@ -303,13 +303,13 @@ impl Session {
             ..IngestCounts::default()
         };
         let mut live: BTreeSet<u32> = traced.iter().copied().collect();
-        // An empty list seeds every process: not what an empty cgroup asks for.
-        let nothing_to_seed = matches!(options.scope, Scope::Added)
+        // An empty list records every process's sockets: not what an empty cgroup asks for.
+        let nothing_present = matches!(options.scope, Scope::Added)
             || (matches!(options.scope, Scope::Cgroup(_)) && pids.is_empty());
-        if attached.can_seed && !nothing_to_seed {
-            // Drained while seeding, a quarter of the ring at a time: one record per socket.
+        if attached.can_record_present && !nothing_present {
+            // Drained while recording them, a quarter of the ring at a time: one record per socket.
             let batch = options.common.ring_size as usize / Record::SIZE / 4;
-            let seeded = hooks::seed_existing(&mut attached.ebpf, &traced, batch, &mut || {
+            let found = hooks::record_present(&mut attached.ebpf, &traced, batch, &mut || {
                 drain(
                     channel.records(),
                     &mut store,
@@ -318,10 +318,10 @@ impl Session {
                     &mut outputs,
                 )
             })?;
-            if let Some(why) = &seeded.first_failure {
+            if let Some(why) = &found.first_failure {
                 stderr::line(format_args!(
                     "leaktrace: warning: could not inspect the sockets of {} process(es) that predate the trace ({why})",
-                    seeded.failed
+                    found.failed
                 ));
             }
             check_not_interrupted()?;

@@ -88,7 +88,7 @@ impl<T> Stamped<T> {
 struct SeenState {
     state: u8,
     /// From a `Present` record: the socket was already in it when tracing started.
-    found_at_start: bool,
+    present_at_start: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +105,7 @@ pub(crate) struct WriteShutdown {
     /// The receive side at that moment, when the record carried it.
     pub receive: Option<ReceiveState>,
     /// It happened before tracing started: what the peer sent since is unknown.
-    pub before_trace: bool,
+    pub present_at_start: bool,
 }
 
 #[derive(Debug, Default)]
@@ -207,7 +207,7 @@ impl Timeline {
             EventKind::State { new, .. } => {
                 let seen = SeenState {
                     state: new,
-                    found_at_start: false,
+                    present_at_start: false,
                 };
                 Stamped::update(&mut self.state, ts, seen);
                 if new == tcp_state::CLOSE_WAIT {
@@ -225,7 +225,7 @@ impl Timeline {
             } => {
                 let seen = SeenState {
                     state,
-                    found_at_start: true,
+                    present_at_start: true,
                 };
                 Stamped::update(&mut self.state, ts, seen);
                 if state == tcp_state::CLOSE_WAIT {
@@ -241,7 +241,7 @@ impl Timeline {
                     self.write_shutdown = Some(WriteShutdown {
                         ts_ns: ts,
                         receive: event.receive,
-                        before_trace: true,
+                        present_at_start: true,
                     });
                 }
             }
@@ -252,7 +252,7 @@ impl Timeline {
                 self.write_shutdown = Some(WriteShutdown {
                     ts_ns: ts,
                     receive: event.receive,
-                    before_trace: false,
+                    present_at_start: false,
                 });
             }
             EventKind::Connect => self.opened_at(ts, false),
@@ -336,7 +336,7 @@ impl Timeline {
     /// When the socket entered its current state, and whether that state was found when tracing
     /// started (`true`: the time is when it was found; it entered earlier, how much is unknown).
     pub(crate) fn state_entered(&self) -> Option<(u64, bool)> {
-        self.state.map(|s| (s.ts_ns, s.value.found_at_start))
+        self.state.map(|s| (s.ts_ns, s.value.present_at_start))
     }
 
     /// When the peer's FIN moved the socket into CLOSE_WAIT (or when a socket already there was
@@ -346,7 +346,7 @@ impl Timeline {
     }
 
     /// The socket was already in CLOSE_WAIT when tracing started.
-    pub(crate) fn close_wait_before_trace(&self) -> bool {
+    pub(crate) fn close_wait_present_at_start(&self) -> bool {
         self.close_wait_since.is_some() && !self.close_wait_entered
     }
 

@@ -363,7 +363,7 @@ fn close_wait_stuck_before_tracing() -> Result<()> {
     assert_close_wait_findings(&report, &server, Family::V4, &accepted, &client)
 }
 
-/// More leaks at start than the ring buffer holds records: every one is found. Seeding wrote a
+/// More leaks at start than the ring buffer holds records: every one is found. The scan of present sockets wrote a
 /// record per socket and drained the ring only once it was done, so a host with tens of
 /// thousands of sockets lost most of them, its leaks with them.
 #[test]

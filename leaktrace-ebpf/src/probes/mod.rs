@@ -7,9 +7,9 @@
 //! it) out of line, a BPF-to-BPF call with a stack frame of its own.
 mod accept;
 mod destroy;
+mod present;
 mod process;
 mod receive;
-mod seed;
 mod state;
 
 use leaktrace_common::AF_INET6;

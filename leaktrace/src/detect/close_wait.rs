@@ -19,7 +19,7 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
         (Some(tcp_state::CLOSE_WAIT), Some(ns)) => Verdict::Holds {
             since: Since {
                 ns,
-                before_trace: timeline.close_wait_before_trace(),
+                present_at_start: timeline.close_wait_present_at_start(),
             },
         },
         // Left CLOSE_WAIT without a close: straight to CLOSE, the peer reset the connection

@@ -26,7 +26,7 @@ pub(super) const CLASS: LeakClass = LeakClass {
 pub(super) fn check(timeline: &Timeline) -> Verdict {
     // A socket without a peer never had a connection to end: created and not yet connected, or a
     // listener shut down; both are in CLOSE too.
-    let (Some(tcp_state::CLOSE), Some((ended, found_at_start)), Some(_)) = (
+    let (Some(tcp_state::CLOSE), Some((ended, present_at_start)), Some(_)) = (
         timeline.state(),
         timeline.state_entered(),
         timeline.remote(),
@@ -50,7 +50,7 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
     Verdict::Holds {
         since: Since {
             ns,
-            before_trace: found_at_start && ns == ended,
+            present_at_start: present_at_start && ns == ended,
         },
     }
 }

@@ -86,7 +86,7 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
             since: Since {
                 ns: activity.last_traffic_ns.max(partner.half_closed_ns),
                 // Pairs are known only from openings seen while tracing.
-                before_trace: false,
+                present_at_start: false,
             },
         },
     }

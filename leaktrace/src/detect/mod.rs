@@ -37,7 +37,7 @@ struct Since {
     ns: u64,
     /// It already held when tracing started: it began earlier, how much earlier is unknown, so
     /// it is reported at once, its age marked "at least".
-    before_trace: bool,
+    present_at_start: bool,
 }
 
 /// What every class's file provides. It sees only sockets some process still holds: the ends
@@ -223,7 +223,7 @@ impl Detectors {
                 match (verdict, self.tracked.get(&id)) {
                     (Verdict::Holds { .. }, Some(Tracked::Reported { .. })) => {}
                     (Verdict::Holds { since }, tracked)
-                        if since.before_trace
+                        if since.present_at_start
                             || now_ns.saturating_sub(since.ns) >= self.wait(kind) =>
                     {
                         // Reported ones matched above: tracked here means counted as
@@ -290,7 +290,7 @@ impl Detectors {
                 continue;
             }
             if let Some(finding) = finding(store, key, kind, since, now_ns) {
-                if !since.before_trace {
+                if !since.present_at_start {
                     let (n, comm) = self.new_leaks.entry(finding.pid).or_default();
                     *n += 1;
                     comm.clone_from(&finding.comm);
@@ -483,7 +483,9 @@ fn finding(
     let timeline = store.get(&key)?;
     let latest = timeline.receive().map(|r| r.value);
     // Measured from tracing's start for a shutdown that predates it: not what followed it.
-    let shutdown_seen = timeline.write_shutdown().is_some_and(|s| !s.before_trace);
+    let shutdown_seen = timeline
+        .write_shutdown()
+        .is_some_and(|s| !s.present_at_start);
     let bytes_after_shutdown = shut_wr_unread::baseline(timeline)
         .filter(|_| shutdown_seen)
         .zip(latest)
@@ -508,7 +510,7 @@ fn finding(
         eof_unread: timeline.eof_unread(),
         bytes_after_shutdown,
         age: Duration::from_nanos(now_ns.saturating_sub(since.ns)),
-        age_at_least: since.before_trace,
+        age_at_least: since.present_at_start,
         timeline: timeline.entries().to_vec(),
         elided: timeline.elided(),
         partner: timeline

@@ -21,9 +21,9 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
             since: Since {
                 ns,
                 // Held from the moment tracing found the socket shut down.
-                before_trace: timeline
+                present_at_start: timeline
                     .write_shutdown()
-                    .is_some_and(|s| s.before_trace && s.ts_ns == ns),
+                    .is_some_and(|s| s.present_at_start && s.ts_ns == ns),
             },
         },
         Unconsumed::Never | Unconsumed::Until(_) => Verdict::Clear {
@@ -65,14 +65,16 @@ pub(super) fn unconsumed(timeline: &Timeline) -> Unconsumed {
     let Some((shutdown_ns, baseline)) = baseline(timeline) else {
         return Unconsumed::Never;
     };
-    let before_trace = timeline.write_shutdown().is_some_and(|s| s.before_trace);
+    let present_at_start = timeline
+        .write_shutdown()
+        .is_some_and(|s| s.present_at_start);
     // The condition can come and go (data arrives, is read, more arrives); its start is the first
     // event of the stretch that still holds, its end the event that cleared the last stretch.
     let mut since = None;
     let mut until = None;
     let mut track = |ts_ns: u64, now: &ReceiveState| {
         let eof_unread = timeline.eof_unread_at(ts_ns, now);
-        if unconsumed_since_shutdown(&baseline, now, eof_unread, before_trace) {
+        if unconsumed_since_shutdown(&baseline, now, eof_unread, present_at_start) {
             since.get_or_insert(ts_ns);
         } else if since.take().is_some() {
             until = Some(ts_ns);

@@ -124,7 +124,7 @@ pub(super) fn recv(store: &mut Store, at: u64, ret: i64, copied_seq: u32, rcv_nx
     ));
 }
 
-/// Found at `at` by the seeding when tracing started, as the kernel side records it.
+/// Found at `at` among the sockets present when tracing started, as the kernel side records it.
 pub(super) fn present(at: u64, state: u8, send_shutdown: bool, rcv_nxt: u32, fin: bool) -> Event {
     let kind = EventKind::Present {
         fd: 7,

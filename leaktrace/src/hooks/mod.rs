@@ -8,9 +8,9 @@
 //! shutdown and close are read off the state changes they make (see the eBPF crate's `state`).
 mod btf;
 mod channel;
+mod present;
 #[cfg(test)]
 mod probe_tests;
-mod seed;
 mod tracefs;
 
 use std::{
@@ -29,7 +29,7 @@ use leaktrace_common::Config;
 
 pub(crate) use btf::VMLINUX_BTF;
 pub(crate) use channel::{Channel, Tracing};
-pub(crate) use seed::{seed_existing, SEED_HOOK};
+pub(crate) use present::{record_present, PRESENT_HOOK};
 
 /// Which hook family to use (`--hooks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -304,8 +304,8 @@ pub(crate) struct Attached {
     pub choices: Vec<HookChoice>,
     /// Candidates that were tried and refused, for `--verbose` and the JSON start record.
     pub refused: Vec<String>,
-    /// Whether the seeding program can run here (its tracepoint exists).
-    pub can_seed: bool,
+    /// Whether the program that records present sockets can run here (its tracepoint exists).
+    pub can_record_present: bool,
 }
 
 impl Attached {
@@ -353,7 +353,7 @@ pub(crate) fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
         ready: 1,
         floor: options.floor.into(),
         filter_targets: options.filter_targets.into(),
-        seeder_tgid: std::process::id(),
+        leaktrace_tgid: std::process::id(),
         follow_children: options.follow_children.into(),
         ring_size: options.ring_size,
         cgroup_id: options.cgroup.map_or(0, |(id, _)| id),
@@ -505,18 +505,18 @@ fn attach_all(
             }),
         }
     }
-    let can_seed = kernel.tracefs.has_event(SEED_HOOK.0, SEED_HOOK.1);
+    let can_record_present = kernel.tracefs.has_event(PRESENT_HOOK.0, PRESENT_HOOK.1);
     choices.push(HookChoice {
         event: "present",
-        hook: if can_seed {
+        hook: if can_record_present {
             format!(
                 "tracepoint:{}:{} on leaktrace's own calls, while it starts",
-                SEED_HOOK.0, SEED_HOOK.1
+                PRESENT_HOOK.0, PRESENT_HOOK.1
             )
         } else {
             format!(
                 "{UNAVAILABLE} (no tracepoint:{}:{})",
-                SEED_HOOK.0, SEED_HOOK.1
+                PRESENT_HOOK.0, PRESENT_HOOK.1
             )
         },
     });
@@ -524,7 +524,7 @@ fn attach_all(
         ebpf,
         choices,
         refused,
-        can_seed,
+        can_record_present,
     })
 }
 
@@ -632,7 +632,7 @@ mod tests {
         }
         assert!(btf_programs >= 5, "only {btf_programs} BTF programs");
         // The same handlers, read through the helper: the check above can see the calls.
-        for name in ["state_tp", "destroy_tp", "accept_retprobe", "seed"] {
+        for name in ["state_tp", "destroy_tp", "accept_retprobe", "present"] {
             assert!(
                 probe_reads(&object, name) > 0,
                 "{name} reads without the helper?"

@@ -24,7 +24,7 @@ use aya::maps::{MapData, RingBuf};
 use leaktrace_common::{shutdown_how::SHUT_WR, tcp_state};
 use leaktrace_tests::{is_root, kernel_socket, skip};
 
-use super::{load, seed_existing, Attached, HookFamily, LoadError, LoadOptions};
+use super::{load, record_present, Attached, HookFamily, LoadError, LoadOptions};
 use crate::decoder::{decode, Event, EventKind, SockKey};
 
 /// One probe test at a time: each loads the programs (parsing the kernel's BTF), and the tests
@@ -579,7 +579,7 @@ fn sockets_held_when_tracing_starts_are_recorded_with_their_fd_and_state() {
     let Some(mut probes) = Probes::load(test, false, &[holder.pid()]) else {
         return;
     };
-    if !probes.attached.can_seed {
+    if !probes.attached.can_record_present {
         skip(
             test,
             "this kernel has no tracepoint to record the sockets present at start",
@@ -592,11 +592,11 @@ fn sockets_held_when_tracing_starts_are_recorded_with_their_fd_and_state() {
         events,
         ..
     } = &mut probes;
-    let seeded = seed_existing(&mut attached.ebpf, &[holder.pid()], 1, &mut || {
+    let found = record_present(&mut attached.ebpf, &[holder.pid()], 1, &mut || {
         drain_into(ring, events)
     })
-    .expect("seeding");
-    assert_eq!(seeded.failed, 0, "{:?}", seeded.first_failure);
+    .expect("recording the sockets present");
+    assert_eq!(found.failed, 0, "{:?}", found.first_failure);
     probes.drain();
 
     let expected = [

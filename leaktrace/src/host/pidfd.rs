@@ -1,5 +1,5 @@
 //! Another process's fds, reached through a pidfd: duplicated into leaktrace to be read the way
-//! their owner sees them (seeding the sockets present at start, sampling a connection's traffic).
+//! their owner sees them (recording the sockets present at start, sampling a connection's traffic).
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},

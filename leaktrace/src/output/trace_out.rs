@@ -106,7 +106,9 @@ impl TraceOut {
         for event in timeline.entries() {
             let entered = match event.kind {
                 EventKind::State { old, new } => Some((new, json!({"from": tcp_state::name(old)}))),
-                EventKind::Present { state, .. } => Some((state, json!({"found_at_start": true}))),
+                EventKind::Present { state, .. } => {
+                    Some((state, json!({"present_at_start": true})))
+                }
                 _ => None,
             };
             // After its owner's final close, nothing more is recorded of the socket.
@@ -462,7 +464,7 @@ mod tests {
         assert_eq!(thread["pid"], NO_OWNER);
         assert_eq!(thread["args"]["name"], "127.0.0.1:8080 -> ?");
         let slice = named(&events, "X", "CLOSE_WAIT")[0];
-        assert_eq!(slice["args"]["found_at_start"], true);
+        assert_eq!(slice["args"]["present_at_start"], true);
         assert_eq!(slice["dur"], 1_000.0);
         assert_eq!(named(&events, "i", "present")[0]["args"]["fd"], 9);
     }

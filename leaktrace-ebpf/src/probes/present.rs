@@ -1,9 +1,9 @@
 //! Sockets that predate the trace. For each socket fd of a traced process, leaktrace duplicates
-//! the fd into itself (pidfd_getfd), writes whose it is into `SEED_REQUEST`, and calls
+//! the fd into itself (pidfd_getfd), writes whose it is into `PRESENT_REQUEST`, and calls
 //! `getsockname` on the duplicate: this program, in leaktrace's own context, resolves the fd to
 //! the socket, binds it to its real owner (so its later transitions are followed), and records
-//! its present state and receive side. Attached only while leaktrace seeds, at start: a syscall
-//! tracepoint left attached would slow every syscall on the host.
+//! its present state and receive side. Attached only while leaktrace records the sockets
+//! present at start: a syscall tracepoint left attached would slow every syscall on the host.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use leaktrace_common::{tcp_state, RecordKind, FLAG_SEND_SHUTDOWN};
 
@@ -14,7 +14,7 @@ use crate::{
     emit::{socket_record, Event},
     idle,
     kernel::{current_file, tracepoint_field, File, Probe, Reader, Sock},
-    maps::SEED_REQUEST,
+    maps::PRESENT_REQUEST,
     sock_meta::{claimed, current, followed, watch_arrivals, READS_WATCHED},
 };
 
@@ -30,10 +30,10 @@ fn tcp_socket_of_fd(fd: i32) -> Option<(Sock, File)> {
     sk.is_tcp::<Probe>().then_some((sk, file))
 }
 
-/// Records `sk`, held by the fd of `SEED_REQUEST`, as present since before the trace.
+/// Records `sk`, held by the fd of `PRESENT_REQUEST`, as present since before the trace.
 #[inline(always)]
-fn present<R: Reader>(sk: Sock, file: Option<File>) -> Option<()> {
-    let request = *SEED_REQUEST.get(0)?;
+fn record_present<R: Reader>(sk: Sock, file: Option<File>) -> Option<()> {
+    let request = *PRESENT_REQUEST.get(0)?;
     if request.owner_tgid == 0 || !sk.is_tcp::<R>() {
         return None;
     }
@@ -66,17 +66,17 @@ fn present<R: Reader>(sk: Sock, file: Option<File>) -> Option<()> {
 
 #[inline(always)]
 fn on_getsockname(ctx: &TracePointContext) -> Option<()> {
-    if current().0 != config!(seeder_tgid) {
+    if current().0 != config!(leaktrace_tgid) {
         return None;
     }
     let fd = tracepoint_field::<i64>(ctx, config!(tracepoints.syscall_arg0))? as i32;
     let (sk, file) = tcp_socket_of_fd(fd)?;
-    present::<Probe>(sk, Some(file))
+    record_present::<Probe>(sk, Some(file))
 }
 
 #[tracepoint]
 #[inline(always)]
-pub(crate) fn seed(ctx: TracePointContext) -> u32 {
+pub(crate) fn present(ctx: TracePointContext) -> u32 {
     if !idle() {
         let _ = on_getsockname(&ctx);
     }

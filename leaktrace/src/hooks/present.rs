@@ -1,11 +1,11 @@
 //! Sockets that predate the trace: a process that has leaked for hours already holds its stuck
 //! sockets when leaktrace starts. Each socket fd of the traced processes is duplicated into
-//! leaktrace (pidfd_getfd) and named to the `seed` program through a `getsockname` on the
+//! leaktrace (pidfd_getfd) and named to the `present` program through a `getsockname` on the
 //! duplicate; the program records the socket's present state and binds it to its owner in the
 //! kernel, so its later transitions join the same timeline. Unlike a sock_diag dump, this also
 //! finds sockets whose connection already finished (CLOSE) but whose fd is still held: exactly
-//! the shape of a half-close leak. The program's syscall tracepoint is attached only while
-//! seeding: left attached, it would put every syscall on the host on the kernel's slow path.
+//! the shape of a half-close leak. The program's syscall tracepoint is attached only during
+//! this scan: left attached, it would put every syscall on the host on the kernel's slow path.
 use std::{
     io,
     os::fd::{AsRawFd, OwnedFd, RawFd},
@@ -17,7 +17,7 @@ use aya::{
     programs::TracePoint,
     Ebpf,
 };
-use leaktrace_common::SeedRequest;
+use leaktrace_common::PresentRequest;
 use procfs::{
     process::{FDTarget, Process},
     ProcError,
@@ -26,9 +26,9 @@ use procfs::{
 use crate::host::pidfd::{pidfd_getfd, pidfd_open};
 use crate::stop;
 
-/// What seeding found, for the startup log.
+/// What the scan of present sockets found, for the startup log.
 #[derive(Debug, Default)]
-pub(crate) struct Seeded {
+pub(crate) struct PresentFound {
     /// Socket fds named to the kernel (TCP or not: the kernel tells).
     pub sockets: usize,
     /// Processes that could not be inspected, with the first reason. One that exited since it
@@ -37,41 +37,43 @@ pub(crate) struct Seeded {
     pub first_failure: Option<String>,
 }
 
-/// The tracepoint the `seed` program runs on, on leaktrace's own calls.
-pub(crate) const SEED_HOOK: (&str, &str) = ("syscalls", "sys_enter_getsockname");
+/// The tracepoint the `present` program runs on, on leaktrace's own calls.
+pub(crate) const PRESENT_HOOK: (&str, &str) = ("syscalls", "sys_enter_getsockname");
 
 /// Records every TCP socket the processes `pids` (all processes if empty) hold now, calling
 /// `drain` after every `batch` sockets: a host may hold more than the ring buffer can take at
 /// once.
-pub(crate) fn seed_existing(
+pub(crate) fn record_present(
     ebpf: &mut Ebpf,
     pids: &[u32],
     batch: usize,
     drain: &mut dyn FnMut(),
-) -> Result<Seeded> {
-    let mut request: Array<MapData, SeedRequest> = Array::try_from(
-        ebpf.take_map("SEED_REQUEST")
-            .ok_or_else(|| anyhow!("SEED_REQUEST map missing"))?,
+) -> Result<PresentFound> {
+    let mut request: Array<MapData, PresentRequest> = Array::try_from(
+        ebpf.take_map("PRESENT_REQUEST")
+            .ok_or_else(|| anyhow!("PRESENT_REQUEST map missing"))?,
     )?;
     let program: &mut TracePoint = ebpf
-        .program_mut("seed")
-        .ok_or_else(|| anyhow!("program seed missing from the eBPF object"))?
+        .program_mut("present")
+        .ok_or_else(|| anyhow!("program present missing from the eBPF object"))?
         .try_into()?;
-    program.load().context("loading the seed program")?;
+    program.load().context("loading the present program")?;
     let link = program
-        .attach(SEED_HOOK.0, SEED_HOOK.1)
-        .context("attaching the seed program")?;
+        .attach(PRESENT_HOOK.0, PRESENT_HOOK.1)
+        .context("attaching the present program")?;
     let mut batches = Batches {
         size: batch.max(1),
         left: batch.max(1),
         drain,
     };
-    let seeded = seed_pids(&mut request, pids, &mut batches);
-    program.detach(link).context("detaching the seed program")?;
-    seeded
+    let found = record_present_in(&mut request, pids, &mut batches);
+    program
+        .detach(link)
+        .context("detaching the present program")?;
+    found
 }
 
-/// Counts the sockets seeded down to the next drain of the ring buffer.
+/// Counts the sockets recorded as present down to the next drain of the ring buffer.
 struct Batches<'a> {
     size: usize,
     left: usize,
@@ -79,7 +81,7 @@ struct Batches<'a> {
 }
 
 impl Batches<'_> {
-    fn seeded_one(&mut self) {
+    fn recorded_one(&mut self) {
         self.left -= 1;
         if self.left == 0 {
             (self.drain)();
@@ -88,11 +90,11 @@ impl Batches<'_> {
     }
 }
 
-fn seed_pids(
-    request: &mut Array<MapData, SeedRequest>,
+fn record_present_in(
+    request: &mut Array<MapData, PresentRequest>,
     pids: &[u32],
     batches: &mut Batches<'_>,
-) -> Result<Seeded> {
+) -> Result<PresentFound> {
     let own = std::process::id();
     let pids: Vec<u32> = if pids.is_empty() {
         procfs::process::all_processes()
@@ -102,24 +104,24 @@ fn seed_pids(
     } else {
         pids.to_vec()
     };
-    let mut seeded = Seeded::default();
+    let mut found = PresentFound::default();
     for pid in pids.into_iter().filter(|&pid| pid != own) {
-        // With many sockets seeding takes seconds; a stop signal ends startup without waiting.
+        // With many sockets the scan takes seconds; a stop signal ends startup without waiting.
         if stop::held().is_some() {
             break;
         }
-        match seed_process(request, pid, &mut seeded, batches) {
+        match record_present_of(request, pid, &mut found, batches) {
             Err(e) if !exited(&e) => {
-                seeded.failed += 1;
-                seeded
+                found.failed += 1;
+                found
                     .first_failure
                     .get_or_insert_with(|| format!("pid {pid}: {e:#}"));
             }
-            // Seeded, or exited since the listing with nothing left to seed.
+            // PresentFound, or exited since the listing with nothing left to record.
             Ok(()) | Err(_) => {}
         }
     }
-    Ok(seeded)
+    Ok(found)
 }
 
 /// Whether `e` says the process is gone: on a busy host, processes exit between the listing
@@ -134,10 +136,10 @@ fn exited(e: &anyhow::Error) -> bool {
     })
 }
 
-fn seed_process(
-    request: &mut Array<MapData, SeedRequest>,
+fn record_present_of(
+    request: &mut Array<MapData, PresentRequest>,
     pid: u32,
-    seeded: &mut Seeded,
+    found: &mut PresentFound,
     batches: &mut Batches<'_>,
 ) -> Result<()> {
     let process = Process::new(pid as i32)?;
@@ -154,7 +156,7 @@ fn seed_process(
     for fd in socket_fds {
         let duplicate = match pidfd_getfd(&pidfd, fd) {
             Ok(duplicate) => duplicate,
-            // Closed since the listing: nothing to seed.
+            // Closed since the listing: nothing to record.
             Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue,
             // Refused (EPERM under Yama's ptrace_scope 3 or an LSM) or out of fds: that socket
             // goes unseen, which the warning must say; ESRCH, the process exited, is no failure.
@@ -162,21 +164,21 @@ fn seed_process(
         };
         request.set(
             0,
-            SeedRequest {
+            PresentRequest {
                 owner_tgid: pid,
                 owner_fd: fd,
             },
             0,
         )?;
-        trigger_seed(&duplicate);
-        seeded.sockets += 1;
-        batches.seeded_one();
+        trigger_present_record(&duplicate);
+        found.sockets += 1;
+        batches.recorded_one();
     }
     Ok(())
 }
 
-/// The `seed` program runs on this syscall; its result does not matter.
-fn trigger_seed(duplicate: &OwnedFd) {
+/// The `present` program runs on this syscall; its result does not matter.
+fn trigger_present_record(duplicate: &OwnedFd) {
     // SAFETY: sockaddr_storage is plain data, for which all zeros is a valid value.
     let mut address: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut length = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
