@@ -18,9 +18,10 @@ impl Report {
     /// drained to the end never shows as drained: tests check those claims where the kernel
     /// can back them.
     pub fn sees_end_of_stream_reads(&self) -> bool {
+        // `tp_btf:sock_recv_length` or `tracepoint:sock:sock_recv_length`, by family.
         self.lines[0]["hooks"]["recv"]
             .as_str()
-            .is_some_and(|hook| hook.starts_with("tracepoint:sock:sock_recv_length"))
+            .is_some_and(|hook| hook.ends_with(":sock_recv_length"))
     }
 
     pub(crate) fn parse(lines: &[String], stderr: String) -> Result<Report> {
