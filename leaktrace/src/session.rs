@@ -357,6 +357,11 @@ impl Session {
                 .map(|c| (c.event.to_owned(), c.hook.clone()))
                 .collect(),
             refused: attached.refused.clone(),
+            limits: attached
+                .choices
+                .iter()
+                .filter_map(|c| Some((c.event.to_owned(), c.misses?.to_owned())))
+                .collect(),
             // A cgroup's processes at start are not what the user named.
             pids: match &options.scope {
                 Scope::Pids(_) => pids.clone(),

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use leaktrace_tests::{
     close_wait_client, close_wait_clients, close_wait_server, comm, kernel_socket, kernel_sockets,
     run_client, Accepted, ClientRun, Family, Fixture, Leaktrace, Report, LEAK_AFTER_MS, TCP_CLOSE,
@@ -82,6 +82,10 @@ fn assert_close_wait_findings(
         "one finding per stuck connection\n{report}"
     );
     let comm = comm(server.pid())?;
+    let eof_reads_seen = report.sees_end_of_stream_reads();
+    if !eof_reads_seen {
+        eprintln!("NOTE close_wait findings: this kernel's read hook does not see end-of-stream; eof_unread is not checked");
+    }
     for f in &leaks {
         assert_eq!(f["kind"], "close_wait", "{f}\n{report}");
         assert_eq!(
@@ -100,7 +104,7 @@ fn assert_close_wait_findings(
         // The fixture read up to and including the FIN (it printed `EOF fd=..`): the leak is
         // the missing close, and the finding must not claim anything is left unread.
         assert_eq!(f["unread_bytes"], 0, "{f}\n{report}");
-        if report.sees_end_of_stream_reads() {
+        if eof_reads_seen {
             assert_eq!(f["eof_unread"], false, "{f}\n{report}");
         }
     }
@@ -1178,5 +1182,36 @@ fn duration_ends_run_with_summary() -> Result<()> {
         "ended before --duration 2s\n{report}"
     );
     assert_eq!(report.summary()["leaks_open"], 0, "{report}");
+    Ok(())
+}
+
+/// What this kernel's hooks cannot show is said at start, beside the hooks: a user on a kernel
+/// before 6.3 learns that `eof_unread` may stay true, and none is told so where reads are seen.
+#[test]
+fn start_says_what_this_kernel_cannot_show() -> Result<()> {
+    let test = "start_says_what_this_kernel_cannot_show";
+    let server = Fixture::server(FIXTURE, &["echo-server"])?;
+    let Some(leaktrace) = Leaktrace::start(test, &[server.pid()], "1s")? else {
+        return Ok(());
+    };
+    let report = leaktrace.finish(Duration::from_secs(15))?;
+    let start = &report.lines[0];
+    let limit = |event: &str| start["limits"][event].as_str().map(str::to_owned);
+    if report.sees_end_of_stream_reads() {
+        assert_eq!(limit("recv"), None, "{start}");
+    } else {
+        let recv = limit("recv").with_context(|| format!("no recv limit: {start}"))?;
+        assert!(
+            recv.contains("end-of-stream reads are not seen") && recv.contains("eof_unread"),
+            "{start}"
+        );
+    }
+    let arrival = start["hooks"]["arrival"].as_str().unwrap_or_default();
+    if arrival.starts_with("unavailable") {
+        let late = limit("arrival").with_context(|| format!("no arrival limit: {start}"))?;
+        assert!(late.contains("bytes_after_shutdown"), "{start}");
+    } else {
+        assert_eq!(limit("arrival"), None, "{start}");
+    }
     Ok(())
 }

@@ -152,12 +152,15 @@ struct Candidate {
     hook: Option<Hook>,
     /// Without a hook: what serves the event, and the programs one of which must be attached.
     derived: Option<(&'static str, &'static [&'static str])>,
+    /// A fallback that sees less than the event's first candidates: what the user loses with it.
+    misses: Option<&'static str>,
 }
 
 const fn tp_btf(program: &'static str, event: &'static str) -> Candidate {
     Candidate {
         hook: Some(Hook::TpBtf { program, event }),
         derived: None,
+        misses: None,
     }
 }
 
@@ -173,6 +176,7 @@ const fn tracepoint(
             name,
         }),
         derived: None,
+        misses: None,
     }
 }
 
@@ -184,6 +188,7 @@ const fn fexit(program: &'static str, function: &'static str, params: u32) -> Ca
             params,
         }),
         derived: None,
+        misses: None,
     }
 }
 
@@ -191,6 +196,7 @@ const fn kretprobe(program: &'static str, function: &'static str) -> Candidate {
     Candidate {
         hook: Some(Hook::Kretprobe { program, function }),
         derived: None,
+        misses: None,
     }
 }
 
@@ -199,10 +205,19 @@ const fn derived(what: &'static str, programs: &'static [&'static str]) -> Candi
     Candidate {
         hook: None,
         derived: Some((what, programs)),
+        misses: None,
     }
 }
 
 impl Candidate {
+    /// This candidate, a fallback that loses the user `what`.
+    const fn missing(self, what: &'static str) -> Self {
+        Self {
+            misses: Some(what),
+            ..self
+        }
+    }
+
     fn family(&self) -> HookFamily {
         // Derived candidates ride on tracepoints.
         self.hook.map_or(HookFamily::Tracepoint, Hook::family)
@@ -223,6 +238,8 @@ struct EventHooks {
     /// reported as unavailable and the detectors do without it.
     required: bool,
     candidates: &'static [Candidate],
+    /// What the user loses where no candidate serves an event that is not required.
+    missed_without: Option<&'static str>,
 }
 
 /// The kernel function that hands an accepted connection to its acceptor.
@@ -231,11 +248,18 @@ const ACCEPT_FUNCTION: &str = "inet_csk_accept";
 /// The programs that read a socket's first read, for accepting by it.
 const READ_PROGRAMS: &[&str] = &["recv_tp_btf", "recv_tp"];
 
+/// What `tcp_rcv_space_adjust` cannot show: it runs only for reads that copied data.
+const END_OF_STREAM_READS_UNSEEN: &str = "end-of-stream reads are not seen \
+    (sock:sock_recv_length is 6.3+; tcp_rcv_space_adjust shows data reads only): eof_unread \
+    keeps the kernel's last report, so it may stay true after the owner read to the end, and a \
+    shut-down socket drained to the end is not seen as drained";
+
 /// Which hook serves which event, in order of preference. The README's hook table mirrors this.
 static HOOKS: &[EventHooks] = &[
     EventHooks {
         event: "state",
         required: true,
+        missed_without: None,
         candidates: &[
             tp_btf("state_tp_btf", "inet_sock_set_state"),
             tracepoint("state_tp", "sock", "inet_sock_set_state"),
@@ -244,6 +268,7 @@ static HOOKS: &[EventHooks] = &[
     EventHooks {
         event: "destroy",
         required: true,
+        missed_without: None,
         candidates: &[
             tp_btf("destroy_tp_btf", "tcp_destroy_sock"),
             tracepoint("destroy_tp", "tcp", "tcp_destroy_sock"),
@@ -255,13 +280,19 @@ static HOOKS: &[EventHooks] = &[
         candidates: &[
             tp_btf("recv_tp_btf", "sock_recv_length"),
             tracepoint("recv_tp", "sock", "sock_recv_length"),
-            tp_btf("rcvspace_tp_btf", "tcp_rcv_space_adjust"),
-            tracepoint("rcvspace_tp", "tcp", "tcp_rcv_space_adjust"),
+            tp_btf("rcvspace_tp_btf", "tcp_rcv_space_adjust").missing(END_OF_STREAM_READS_UNSEEN),
+            tracepoint("rcvspace_tp", "tcp", "tcp_rcv_space_adjust")
+                .missing(END_OF_STREAM_READS_UNSEEN),
         ],
+        missed_without: Some(
+            "reads are not seen: eof_unread and unread_bytes keep the kernel's last report, \
+             and a shut-down socket drained to the end is not seen as drained",
+        ),
     },
     EventHooks {
         event: "accept",
         required: true,
+        missed_without: None,
         candidates: &[
             fexit("accept_fexit_2", ACCEPT_FUNCTION, 2),
             fexit("accept_fexit_4", ACCEPT_FUNCTION, 4),
@@ -277,15 +308,23 @@ static HOOKS: &[EventHooks] = &[
             tp_btf("arrival_tp_btf", "sk_data_ready"),
             tracepoint("arrival_tp", "sock", "sk_data_ready"),
         ],
+        missed_without: Some(
+            "data arriving after the owner's shutdown is not seen as it comes \
+             (sock:sk_data_ready is 6.4+): it shows at the socket's next state change, so \
+             bytes_after_shutdown and a shut_wr_unread finding may come late",
+        ),
     },
     EventHooks {
         event: "fork",
         required: false,
         candidates: &[tracepoint("newtask", "task", "task_newtask")],
+        // Only following children needs it, and without it that option is refused.
+        missed_without: None,
     },
     EventHooks {
         event: "exit",
         required: true,
+        missed_without: None,
         candidates: &[tracepoint("process_exit", "sched", "sched_process_exit")],
     },
 ];
@@ -294,8 +333,10 @@ static HOOKS: &[EventHooks] = &[
 #[derive(Clone, Debug)]
 pub(crate) struct HookChoice {
     pub event: &'static str,
-    /// e.g. "tp_btf:inet_sock_set_state", or "unavailable: <why>".
+    /// e.g. "tp_btf:inet_sock_set_state", or "unavailable (<why>)".
     pub hook: String,
+    /// What the user does not see because of the hook this kernel allowed (or its absence).
+    pub misses: Option<&'static str>,
 }
 
 /// The loaded programs; dropping it detaches everything.
@@ -448,7 +489,7 @@ fn attach_all(
     let mut refused = Vec::new();
     let mut attached = Vec::new();
     for event in HOOKS {
-        let mut chosen = None;
+        let mut chosen: Option<&Candidate> = None;
         let mut reasons = Vec::new();
         for candidate in event
             .candidates
@@ -471,7 +512,7 @@ fn attach_all(
             };
             match outcome {
                 Ok(()) => {
-                    chosen = Some(candidate.describe());
+                    chosen = Some(candidate);
                     break;
                 }
                 Err(e) => {
@@ -482,9 +523,10 @@ fn attach_all(
             }
         }
         match chosen {
-            Some(hook) => choices.push(HookChoice {
+            Some(candidate) => choices.push(HookChoice {
                 event: event.event,
-                hook,
+                hook: candidate.describe(),
+                misses: candidate.misses,
             }),
             None if event.required => {
                 return Err(LoadError::HookRefused {
@@ -502,6 +544,7 @@ fn attach_all(
             None => choices.push(HookChoice {
                 event: event.event,
                 hook: format!("{UNAVAILABLE} ({})", reasons.join("; ")),
+                misses: event.missed_without,
             }),
         }
     }
@@ -519,6 +562,7 @@ fn attach_all(
                 PRESENT_HOOK.0, PRESENT_HOOK.1
             )
         },
+        misses: None,
     });
     Ok(Attached {
         ebpf,

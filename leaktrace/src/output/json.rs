@@ -45,10 +45,16 @@ impl Output for JsonReporter {
             .iter()
             .map(|(event, hook)| (event.clone(), Value::from(hook.as_str())))
             .collect();
+        let limits: Map<String, Value> = info
+            .limits
+            .iter()
+            .map(|(event, what)| (event.clone(), Value::from(what.as_str())))
+            .collect();
         let mut start = json!({
             "type": "start",
             "hooks": hooks,
             "refused": info.refused,
+            "limits": limits,
             "pids": info.pids,
             "cgroup": info.cgroup,
             "leak_after_ms": millis(info.leak_after),
@@ -299,6 +305,7 @@ mod tests {
                     "shutdown": "tracepoint:syscalls:sys_exit_shutdown",
                 },
                 "refused": ["accept: fexit:inet_csk_accept: Operation not permitted"],
+                "limits": {},
                 "pids": [4242],
                 "cgroup": null,
                 "leak_after_ms": 1500,
@@ -320,6 +327,15 @@ mod tests {
         assert_eq!(
             parse(&captured.lines()[0])["descendants"],
             json!([4243, 4244])
+        );
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        let mut info = start_info();
+        info.limits = vec![("recv".into(), "end-of-stream reads are not seen".into())];
+        reporter.start(&info).unwrap();
+        assert_eq!(
+            parse(&captured.lines()[0])["limits"],
+            json!({"recv": "end-of-stream reads are not seen"})
         );
     }
 

@@ -37,6 +37,8 @@ pub(crate) struct StartInfo {
     pub hooks: Vec<(String, String)>,
     /// Hooks tried and refused, with the kernel's reason ("event: hook: why").
     pub refused: Vec<String>,
+    /// (event, what the user does not see because this kernel lacks its best hook).
+    pub limits: Vec<(String, String)>,
     /// The pids named to trace (`--pid`); empty otherwise.
     pub pids: Vec<u32>,
     /// The cgroup traced (`--cgroup`, `--unit`), as /proc/PID/cgroup spells it.
@@ -319,6 +321,7 @@ pub(crate) mod tests {
                 ),
             ],
             refused: vec!["accept: fexit:inet_csk_accept: Operation not permitted".into()],
+            limits: Vec::new(),
             pids: vec![4242],
             cgroup: None,
             scope: "pid 4242".into(),

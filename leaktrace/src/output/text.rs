@@ -82,6 +82,9 @@ impl Output for TextReporter {
         } else {
             self.line(&hooks_summary(&info.hooks))?;
         }
+        for (_, what) in &info.limits {
+            self.line(&format!("leaktrace: on this kernel, {what}"))?;
+        }
         if let Some(addr) = info.metrics {
             self.line(&format!("leaktrace: metrics at http://{addr}/metrics"))?;
         }
@@ -499,6 +502,18 @@ mod tests {
                 first,
                 "leaktrace: hooks: 2 tracepoint (--verbose lists each)"
             ]
+        );
+        let (captured, mut limited) = self::reporter();
+        let mut info = start_info();
+        info.limits = vec![(
+            "arrival".into(),
+            "data arriving after the owner's shutdown is not seen as it comes".into(),
+        )];
+        limited.start(&info).unwrap();
+        assert_eq!(
+            captured.lines().last().unwrap(),
+            "leaktrace: on this kernel, data arriving after the owner's shutdown is not seen as \
+             it comes"
         );
         let (captured, mut with_metrics) = self::reporter();
         let mut info = start_info();
