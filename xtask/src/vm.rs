@@ -9,7 +9,10 @@ use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc::{self, RecvTimeoutError},
+    sync::{
+        mpsc::{self, RecvTimeoutError},
+        Mutex,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -78,29 +81,115 @@ const HOST_LIMIT: Duration = Duration::from_secs(300);
 /// A working KVM boots and powers off in about a second; a broken one may hang.
 const KVM_PROBE_LIMIT: Duration = Duration::from_secs(30);
 
+/// Test files whose checks do not depend on the hooks attached: usage errors (`cli`), and
+/// what a closed, full or unread stdout or stderr does (`outputs`, whose leaktrace runs ignore
+/// `--hooks`). They run once per kernel, with its first family; the rest with every family.
+const ONCE_PER_KERNEL: [&str; 2] = ["cli", "outputs"];
+
+/// One run of the suite: a kernel with one hook family, in a guest of its own or on the host.
+struct Job {
+    kernel: &'static Kernel,
+    family: &'static str,
+    /// The test files it runs.
+    tests: Vec<String>,
+}
+
+impl Job {
+    /// How its output lines and failures are prefixed: `6.12 kprobe`.
+    fn label(&self) -> String {
+        format!("{} {}", self.kernel.name, self.family)
+    }
+}
+
 pub fn run(root: &Path, names: &[String], tests: &[String]) -> Result<()> {
+    let begun = Instant::now();
     let kernels = select(names)?;
     toolchain::ensure_vm()?;
     toolchain::ensure_test_servers()?;
     let guest_root = build_guest_root(root)?;
+    let jobs = plan(&kernels, &test_files(&guest_root, tests)?);
     let initramfs = pack_initramfs(&guest_root)?;
-    let mut accel = None;
+    // Fetched before any guest starts: a download that fails stops the run at once.
+    let images = kernels
+        .iter()
+        .filter_map(|k| Some((k.name, kernel_image(root, k.package?))))
+        .map(|(name, image)| Ok((name, image?)))
+        .collect::<Result<BTreeMap<_, _>>>()?;
+    let accel = images
+        .values()
+        .next()
+        .map(|image| choose_accel(image, &initramfs));
+    let (on_host, in_guests): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|job| job.kernel.package.is_none());
     let mut outcomes = Vec::new();
-    for kernel in kernels {
-        eprintln!("xtask: vm-test: kernel {}", kernel.name);
+    // The host suite times its servers closely: it runs with no guest beside it.
+    for job in &on_host {
+        eprintln!("xtask: vm-test: {} (on the host)", job.label());
         let started = Instant::now();
-        let transcript = match kernel.package {
-            Some(package) => boot(root, kernel, tests, package, &initramfs, &mut accel),
-            None => run_on_host(kernel, tests, &guest_root.join("suite")),
-        };
-        outcomes.push(judge(kernel, transcript, started.elapsed()));
+        let transcript = run_on_host(job, &guest_root.join("suite"));
+        outcomes.push((job, judge(job, transcript, started.elapsed())));
     }
-    let (table, failures) = summarize(&outcomes);
+    if let Some(accel) = accel {
+        outcomes.extend(run_guests(&in_guests, &images, &initramfs, accel));
+    }
+    // In the matrix's order, whichever guest finished first.
+    let order = |job: &Job| {
+        let kernel = KERNELS.iter().position(|k| k.name == job.kernel.name);
+        let family = job.kernel.families.iter().position(|f| *f == job.family);
+        (kernel, family)
+    };
+    outcomes.sort_by_key(|(job, _)| order(job));
+    let (table, failures) = summarize(&outcomes, begun.elapsed());
     println!("{table}");
     if !failures.is_empty() {
         bail!("vm-test failed:\n  {}", failures.join("\n  "));
     }
     Ok(())
+}
+
+/// Boots the guests, as many side by side as the machine has cores: under TCG each guest is one
+/// host thread (see [`choose_accel`]), so two cores halve the time. The longest go first.
+fn run_guests<'a>(
+    jobs: &'a [Job],
+    images: &BTreeMap<&str, PathBuf>,
+    initramfs: &Path,
+    accel: &'static str,
+) -> Vec<(&'a Job, Outcome)> {
+    let side_by_side = thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(jobs.len());
+    if side_by_side > 1 {
+        eprintln!(
+            "xtask: vm-test: {} guests, {side_by_side} at a time; each line starts with its kernel and family",
+            jobs.len()
+        );
+    }
+    let queue = Mutex::new(jobs.iter());
+    let outcomes = Mutex::new(Vec::new());
+    thread::scope(|scope| {
+        for _ in 0..side_by_side {
+            scope.spawn(|| {
+                // The lock is released before the guest runs: the next worker takes the next job.
+                while let Some(job) = queue.lock().map_or(None, |mut jobs| jobs.next()) {
+                    eprintln!("xtask: vm-test: {} starts", job.label());
+                    let started = Instant::now();
+                    let transcript = boot(job, &images[job.kernel.name], initramfs, accel);
+                    let outcome = judge(job, transcript, started.elapsed());
+                    eprintln!(
+                        "xtask: vm-test: {} {} in {}",
+                        job.label(),
+                        outcome.rows[0].result,
+                        minutes(started.elapsed())
+                    );
+                    if let Ok(mut outcomes) = outcomes.lock() {
+                        outcomes.push((job, outcome));
+                    }
+                }
+            });
+        }
+    });
+    outcomes.into_inner().unwrap_or_default()
 }
 
 fn select(names: &[String]) -> Result<Vec<&'static Kernel>> {
@@ -121,16 +210,65 @@ fn select(names: &[String]) -> Result<Vec<&'static Kernel>> {
         .collect()
 }
 
+/// The test files of the suite built into `guest_root`, or those of them `--test` chose.
+fn test_files(guest_root: &Path, chosen: &[String]) -> Result<Vec<String>> {
+    let dir = guest_root.join("suite/tests");
+    let mut built: Vec<String> = fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect();
+    built.sort();
+    if chosen.is_empty() {
+        return Ok(built);
+    }
+    for test in chosen {
+        ensure!(
+            built.contains(test),
+            "no test file {test:?} in the suite (known: {})",
+            built.join(", ")
+        );
+    }
+    Ok(chosen.to_vec())
+}
+
+/// Every kernel's families, each with the test files it runs. The families' runs are the
+/// guests vm-test boots: one per family keeps each row's time its own and lets two guests
+/// share the work evenly. Those with every test file first, as they take longest.
+fn plan(kernels: &[&'static Kernel], tests: &[String]) -> Vec<Job> {
+    let mut jobs: Vec<Job> = kernels
+        .iter()
+        .flat_map(|&kernel| {
+            kernel
+                .families
+                .iter()
+                .enumerate()
+                .map(move |(n, &family)| Job {
+                    kernel,
+                    family,
+                    tests: tests
+                        .iter()
+                        .filter(|t| n == 0 || !ONCE_PER_KERNEL.contains(&t.as_str()))
+                        .cloned()
+                        .collect(),
+                })
+        })
+        // A `--test` of once-per-kernel files leaves the other families nothing to run.
+        .filter(|job| !job.tests.is_empty())
+        .collect();
+    jobs.sort_by_key(|job| std::cmp::Reverse(job.tests.len()));
+    jobs
+}
+
 /// Settings for suite.sh, which reads them from its environment. A guest gets them on the
 /// kernel command line: the kernel hands such words to PID 1 as environment variables (so
 /// they may contain neither spaces nor dots).
-fn suite_settings(kernel: &Kernel, tests: &[String]) -> Vec<(&'static str, String)> {
+fn suite_settings(job: &Job) -> Vec<(&'static str, String)> {
     vec![
-        ("SUITE_TESTS", tests.join(",")),
-        ("SUITE_FAMILIES", kernel.families.join(",")),
+        ("SUITE_TESTS", job.tests.join(",")),
+        ("SUITE_FAMILIES", job.family.to_owned()),
         (
             "SUITE_EXPECT_AUTO",
-            kernel.auto_family.unwrap_or_default().to_owned(),
+            job.kernel.auto_family.unwrap_or_default().to_owned(),
         ),
     ]
 }
@@ -425,32 +563,23 @@ fn choose_accel(image: &Path, initramfs: &Path) -> &'static str {
     }
 }
 
-fn boot(
-    root: &Path,
-    kernel: &Kernel,
-    tests: &[String],
-    package: &str,
-    initramfs: &Path,
-    accel: &mut Option<&'static str>,
-) -> Result<Transcript> {
-    let image = kernel_image(root, package)?;
-    let accel = *accel.get_or_insert_with(|| choose_accel(&image, initramfs));
+fn boot(job: &Job, image: &Path, initramfs: &Path, accel: &str) -> Result<Transcript> {
     let mut append = String::from("console=ttyS0 panic=-1 quiet");
-    for (key, value) in suite_settings(kernel, tests) {
+    for (key, value) in suite_settings(job) {
         write!(append, " {key}={value}")?;
     }
-    let child = qemu(accel, &image, initramfs, &append)
+    let child = qemu(accel, image, initramfs, &append)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("starting qemu-system-x86_64")?;
-    stream(kernel.name, child, GUEST_LIMIT)
+    stream(&job.label(), child, GUEST_LIMIT)
 }
 
-fn run_on_host(kernel: &Kernel, tests: &[String], suite: &Path) -> Result<Transcript> {
+fn run_on_host(job: &Job, suite: &Path) -> Result<Transcript> {
     // Through `env`: sudo, when it is needed, does not pass the environment on.
-    let settings = suite_settings(kernel, tests).into_iter();
+    let settings = suite_settings(job).into_iter();
     let child = crate::as_root(Path::new("env"))?
         .args(settings.map(|(key, value)| format!("{key}={value}")))
         .arg("sh")
@@ -461,7 +590,7 @@ fn run_on_host(kernel: &Kernel, tests: &[String], suite: &Path) -> Result<Transc
         .stderr(Stdio::piped())
         .spawn()
         .context("starting the suite on the host")?;
-    stream(kernel.name, child, HOST_LIMIT)
+    stream(&job.label(), child, HOST_LIMIT)
 }
 
 /// What a suite run printed that decides its verdict.
@@ -469,6 +598,8 @@ fn run_on_host(kernel: &Kernel, tests: &[String], suite: &Path) -> Result<Transc
 struct Transcript {
     /// Each family's `start` record (empty if leaktrace did not start), by family.
     starts: BTreeMap<String, String>,
+    /// Where leaktrace did not start, the first line of its error, by family.
+    start_errors: BTreeMap<String, String>,
     /// Each family's result line, by family: true for PASS.
     results: BTreeMap<String, bool>,
     /// The tests libtest reported FAILED, by family.
@@ -511,6 +642,9 @@ impl Transcript {
         if let Some(start) = rest.strip_prefix("start=") {
             self.running = Some(family.to_owned());
             self.starts.insert(family.to_owned(), start.to_owned());
+        } else if let Some(error) = rest.strip_prefix("error=") {
+            self.start_errors
+                .insert(family.to_owned(), error.to_owned());
         } else if let Some(result) = rest.strip_prefix("result=") {
             self.results.insert(family.to_owned(), result == "PASS");
         }
@@ -590,16 +724,15 @@ struct Row {
 }
 
 struct Outcome {
+    /// The job's row, and on a kernel without the design's families a row saying so.
     rows: Vec<Row>,
     failures: Vec<String>,
 }
 
-fn judge(kernel: &Kernel, transcript: Result<Transcript>, time: Duration) -> Outcome {
-    let mut outcome = Outcome {
-        rows: Vec::new(),
-        failures: Vec::new(),
-    };
-    let mut fail = |why: String| outcome.failures.push(format!("{}: {why}", kernel.name));
+fn judge(job: &Job, transcript: Result<Transcript>, time: Duration) -> Outcome {
+    let (kernel, family, label) = (job.kernel, job.family, job.label());
+    let mut failures = Vec::new();
+    let mut fail = |why: String| failures.push(format!("{label}: {why}"));
     let transcript = match transcript {
         Ok(transcript) => transcript,
         Err(e) => {
@@ -618,86 +751,89 @@ fn judge(kernel: &Kernel, transcript: Result<Transcript>, time: Duration) -> Out
     } else if !transcript.finished {
         if let Some(exit) = transcript.exit {
             fail(format!(
-                "the suite stopped before its final line ({exit}): see the [{}] lines above",
-                kernel.name
+                "the suite stopped before its final line ({exit}): see the [{label}] lines above"
             ));
         }
     } else if let Some(exit) = transcript.exit.filter(|e| !e.success()) {
         fail(format!("the suite finished but exited with {exit}"));
     }
-    let mut rows = Vec::new();
-    for &family in kernel.families {
-        let attached = transcript.starts.get(family).map(|s| attached_family(s));
-        let result = match transcript.results.get(family) {
-            Some(true) => "PASS",
-            Some(false) => {
-                let failed = transcript.failed_tests.get(family);
-                fail(format!(
-                    "--hooks {family}: {} failed (see the [{}] lines above)",
-                    failed.map_or("tests".to_owned(), |tests| tests.join(", ")),
-                    kernel.name
-                ));
-                "FAIL"
-            }
-            None if transcript.starts.contains_key(family) => {
-                fail(format!(
-                    "--hooks {family}: the suite did not finish this run"
-                ));
-                "UNFINISHED"
-            }
-            None => {
-                fail(format!(
-                    "--hooks {family}: the suite never started this run"
-                ));
-                "NOT RUN"
-            }
-        };
-        let hooks = match &attached {
-            Some(Ok((_, hooks))) => hooks.clone(),
-            Some(Err(e)) => {
-                fail(format!("--hooks {family}: {e:#}"));
-                format!("{e:#}")
-            }
-            None => String::new(),
-        };
-        rows.push(Row {
-            kernel: kernel.name,
-            family: family.to_owned(),
-            result,
-            hooks,
-            time: None,
-        });
-        let Some(Ok((picked, _))) = attached.filter(|_| family == "auto") else {
-            continue;
-        };
+    let attached = transcript
+        .starts
+        .get(family)
+        .map(|start| attached_family(start, transcript.start_errors.get(family)));
+    let result = match transcript.results.get(family) {
+        Some(true) => "PASS",
+        Some(false) => {
+            let failed = transcript.failed_tests.get(family);
+            fail(format!(
+                "{} failed (see the [{label}] lines above)",
+                failed.map_or("tests".to_owned(), |tests| tests.join(", "))
+            ));
+            "FAIL"
+        }
+        None if transcript.starts.contains_key(family) => {
+            fail("the suite did not finish this run".to_owned());
+            "UNFINISHED"
+        }
+        None => {
+            fail("the suite never started this run".to_owned());
+            "NOT RUN"
+        }
+    };
+    let hooks = match &attached {
+        Some(Ok(attached)) => attached.hooks.clone(),
+        Some(Err(e)) => {
+            fail(format!("{e:#}"));
+            format!("{e:#}")
+        }
+        None => String::new(),
+    };
+    let mut rows = vec![Row {
+        kernel: kernel.name,
+        family: family.to_owned(),
+        result,
+        hooks,
+        time: Some(time),
+    }];
+    if let Some(Ok(attached)) = attached.filter(|_| family == "auto") {
         match kernel.auto_family {
-            Some(expected) if expected != picked => fail(format!(
-                "--hooks auto picked the {picked} family, this kernel must give {expected}"
+            Some(expected) if expected != attached.family => fail(format!(
+                "--hooks auto picked the {} family, this kernel must give {expected}; refused: {}",
+                attached.family,
+                attached.refused.join("; ")
             )),
-            None if !DESIGN_FAMILIES.contains(&picked) => rows.push(Row {
+            None if !DESIGN_FAMILIES.contains(&attached.family) => rows.push(Row {
                 kernel: kernel.name,
                 family: DESIGN_FAMILIES.join("/"),
                 result: "SKIP",
                 hooks: format!(
-                    "this kernel has neither (auto picked {picked}; leaktrace's `hook not used` lines say why)"
+                    "this kernel has neither (auto picked {}; leaktrace's `hook not used` lines say why)",
+                    attached.family
                 ),
                 time: None,
             }),
             _ => {}
         }
     }
-    if let Some(first) = rows.first_mut() {
-        first.time = Some(time);
-    }
-    outcome.rows = rows;
-    outcome
+    Outcome { rows, failures }
 }
 
-/// The family a `start` record's hooks belong to, and those hooks for the report.
-fn attached_family(start: &str) -> Result<(&'static str, String)> {
+/// What a suite run's `start` record says was attached.
+struct Attached {
+    family: &'static str,
+    /// The family and its hooks, for the report.
+    hooks: String,
+    /// The hooks tried and refused, with the kernel's reasons.
+    refused: Vec<String>,
+}
+
+/// The family a `start` record's hooks belong to, those hooks and the refused ones; where
+/// leaktrace did not start, its error.
+fn attached_family(start: &str, error: Option<&String>) -> Result<Attached> {
     ensure!(
         !start.is_empty(),
-        "leaktrace did not start (its error is in the lines above)"
+        "leaktrace did not start: {}",
+        error.map_or("(its error is in the lines above)", String::as_str)
     );
     let start: Value =
         serde_json::from_str(start).with_context(|| format!("not a start record: {start}"))?;
@@ -706,10 +842,22 @@ fn attached_family(start: &str) -> Result<(&'static str, String)> {
         .iter()
         .filter_map(|event| start["hooks"][event].as_str())
         .collect();
-    Ok((family, format!("{family}: {}", hooks.join(", "))))
+    let refused = start["refused"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|why| Some(why.as_str()?.to_owned()))
+        .collect();
+    Ok(Attached {
+        family,
+        hooks: format!("{family}: {}", hooks.join(", ")),
+        refused,
+    })
 }
 
-fn summarize(outcomes: &[Outcome]) -> (String, Vec<String>) {
+/// The matrix, one row per kernel and family, and the failures; `total` is the whole run's time.
+fn summarize(outcomes: &[(&Job, Outcome)], total: Duration) -> (String, Vec<String>) {
+    let outcomes: Vec<&Outcome> = outcomes.iter().map(|(_, o)| o).collect();
     let rows: Vec<&Row> = outcomes.iter().flat_map(|o| &o.rows).collect();
     let width = |f: fn(&Row) -> usize, title: &str| {
         rows.iter()
@@ -724,14 +872,11 @@ fn summarize(outcomes: &[Outcome]) -> (String, Vec<String>) {
         width(|r| r.result.len(), "result"),
     );
     let mut table = format!(
-        "\nvm-test matrix\n{:k$}  {:f$}  {:r$}  {:>6}  hooks (state, accept, close)\n",
+        "\nvm-test matrix\n{:k$}  {:f$}  {:r$}  {:>6}  hooks (family: accept)\n",
         "kernel", "--hooks", "result", "time"
     );
     for row in rows {
-        let time = row
-            .time
-            .map(|t| format!("{}m{:02}s", t.as_secs() / 60, t.as_secs() % 60))
-            .unwrap_or_default();
+        let time = row.time.map(minutes).unwrap_or_default();
         let _ = writeln!(
             table,
             "{:k$}  {:f$}  {:r$}  {time:>6}  {}",
@@ -747,7 +892,16 @@ fn summarize(outcomes: &[Outcome]) -> (String, Vec<String>) {
             _ => totals.ignored += 1,
         }
     }
+    let _ = writeln!(
+        table,
+        "total time {} (build, downloads and every run)",
+        minutes(total)
+    );
     table.push_str(&totals.line("vm-test"));
     let failures = outcomes.iter().flat_map(|o| o.failures.clone()).collect();
     (table, failures)
+}
+
+fn minutes(time: Duration) -> String {
+    format!("{}m{:02}s", time.as_secs() / 60, time.as_secs() % 60)
 }

@@ -14,9 +14,16 @@ export LEAKTRACE_BIN="$dir/leaktrace"
 for family in $(echo "$SUITE_FAMILIES" | tr , ' '); do
     expect=$family
     [ "$family" = auto ] && expect=$SUITE_EXPECT_AUTO
-    # What this family attaches here, for the report; leaktrace's stderr says what it refused.
-    start=$("$LEAKTRACE_BIN" --json --hooks "$family" --duration 1s | sed -n 1p)
+    # What this family attaches here, for the report; where it cannot start, why (a hook this
+    # kernel refused is the reason that family's line fails with).
+    errors=$(mktemp)
+    start=$("$LEAKTRACE_BIN" --json --hooks "$family" --duration 1s 2>"$errors" | sed -n 1p)
+    cat "$errors"
     echo "LEAKTRACE-SUITE family=$family start=$start"
+    if [ -z "$start" ]; then
+        echo "LEAKTRACE-SUITE family=$family error=$(sed -n 1p "$errors")"
+    fi
+    rm -f "$errors"
     result=PASS
     # One test at a time: each starts its own leaktrace, and ten loading at once on two
     # emulated CPUs miss the harness's timeouts (and soft-locked a 6.1 guest).
