@@ -50,10 +50,10 @@ enum Task {
     /// systemd unit with `systemd-analyze verify`, leaktrace's flags in each, and that the
     /// Grafana dashboard's queries name only metrics a real `--metrics` scrape returns (as root).
     CheckDeploy,
-    /// Run the kernel tests on each kernel of the matrix (Debian 6.1 and 6.12 under qemu, and
-    /// the host), with `--hooks auto` and with tracepoints forced.
+    /// Run the kernel tests on each kernel of the matrix (Debian 5.10, 6.1 and 6.12 under qemu,
+    /// and the host), with `--hooks auto` and with each other family the kernel has.
     VmTest {
-        /// Kernels to test: `6.1`, `6.12`, `host` (default: all).
+        /// Kernels to test: `5.10`, `6.1`, `6.12`, `host` (default: all).
         kernels: Vec<String>,
         /// Run only this test file of `tests/tests/` (`processes`, ...); repeat for more.
         #[arg(long = "test", value_name = "FILE")]

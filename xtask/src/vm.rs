@@ -20,6 +20,8 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
 
+mod apt;
+
 use crate::{
     test_summary::Totals,
     toolchain::{self, MUSL_TARGET},
@@ -30,6 +32,9 @@ struct Kernel {
     name: &'static str,
     /// The Debian package whose kernel the guest boots; `None` is the host's own kernel.
     package: Option<&'static str>,
+    /// The Debian suite that has the package, where it is not the machine's own release
+    /// (fetched through an apt configuration of vm-test's own: see `vm/apt.rs`).
+    suite: Option<&'static str>,
     /// The family `--hooks auto` must pick. `None`: the hosts here refuse fentry and lack
     /// kprobes, a developer's may not, so what auto picks is reported rather than required.
     auto_family: Option<&'static str>,
@@ -39,22 +44,34 @@ struct Kernel {
 }
 
 /// The matrix, in the order it runs. A new kernel is a new entry (see the README).
-const KERNELS: [Kernel; 3] = [
+const KERNELS: [Kernel; 4] = [
+    Kernel {
+        name: "5.10",
+        // Debian 11's last point release has it, so it stays where the security suite's
+        // newer ABIs come and go.
+        package: Some("linux-image-5.10.0-32-cloud-amd64"),
+        suite: Some("bullseye"),
+        auto_family: Some("fentry"),
+        families: &["auto", "tracepoint", "kprobe"],
+    },
     Kernel {
         name: "6.1",
         package: Some("linux-image-6.1.0-50-cloud-amd64"),
+        suite: None,
         auto_family: Some("fentry"),
         families: &["auto", "tracepoint"],
     },
     Kernel {
         name: "6.12",
         package: Some("linux-image-6.12.117+deb12-cloud-amd64"),
+        suite: None,
         auto_family: Some("fentry"),
         families: &["auto", "tracepoint", "kprobe"],
     },
     Kernel {
         name: "host",
         package: None,
+        suite: None,
         auto_family: None,
         families: &["auto", "tracepoint"],
     },
@@ -112,7 +129,7 @@ pub fn run(root: &Path, names: &[String], tests: &[String]) -> Result<()> {
     // Fetched before any guest starts: a download that fails stops the run at once.
     let images = kernels
         .iter()
-        .filter_map(|k| Some((k.name, kernel_image(root, k.package?))))
+        .filter_map(|k| Some((k.name, kernel_image(root, k.package?, k.suite))))
         .map(|(name, image)| Ok((name, image?)))
         .collect::<Result<BTreeMap<_, _>>>()?;
     let accel = images
@@ -448,8 +465,9 @@ fn pack_initramfs(guest_root: &Path) -> Result<PathBuf> {
     Ok(archive)
 }
 
-/// The kernel image of a Debian package, downloaded on first use with apt-get into the cache.
-fn kernel_image(root: &Path, package: &str) -> Result<PathBuf> {
+/// The kernel image of a Debian package, downloaded on first use with apt-get into the cache
+/// (from `suite` where it is not the machine's release).
+fn kernel_image(root: &Path, package: &str, suite: Option<&str>) -> Result<PathBuf> {
     let dir = root.join(KERNEL_CACHE).join(package);
     let image = dir.join("vmlinuz");
     if image.is_file() {
@@ -461,21 +479,42 @@ fn kernel_image(root: &Path, package: &str) -> Result<PathBuf> {
         fs::remove_dir_all(&dir)?;
     }
     fs::create_dir_all(&dir)?;
+    let private = suite
+        .map(|suite| {
+            apt::Private::new(&root.join(KERNEL_CACHE).join(format!("apt-{suite}")), suite)
+        })
+        .transpose()?;
     let download = || {
+        let mut apt_get = private
+            .as_ref()
+            .map_or_else(|| Command::new("apt-get"), apt::Private::apt_get);
         // As root, apt would fetch as the _apt user, who may not be able to write here.
-        Command::new("apt-get")
+        apt_get
             .args(["-o", "APT::Sandbox::User=root", "download", package])
             .current_dir(&dir)
             .status()
             .context("starting apt-get")
     };
-    if !download()?.success() {
-        toolchain::apt_update()?;
-        ensure!(
-            download()?.success(),
-            "apt-get download {package} failed: is it in the configured Debian suites?"
-        );
-    }
+    let downloaded = match &private {
+        // Its package lists serve this download alone: fetched for it.
+        Some(private) => {
+            private.update()?;
+            download()?.success()
+        }
+        None => {
+            download()?.success() || {
+                toolchain::apt_update()?;
+                download()?.success()
+            }
+        }
+    };
+    ensure!(
+        downloaded,
+        "apt-get download {package} failed: is it in {}?",
+        suite.map_or("the machine's Debian suites".to_owned(), |s| format!(
+            "Debian's {s} suite"
+        ))
+    );
     let deb = fs::read_dir(&dir)?
         .filter_map(|entry| Some(entry.ok()?.path()))
         .find(|path| path.extension().is_some_and(|e| e == "deb"))
