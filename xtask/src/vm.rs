@@ -944,3 +944,107 @@ fn summarize(outcomes: &[(&Job, Outcome)], total: Duration) -> (String, Vec<Stri
 fn minutes(time: Duration) -> String {
     format!("{}m{:02}s", time.as_secs() / 60, time.as_secs() % 60)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(name: &str) -> &'static Kernel {
+        KERNELS.iter().find(|k| k.name == name).unwrap()
+    }
+
+    fn judged(job: &Job, lines: &[&str]) -> Outcome {
+        let mut transcript = Transcript::default();
+        for line in lines {
+            transcript.read(line);
+        }
+        judge(job, Ok(transcript), Duration::from_secs(61))
+    }
+
+    /// A hook this kernel alone refuses fails its line, and the line says which and why.
+    #[test]
+    fn a_family_that_cannot_start_fails_its_line_with_leaktrace_s_error() {
+        let error = "leaktrace: error: the kernel refused every hook for the accept event: \
+                     kretprobe:inet_csk_accept: not in this kernel";
+        let job = Job {
+            kernel: kernel("5.10"),
+            family: "kprobe",
+            tests: vec!["kernel".into()],
+        };
+        let outcome = judged(
+            &job,
+            &[
+                "LEAKTRACE-SUITE family=kprobe start=",
+                &format!("LEAKTRACE-SUITE family=kprobe error={error}"),
+                "test close_wait_ipv4 ... FAILED",
+                "LEAKTRACE-SUITE family=kprobe test=kernel result=FAIL",
+                "LEAKTRACE-SUITE family=kprobe result=FAIL",
+                "LEAKTRACE-SUITE finished result=FAIL",
+            ],
+        );
+        let row = &outcome.rows[0];
+        assert_eq!(
+            (row.kernel, row.family.as_str(), row.result),
+            ("5.10", "kprobe", "FAIL")
+        );
+        assert_eq!(row.hooks, format!("leaktrace did not start: {error}"));
+        assert!(
+            outcome
+                .failures
+                .contains(&format!("5.10 kprobe: leaktrace did not start: {error}")),
+            "{:?}",
+            outcome.failures
+        );
+        assert!(outcome
+            .failures
+            .iter()
+            .any(|f| f.contains("close_wait_ipv4 failed")));
+    }
+
+    #[test]
+    fn auto_picking_another_family_than_the_kernel_must_give_says_what_was_refused() {
+        let job = Job {
+            kernel: kernel("5.10"),
+            family: "auto",
+            tests: vec!["kernel".into()],
+        };
+        let start = r#"{"type":"start","hooks":{"accept":"kretprobe:inet_csk_accept"},"refused":["accept: fexit:inet_csk_accept: verifier says no"]}"#;
+        let outcome = judged(
+            &job,
+            &[
+                &format!("LEAKTRACE-SUITE family=auto start={start}"),
+                "LEAKTRACE-SUITE family=auto test=kernel result=PASS",
+                "LEAKTRACE-SUITE family=auto result=PASS",
+                "LEAKTRACE-SUITE finished result=PASS",
+            ],
+        );
+        assert_eq!(
+            outcome.failures,
+            [
+                "5.10 auto: --hooks auto picked the kprobe family, this kernel must give fentry; \
+              refused: accept: fexit:inet_csk_accept: verifier says no"
+            ]
+        );
+        assert_eq!(outcome.rows[0].hooks, "kprobe: kretprobe:inet_csk_accept");
+    }
+
+    #[test]
+    fn once_per_kernel_tests_run_with_the_first_family_only() {
+        let tests: Vec<String> = ["cli", "kernel", "outputs"].map(String::from).into();
+        let jobs = plan(&[kernel("5.10")], &tests);
+        let planned: Vec<(&str, Vec<&str>)> = jobs
+            .iter()
+            .map(|j| (j.family, j.tests.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            planned,
+            [
+                ("auto", vec!["cli", "kernel", "outputs"]),
+                ("tracepoint", vec!["kernel"]),
+                ("kprobe", vec!["kernel"]),
+            ]
+        );
+        // Nothing left to run with the other families: they boot no guest.
+        assert_eq!(plan(&[kernel("6.1")], &["cli".to_owned()]).len(), 1);
+    }
+}
