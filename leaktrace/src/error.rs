@@ -57,7 +57,9 @@ impl Failure {
             }
             Self::Load(LoadError::NoBtf | LoadError::Btf(_)) => exit_code::NO_BTF,
             Self::Load(LoadError::NoTracefs(_)) => exit_code::NO_TRACEFS,
-            Self::Load(LoadError::HookRefused { .. }) => exit_code::HOOK_REFUSED,
+            Self::Load(LoadError::HookRefused { .. } | LoadError::NoHelper { .. }) => {
+                exit_code::HOOK_REFUSED
+            }
             Self::Load(LoadError::NoObject | LoadError::Other(_)) => exit_code::RUNTIME,
             Self::OutputClosed | Self::Output(_) => exit_code::OUTPUT,
             Self::Interrupted(signal) => exit_code::signalled(*signal),

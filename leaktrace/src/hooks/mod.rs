@@ -8,6 +8,7 @@
 //! shutdown and close are read off the state changes they make (see the eBPF crate's `state`).
 mod btf;
 mod channel;
+mod helpers;
 mod present;
 #[cfg(test)]
 mod probe_tests;
@@ -58,6 +59,13 @@ pub enum LoadError {
         event: &'static str,
         reasons: Vec<String>,
     },
+    /// An option needs a helper this kernel does not let tracing programs call.
+    NoHelper {
+        option: &'static str,
+        helper: &'static str,
+        /// Since when kernels have it, and what to do instead.
+        instead: &'static str,
+    },
     /// Anything else the kernel or the object refused.
     Other(anyhow::Error),
 }
@@ -79,6 +87,15 @@ impl fmt::Display for LoadError {
                 f,
                 "the kernel refused every hook for the {event} event: {}",
                 reasons.join("; ")
+            ),
+            Self::NoHelper {
+                option,
+                helper,
+                instead,
+            } => write!(
+                f,
+                "{option} needs tracing programs to call {helper}, which this kernel does not \
+                 allow: {instead}"
             ),
             Self::Other(e) => write!(f, "{e:#}"),
         }
@@ -387,6 +404,16 @@ pub(crate) fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
     let btf_path = Path::new(VMLINUX_BTF);
     if !btf_path.exists() {
         return Err(LoadError::NoBtf);
+    }
+    if options.cgroup.is_some()
+        && !helpers::tracing_can_call(helpers::GET_CURRENT_ANCESTOR_CGROUP_ID)
+    {
+        return Err(LoadError::NoHelper {
+            option: "--cgroup and --unit",
+            helper: "bpf_get_current_ancestor_cgroup_id",
+            instead: "6.1 does, 5.10 does not; here, trace the service's processes with --pid \
+                      and --follow-children",
+        });
     }
     let kernel_btf = btf::KernelBtf::load(btf_path).map_err(LoadError::Btf)?;
     let tracefs = tracefs::Tracefs::open().map_err(LoadError::NoTracefs)?;
