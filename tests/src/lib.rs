@@ -14,6 +14,7 @@ mod bpf_objects;
 mod child;
 mod fixture;
 mod ground_truth;
+pub mod kernel_limits;
 mod leaktrace;
 pub mod netns;
 pub mod nginx;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use leaktrace_tests::{
-    close_wait_client, is_root, skip, Accepted, Family, Fixture, Leaktrace, Report,
+    close_wait_client, is_root, kernel_limits, skip, Accepted, Family, Fixture, Leaktrace, Report,
 };
 use serde_json::Value;
 
@@ -30,8 +30,9 @@ struct TestCgroup {
 }
 
 impl TestCgroup {
-    /// `name` below the root, where cgroup v2 is mounted and we are root; `None` (a printed skip)
-    /// elsewhere.
+    /// `name` below the root, where cgroup v2 is mounted, we are root and the kernel lets
+    /// leaktrace trace a cgroup; `None` (a printed skip, or where the kernel refuses, its checked
+    /// refusal) elsewhere.
     fn new(test: &str, name: &str) -> Result<Option<Self>> {
         if !is_root() {
             skip(test, "making a cgroup needs root");
@@ -41,6 +42,9 @@ impl TestCgroup {
             skip(test, "no cgroup v2 hierarchy is mounted");
             return Ok(None);
         };
+        if !kernel_limits::traces_cgroups(test)? {
+            return Ok(None);
+        }
         let dir = root.join(name);
         if dir.exists() {
             release(&root, &dir);
