@@ -27,10 +27,15 @@ pub fn traces_cgroups(test: &str) -> Result<bool> {
          {HOOK_REFUSED}, got {}:\n{why}",
         run.status
     );
-    // Straight to the stderr handle, as `skip` does: libtest captures eprintln! of a pass.
-    let _ = io::stderr().write_all(
-        format!("NOTE {test}: this kernel cannot trace a cgroup, leaktrace says: {why}\n")
-            .as_bytes(),
+    note(
+        test,
+        &format!("this kernel cannot trace a cgroup, leaktrace says: {why}"),
     );
     Ok(false)
+}
+
+/// Says on stderr which check `test` leaves out on this kernel, and why.
+pub fn note(test: &str, why: &str) {
+    // Straight to the stderr handle, as `skip` does: libtest captures eprintln! of a pass.
+    let _ = io::stderr().write_all(format!("NOTE {test}: {why}\n").as_bytes());
 }
