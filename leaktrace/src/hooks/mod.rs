@@ -8,7 +8,6 @@
 //! shutdown and close are read off the state changes they make (see the eBPF crate's `state`).
 mod btf;
 mod channel;
-mod helpers;
 mod present;
 #[cfg(test)]
 mod probe_tests;
@@ -22,7 +21,8 @@ use std::{
 
 use anyhow::anyhow;
 use aya::{
-    programs::{BtfTracePoint, FExit, KProbe, TracePoint},
+    programs::{BtfTracePoint, FExit, KProbe, ProgramType, TracePoint},
+    sys::{is_helper_supported, BpfHelper},
     Btf, Ebpf, EbpfLoader,
 };
 use clap::ValueEnum;
@@ -405,8 +405,16 @@ pub(crate) fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
     if !btf_path.exists() {
         return Err(LoadError::NoBtf);
     }
+    // The verifier refuses a helper the kernel does not offer a program type even on a path
+    // pruned for this configuration: its absence is checked first, one clear line rather than
+    // every hook's verifier log. A classic tracepoint may call the helpers kprobes and BTF
+    // programs may (Debian's 6.1 offers this one to tracing programs, its 5.10 does not).
     if options.cgroup.is_some()
-        && !helpers::tracing_can_call(helpers::GET_CURRENT_ANCESTOR_CGROUP_ID)
+        && !is_helper_supported(
+            ProgramType::TracePoint,
+            BpfHelper::BPF_FUNC_get_current_ancestor_cgroup_id,
+        )
+        .unwrap_or(false)
     {
         return Err(LoadError::NoHelper {
             option: "--cgroup and --unit",
