@@ -60,9 +60,12 @@ pub(crate) fn traced(tgid: u32) -> bool {
     if config!(filter_targets) == 0 {
         return true;
     }
+    if tgid == 0 {
+        return false;
+    }
     // SAFETY: the value is not used, only its presence.
-    if tgid == 0 || unsafe { TARGETS.get(tgid) }.is_some() {
-        return tgid != 0;
+    if unsafe { TARGETS.get(tgid) }.is_some() {
+        return true;
     }
     config!(cgroup_id) != 0 && joins_traced_cgroup(tgid)
 }
