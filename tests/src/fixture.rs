@@ -8,6 +8,9 @@ use anyhow::{ensure, Context, Result};
 
 use crate::child::Running;
 
+/// What the incident 3 client sends after the server's FIN: `RSET\r\nQUIT\r\n`.
+pub const LATE_BYTES: usize = 12;
+
 const FIXTURE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 

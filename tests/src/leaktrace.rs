@@ -16,6 +16,17 @@ use crate::report::Report;
 /// `--leak-after` of every traced run, in milliseconds.
 pub const LEAK_AFTER_MS: u64 = 500;
 
+/// How long a test waits for the findings it expects: --leak-after plus slack for tests
+/// running in parallel on two cores.
+pub const FINDING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Well past --leak-after, so a duplicate or misattributed finding would have been printed.
+pub const SETTLE: Duration = Duration::from_millis(3 * LEAK_AFTER_MS);
+
+/// `--duration` of traced runs, only a safety net: runs end with SIGTERM once their scenario
+/// is over.
+pub const RUN_LIMIT: &str = "60s";
+
 /// Loading the eBPF programs parses the kernel's BTF; a debug build on a busy 2-core machine
 /// (tests run in parallel) needs a few seconds.
 const START_TIMEOUT: Duration = Duration::from_secs(20);

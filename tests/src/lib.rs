@@ -24,7 +24,7 @@ mod report;
 pub use bpf_objects::{BpfKind, BpfObjects};
 pub use fixture::{
     close_wait_client, close_wait_clients, close_wait_server, run_client, Accepted, ClientRun,
-    Family, Fixture,
+    Family, Fixture, LATE_BYTES,
 };
 pub use ground_truth::{
     comm, kernel_connections_to, kernel_socket, kernel_sockets, TCP_CLOSE, TCP_CLOSE_WAIT,
@@ -32,7 +32,7 @@ pub use ground_truth::{
 };
 pub use leaktrace::{
     hook_family, leaktrace_bin, run_leaktrace, run_leaktrace_within, signal_run, signal_startup,
-    Finished, Leaktrace, FAMILY_EVENTS, LEAK_AFTER_MS,
+    Finished, Leaktrace, FAMILY_EVENTS, FINDING_TIMEOUT, LEAK_AFTER_MS, RUN_LIMIT, SETTLE,
 };
 pub use privilege::{is_root, skip};
 pub use report::Report;

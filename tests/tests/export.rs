@@ -14,17 +14,11 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use leaktrace_tests::{
     close_wait_client, close_wait_server, comm, is_root, run_client, run_leaktrace, skip, Accepted,
-    Family, Fixture, Leaktrace,
+    Family, Fixture, Leaktrace, FINDING_TIMEOUT, RUN_LIMIT,
 };
 use serde_json::Value;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
-
-/// --leak-after plus slack for tests running in parallel on two cores.
-const FINDING_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Only a safety net: runs end with SIGTERM once their scenario is over.
-const RUN_LIMIT: &str = "60s";
 
 /// Exit status for an output that cannot be opened (`--metrics`, `--trace-out`).
 const OUTPUT_UNAVAILABLE: i32 = 8;

@@ -11,23 +11,11 @@ use anyhow::{Context as _, Result};
 use leaktrace_tests::{
     close_wait_client, close_wait_clients, close_wait_server, comm, kernel_limits, kernel_socket,
     kernel_sockets, run_client, Accepted, ClientRun, Family, Fixture, Leaktrace, Report,
-    LEAK_AFTER_MS, TCP_CLOSE, TCP_CLOSE_WAIT,
+    FINDING_TIMEOUT, LATE_BYTES, LEAK_AFTER_MS, RUN_LIMIT, SETTLE, TCP_CLOSE, TCP_CLOSE_WAIT,
 };
 use serde_json::{json, Value};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
-
-/// --leak-after plus slack for tests running in parallel on two cores.
-const FINDING_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Well past --leak-after, so a duplicate or misattributed finding would have been printed.
-const SETTLE: Duration = Duration::from_millis(3 * LEAK_AFTER_MS);
-
-/// Only a safety net: runs end with SIGTERM once their scenario is over.
-const RUN_LIMIT: &str = "60s";
-
-/// What the incident 3 client sends after the server's FIN: `RSET\r\nQUIT\r\n`.
-const LATE_BYTES: usize = 12;
 
 /// The `per_remote` rows, which must be exactly one: every fixture client connects from
 /// 127.0.0.1.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use leaktrace_tests::nginx::{self, Nginx, Site};
-use leaktrace_tests::{kernel_connections_to, skip, Leaktrace, TCP_ESTABLISHED};
+use leaktrace_tests::{kernel_connections_to, skip, Leaktrace, RUN_LIMIT, TCP_ESTABLISHED};
 use serde_json::json;
 
 /// As in idle.rs: short, so the test need not wait a minute.
@@ -17,9 +17,6 @@ const IDLE_AFTER: &str = "1s";
 
 /// Long enough for a pool connection idle past IDLE_AFTER to be sampled and, wrongly, reported.
 const SETTLE: Duration = Duration::from_secs(4);
-
-/// Only a safety net: runs end with SIGTERM once their scenario is over.
-const RUN_LIMIT: &str = "60s";
 
 /// nginx serving `site` with `workers`, or `None` (printed skip) where nginx is not installed.
 fn start(test: &str, site: Site, workers: usize) -> Result<Option<Nginx>> {

@@ -11,15 +11,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use leaktrace_tests::{
-    close_wait_client, is_root, kernel_limits, skip, Accepted, Family, Fixture, Leaktrace, Report,
+    close_wait_client, is_root, kernel_limits, skip, Accepted, Family, Fixture, Leaktrace,
+    FINDING_TIMEOUT, RUN_LIMIT,
 };
 use serde_json::Value;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
-const FINDING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Long enough for a leak of the server outside the cgroup to be reported, wrongly.
 const SETTLE: Duration = Duration::from_secs(2);
-const RUN_LIMIT: &str = "60s";
 const CONNS: usize = 2;
 
 /// A cgroup made for one test below the cgroup v2 root, removed at the end with its processes
@@ -116,14 +115,6 @@ fn found(leaks: &[&Value]) -> BTreeSet<Accepted> {
         .collect()
 }
 
-fn leaks_of(report: &Report, pid: u32) -> Vec<&Value> {
-    report
-        .leaks()
-        .into_iter()
-        .filter(|f| f["pid"] == pid)
-        .collect()
-}
-
 /// A service's server there at start and one started later are both traced, each finding names
 /// the cgroup, and a server outside the cgroup is not traced at all.
 #[test]
@@ -158,7 +149,7 @@ fn cgroup_traces_its_processes_now_and_later_and_nothing_else() -> Result<()> {
         "the two servers in the cgroup leak {CONNS} each, the one outside is not traced\n{report}"
     );
     for (server, accepted) in [(&before, &accepted[0]), (&later, &accepted[1])] {
-        let leaks = leaks_of(&report, server.pid());
+        let leaks = report.leaks_of(server.pid());
         let expected: BTreeSet<Accepted> = accepted.iter().cloned().collect();
         assert_eq!(found(&leaks), expected, "pid {}\n{report}", server.pid());
         for f in leaks {
@@ -168,7 +159,7 @@ fn cgroup_traces_its_processes_now_and_later_and_nothing_else() -> Result<()> {
         }
     }
     assert!(
-        leaks_of(&report, outside.pid()).is_empty(),
+        report.leaks_of(outside.pid()).is_empty(),
         "pid {} is outside the cgroup\n{report}",
         outside.pid()
     );
@@ -196,7 +187,7 @@ fn unit_traces_the_units_cgroup_and_names_it() -> Result<()> {
     leaktrace.wait_for_leaks(CONNS, FINDING_TIMEOUT)?;
     let report = leaktrace.stop()?;
 
-    let leaks = leaks_of(&report, server.pid());
+    let leaks = report.leaks_of(server.pid());
     assert_eq!(leaks.len(), report.leaks().len(), "{report}");
     assert_eq!(
         found(&leaks),

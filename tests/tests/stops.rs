@@ -10,17 +10,11 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use leaktrace_tests::{
     close_wait_client, close_wait_server, signal_run, signal_startup, BpfObjects, Family, Fixture,
-    Leaktrace,
+    Leaktrace, FINDING_TIMEOUT, RUN_LIMIT,
 };
 use serde_json::Value;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
-
-/// --leak-after plus slack for tests running in parallel on two cores.
-const FINDING_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Only a safety net: every run here ends by a signal or a closed stdout.
-const RUN_LIMIT: &str = "60s";
 
 /// leaktrace's status when its stdout was closed (`--help`, README).
 const OUTPUT_CLOSED: i32 = 8;
