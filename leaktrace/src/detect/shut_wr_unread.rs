@@ -158,8 +158,8 @@ mod tests {
     use leaktrace_common::tcp_state::*;
 
     use super::super::test_support::{
-        detectors, kinds, leaks, peer_sends_and_closes, present, recv, resolutions, shut_down,
-        the_leak, MS, SOCK,
+        arrival, detectors, kinds, leaks, peer_sends_and_closes, present, recv, resolutions,
+        shut_down, the_leak, MS, SOCK,
     };
     use super::*;
     use crate::decoder::EventKind;
@@ -354,14 +354,6 @@ mod tests {
         let mut store = Store::default();
         let mut detectors = detectors();
         shut_down(&mut store, SHUT_WR);
-        let arrival = |ts, rcv_nxt, fin| {
-            from_peer(with_receive(
-                event(SOCK, ts, EventKind::Arrival),
-                rcv_nxt,
-                1000,
-                fin,
-            ))
-        };
         store.insert(arrival(200 * MS, 1006, false));
         store.insert(with_receive(
             event(SOCK, 300 * MS, EventKind::Recv { ret: Some(6) }),

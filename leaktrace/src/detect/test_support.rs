@@ -99,16 +99,18 @@ pub(super) fn shut_down(store: &mut Store, how: i32) {
     )));
 }
 
+/// The peer's data (up to `rcv_nxt`, the owner having read up to 1000) or FIN arriving at `ts`.
+pub(super) fn arrival(ts: u64, rcv_nxt: u32, fin: bool) -> Event {
+    from_peer(with_receive(
+        event(SOCK, ts, EventKind::Arrival),
+        rcv_nxt,
+        1000,
+        fin,
+    ))
+}
+
 /// The peer sends `n` bytes at 200 ms, then its FIN at 210 ms, which ends the connection.
 pub(super) fn peer_sends_and_closes(store: &mut Store, n: u32) {
-    let arrival = |ts, rcv_nxt, fin| {
-        from_peer(with_receive(
-            event(SOCK, ts, EventKind::Arrival),
-            rcv_nxt,
-            1000,
-            fin,
-        ))
-    };
     store.insert(arrival(200 * MS, 1000 + n, false));
     store.insert(arrival(210 * MS, 1000 + n + 1, true));
     store.insert(from_peer(event(SOCK, 210 * MS, state(FIN_WAIT2, CLOSE))));

@@ -495,13 +495,9 @@ fn shutdown_then_the_peers_late_data_and_its_read_are_recorded() {
     }
 }
 
-#[test]
-fn a_connection_another_traced_process_takes_is_recorded_as_accepted_by_it() {
-    let test = "a_connection_another_traced_process_takes_is_recorded_as_accepted_by_it";
-    // Followed children: the acceptor, forked from this process, is traced from its start.
-    let Some(mut probes) = Probes::load(test, true, &[own_pid()]) else {
-        return;
-    };
+/// A connection to a listener of this process that a forked child accepts and reads from: the
+/// accepted socket, the child's pid, and the client's end, still open.
+fn accepted_by_a_child(probes: &mut Probes) -> (SockKey, u32, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
     let listening = listener.local_addr().unwrap();
     let fd = listener.as_raw_fd();
@@ -510,8 +506,18 @@ fn a_connection_another_traced_process_takes_is_recorded_as_accepted_by_it() {
     let mut client = TcpStream::connect(listening).expect("connect");
     client.write_all(b"x").expect("write");
     acceptor.wait();
-
     let accepted = probes.wait_for_endpoints(listening, Some(client.local_addr().unwrap()));
+    (accepted, acceptor_pid, client)
+}
+
+#[test]
+fn a_connection_another_traced_process_takes_is_recorded_as_accepted_by_it() {
+    let test = "a_connection_another_traced_process_takes_is_recorded_as_accepted_by_it";
+    // Followed children: the acceptor, forked from this process, is traced from its start.
+    let Some(mut probes) = Probes::load(test, true, &[own_pid()]) else {
+        return;
+    };
+    let (accepted, acceptor_pid, _client) = accepted_by_a_child(&mut probes);
     let accept = probes.wait_for_kind(accepted, EventKind::Accept { traced: true });
     assert_eq!(accept.task.tgid, acceptor_pid, "the acceptor's own call");
     assert_eq!(accept.owner.map(|o| o.tgid), Some(acceptor_pid));
@@ -524,16 +530,7 @@ fn a_connection_an_untraced_process_takes_leaves_the_trace() {
     let Some(mut probes) = Probes::load(test, false, &[own_pid()]) else {
         return;
     };
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
-    let listening = listener.local_addr().unwrap();
-    let fd = listener.as_raw_fd();
-    let acceptor = Forked::run(|| accept_and_read(fd));
-    let acceptor_pid = acceptor.pid();
-    let mut client = TcpStream::connect(listening).expect("connect");
-    client.write_all(b"x").expect("write");
-    acceptor.wait();
-
-    let accepted = probes.wait_for_endpoints(listening, Some(client.local_addr().unwrap()));
+    let (accepted, acceptor_pid, client) = accepted_by_a_child(&mut probes);
     let accept = probes.wait_for_kind(accepted, EventKind::Accept { traced: false });
     assert_eq!(accept.task.tgid, acceptor_pid);
     assert_eq!(accept.owner.map(|o| o.tgid), Some(acceptor_pid));
