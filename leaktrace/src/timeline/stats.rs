@@ -128,7 +128,7 @@ impl Counts {
             tally.direction = self.direction(event);
         }
         tally.time_wait |= entered_time_wait(&event.kind);
-        if tally.remote.is_none() {
+        if tally.remote.is_none() && !handshake_unfinished(tally.direction, event) {
             if let (Some(direction), Some(addr)) = (tally.direction, event.remote.or(remote)) {
                 let key = match direction {
                     Direction::Out => Remote::Service(addr),
@@ -207,6 +207,25 @@ impl Counts {
             _ => None,
         }
     }
+}
+
+/// Whether `event` leaves an accepted socket short of a connection. The kernel can make two
+/// sockets for one connection request when the handshake's last ACK and the first data race on
+/// two CPUs; the one that loses goes from SYN_RECV to CLOSE and is destroyed, and counting it
+/// would show one connection more than the client made.
+fn handshake_unfinished(direction: Option<Direction>, event: &Event) -> bool {
+    direction == Some(Direction::In)
+        && !event.established_at_birth
+        && matches!(
+            event.kind,
+            EventKind::State {
+                new: tcp_state::SYN_RECV,
+                ..
+            } | EventKind::State {
+                old: tcp_state::SYN_RECV,
+                new: tcp_state::CLOSE,
+            } | EventKind::Destroy
+        )
 }
 
 fn listening_port(event: &Event) -> Option<u16> {
@@ -361,6 +380,28 @@ mod tests {
         assert_eq!(
             remotes(&store),
             [("10.0.0.5:5432".to_owned(), Some("out"), counts(1, 1))]
+        );
+    }
+
+    #[test]
+    fn a_socket_that_lost_the_handshake_race_is_no_connection() {
+        let mut store = Store::default();
+        const CLIENT: &str = "10.0.0.2:50412";
+        opened(&mut store, key(1, 1), CLIENT, false);
+        // Its twin, made for the same request on another CPU, lost the race to the hash table.
+        let twin = key(2, 1);
+        for (at, kind) in [
+            (1, state(LISTEN, SYN_RECV)),
+            (2, state(SYN_RECV, CLOSE)),
+            (3, DESTROY),
+        ] {
+            let mut e = event(twin, at, kind);
+            e.remote = Some(CLIENT.parse().unwrap());
+            store.insert(e);
+        }
+        assert_eq!(
+            remotes(&store),
+            [("10.0.0.2".to_owned(), Some("in"), counts(1, 0))]
         );
     }
 
