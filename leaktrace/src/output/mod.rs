@@ -291,6 +291,15 @@ pub(crate) mod tests {
             Box::new(self.clone())
         }
 
+        pub(super) fn bytes(&self) -> Vec<u8> {
+            self.0.lock().unwrap().clone()
+        }
+
+        /// Keeps the first `len` bytes written, as a file cut to that length does.
+        pub(super) fn truncate(&self, len: usize) {
+            self.0.lock().unwrap().truncate(len);
+        }
+
         pub(super) fn lines(&self) -> Vec<String> {
             String::from_utf8(self.0.lock().unwrap().clone())
                 .unwrap()

@@ -9,7 +9,8 @@
 //! Sessions last hours, so the file is streamed: a socket's track is written, in a single
 //! write, once the store lets go of its timeline, and the rest at the end. The events form the
 //! trace format's "JSON Array Format", whose closing `]` is optional: a run killed before it
-//! writes one still leaves a file the viewers open, up to the last socket written.
+//! writes one still leaves a file the viewers open, up to the last socket written. So does a
+//! write that fails (a full disk): what it wrote of a track is cut off again.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -33,8 +34,22 @@ const FIRST_TRACK: u64 = 1 << 22;
 /// The pid of tracks whose owner was never learned.
 const NO_OWNER: u32 = 0;
 
+/// Where the trace goes: a file, out of which a failed write can be cut again.
+pub(crate) trait Sink: Write + Send {
+    /// Cuts what was written back to its first `len` bytes.
+    fn cut(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl Sink for File {
+    fn cut(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)
+    }
+}
+
 pub(crate) struct TraceOut {
-    out: Box<dyn Write + Send>,
+    out: Box<dyn Sink>,
+    /// Bytes written whole: where a failed write is cut back to.
+    written: u64,
     /// Processes whose name was written already.
     named: HashSet<u32>,
     next_track: u64,
@@ -47,14 +62,28 @@ impl TraceOut {
         Self::new(Box::new(open_own(path)?))
     }
 
-    fn new(mut out: Box<dyn Write + Send>) -> io::Result<Self> {
-        out.write_all(b"[\n")?;
-        Ok(Self {
+    fn new(out: Box<dyn Sink>) -> io::Result<Self> {
+        let mut trace = Self {
             out,
+            written: 0,
             named: HashSet::new(),
             next_track: FIRST_TRACK,
             empty: true,
-        })
+        };
+        trace.put(b"[\n")?;
+        Ok(trace)
+    }
+
+    /// Writes `bytes` whole, or else cuts off what it wrote of them, so that a trace that ends
+    /// on a failed write (a full disk) ends with a whole event and still opens.
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Err(e) = self.out.write_all(bytes).and_then(|()| self.out.flush()) {
+            // A FIFO cannot be cut: its reader has had what it has had.
+            let _ = self.out.cut(self.written);
+            return Err(e);
+        }
+        self.written += bytes.len() as u64;
+        Ok(())
     }
 
     /// Writes the track of a socket. A state still current when its timeline ends (no
@@ -144,8 +173,7 @@ impl TraceOut {
             }
             text.push_str(&event.to_string());
         }
-        self.out.write_all(text.as_bytes())?;
-        self.out.flush()
+        self.put(text.as_bytes())
     }
 }
 
@@ -167,8 +195,7 @@ impl Output for TraceOut {
         for track in left {
             self.socket(track, end.now_ns)?;
         }
-        self.out.write_all(b"\n]\n")?;
-        self.out.flush()
+        self.put(b"\n]\n")
     }
 
     fn wants_timelines(&self) -> bool {
@@ -270,6 +297,41 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    impl Sink for Captured {
+        fn cut(&mut self, len: u64) -> io::Result<()> {
+            self.truncate(len as usize);
+            Ok(())
+        }
+    }
+
+    /// A disk with room for `room` more bytes: a write takes what fits, and the next one fails
+    /// with ENOSPC, as write(2) does.
+    struct FullDisk {
+        written: Captured,
+        room: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 && !buf.is_empty() {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.written.write(&buf[..n])
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink for FullDisk {
+        fn cut(&mut self, len: u64) -> io::Result<()> {
+            self.written.cut(len)
+        }
+    }
+
     /// Parses what was written, which must be one JSON array.
     fn parse(captured: &Captured) -> Vec<Value> {
         let text = captured.lines().join("\n");
@@ -354,7 +416,7 @@ mod tests {
     fn a_track_per_socket_with_state_slices_and_instants() {
         let store = store();
         let captured = Captured::default();
-        let trace = TraceOut::new(captured.writer()).unwrap();
+        let trace = TraceOut::new(Box::new(captured.clone())).unwrap();
         finish(trace, &store, 50 * MS).unwrap();
         let events = parse(&captured);
 
@@ -452,7 +514,7 @@ mod tests {
         present.remote = None;
         store.insert(present);
         let captured = Captured::default();
-        let trace = TraceOut::new(captured.writer()).unwrap();
+        let trace = TraceOut::new(Box::new(captured.clone())).unwrap();
         finish(trace, &store, 6 * MS).unwrap();
         let events = parse(&captured);
         // Present records carry the fd and pid only as the owner; without one, neither is known.
@@ -469,6 +531,43 @@ mod tests {
         assert_eq!(named(&events, "i", "present")[0]["args"]["fd"], 9);
     }
 
+    /// The trace of `store()`'s swept socket, then of the socket left, on a disk with room
+    /// for `room` bytes: what was written once the swept socket was, what was written in the
+    /// end, and how the end went.
+    fn on_a_disk(room: usize) -> (Vec<u8>, Vec<u8>, io::Result<()>) {
+        let mut store = store();
+        store.insert(event(key(0x3000, 3), 2_000 * MS, EventKind::Arrival));
+        store.sweep(|_| false);
+        let written = Captured::default();
+        let disk = FullDisk {
+            written: written.clone(),
+            room,
+        };
+        let mut trace = TraceOut::new(Box::new(disk)).unwrap();
+        tick(&mut trace, &mut store, 2_000 * MS).unwrap();
+        let swept = written.bytes();
+        let ended = finish(trace, &store, 2_000 * MS);
+        (swept, written.bytes(), ended)
+    }
+
+    #[test]
+    fn a_full_disk_cuts_off_the_track_it_could_not_write() {
+        let (swept, _, ended) = on_a_disk(usize::MAX);
+        ended.unwrap();
+        // Room for the swept socket's track and a part of the other's.
+        let (_, cut, ended) = on_a_disk(swept.len() + 100);
+        assert_eq!(ended.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(cut, swept, "cut back to the whole events");
+        let text = String::from_utf8(cut).unwrap();
+        let events: Vec<Value> = serde_json::from_str(&format!("{text}]")).unwrap();
+        let threads = named(&events, "M", "thread_name");
+        assert_eq!(
+            threads.len(),
+            1,
+            "the swept socket's track alone: {events:?}"
+        );
+    }
+
     #[test]
     fn swept_sockets_are_written_at_once_and_a_cut_run_leaves_whole_events() {
         let mut store = store();
@@ -476,7 +575,7 @@ mod tests {
         store.insert(event(key(0x3000, 3), 2_000 * MS, EventKind::Arrival));
         store.sweep(|_| false);
         let captured = Captured::default();
-        let mut trace = TraceOut::new(captured.writer()).unwrap();
+        let mut trace = TraceOut::new(Box::new(captured.clone())).unwrap();
         tick(&mut trace, &mut store, 2_000 * MS).unwrap();
         // No finish: what SIGKILL leaves. Closing the array is all a reader has to add.
         let text = captured.lines().join("\n");
