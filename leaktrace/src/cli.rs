@@ -38,12 +38,13 @@ Examples:
                                             per-socket timelines to open in Perfetto
 
 Stopping:
-  Ctrl-C (SIGINT), SIGTERM and SIGHUP print the final report and exit 0. run passes SIGTERM
-  and SIGHUP on to the command (Ctrl-C reaches it from the terminal), traces until it exits,
-  then reports and exits with its status. While leaktrace starts (loading BTF, attaching,
-  reading the sockets already open: seconds on a busy host), they stop it with one line and
-  no report, exit 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP);
-  run then never starts the command.
+  Ctrl-C (SIGINT), SIGTERM and SIGHUP print the final report and exit 0 (8 when an export
+  was dropped meanwhile, see Exit status). run passes SIGTERM and SIGHUP on to the command
+  (Ctrl-C reaches it from the terminal), traces until it exits, then reports and exits with
+  its status. While leaktrace starts (loading BTF, attaching, reading the sockets already
+  open: seconds on a busy host), they stop it with one line and no report, exit 128 + the
+  signal's number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP); run then never starts
+  the command.
 
 Exit status:
   0 success, 1 runtime error, 2 bad usage, 3 not root, 4 no such process (or a zombie),
@@ -51,12 +52,16 @@ Exit status:
   5 kernel BTF missing or unusable, 6 tracefs unavailable, 7 the kernel refused a hook,
   8 an output failed: stdout is closed or cannot take the report, the report's reader closed
     it (e.g. `leaktrace --json | head -1`), or one asked for cannot be opened (--metrics
-    address in use, --trace-out file not writable or refused);
+    address in use, --trace-out file not writable or refused); or an export could not be
+    written while tracing (--trace-out on a full disk): it was dropped with a warning,
+    tracing went on, and the final report is whole and names it: 8 comes after it, so a
+    script that keeps the file knows it is incomplete;
   128 + a stop signal's number when it came during startup (see Stopping);
   run: the command's own status, 10 with --fail-on-leak when a leak was reported,
   126/127 when the command cannot be executed / is not found, or leaktrace's own status
-  above; its last line on stderr says whose status it is (`leaktrace: exit status 7 is
-  the command's: ...`; with --json, a record of type exit)";
+  above (not for a dropped export: the command's status comes first); its last line on
+  stderr says whose status it is (`leaktrace: exit status 7 is the command's: ...`; with
+  --json, a record of type exit)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -204,7 +209,10 @@ pub struct CommonArgs {
     /// (ui.perfetto.dev) opens: a track per socket, a slice per TCP state, an instant per
     /// syscall. Written as sockets go away and at the end, so memory stays bounded. A new FILE
     /// is created 0600; a symbolic link, a file of another user and one with other hard links
-    /// are refused (exit status 8), as another user may have put them there (in /tmp).
+    /// are refused (exit status 8), as another user may have put them there (in /tmp). A FILE
+    /// that cannot be written later (a full disk) is dropped with a warning, ending with the
+    /// last whole socket; tracing and the report go on, and leaktrace exits 8 after the report
+    /// (under run, with the command's status).
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
     /// Say at start which hook serves each event (rather than one line for them all), and which

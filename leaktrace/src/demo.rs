@@ -23,7 +23,7 @@ const DURATION: Duration = Duration::from_secs(3);
 /// Connections the leaky servers "forgot": held, never closed, until the process exits.
 static FORGOTTEN: Mutex<Vec<TcpStream>> = Mutex::new(Vec::new());
 
-pub async fn run(common: Common) -> Result<(), Failure> {
+pub async fn run(common: Common) -> Result<u8, Failure> {
     if !common.json {
         stderr::line(format_args!(
             "leaktrace demo: tracing this process (pid {}) while it runs a report service that never \
@@ -52,8 +52,7 @@ pub async fn run(common: Common) -> Result<(), Failure> {
         }
     });
     session.run_until(std::future::pending()).await?;
-    session.finish()?;
-    Ok(())
+    Ok(session.finish()?.exit_status())
 }
 
 fn workload() -> std::io::Result<()> {

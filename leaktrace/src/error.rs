@@ -15,7 +15,8 @@ pub mod exit_code {
     pub const NO_TRACEFS: u8 = 6;
     pub const HOOK_REFUSED: u8 = 7;
     /// An output failed: stdout is closed or cannot take the report, the report's reader went
-    /// away, or an output the user asked for cannot be opened.
+    /// away, or an output the user asked for cannot be opened; or an export was dropped while
+    /// tracing, after which the session ran to its end (see `FinalReport::exit_status`).
     pub const OUTPUT: u8 = 8;
 
     /// The shell's status for a process that `signal` ended: 128 + its number.

@@ -36,12 +36,12 @@ fn main() -> ExitCode {
     // Under run, leaktrace's own failures are told apart from the command's statuses.
     let mut run_json = None;
     let result = match cli.command {
-        Some(Command::Demo(args)) => runtime.block_on(demo::run(args.common.into())).map(|()| 0),
+        Some(Command::Demo(args)) => runtime.block_on(demo::run(args.common.into())),
         Some(Command::Run(args)) => {
             run_json = Some(args.common.json);
             runtime.block_on(run::run(args.into()))
         }
-        None => runtime.block_on(trace::run(cli.trace.into())).map(|()| 0),
+        None => runtime.block_on(trace::run(cli.trace.into())),
     };
     match result {
         Ok(status) => ExitCode::from(status),

@@ -15,8 +15,8 @@ use crate::{
     hooks::{self, Attached, Channel, LoadError, LoadOptions},
     host::{holders, ProcHost},
     output::{
-        pipe, Batch, End, JsonReporter, Metrics, Output, OutputError, Outputs, StartInfo,
-        TextReporter, Tick, TraceOut, Track,
+        pipe, Batch, Export, JsonReporter, Metrics, Output, Outputs, StartInfo, TextReporter, Tick,
+        TraceOut, Track,
     },
     settings::{Common, Leaks},
     stderr,
@@ -236,13 +236,23 @@ impl Session {
             let metrics = Metrics::serve(addr, options.common.ring_size)
                 .map_err(|e| Failure::Output(anyhow!("cannot serve metrics on {addr}: {e}")))?;
             metrics_addr = metrics.local_addr();
-            outputs.export("the metrics", metrics);
+            let export = Export {
+                flag: "--metrics",
+                to: metrics_addr.unwrap_or(addr).to_string(),
+                loses: "/metrics stops answering",
+            };
+            outputs.export(export, metrics);
         }
         if let Some(path) = options.common.trace_out.as_deref() {
             let trace = TraceOut::create(path).map_err(|e| {
                 Failure::Output(anyhow!("cannot write the trace to {}: {e}", path.display()))
             })?;
-            outputs.export("the trace file", trace);
+            let export = Export {
+                flag: "--trace-out",
+                to: path.display().to_string(),
+                loses: "the trace file stops here",
+            };
+            outputs.export(export, trace);
         }
         check_not_interrupted()?;
         let pids = match &options.scope {
@@ -496,7 +506,7 @@ impl Session {
         self.note_losses(true)?;
         self.evaluate()?;
         let now = monotonic_ns();
-        let report = self.evaluator.summary(&mut self.store, now, self.counts);
+        let mut report = self.evaluator.summary(&mut self.store, now, self.counts);
         // Named first: naming asks the host, and keeps what it finds in the store.
         let mut named: Vec<(SockKey, Option<String>)> = Vec::new();
         if self.outputs.wants_timelines() {
@@ -517,11 +527,7 @@ impl Session {
                 })
             })
             .collect();
-        let finished = self.outputs.finish(&End {
-            report: &report,
-            timelines: &left,
-            now_ns: now,
-        });
+        let finished = self.outputs.finish(&mut report, &left, now);
         self.check_output(finished)?;
         Ok(report)
     }
@@ -571,13 +577,13 @@ impl Session {
         self.check_output(ticked)
     }
 
-    /// What an output's failure means: a report that cannot be written ends the session or only
-    /// the report (see [`Self::give_up_report`]); an export that cannot ends the session.
-    fn check_output(&mut self, sent: Result<(), OutputError>) -> Result<(), Failure> {
+    /// What the report's failure to be written means: the end of the session or only of the
+    /// report (see [`Self::give_up_report`]). An export's is not seen here: it is dropped, and
+    /// the session goes on (see [`Outputs`]).
+    fn check_output(&mut self, sent: io::Result<()>) -> Result<(), Failure> {
         match sent {
             Ok(()) => Ok(()),
-            Err(OutputError::Report(e)) => self.give_up_report(Failure::writing(e)),
-            Err(OutputError::Export(e)) => Err(e.into()),
+            Err(e) => self.give_up_report(Failure::writing(e)),
         }
     }
 

@@ -7,7 +7,10 @@ use crate::{
     settings,
 };
 
-pub async fn run(args: settings::Trace) -> Result<(), Failure> {
+/// Returns leaktrace's status once the final report is out (see [`FinalReport::exit_status`]).
+///
+/// [`FinalReport::exit_status`]: crate::summary::FinalReport::exit_status
+pub async fn run(args: settings::Trace) -> Result<u8, Failure> {
     let scope = if let Some(path) = &args.cgroup {
         Scope::Cgroup(cgroup::resolve(path).map_err(Failure::NoSuchService)?)
     } else if let Some(name) = &args.unit {
@@ -24,6 +27,5 @@ pub async fn run(args: settings::Trace) -> Result<(), Failure> {
     };
     let mut session = Session::start(&options)?;
     session.run_until(std::future::pending()).await?;
-    session.finish()?;
-    Ok(())
+    Ok(session.finish()?.exit_status())
 }

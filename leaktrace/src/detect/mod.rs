@@ -402,6 +402,8 @@ impl Detectors {
             stats,
             dropped: store.dropped(),
             open_over_time,
+            // The outputs say which of them were dropped once they are finished.
+            outputs_dropped: Vec::new(),
         }
     }
 

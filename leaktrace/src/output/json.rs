@@ -125,6 +125,11 @@ impl Output for JsonReporter {
                 .collect::<serde_json::Map<_, _>>(),
             "dropped": dropped(&report.dropped),
             "leaks_open_over_time": over_time,
+            "outputs_dropped": report
+                .outputs_dropped
+                .iter()
+                .map(|d| json!({"output": d.flag, "to": d.to, "error": d.error}))
+                .collect::<Vec<_>>(),
         }))
     }
 }
@@ -280,7 +285,7 @@ fn direction(accepted: Option<bool>) -> Value {
 mod tests {
     use super::super::tests::{
         end, final_report, finding, idle_finding, in_a_service, progress, resolved, start_info,
-        stats, Captured,
+        stats, trace_dropped, Captured,
     };
     use super::*;
     use crate::finding::LeakKind;
@@ -483,6 +488,7 @@ mod tests {
                 "probe_failures": {},
                 "dropped": {"finished": 0, "evicted": 0, "late_records": 0},
                 "leaks_open_over_time": [],
+                "outputs_dropped": [],
             })
         );
     }
@@ -518,6 +524,24 @@ mod tests {
         assert_eq!(
             parse(lines.last().unwrap())["leaks_open_over_time"],
             json!([{"elapsed_ms": 0, "open": 0}, {"elapsed_ms": 10000, "open": 2}])
+        );
+    }
+
+    #[test]
+    fn the_summary_names_the_outputs_dropped() {
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        let mut report = final_report(Vec::new(), 0);
+        report.outputs_dropped = vec![trace_dropped()];
+        reporter.finish(&end(&report)).unwrap();
+        let summary = parse(captured.lines().last().unwrap());
+        assert_eq!(
+            summary["outputs_dropped"],
+            json!([{
+                "output": "--trace-out",
+                "to": "/var/tmp/trace.json",
+                "error": "No space left on device (os error 28)",
+            }])
         );
     }
 

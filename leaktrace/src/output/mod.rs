@@ -3,6 +3,8 @@
 //! trace file (`trace_out`). Each is an [`Output`]; the session feeds them all through one
 //! [`Outputs`], once per read of the ring buffer and once per look of the detectors. None of
 //! them reaches into the timelines store: what they need of it comes with what they are fed.
+//! An export that cannot be written is dropped, and the rest go on; whether the report's
+//! failure ends the session is the session's to say.
 
 mod event;
 mod json;
@@ -15,7 +17,6 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use leaktrace_common::tcp_state;
 
 pub(crate) use json::JsonReporter;
@@ -25,7 +26,8 @@ pub(crate) use trace_out::TraceOut;
 
 use crate::decoder::{Event, EventKind, SockKey};
 use crate::finding::Outcome;
-use crate::summary::{FinalReport, IngestCounts, Progress};
+use crate::stderr;
+use crate::summary::{DroppedOutput, FinalReport, IngestCounts, Progress};
 use crate::timeline::Timeline;
 use pipe::Outlet;
 
@@ -149,13 +151,14 @@ pub(crate) struct End<'a> {
     pub now_ns: u64,
 }
 
-/// Why an output failed.
-#[derive(Debug)]
-pub(crate) enum OutputError {
-    /// The report could not be written (see [`Outputs::give_up_report`]).
-    Report(io::Error),
-    /// An export could not: what it is, and why.
-    Export(anyhow::Error),
+/// An export, as the user asked for it: what its failure is reported with.
+pub(crate) struct Export {
+    /// The flag that asked for it: `--trace-out`.
+    pub flag: &'static str,
+    /// Where it goes: a path, an address.
+    pub to: String,
+    /// What a failure to write it loses: "the trace file stops here".
+    pub loses: &'static str,
 }
 
 /// The report (text or JSON Lines, whose lines leave through a thread of their own) and the
@@ -164,14 +167,14 @@ pub(crate) enum OutputError {
 pub(crate) struct Outputs {
     /// `None` until the report starts, and once given up.
     report: Option<(Box<dyn Output>, Outlet)>,
-    /// Each with what it writes, for its errors ("the trace file").
-    exports: Vec<(&'static str, Box<dyn Output>)>,
+    exports: Vec<(Export, Box<dyn Output>)>,
+    /// Exports that failed, dropped: the final report says so.
+    dropped: Vec<DroppedOutput>,
 }
 
 impl Outputs {
-    /// Adds an export, `what` naming it in its errors.
-    pub(crate) fn export(&mut self, what: &'static str, output: impl Output + 'static) {
-        self.exports.push((what, Box::new(output)));
+    pub(crate) fn export(&mut self, export: Export, output: impl Output + 'static) {
+        self.exports.push((export, Box::new(output)));
     }
 
     /// Sets the report, whose lines `outlet` hands on.
@@ -192,7 +195,9 @@ impl Outputs {
         self.each_output().any(|output| output.wants_timelines())
     }
 
-    pub(crate) fn start(&mut self, info: &StartInfo) -> Result<(), OutputError> {
+    /// An `Err` here, as from `tick`, `progress` and `finish`, is the report's: an export that
+    /// fails is dropped instead (see [`Self::each_export`]).
+    pub(crate) fn start(&mut self, info: &StartInfo) -> io::Result<()> {
         self.each(|output| output.start(info))
     }
 
@@ -201,22 +206,40 @@ impl Outputs {
             .for_each(|output| output.batch(batch));
     }
 
-    pub(crate) fn tick(&mut self, tick: &Tick<'_>) -> Result<(), OutputError> {
+    pub(crate) fn tick(&mut self, tick: &Tick<'_>) -> io::Result<()> {
         self.each(|output| output.tick(tick))
     }
 
-    pub(crate) fn progress(&mut self, progress: &Progress) -> Result<(), OutputError> {
+    pub(crate) fn progress(&mut self, progress: &Progress) -> io::Result<()> {
         self.each(|output| output.progress(progress))
     }
 
-    /// Finishes every output; the report's last lines may take [`REPORT_DRAIN_LIMIT`] to reach
-    /// a slow reader, and one that stopped reading does not hold leaktrace past a stop for long.
-    pub(crate) fn finish(&mut self, end: &End<'_>) -> Result<(), OutputError> {
-        self.each(|output| output.finish(end))?;
-        match &self.report {
-            Some((_, outlet)) => outlet.wait(REPORT_DRAIN_LIMIT).map_err(OutputError::Report),
-            None => Ok(()),
-        }
+    /// Finishes the exports, then the report, whose summary lists in `report` every export
+    /// dropped, at the end too. The report's last lines may take [`REPORT_DRAIN_LIMIT`] to
+    /// reach a slow reader, and one that stopped reading does not hold leaktrace past a stop
+    /// for long.
+    pub(crate) fn finish(
+        &mut self,
+        report: &mut FinalReport,
+        timelines: &[Track<'_>],
+        now_ns: u64,
+    ) -> io::Result<()> {
+        let end = End {
+            report: &*report,
+            timelines,
+            now_ns,
+        };
+        self.each_export(|export| export.finish(&end));
+        report.outputs_dropped.clone_from(&self.dropped);
+        let Some((reporter, outlet)) = &mut self.report else {
+            return Ok(());
+        };
+        reporter.finish(&End {
+            report,
+            timelines,
+            now_ns,
+        })?;
+        outlet.wait(REPORT_DRAIN_LIMIT)
     }
 
     /// Waits, at most [`REPORT_DRAIN_LIMIT`], for the report's lines handed over so far to be
@@ -229,21 +252,35 @@ impl Outputs {
     }
 
     /// Hands something to the report, then to every export, even after the report failed: the
-    /// report's failure ends the session or only the report (see [`Self::give_up_report`]).
-    fn each(
-        &mut self,
-        mut send: impl FnMut(&mut dyn Output) -> io::Result<()>,
-    ) -> Result<(), OutputError> {
+    /// report's failure, returned, ends the session or only the report (see
+    /// [`Self::give_up_report`]).
+    fn each(&mut self, mut send: impl FnMut(&mut dyn Output) -> io::Result<()>) -> io::Result<()> {
         let report = match &mut self.report {
-            Some((report, _)) => send(report.as_mut()).map_err(OutputError::Report),
+            Some((report, _)) => send(report.as_mut()),
             None => Ok(()),
         };
-        for (what, export) in &mut self.exports {
-            send(export.as_mut())
-                .with_context(|| format!("writing {what}"))
-                .map_err(OutputError::Export)?;
-        }
+        self.each_export(send);
         report
+    }
+
+    /// Hands something to every export. One that fails is dropped, with a warning: a full disk
+    /// under the trace file must not cost the session, its report or the other exports.
+    fn each_export(&mut self, mut send: impl FnMut(&mut dyn Output) -> io::Result<()>) {
+        self.exports.retain_mut(|(export, output)| {
+            let Err(e) = send(output.as_mut()) else {
+                return true;
+            };
+            stderr::line(format_args!(
+                "leaktrace: warning: dropped {} {}: {e}: {}; tracing and the report go on",
+                export.flag, export.to, export.loses
+            ));
+            self.dropped.push(DroppedOutput {
+                flag: export.flag,
+                to: export.to.clone(),
+                error: e.to_string(),
+            });
+            false
+        });
     }
 
     fn each_output(&self) -> impl Iterator<Item = &dyn Output> {
@@ -473,6 +510,16 @@ pub(crate) mod tests {
             stats: Stats::default(),
             dropped: Dropped::default(),
             open_over_time: Vec::new(),
+            outputs_dropped: Vec::new(),
+        }
+    }
+
+    /// `--trace-out` on a full disk.
+    pub(super) fn trace_dropped() -> DroppedOutput {
+        DroppedOutput {
+            flag: "--trace-out",
+            to: "/var/tmp/trace.json".into(),
+            error: "No space left on device (os error 28)".into(),
         }
     }
 
@@ -533,74 +580,165 @@ pub(crate) mod tests {
         }
     }
 
-    /// Counts the ticks it is fed, and fails each if told to.
+    /// Logs what it is fed, by name, and fails the ticks or the finish if told to, as a full
+    /// disk would.
     struct Fake {
-        ticks: Arc<Mutex<u32>>,
-        fails: bool,
+        name: &'static str,
+        log: Arc<Mutex<Vec<String>>>,
+        fails_tick: bool,
+        fails_finish: bool,
+    }
+
+    impl Fake {
+        fn new(name: &'static str, log: &Arc<Mutex<Vec<String>>>) -> Fake {
+            Fake {
+                name,
+                log: Arc::clone(log),
+                fails_tick: false,
+                fails_finish: false,
+            }
+        }
+
+        fn fed(&self, what: String) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{} {what}", self.name));
+        }
+    }
+
+    fn full_disk_if(fails: bool) -> io::Result<()> {
+        if fails {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
     }
 
     impl Output for Fake {
         fn tick(&mut self, _tick: &Tick<'_>) -> io::Result<()> {
-            *self.ticks.lock().unwrap() += 1;
-            if self.fails {
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-            }
-            Ok(())
+            self.fed("tick".into());
+            full_disk_if(self.fails_tick)
+        }
+
+        /// Logs the outputs dropped that its final report names.
+        fn finish(&mut self, end: &End<'_>) -> io::Result<()> {
+            let dropped: Vec<&str> = (end.report.outputs_dropped.iter())
+                .map(|d| d.flag)
+                .collect();
+            self.fed(format!("finish {dropped:?}"));
+            full_disk_if(self.fails_finish)
         }
     }
 
-    #[test]
-    fn a_failed_report_leaves_the_exports_fed_and_a_failed_export_says_which() {
-        let (report_ticks, export_ticks) = (Arc::default(), Arc::default());
-        let mut outputs = Outputs::default();
-        let (_pipe, outlet) = pipe::open(io::sink()).unwrap();
-        outputs.set_report(
-            Box::new(Fake {
-                ticks: Arc::clone(&report_ticks),
-                fails: true,
-            }),
-            outlet,
-        );
-        outputs.export(
-            "the trace file",
-            Fake {
-                ticks: Arc::clone(&export_ticks),
-                fails: false,
-            },
-        );
+    fn export(flag: &'static str) -> Export {
+        Export {
+            flag,
+            to: format!("/full{flag}"),
+            loses: "it stops here",
+        }
+    }
+
+    fn fed(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+        std::mem::take(&mut log.lock().unwrap())
+    }
+
+    fn with_tick(use_tick: impl FnOnce(&Tick<'_>)) {
         let ingest = IngestCounts::default();
-        let tick = Tick {
+        use_tick(&Tick {
             outcomes: &[],
             swept: &[],
             ingest: &ingest,
             sockets_tracked: 0,
             now_ns: 0,
+        });
+    }
+
+    #[test]
+    fn a_failed_report_is_returned_and_the_exports_are_fed_all_the_same() {
+        let log = Arc::default();
+        let mut outputs = Outputs::default();
+        let (_pipe, outlet) = pipe::open(io::sink()).unwrap();
+        let report = Fake {
+            fails_tick: true,
+            ..Fake::new("report", &log)
         };
-        assert!(matches!(outputs.tick(&tick), Err(OutputError::Report(_))));
-        assert_eq!(*export_ticks.lock().unwrap(), 1, "fed all the same");
+        outputs.set_report(Box::new(report), outlet);
+        outputs.export(export("--trace-out"), Fake::new("trace", &log));
+        with_tick(|tick| {
+            let failed = outputs.tick(tick).unwrap_err();
+            assert_eq!(failed.raw_os_error(), Some(libc::ENOSPC));
+            assert_eq!(fed(&log), ["report tick", "trace tick"], "fed all the same");
 
-        outputs.give_up_report();
-        assert!(!outputs.has_report());
-        assert!(outputs.tick(&tick).is_ok());
-        assert_eq!(*report_ticks.lock().unwrap(), 1, "given up: fed no more");
-        assert_eq!(*export_ticks.lock().unwrap(), 2);
+            outputs.give_up_report();
+            assert!(!outputs.has_report());
+            assert!(outputs.tick(tick).is_ok());
+            assert_eq!(
+                fed(&log),
+                ["trace tick"],
+                "the report given up: fed no more"
+            );
+        });
+        assert!(outputs.dropped.is_empty(), "the export never failed");
+    }
 
-        outputs.export(
-            "the metrics",
-            Fake {
-                ticks: Arc::default(),
-                fails: true,
-            },
+    #[test]
+    fn a_failed_export_is_dropped_and_the_report_says_so_while_the_rest_go_on() {
+        let log = Arc::default();
+        let mut outputs = Outputs::default();
+        let (_pipe, outlet) = pipe::open(io::sink()).unwrap();
+        outputs.set_report(Box::new(Fake::new("report", &log)), outlet);
+        let trace = Fake {
+            fails_tick: true,
+            ..Fake::new("trace", &log)
+        };
+        outputs.export(export("--trace-out"), trace);
+        let metrics = Fake {
+            fails_finish: true,
+            ..Fake::new("metrics", &log)
+        };
+        outputs.export(export("--metrics"), metrics);
+        with_tick(|tick| {
+            assert!(
+                outputs.tick(tick).is_ok(),
+                "an export's failure is not the report's"
+            );
+            assert_eq!(fed(&log), ["report tick", "trace tick", "metrics tick"]);
+            assert!(outputs.tick(tick).is_ok());
+            assert_eq!(
+                fed(&log),
+                ["report tick", "metrics tick"],
+                "the trace dropped"
+            );
+        });
+
+        let mut report = final_report(Vec::new(), 0);
+        outputs.finish(&mut report, &[], 0).unwrap();
+        // The exports first, so the report names the one that failed at the end too.
+        assert_eq!(
+            fed(&log),
+            [
+                "metrics finish []",
+                r#"report finish ["--trace-out", "--metrics"]"#
+            ]
         );
-        match outputs.tick(&tick) {
-            Err(OutputError::Export(e)) => {
-                assert!(
-                    format!("{e:#}").starts_with("writing the metrics: "),
-                    "{e:#}"
-                )
-            }
-            other => panic!("expected the metrics' failure: {other:?}"),
-        }
+        let enospc = io::Error::from_raw_os_error(libc::ENOSPC).to_string();
+        assert_eq!(
+            report.outputs_dropped,
+            [
+                DroppedOutput {
+                    flag: "--trace-out",
+                    to: "/full--trace-out".into(),
+                    error: enospc.clone(),
+                },
+                DroppedOutput {
+                    flag: "--metrics",
+                    to: "/full--metrics".into(),
+                    error: enospc,
+                },
+            ]
+        );
+        assert_eq!(report.exit_status(), crate::error::exit_code::OUTPUT);
+        assert_eq!(final_report(Vec::new(), 0).exit_status(), 0);
     }
 
     #[test]

@@ -202,6 +202,13 @@ impl Output for TextReporter {
                 ring_size_hint(ingest.ring_size)
             ))?;
         }
+        for dropped in &report.outputs_dropped {
+            self.line(&format!(
+                "warning: {} {} was dropped when it could not be written ({}): it holds only \
+                 what came before",
+                dropped.flag, dropped.to, dropped.error
+            ))?;
+        }
         Ok(())
     }
 }
@@ -467,7 +474,7 @@ fn timeline_line(event: &Event, fd: Option<i32>) -> String {
 mod tests {
     use super::super::tests::{
         end, final_report, finding, idle_finding, in_a_service, progress, resolved, start_info,
-        stats, Captured,
+        stats, trace_dropped, Captured,
     };
     use super::*;
     use crate::decoder::EventKind;
@@ -770,6 +777,28 @@ mod tests {
         let lines = timeline(&finding);
         assert!(
             lines[1].ends_with("its peer half-closed at -0.003700s"),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn a_dropped_output_is_a_warning_after_the_summary() {
+        let (captured, mut reporter) = reporter();
+        let mut report = final_report(Vec::new(), 0);
+        report.unattributed = 0;
+        report.outputs_dropped = vec![trace_dropped()];
+        reporter.finish(&end(&report)).unwrap();
+        let lines = captured.lines();
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(
+                "warning: --trace-out /var/tmp/trace.json was dropped when it could not be \
+                 written (No space left on device (os error 28)): it holds only what came before"
+            ),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[lines.len() - 2].starts_with("summary: "),
             "{lines:#?}"
         );
     }

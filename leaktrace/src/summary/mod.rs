@@ -10,6 +10,7 @@ use leaktrace_common::ProbeFailure;
 
 pub(crate) use history::History;
 
+use crate::error::exit_code;
 use crate::finding::{Finding, LeakKind};
 use crate::timeline::{Dropped, Remote};
 
@@ -49,6 +50,32 @@ pub struct FinalReport {
     pub dropped: Dropped,
     /// (time since the start, open leaks then), ending with the final count.
     pub open_over_time: Vec<(Duration, u64)>,
+    /// Exports that could not be written and were dropped meanwhile (a full disk under
+    /// `--trace-out`).
+    pub outputs_dropped: Vec<DroppedOutput>,
+}
+
+impl FinalReport {
+    /// leaktrace's own status for a session that ran to its end: 0, or 8 when an export was
+    /// dropped, so that a script relying on the file it asked for knows it is incomplete.
+    pub fn exit_status(&self) -> u8 {
+        if self.outputs_dropped.is_empty() {
+            0
+        } else {
+            exit_code::OUTPUT
+        }
+    }
+}
+
+/// An export that failed and was dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedOutput {
+    /// The flag that asked for it: `--trace-out`.
+    pub flag: &'static str,
+    /// Where it went: a path, an address.
+    pub to: String,
+    /// Why: the OS's error.
+    pub error: String,
 }
 
 /// Where a running session stands: what `--interval` prints.
