@@ -13,6 +13,7 @@
 mod bpf_objects;
 mod child;
 mod fixture;
+pub mod full_disk;
 mod ground_truth;
 pub mod kernel_limits;
 mod leaktrace;

@@ -7,20 +7,22 @@ use std::fs::Permissions;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use leaktrace_tests::full_disk::FullDisk;
 use leaktrace_tests::{
-    close_wait_client, close_wait_server, comm, is_root, run_client, run_leaktrace, skip, Accepted,
-    Family, Fixture, Leaktrace, FINDING_TIMEOUT, RUN_LIMIT,
+    close_wait_client, close_wait_server, comm, is_root, run_client, run_leaktrace,
+    run_leaktrace_within, skip, Accepted, Family, Fixture, Leaktrace, FINDING_TIMEOUT, RUN_LIMIT,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_leaktrace-fixture");
 
-/// Exit status for an output that cannot be opened (`--metrics`, `--trace-out`).
+/// Exit status for an output that cannot be opened (`--metrics`, `--trace-out`), or that was
+/// dropped during the session.
 const OUTPUT_UNAVAILABLE: i32 = 8;
 
 /// `GET /metrics`, as Prometheus does it; the body.
@@ -511,5 +513,196 @@ fn trace_out_has_a_track_per_socket() -> Result<()> {
         "the close moved it to LAST_ACK: {:?}",
         fine.events
     );
+    Ok(())
+}
+
+/// What leaktrace says, once, when the trace file's disk is full.
+fn trace_dropped_warning(path: &str) -> String {
+    format!(
+        "leaktrace: warning: dropped --trace-out {path}: No space left on device (os error 28): \
+         the trace file stops here; tracing and the report go on"
+    )
+}
+
+/// The summary's account of the trace file dropped.
+fn trace_dropped_summary(path: &str) -> Value {
+    json!([{
+        "output": "--trace-out",
+        "to": path,
+        "error": "No space left on device (os error 28)",
+    }])
+}
+
+/// The events of a trace file cut short: whole ones only, the array left open.
+fn cut_trace(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)?;
+    ensure!(
+        !text.trim_end().ends_with(']'),
+        "the trace was dropped, yet closed: {text}"
+    );
+    serde_json::from_str(&format!("{text}]"))
+        .with_context(|| format!("not whole events up to where the disk filled: {text}"))
+}
+
+/// A full disk under `--trace-out` costs the trace file, not the session: one warning, then
+/// tracing and the report go on, a leak that comes later is reported, the final report is
+/// whole and names the dropped file, and leaktrace exits 8, as the file asked for is
+/// incomplete.
+#[test]
+fn a_trace_out_on_a_full_disk_is_dropped_and_tracing_goes_on() -> Result<()> {
+    let test = "a_trace_out_on_a_full_disk_is_dropped_and_tracing_goes_on";
+    let Some(disk) = FullDisk::mount(test)? else {
+        return Ok(());
+    };
+    let trace = disk.fill_but("trace.json")?;
+    let path = trace.to_string_lossy().into_owned();
+    let mut leaky = close_wait_server(FIXTURE, Family::V4, 1)?;
+    let echo = Fixture::server(FIXTURE, &["echo-server"])?;
+    let Some(mut leaktrace) = Leaktrace::start_with(
+        test,
+        &[leaky.pid(), echo.pid()],
+        RUN_LIMIT,
+        &["--trace-out", &path],
+    )?
+    else {
+        return Ok(());
+    };
+
+    // Well-behaved connections, whose tracks are more than the one page of room left: they are
+    // written once leaktrace lets go of them, which the next connection's records allow.
+    let echo_port = echo.port().to_string();
+    let echoed = ["--port", &echo_port, "--send", "5", "--echo"];
+    run_client(FIXTURE, &[&echoed[..], &["--conns", "20"]].concat())?;
+    thread::sleep(Duration::from_millis(1200));
+    run_client(FIXTURE, &echoed)?;
+    let warning = trace_dropped_warning(&path);
+    leaktrace.wait_for_stderr(&warning, FINDING_TIMEOUT)?;
+
+    // A leak from after the trace was dropped.
+    close_wait_client(FIXTURE, &leaky, Family::V4, 1)?;
+    let leaked = leaky.accepted(1)?.remove(0);
+    leaky.lines("EOF ", 1)?;
+    leaktrace.wait_for_leaks(1, FINDING_TIMEOUT)?;
+    let (status, report) = leaktrace.stop_with_any_status(FINDING_TIMEOUT)?;
+
+    assert_eq!(status.code(), Some(OUTPUT_UNAVAILABLE), "{report}");
+    let warnings: Vec<&str> = report
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("leaktrace: ") && l.contains("--trace-out"))
+        .collect();
+    assert_eq!(warnings, [warning.as_str()], "one warning\n{report}");
+    let leaks = report.leaks();
+    assert_eq!(
+        leaks.len(),
+        1,
+        "the leak alone, no echoed connection\n{report}"
+    );
+    assert_eq!(
+        (&leaks[0]["kind"], &leaks[0]["pid"], &leaks[0]["fd"]),
+        (&json!("close_wait"), &json!(leaky.pid()), &json!(leaked.fd)),
+        "{report}"
+    );
+    assert_eq!(report.summary()["leaks_open"], 1, "{report}");
+    assert_eq!(
+        report.summary()["outputs_dropped"],
+        trace_dropped_summary(&path),
+        "{report}"
+    );
+    // Whole: the stats line just before the summary.
+    report.stats();
+    let events = cut_trace(&trace)?;
+    let leak_track = format!("fd {} 127.0.0.1:{}", leaked.fd, leaky.port());
+    assert!(
+        !events.iter().any(|e| e["name"] == "thread_name"
+            && e["args"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&leak_track))),
+        "the leak's track, due at the end, came after the trace was dropped: {events:?}"
+    );
+    Ok(())
+}
+
+/// The same under `run`, whose status is the command's: the disk fills while the command runs,
+/// the command runs on, is traced to its end, its leak is reported, and its status 3 is
+/// leaktrace's.
+#[test]
+fn under_run_a_trace_out_on_a_full_disk_keeps_the_command_s_status() -> Result<()> {
+    let test = "under_run_a_trace_out_on_a_full_disk_keeps_the_command_s_status";
+    let Some(disk) = FullDisk::mount(test)? else {
+        return Ok(());
+    };
+    let trace = disk.fill_but("trace.json")?;
+    let path = trace.to_string_lossy().into_owned();
+    // Connections that end well, whose tracks cannot be written; after them, a pool that leaks
+    // one connection (its records let leaktrace write the others' tracks), then exits 3.
+    let command = format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do {FIXTURE} clean-exit --exit-code 0 || exit 99; done; \
+         sleep 1.2; exec {FIXTURE} identity --conns 1 --pause-ms 1500 --exit-code 3"
+    );
+    let run = run_leaktrace_within(
+        &[
+            "run",
+            "--json",
+            "--leak-after",
+            "300ms",
+            "--trace-out",
+            &path,
+            "--",
+            "sh",
+            "-c",
+            &command,
+        ],
+        Duration::from_secs(60),
+    )?;
+    let context = format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout.join("\n"),
+        run.stderr
+    );
+    assert_eq!(
+        run.status.code(),
+        Some(3),
+        "the command's status\n{context}"
+    );
+    let warning = trace_dropped_warning(&path);
+    let warnings: Vec<&str> = (run.stderr.lines())
+        .filter(|l| l.starts_with("leaktrace: ") && l.contains("--trace-out"))
+        .collect();
+    assert_eq!(warnings, [warning.as_str()], "one warning\n{context}");
+
+    // Under run the report is on stderr; the command's lines on stdout.
+    let lines: Vec<Value> = (run.stderr.lines())
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let field = |prefix: &str, name: &str| -> Option<i64> {
+        let line = run.stdout.iter().find_map(|l| l.strip_prefix(prefix))?;
+        let value = line.split(' ').find_map(|f| f.strip_prefix(name))?;
+        value.parse().ok()
+    };
+    let pool = field("IDENTITY ", "pid=").with_context(|| context.clone())?;
+    let fd = field("CONNECTED ", "fd=").with_context(|| context.clone())?;
+    let leaks: Vec<&Value> = lines.iter().filter(|l| l["type"] == "leak").collect();
+    assert_eq!(leaks.len(), 1, "the pool's leak alone\n{context}");
+    assert_eq!(
+        (&leaks[0]["kind"], &leaks[0]["pid"], &leaks[0]["fd"]),
+        (&json!("close_wait"), &json!(pool), &json!(fd)),
+        "{context}"
+    );
+    let summaries: Vec<&Value> = lines.iter().filter(|l| l["type"] == "summary").collect();
+    assert_eq!(summaries.len(), 1, "{context}");
+    assert_eq!(
+        summaries[0]["outputs_dropped"],
+        trace_dropped_summary(&path),
+        "{context}"
+    );
+    let exit = lines.last().context("no JSON line")?;
+    assert_eq!(
+        (&exit["type"], &exit["status"], &exit["whose"]),
+        (&json!("exit"), &json!(3), &json!("command")),
+        "the last line says whose status it is\n{context}"
+    );
+    cut_trace(&trace)?;
     Ok(())
 }
