@@ -7,14 +7,21 @@ use crate::decoder::{Event, SockKey};
 use crate::placement::Placement;
 use crate::timeline::Partner;
 
-/// A leak class; what it is called, how it is found and how its findings read are `detect`'s
-/// (`detect::CLASSES`), in this order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LeakKind {
-    CloseWait,
-    ShutWrUnread,
-    FdAfterClose,
-    IdleHalfClosed,
+/// A leak class, known by the name the text report, the JSON and the metrics give it. Each
+/// class's file in `detect` makes its own (`KIND`); how it is found, how its findings read and
+/// the order of the classes are `detect::CLASSES`'s (which also orders kinds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeakKind(&'static str);
+
+impl LeakKind {
+    pub(crate) const fn named(name: &'static str) -> Self {
+        Self(name)
+    }
+
+    /// What the text report, the JSON and the metrics call the class.
+    pub fn name(self) -> &'static str {
+        self.0
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,9 +6,10 @@ use super::{held_for, LeakClass, Since, Verdict, Wait};
 use crate::finding::{Finding, LeakKind, Resolution};
 use crate::timeline::Timeline;
 
+pub(crate) const KIND: LeakKind = LeakKind::named("close_wait");
+
 pub(super) const CLASS: LeakClass = LeakClass {
-    kind: LeakKind::CloseWait,
-    name: "close_wait",
+    kind: KIND,
     wait: Wait::LeakAfter,
     check,
     explain,
@@ -53,11 +54,13 @@ mod tests {
     use leaktrace_common::shutdown_how::SHUT_WR;
     use leaktrace_common::tcp_state::{self, *};
 
+    use super::super::fd_after_close;
     use super::super::test_support::{
         close, close_wait, detectors, kinds, leaks, present, recv, resolutions, the_leak, MS, SOCK,
     };
+    use super::KIND;
     use crate::decoder::{EventKind, SockKey};
-    use crate::finding::{LeakKind, Outcome, Resolution};
+    use crate::finding::{Outcome, Resolution};
     use crate::output::tests::finding;
     use crate::timeline::tests::{
         event, from_peer, key, state, with_receive, ACCEPT, DESTROY, OWNER, RELEASE,
@@ -110,7 +113,7 @@ mod tests {
 
         assert!(detectors.evaluate(&mut store, 1099 * MS).is_empty());
         let finding = the_leak(&mut detectors, &mut store, 1100 * MS);
-        assert_eq!(finding.kind, LeakKind::CloseWait);
+        assert_eq!(finding.kind, KIND);
         assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
         assert_eq!(finding.comm, "mailer");
         assert_eq!(finding.state, "CLOSE_WAIT");
@@ -125,10 +128,7 @@ mod tests {
 
         close(&mut store, SOCK, 2100 * MS);
         let outcomes = detectors.evaluate(&mut store, 2200 * MS);
-        assert_eq!(
-            resolutions(&outcomes),
-            [(LeakKind::CloseWait, Resolution::Closed)]
-        );
+        assert_eq!(resolutions(&outcomes), [(KIND, Resolution::Closed)]);
         let Outcome::Resolved(resolved) = &outcomes[0] else {
             unreachable!()
         };
@@ -178,10 +178,7 @@ mod tests {
         outcomes.sort_unstable();
         assert_eq!(
             outcomes,
-            [
-                (LeakKind::CloseWait, Resolution::Destroyed),
-                (LeakKind::CloseWait, Resolution::Shutdown)
-            ]
+            [(KIND, Resolution::Destroyed), (KIND, Resolution::Shutdown)]
         );
     }
 
@@ -198,7 +195,7 @@ mod tests {
         )));
         recv(&mut store, 20 * MS, 0, 1001, 1001);
         let finding = the_leak(&mut detectors, &mut store, 1100 * MS);
-        assert_eq!(finding.kind, LeakKind::CloseWait);
+        assert_eq!(finding.kind, KIND);
         assert_eq!((finding.unread_bytes, finding.eof_unread), (0, false));
     }
 
@@ -208,7 +205,7 @@ mod tests {
         let mut detectors = detectors();
         store.insert(present(100 * MS, CLOSE_WAIT, false, 1001, true));
         let finding = the_leak(&mut detectors, &mut store, 150 * MS);
-        assert_eq!(finding.kind, LeakKind::CloseWait);
+        assert_eq!(finding.kind, KIND);
         assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
         assert!(finding.age_at_least);
         assert_eq!(finding.age, Duration::from_millis(50));
@@ -217,10 +214,7 @@ mod tests {
         store.insert(event(SOCK, 200 * MS, RELEASE));
         store.insert(event(SOCK, 200 * MS, state(CLOSE_WAIT, LAST_ACK)));
         let outcomes = detectors.evaluate(&mut store, 300 * MS);
-        assert_eq!(
-            resolutions(&outcomes),
-            [(LeakKind::CloseWait, Resolution::Closed)]
-        );
+        assert_eq!(resolutions(&outcomes), [(KIND, Resolution::Closed)]);
     }
 
     #[test]
@@ -243,27 +237,21 @@ mod tests {
         let mut store = Store::default();
         let mut detectors = detectors();
         close_wait(&mut store, SOCK, 100 * MS);
-        assert_eq!(
-            kinds(&detectors.evaluate(&mut store, 1100 * MS)),
-            [LeakKind::CloseWait]
-        );
+        assert_eq!(kinds(&detectors.evaluate(&mut store, 1100 * MS)), [KIND]);
         store.insert(from_peer(event(SOCK, 2000 * MS, state(CLOSE_WAIT, CLOSE))));
         let outcomes = detectors.evaluate(&mut store, 2100 * MS);
-        assert_eq!(
-            resolutions(&outcomes),
-            [(LeakKind::CloseWait, Resolution::Reset)]
-        );
+        assert_eq!(resolutions(&outcomes), [(KIND, Resolution::Reset)]);
         assert!(leaks(&outcomes).is_empty());
         assert_eq!(
             kinds(&detectors.evaluate(&mut store, 3000 * MS)),
-            [LeakKind::FdAfterClose]
+            [fd_after_close::KIND]
         );
     }
 
     #[test]
     fn a_client_close_wait_says_whether_it_is_one_or_a_pile() {
         let mut pooled = finding();
-        pooled.kind = LeakKind::CloseWait;
+        pooled.kind = KIND;
         pooled.state = tcp_state::name(tcp_state::CLOSE_WAIT);
         pooled.close_waits_to_remote = Some(1);
         assert!(

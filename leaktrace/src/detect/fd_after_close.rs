@@ -15,9 +15,10 @@ use crate::finding::{Finding, LeakKind, Resolution};
 use crate::format::unread;
 use crate::timeline::Timeline;
 
+pub(crate) const KIND: LeakKind = LeakKind::named("fd_after_close");
+
 pub(super) const CLASS: LeakClass = LeakClass {
-    kind: LeakKind::FdAfterClose,
-    name: "fd_after_close",
+    kind: KIND,
     wait: Wait::LeakAfter,
     check,
     explain,
@@ -71,11 +72,13 @@ mod tests {
     use leaktrace_common::shutdown_how::SHUT_WR;
     use leaktrace_common::tcp_state::*;
 
+    use super::super::shut_wr_unread;
     use super::super::test_support::{
         detectors, kinds, leaks, peer_sends_and_closes, present, recv, reset, resolutions,
         shut_down, the_leak, MS, SOCK,
     };
-    use crate::finding::{LeakKind, Resolution};
+    use super::KIND;
+    use crate::finding::Resolution;
     use crate::timeline::tests::{event, from_peer, key, state, DESTROY, OWNER, RELEASE};
     use crate::timeline::Store;
 
@@ -91,7 +94,7 @@ mod tests {
 
             assert!(detectors.evaluate(&mut store, 1099 * MS).is_empty());
             let finding = the_leak(&mut detectors, &mut store, 1100 * MS);
-            assert_eq!(finding.kind, LeakKind::FdAfterClose);
+            assert_eq!(finding.kind, KIND);
             assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
             assert_eq!(finding.state, "CLOSE");
             assert_eq!(finding.local, Some("127.0.0.1:8080".parse().unwrap()));
@@ -107,7 +110,7 @@ mod tests {
 
             store.insert(event(SOCK, 2100 * MS, end));
             let outcomes = detectors.evaluate(&mut store, 2200 * MS);
-            assert_eq!(resolutions(&outcomes), [(LeakKind::FdAfterClose, how)]);
+            assert_eq!(resolutions(&outcomes), [(KIND, how)]);
         }
     }
 
@@ -132,7 +135,7 @@ mod tests {
         shut_down(&mut store, SHUT_WR);
         peer_sends_and_closes(&mut store, 6);
         let outcomes = detectors.evaluate(&mut store, 1200 * MS);
-        assert_eq!(kinds(&outcomes), [LeakKind::ShutWrUnread]);
+        assert_eq!(kinds(&outcomes), [shut_wr_unread::KIND]);
         assert!(detectors.evaluate(&mut store, 5000 * MS).is_empty());
 
         recv(&mut store, 5100 * MS, 6, 1006, 1007);
@@ -140,12 +143,12 @@ mod tests {
         let outcomes = detectors.evaluate(&mut store, 5300 * MS);
         assert_eq!(
             resolutions(&outcomes),
-            [(LeakKind::ShutWrUnread, Resolution::Drained)]
+            [(shut_wr_unread::KIND, Resolution::Drained)]
         );
         assert!(leaks(&outcomes).is_empty());
         assert!(detectors.evaluate(&mut store, 6199 * MS).is_empty());
         let finding = the_leak(&mut detectors, &mut store, 6200 * MS);
-        assert_eq!(finding.kind, LeakKind::FdAfterClose);
+        assert_eq!(finding.kind, KIND);
         assert_eq!(finding.age, Duration::from_secs(1));
         assert_eq!((finding.unread_bytes, finding.eof_unread), (0, false));
     }
@@ -160,7 +163,7 @@ mod tests {
         peer_sends_and_closes(&mut store, 0);
         assert_eq!(
             kinds(&detectors.evaluate(&mut store, 5000 * MS)),
-            [LeakKind::ShutWrUnread]
+            [shut_wr_unread::KIND]
         );
         recv(&mut store, 5100 * MS, 0, 1001, 1001);
         let outcomes = detectors.evaluate(&mut store, 5150 * MS);
@@ -179,7 +182,7 @@ mod tests {
             let mut detectors = detectors();
             store.insert(present(100 * MS, CLOSE, true, rcv_nxt, fin));
             let finding = the_leak(&mut detectors, &mut store, 150 * MS);
-            assert_eq!(finding.kind, LeakKind::FdAfterClose);
+            assert_eq!(finding.kind, KIND);
             assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
             assert_eq!(finding.state, "CLOSE");
             assert_eq!(finding.unread_bytes, unread);
@@ -210,15 +213,9 @@ mod tests {
         store.insert(event(SOCK, 100 * MS, state(CLOSE, SYN_SENT)));
         // Refused: the peer's reset, processed in softirq.
         store.insert(from_peer(event(SOCK, 101 * MS, state(SYN_SENT, CLOSE))));
-        assert_eq!(
-            kinds(&detectors.evaluate(&mut store, 1101 * MS)),
-            [LeakKind::FdAfterClose]
-        );
+        assert_eq!(kinds(&detectors.evaluate(&mut store, 1101 * MS)), [KIND]);
         store.insert(event(SOCK, 5000 * MS, state(CLOSE, SYN_SENT)));
         let outcomes = detectors.evaluate(&mut store, 5100 * MS);
-        assert_eq!(
-            resolutions(&outcomes),
-            [(LeakKind::FdAfterClose, Resolution::Reconnected)]
-        );
+        assert_eq!(resolutions(&outcomes), [(KIND, Resolution::Reconnected)]);
     }
 }

@@ -17,10 +17,11 @@ use crate::format::partner;
 use crate::timeline::KernelTimer;
 use crate::timeline::Timeline;
 
+pub(crate) const KIND: LeakKind = LeakKind::named("idle_half_closed");
+
 /// Its own wait: an idle connection is no leak for a while (see `--idle-after`).
 pub(super) const CLASS: LeakClass = LeakClass {
-    kind: LeakKind::IdleHalfClosed,
-    name: "idle_half_closed",
+    kind: KIND,
     wait: Wait::IdleAfter,
     check,
     explain,
@@ -112,8 +113,10 @@ mod tests {
 
     use leaktrace_common::tcp_state::*;
 
+    use super::super::close_wait;
     use super::super::test_support::{leaks, MS};
     use super::super::{LeakKind, Outcome, Resolution};
+    use super::KIND;
     use crate::decoder::{Event, EventKind, Owner, SockKey};
     use crate::host::fake::FakeHost;
     use crate::host::{KernelTimer, Sample, Wanted};
@@ -260,8 +263,8 @@ mod tests {
     /// `close_wait`'s, reported on its own.
     fn idle(detectors: &mut Evaluator, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
         let is_idle = |o: &Outcome| match o {
-            Outcome::Leak(f) => f.kind == LeakKind::IdleHalfClosed,
-            Outcome::Resolved(r) => r.kind == LeakKind::IdleHalfClosed,
+            Outcome::Leak(f) => f.kind == KIND,
+            Outcome::Resolved(r) => r.kind == KIND,
         };
         detectors
             .evaluate(store, now_ns)
@@ -293,7 +296,7 @@ mod tests {
         let [finding] = leaks(&outcomes)[..] else {
             panic!("expected one leak: {outcomes:?}");
         };
-        assert_eq!(finding.kind, LeakKind::IdleHalfClosed);
+        assert_eq!(finding.kind, KIND);
         assert_eq!((finding.pid, finding.fd), (OWNER, Some(6)));
         assert_eq!(
             finding.accepted,
@@ -315,10 +318,7 @@ mod tests {
         let [Outcome::Resolved(resolved)] = &outcomes[..] else {
             panic!("expected a resolution: {outcomes:?}");
         };
-        assert_eq!(
-            (resolved.kind, resolved.how),
-            (LeakKind::IdleHalfClosed, Resolution::Traffic)
-        );
+        assert_eq!((resolved.kind, resolved.how), (KIND, Resolution::Traffic));
     }
 
     #[test]
@@ -437,7 +437,7 @@ mod tests {
         client_half_closes(&mut store, 500);
         kernel.quiet_since(505, 3600, None);
         let outcomes = idle(&mut detectors, &mut store, 3600 * MS);
-        assert_eq!(leaks(&outcomes)[0].kind, LeakKind::IdleHalfClosed);
+        assert_eq!(leaks(&outcomes)[0].kind, KIND);
 
         // The upstream gives up and closes; the proxy never closes its socket.
         let mut fin = from_peer(event(UPSTREAM, 4000 * MS, state(ESTABLISHED, CLOSE_WAIT)));
@@ -450,10 +450,10 @@ mod tests {
         };
         assert_eq!(
             (resolved.kind, resolved.how),
-            (LeakKind::IdleHalfClosed, Resolution::Superseded)
+            (KIND, Resolution::Superseded)
         );
         let outcomes = detectors.evaluate(&mut store, 5000 * MS);
         let kinds: Vec<LeakKind> = leaks(&outcomes).iter().map(|f| f.kind).collect();
-        assert_eq!(kinds, [LeakKind::CloseWait]);
+        assert_eq!(kinds, [close_wait::KIND]);
     }
 }

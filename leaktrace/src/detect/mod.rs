@@ -2,14 +2,14 @@
 //! this module turns their verdicts into findings reported once, after the grace period, and
 //! resolutions reported once when the condition stops holding.
 
-mod close_wait;
-mod fd_after_close;
-mod idle_half_closed;
-mod shut_wr_unread;
+pub(crate) mod close_wait;
+pub(crate) mod fd_after_close;
+pub(crate) mod idle_half_closed;
+pub(crate) mod shut_wr_unread;
 #[cfg(test)]
 mod test_support;
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -55,9 +55,8 @@ enum Wait {
 
 /// A leak class: everything about it, each in its own file as its `CLASS`.
 pub(crate) struct LeakClass {
+    /// Its name in the text report, the JSON and the metrics.
     kind: LeakKind,
-    /// What the text report, the JSON and the metrics call it.
-    name: &'static str,
     wait: Wait,
     check: Check,
     /// What a finding's line says after its endpoints: the state, and how long and why it is
@@ -65,11 +64,12 @@ pub(crate) struct LeakClass {
     explain: fn(&Finding) -> String,
 }
 
-/// Every leak class, in the order the detectors run, which is `LeakKind`'s. Adding one: its file
-/// with its `CLASS`, its `LeakKind` variant, and its line here. The classes know nothing of each
-/// other here: where two could describe one socket, the more general one's condition excludes
-/// the more specific one's (see `fd_after_close`).
-const CLASSES: [LeakClass; 4] = [
+/// Every leak class, in the order the detectors run, which orders `LeakKind` too (the progress
+/// line lists open findings by class in it). Adding one: its file, with its `KIND`, its `CLASS`
+/// and its tests; its `mod` above; and its line here. The classes know nothing of each other
+/// here: where two could describe one socket, the more general one's condition excludes the
+/// more specific one's (see `fd_after_close`).
+const CLASSES: &[LeakClass] = &[
     close_wait::CLASS,
     shut_wr_unread::CLASS,
     fd_after_close::CLASS,
@@ -77,19 +77,33 @@ const CLASSES: [LeakClass; 4] = [
 ];
 
 impl LeakKind {
-    fn class(self) -> &'static LeakClass {
-        // In `LeakKind`'s order: see `every_kind_has_its_class`.
-        &CLASSES[self as usize]
+    /// Its place in `CLASSES`; every kind has one (see `every_kind_has_its_class`).
+    fn rank(self) -> usize {
+        CLASSES
+            .iter()
+            .position(|class| class.kind == self)
+            .expect("a kind of no class in CLASSES")
     }
 
-    /// What the text report, the JSON and the metrics call the class.
-    pub fn name(self) -> &'static str {
-        self.class().name
+    fn class(self) -> &'static LeakClass {
+        &CLASSES[self.rank()]
     }
 
     /// The words after a finding's endpoints in its line.
     pub fn explain(self, finding: &Finding) -> String {
         (self.class().explain)(finding)
+    }
+}
+
+impl Ord for LeakKind {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+impl PartialOrd for LeakKind {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -172,7 +186,7 @@ impl Verdicts {
     /// finding names, which the owner still holds.
     pub(crate) fn sockets(&self, store: &Store) -> Vec<SockKey> {
         let partners = self.matured.iter().filter_map(|(_, (key, kind))| {
-            (*kind == LeakKind::IdleHalfClosed).then(|| store.get(key)?.partner())?
+            (*kind == idle_half_closed::KIND).then(|| store.get(key)?.partner())?
         });
         (self.matured.iter().map(|(_, (key, _))| *key))
             .chain(partners.map(|p| p.sock))
@@ -213,9 +227,8 @@ impl Detectors {
             resolved: Vec::new(),
         };
         for (key, timeline) in store.iter() {
-            for class in &CLASSES {
-                let kind = class.kind;
-                let id = (*key, kind);
+            for class in CLASSES {
+                let id = (*key, class.kind);
                 let verdict = match ended(timeline) {
                     Some(how) => Verdict::Clear { how },
                     None => (class.check)(timeline),
@@ -224,7 +237,7 @@ impl Detectors {
                     (Verdict::Holds { .. }, Some(Tracked::Reported { .. })) => {}
                     (Verdict::Holds { since }, tracked)
                         if since.present_at_start
-                            || now_ns.saturating_sub(since.ns) >= self.wait(kind) =>
+                            || now_ns.saturating_sub(since.ns) >= self.wait(class) =>
                     {
                         // Reported ones matched above: tracked here means counted as
                         // unattributed.
@@ -349,9 +362,9 @@ impl Detectors {
         }
     }
 
-    /// How long a condition of `kind` must hold before it is reported.
-    fn wait(&self, kind: LeakKind) -> u64 {
-        match kind.class().wait {
+    /// How long a condition of `class` must hold before it is reported.
+    fn wait(&self, class: &LeakClass) -> u64 {
+        match class.wait {
             Wait::LeakAfter => self.leak_after_ns,
             Wait::IdleAfter => self.idle_after_ns,
         }
@@ -492,7 +505,7 @@ fn finding(
         .filter(|_| shutdown_seen)
         .zip(latest)
         .map(|((_, at_shutdown), now)| shut_wr_unread::bytes_after_shutdown(&at_shutdown, &now));
-    let close_waits_to_remote = (kind == LeakKind::CloseWait && timeline.accepted() == Some(false))
+    let close_waits_to_remote = (kind == close_wait::KIND && timeline.accepted() == Some(false))
         .then(|| timeline.remote())
         .flatten()
         .map(|remote| store.close_waits_to(owner.tgid, remote));
@@ -517,7 +530,7 @@ fn finding(
         elided: timeline.elided(),
         partner: timeline
             .partner()
-            .filter(|_| kind == LeakKind::IdleHalfClosed)
+            .filter(|_| kind == idle_half_closed::KIND)
             .map(|partner| Partner {
                 fd: (store.get(&partner.sock))
                     .and_then(|p| p.owner()?.fd)
@@ -543,8 +556,9 @@ mod tests {
 
     #[test]
     fn every_kind_has_its_class() {
-        for (index, class) in CLASSES.iter().enumerate() {
-            assert_eq!(class.kind as usize, index, "{} out of order", class.name);
+        // A kind two classes shared would rank as the first of them.
+        for (rank, class) in CLASSES.iter().enumerate() {
+            assert_eq!(class.kind.rank(), rank, "{} twice", class.kind.name());
         }
         let names: Vec<&str> = super::kinds().map(LeakKind::name).collect();
         assert_eq!(
@@ -556,6 +570,11 @@ mod tests {
                 "idle_half_closed"
             ]
         );
+        // Kinds sort as the table lists them, not by name.
+        let listed: Vec<LeakKind> = super::kinds().collect();
+        let mut sorted: Vec<LeakKind> = listed.iter().rev().copied().collect();
+        sorted.sort_unstable();
+        assert_eq!(sorted, listed);
     }
 
     #[test]
@@ -634,7 +653,7 @@ mod tests {
         let outcomes = detectors.evaluate(&mut store, 3000 * MS);
         assert_eq!(
             resolutions(&outcomes),
-            [(LeakKind::CloseWait, Resolution::Destroyed)]
+            [(close_wait::KIND, Resolution::Destroyed)]
         );
         assert!(store.get(&SOCK).is_none());
     }

@@ -7,9 +7,10 @@ use crate::finding::{Finding, LeakKind, Resolution};
 use crate::format::unread;
 use crate::timeline::Timeline;
 
+pub(crate) const KIND: LeakKind = LeakKind::named("shut_wr_unread");
+
 pub(super) const CLASS: LeakClass = LeakClass {
-    kind: LeakKind::ShutWrUnread,
-    name: "shut_wr_unread",
+    kind: KIND,
     wait: Wait::LeakAfter,
     check,
     explain,
@@ -157,6 +158,7 @@ mod tests {
     use leaktrace_common::shutdown_how::{SHUT_RD, SHUT_RDWR, SHUT_WR};
     use leaktrace_common::tcp_state::*;
 
+    use super::super::fd_after_close;
     use super::super::test_support::{
         arrival, detectors, kinds, leaks, peer_sends_and_closes, present, recv, resolutions,
         shut_down, the_leak, MS, SOCK,
@@ -200,7 +202,7 @@ mod tests {
 
         assert!(detectors.evaluate(&mut store, 1199 * MS).is_empty());
         let finding = the_leak(&mut detectors, &mut store, 1200 * MS);
-        assert_eq!(finding.kind, LeakKind::ShutWrUnread);
+        assert_eq!(finding.kind, KIND);
         assert_eq!(finding.state, "CLOSE");
         assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
         assert_eq!(finding.unread_bytes, 6);
@@ -236,10 +238,7 @@ mod tests {
             // Reading the EOF drains it.
             recv(&mut store, 1300 * MS, 0, 1007, 1007);
             let outcomes = detectors.evaluate(&mut store, 1400 * MS);
-            assert_eq!(
-                resolutions(&outcomes),
-                [(LeakKind::ShutWrUnread, Resolution::Drained)]
-            );
+            assert_eq!(resolutions(&outcomes), [(KIND, Resolution::Drained)]);
         }
     }
 
@@ -260,7 +259,7 @@ mod tests {
         // Drained, so no shut_wr_unread; the fd still held after the connection ended is
         // fd_after_close's.
         let outcomes = detectors.evaluate(&mut store, 5000 * MS);
-        assert_eq!(kinds(&outcomes), [LeakKind::FdAfterClose]);
+        assert_eq!(kinds(&outcomes), [fd_after_close::KIND]);
     }
 
     #[test]
@@ -269,7 +268,7 @@ mod tests {
         let mut detectors = detectors();
         store.insert(present(100 * MS, CLOSE, true, 1013, true));
         let finding = the_leak(&mut detectors, &mut store, 100 * MS);
-        assert_eq!(finding.kind, LeakKind::ShutWrUnread);
+        assert_eq!(finding.kind, KIND);
         assert_eq!((finding.unread_bytes, finding.eof_unread), (12, true));
         assert!(finding.age_at_least);
     }
@@ -304,10 +303,7 @@ mod tests {
     fn shut_rdwr_counts_shut_rd_does_not() {
         // Without a write shutdown, the unread bytes of a finished connection whose fd is held
         // are no shut_wr_unread: just the held fd.
-        for (how, expected) in [
-            (SHUT_RDWR, LeakKind::ShutWrUnread),
-            (SHUT_RD, LeakKind::FdAfterClose),
-        ] {
+        for (how, expected) in [(SHUT_RDWR, KIND), (SHUT_RD, fd_after_close::KIND)] {
             let mut store = Store::default();
             let mut detectors = detectors();
             shut_down(&mut store, how);
@@ -346,7 +342,7 @@ mod tests {
             (0, true, Some(0))
         );
         // Not a close_wait leak: the socket never was in CLOSE_WAIT.
-        assert_eq!(finding.kind, LeakKind::ShutWrUnread);
+        assert_eq!(finding.kind, KIND);
     }
 
     #[test]
@@ -389,7 +385,7 @@ mod tests {
             assert_eq!(leaks(&detectors.evaluate(&mut store, 2000 * MS)).len(), 1);
             store.insert(event(SOCK, 2100 * MS, end));
             let outcomes = detectors.evaluate(&mut store, 2200 * MS);
-            assert_eq!(resolutions(&outcomes), [(LeakKind::ShutWrUnread, how)]);
+            assert_eq!(resolutions(&outcomes), [(KIND, how)]);
         }
     }
 }

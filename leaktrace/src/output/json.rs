@@ -288,7 +288,7 @@ mod tests {
         stats, trace_dropped, Captured,
     };
     use super::*;
-    use crate::finding::LeakKind;
+    use crate::detect::close_wait;
 
     fn parse(line: &str) -> Value {
         serde_json::from_str(line).unwrap()
@@ -498,7 +498,7 @@ mod tests {
         let captured = Captured::default();
         let mut reporter = JsonReporter::new(captured.writer());
         let mut progress = progress();
-        progress.open.insert(LeakKind::CloseWait, 2);
+        progress.open.insert(close_wait::KIND, 2);
         progress.dropped.evicted = 7;
         reporter.progress(&progress).unwrap();
         let mut report = final_report(Vec::new(), 0);

@@ -429,6 +429,7 @@ mod tests {
     use super::super::tests::{finding, resolved, SOCK};
     use super::*;
     use crate::decoder::EventKind;
+    use crate::detect::shut_wr_unread;
     use crate::timeline::tests::{event, state};
 
     fn exposition(metrics: &Metrics) -> String {
@@ -476,7 +477,7 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
 
         let mut first = resolved();
-        first.kind = LeakKind::ShutWrUnread;
+        first.kind = shut_wr_unread::KIND;
         first.sock = SOCK;
         metrics.outcome(&Outcome::Resolved(first.clone()));
         let text = exposition(&metrics);

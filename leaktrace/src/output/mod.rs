@@ -312,7 +312,8 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::decoder::{EventKind, SockKey};
-    use crate::finding::{Finding, LeakKind, Resolution, Resolved};
+    use crate::detect::{close_wait, idle_half_closed, shut_wr_unread};
+    use crate::finding::{Finding, Resolution, Resolved};
     use crate::placement::Placement;
     use crate::summary::{IngestCounts, PidStats, RemoteStats, Stats};
     use crate::timeline::tests::{event, from_peer, state, with_receive, DESTROY, RELEASE};
@@ -390,7 +391,7 @@ pub(crate) mod tests {
             how: leaktrace_common::shutdown_how::SHUT_WR,
         };
         Finding {
-            kind: LeakKind::ShutWrUnread,
+            kind: shut_wr_unread::KIND,
             sock: SOCK,
             pid: 4242,
             comm: "mailer".into(),
@@ -447,7 +448,7 @@ pub(crate) mod tests {
     /// Incident 2's shape: the proxy's upstream socket, silent since the client half-closed.
     pub(super) fn idle_finding() -> Finding {
         Finding {
-            kind: LeakKind::IdleHalfClosed,
+            kind: idle_half_closed::KIND,
             fd: Some(6),
             local: Some("127.0.0.1:41000".parse().unwrap()),
             remote: Some("127.0.0.1:9000".parse().unwrap()),
@@ -474,7 +475,7 @@ pub(crate) mod tests {
 
     pub(super) fn resolved() -> Resolved {
         Resolved {
-            kind: LeakKind::CloseWait,
+            kind: close_wait::KIND,
             sock: SOCK,
             pid: 4242,
             fd: None,

@@ -478,7 +478,7 @@ mod tests {
     };
     use super::*;
     use crate::decoder::EventKind;
-    use crate::finding::LeakKind;
+    use crate::detect::{close_wait, fd_after_close};
 
     fn reporter() -> (Captured, TextReporter) {
         let captured = Captured::default();
@@ -586,7 +586,7 @@ mod tests {
     fn live_lines() {
         let (captured, mut reporter) = reporter();
         let mut close_wait = finding();
-        close_wait.kind = LeakKind::CloseWait;
+        close_wait.kind = close_wait::KIND;
         close_wait.state = tcp_state::name(tcp_state::CLOSE_WAIT);
         close_wait.age = Duration::from_millis(1200);
         reporter
@@ -596,7 +596,7 @@ mod tests {
             .outcome(&Outcome::Leak(Box::new(finding())))
             .unwrap();
         let mut fd_after_close = finding();
-        fd_after_close.kind = LeakKind::FdAfterClose;
+        fd_after_close.kind = fd_after_close::KIND;
         (fd_after_close.local, fd_after_close.unread_bytes) = (None, 5);
         (fd_after_close.eof_unread, fd_after_close.age_at_least) = (false, true);
         reporter
@@ -691,7 +691,7 @@ mod tests {
     #[test]
     fn an_age_from_before_tracing_is_a_lower_bound() {
         let mut present = finding();
-        present.kind = LeakKind::CloseWait;
+        present.kind = close_wait::KIND;
         present.state = tcp_state::name(tcp_state::CLOSE_WAIT);
         present.age_at_least = true;
         assert_eq!(
@@ -889,8 +889,8 @@ mod tests {
         let mut progress = progress();
         progress.dropped.finished = 1000;
         reporter.progress(&progress).unwrap();
-        progress.open.insert(LeakKind::CloseWait, 2);
-        progress.open.insert(LeakKind::FdAfterClose, 1);
+        progress.open.insert(close_wait::KIND, 2);
+        progress.open.insert(fd_after_close::KIND, 1);
         reporter.progress(&progress).unwrap();
         assert_eq!(
             captured.lines(),
