@@ -90,24 +90,24 @@ pub(crate) enum Resolution {
     Closed,
     /// Every class: the kernel destroyed the socket.
     Destroyed,
-    /// The peer reset the connection.
-    Reset,
-    /// The owner shut its side down.
-    Shutdown,
-    /// The owner consumed what the peer sent after its shutdown.
-    Drained,
-    /// The owner connected the socket again.
-    Reconnected,
     /// Another class describes the socket now.
     Superseded,
-    /// Data moved again, or a timer runs that will end the connection.
-    Traffic,
-    /// A keepalive was turned on.
-    Keepalive,
-    /// The connection moved on toward its end.
-    Ended,
-    /// The owner closed or shut down the half-closed partner.
-    PartnerClosed,
+    /// An end only one class has: declared in its file, listed in its `CLASS`.
+    Class(ClassEnd),
+}
+
+/// An end of one leak class's own, by the word the text report and the JSON's `how` give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ClassEnd(&'static str);
+
+impl ClassEnd {
+    pub(crate) const fn named(word: &'static str) -> Self {
+        Self(word)
+    }
+
+    pub(crate) fn word(self) -> &'static str {
+        self.0
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

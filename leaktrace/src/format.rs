@@ -92,15 +92,8 @@ pub(crate) fn how_resolved(how: Resolution) -> &'static str {
         }
         Resolution::Closed => "closed",
         Resolution::Destroyed => "destroyed",
-        Resolution::Reset => "reset",
-        Resolution::Shutdown => "shutdown",
-        Resolution::Drained => "drained",
-        Resolution::Reconnected => "reconnected",
         Resolution::Superseded => "superseded",
-        Resolution::Traffic => "traffic",
-        Resolution::Keepalive => "keepalive",
-        Resolution::Ended => "ended",
-        Resolution::PartnerClosed => "partner closed",
+        Resolution::Class(end) => end.word(),
     }
 }
 

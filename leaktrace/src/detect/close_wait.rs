@@ -3,16 +3,22 @@
 use leaktrace_common::tcp_state;
 
 use super::{held_for, LeakClass, Since, Verdict, Wait};
-use crate::finding::{Finding, LeakKind, Resolution};
+use crate::finding::{ClassEnd, Finding, LeakKind, Resolution};
 use crate::timeline::Timeline;
 
 pub(crate) const KIND: LeakKind = LeakKind::named("close_wait");
+
+/// The peer reset the connection.
+pub(super) const RESET: Resolution = Resolution::Class(ClassEnd::named("reset"));
+/// The owner shut its side down.
+pub(super) const SHUTDOWN: Resolution = Resolution::Class(ClassEnd::named("shutdown"));
 
 pub(super) const CLASS: LeakClass = LeakClass {
     kind: KIND,
     wait: Wait::LeakAfter,
     check,
     explain,
+    resolutions: &[RESET, SHUTDOWN],
 };
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
@@ -26,12 +32,10 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
         // Left CLOSE_WAIT without a close: straight to CLOSE, the peer reset the connection
         // (the fd is still held: fd_after_close takes over); else shutdown(SHUT_WR) moved it on
         // to LAST_ACK.
-        (Some(tcp_state::CLOSE), _) if timeline.write_shutdown().is_none() => Verdict::Clear {
-            how: Resolution::Reset,
-        },
-        _ => Verdict::Clear {
-            how: Resolution::Shutdown,
-        },
+        (Some(tcp_state::CLOSE), _) if timeline.write_shutdown().is_none() => {
+            Verdict::Clear { how: RESET }
+        }
+        _ => Verdict::Clear { how: SHUTDOWN },
     }
 }
 
@@ -58,7 +62,7 @@ mod tests {
     use super::super::test_support::{
         close, close_wait, detectors, kinds, leaks, present, recv, resolutions, the_leak, MS, SOCK,
     };
-    use super::KIND;
+    use super::{KIND, RESET, SHUTDOWN};
     use crate::decoder::{EventKind, SockKey};
     use crate::finding::{Outcome, Resolution};
     use crate::output::tests::finding;
@@ -176,10 +180,7 @@ mod tests {
         store.insert(event(other, 1200 * MS, DESTROY));
         let mut outcomes = resolutions(&detectors.evaluate(&mut store, 1300 * MS));
         outcomes.sort_unstable();
-        assert_eq!(
-            outcomes,
-            [(KIND, Resolution::Destroyed), (KIND, Resolution::Shutdown)]
-        );
+        assert_eq!(outcomes, [(KIND, Resolution::Destroyed), (KIND, SHUTDOWN)]);
     }
 
     #[test]
@@ -240,7 +241,7 @@ mod tests {
         assert_eq!(kinds(&detectors.evaluate(&mut store, 1100 * MS)), [KIND]);
         store.insert(from_peer(event(SOCK, 2000 * MS, state(CLOSE_WAIT, CLOSE))));
         let outcomes = detectors.evaluate(&mut store, 2100 * MS);
-        assert_eq!(resolutions(&outcomes), [(KIND, Resolution::Reset)]);
+        assert_eq!(resolutions(&outcomes), [(KIND, RESET)]);
         assert!(leaks(&outcomes).is_empty());
         assert_eq!(
             kinds(&detectors.evaluate(&mut store, 3000 * MS)),

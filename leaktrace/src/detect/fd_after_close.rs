@@ -11,17 +11,21 @@ use leaktrace_common::tcp_state;
 
 use super::shut_wr_unread::{self, Unconsumed};
 use super::{held_for, LeakClass, Since, Verdict, Wait};
-use crate::finding::{Finding, LeakKind, Resolution};
+use crate::finding::{ClassEnd, Finding, LeakKind, Resolution};
 use crate::format::unread;
 use crate::timeline::Timeline;
 
 pub(crate) const KIND: LeakKind = LeakKind::named("fd_after_close");
+
+/// The owner connected the socket again.
+pub(super) const RECONNECTED: Resolution = Resolution::Class(ClassEnd::named("reconnected"));
 
 pub(super) const CLASS: LeakClass = LeakClass {
     kind: KIND,
     wait: Wait::LeakAfter,
     check,
     explain,
+    resolutions: &[RECONNECTED],
 };
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
@@ -33,9 +37,7 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
         timeline.remote(),
     ) else {
         // Out of CLOSE again: connect(2) on the same socket after a failed attempt.
-        return Verdict::Clear {
-            how: Resolution::Reconnected,
-        };
+        return Verdict::Clear { how: RECONNECTED };
     };
     let ns = match shut_wr_unread::unconsumed(timeline) {
         // shut_wr_unread's finding. The how only shows if one of ours was open, which takes
@@ -77,7 +79,7 @@ mod tests {
         detectors, kinds, leaks, peer_sends_and_closes, present, recv, reset, resolutions,
         shut_down, the_leak, MS, SOCK,
     };
-    use super::KIND;
+    use super::{KIND, RECONNECTED};
     use crate::finding::Resolution;
     use crate::timeline::tests::{event, from_peer, key, state, DESTROY, OWNER, RELEASE};
     use crate::timeline::Store;
@@ -143,7 +145,7 @@ mod tests {
         let outcomes = detectors.evaluate(&mut store, 5300 * MS);
         assert_eq!(
             resolutions(&outcomes),
-            [(shut_wr_unread::KIND, Resolution::Drained)]
+            [(shut_wr_unread::KIND, shut_wr_unread::DRAINED)]
         );
         assert!(leaks(&outcomes).is_empty());
         assert!(detectors.evaluate(&mut store, 6199 * MS).is_empty());
@@ -216,6 +218,6 @@ mod tests {
         assert_eq!(kinds(&detectors.evaluate(&mut store, 1101 * MS)), [KIND]);
         store.insert(event(SOCK, 5000 * MS, state(CLOSE, SYN_SENT)));
         let outcomes = detectors.evaluate(&mut store, 5100 * MS);
-        assert_eq!(resolutions(&outcomes), [(KIND, Resolution::Reconnected)]);
+        assert_eq!(resolutions(&outcomes), [(KIND, RECONNECTED)]);
     }
 }

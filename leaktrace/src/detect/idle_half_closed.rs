@@ -12,12 +12,21 @@ use leaktrace_common::tcp_state;
 
 use super::shut_wr_unread::{self, Unconsumed};
 use super::{held_for, LeakClass, Since, Verdict, Wait};
-use crate::finding::{Finding, LeakKind, Resolution};
+use crate::finding::{ClassEnd, Finding, LeakKind, Resolution};
 use crate::format::partner;
 use crate::timeline::KernelTimer;
 use crate::timeline::Timeline;
 
 pub(crate) const KIND: LeakKind = LeakKind::named("idle_half_closed");
+
+/// Data moved again, or a timer runs that will end the connection.
+pub(super) const TRAFFIC: Resolution = Resolution::Class(ClassEnd::named("traffic"));
+/// A keepalive was turned on.
+pub(super) const KEEPALIVE: Resolution = Resolution::Class(ClassEnd::named("keepalive"));
+/// The connection moved on toward its end.
+pub(super) const ENDED: Resolution = Resolution::Class(ClassEnd::named("ended"));
+/// The owner closed or shut down the half-closed partner.
+pub(super) const PARTNER_CLOSED: Resolution = Resolution::Class(ClassEnd::named("partner closed"));
 
 /// Its own wait: an idle connection is no leak for a while (see `--idle-after`).
 pub(super) const CLASS: LeakClass = LeakClass {
@@ -25,6 +34,7 @@ pub(super) const CLASS: LeakClass = LeakClass {
     wait: Wait::IdleAfter,
     check,
     explain,
+    resolutions: &[TRAFFIC, KEEPALIVE, ENDED, PARTNER_CLOSED],
 };
 
 /// Traffic this soon after the partner's half-close still counts as before it: the proxy
@@ -34,13 +44,11 @@ const QUIET_SLACK_NS: u64 = 1_000_000_000;
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
     let Some(partner) = timeline.partner() else {
-        return Verdict::Clear {
-            how: Resolution::Traffic,
-        };
+        return Verdict::Clear { how: TRAFFIC };
     };
     if timeline.partner_let_go() {
         return Verdict::Clear {
-            how: Resolution::PartnerClosed,
+            how: PARTNER_CLOSED,
         };
     }
     match timeline.state() {
@@ -51,11 +59,7 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
             }
         }
         // A shutdown, the peer's FIN after ours, or a reset: the connection is ending.
-        _ => {
-            return Verdict::Clear {
-                how: Resolution::Ended,
-            }
-        }
+        _ => return Verdict::Clear { how: ENDED },
     }
     if let Unconsumed::Since(_) = shut_wr_unread::unconsumed(timeline) {
         return Verdict::Clear {
@@ -67,21 +71,13 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
         .activity()
         .filter(|a| a.sampled_ns >= partner.half_closed_ns)
     else {
-        return Verdict::Clear {
-            how: Resolution::Traffic,
-        };
+        return Verdict::Clear { how: TRAFFIC };
     };
     match activity.timer {
-        Some(KernelTimer::Keepalive) => Verdict::Clear {
-            how: Resolution::Keepalive,
-        },
-        Some(KernelTimer::Other) => Verdict::Clear {
-            how: Resolution::Traffic,
-        },
+        Some(KernelTimer::Keepalive) => Verdict::Clear { how: KEEPALIVE },
+        Some(KernelTimer::Other) => Verdict::Clear { how: TRAFFIC },
         None if activity.last_traffic_ns > partner.half_closed_ns + QUIET_SLACK_NS => {
-            Verdict::Clear {
-                how: Resolution::Traffic,
-            }
+            Verdict::Clear { how: TRAFFIC }
         }
         None => Verdict::Holds {
             since: Since {
@@ -111,12 +107,13 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use leaktrace_common::shutdown_how::SHUT_WR;
     use leaktrace_common::tcp_state::*;
 
     use super::super::close_wait;
     use super::super::test_support::{leaks, MS};
     use super::super::{LeakKind, Outcome, Resolution};
-    use super::KIND;
+    use super::{ENDED, KIND, PARTNER_CLOSED, TRAFFIC};
     use crate::decoder::{Event, EventKind, Owner, SockKey};
     use crate::host::fake::FakeHost;
     use crate::host::{KernelTimer, Sample, Wanted};
@@ -318,7 +315,7 @@ mod tests {
         let [Outcome::Resolved(resolved)] = &outcomes[..] else {
             panic!("expected a resolution: {outcomes:?}");
         };
-        assert_eq!((resolved.kind, resolved.how), (KIND, Resolution::Traffic));
+        assert_eq!((resolved.kind, resolved.how), (KIND, TRAFFIC));
     }
 
     #[test]
@@ -352,7 +349,32 @@ mod tests {
         let [Outcome::Resolved(resolved)] = &outcomes[..] else {
             panic!("expected a resolution: {outcomes:?}");
         };
-        assert_eq!(resolved.how, Resolution::PartnerClosed);
+        assert_eq!(resolved.how, PARTNER_CLOSED);
+    }
+
+    #[test]
+    fn passing_the_end_on_later_resolves_the_finding() {
+        let (kernel, mut store, mut detectors) = proxy();
+        proxied_pair(&mut store, 110);
+        client_half_closes(&mut store, 500);
+        kernel.quiet_since(505, 3600, None);
+        assert_eq!(leaks(&idle(&mut detectors, &mut store, 3600 * MS)).len(), 1);
+        // The proxy finally shuts its upstream socket down for writing.
+        let (ours, upstream) = ("127.0.0.1:41000", "127.0.0.1:9000");
+        let shutdown = EventKind::Shutdown { how: SHUT_WR };
+        store.insert(on(UPSTREAM, 4000, shutdown, ours, upstream));
+        store.insert(on(
+            UPSTREAM,
+            4000,
+            state(ESTABLISHED, FIN_WAIT1),
+            ours,
+            upstream,
+        ));
+        let outcomes = idle(&mut detectors, &mut store, 4100 * MS);
+        let [Outcome::Resolved(resolved)] = &outcomes[..] else {
+            panic!("expected a resolution: {outcomes:?}");
+        };
+        assert_eq!(resolved.how, ENDED);
     }
 
     #[test]

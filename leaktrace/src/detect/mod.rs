@@ -17,7 +17,7 @@ use leaktrace_common::tcp_state;
 
 use crate::decoder::SockKey;
 use crate::finding::{Finding, LeakKind, Outcome, Resolution, Resolved};
-use crate::format::duration;
+use crate::format::{duration, how_resolved};
 use crate::summary::{FinalReport, History, IngestCounts, PidStats, Progress, RemoteStats, Stats};
 use crate::timeline::{Partner, Remote, Store, Timeline};
 
@@ -62,13 +62,35 @@ pub(crate) struct LeakClass {
     /// What a finding's line says after its endpoints: the state, and how long and why it is
     /// a leak.
     explain: fn(&Finding) -> String,
+    /// The ends of its own its check gives (`Resolution::Class`), beside those every class shares.
+    resolutions: &'static [Resolution],
+}
+
+impl LeakClass {
+    /// Its check's verdict. An end of its own must be one its entry lists: every detector test
+    /// checks that of every verdict it makes.
+    fn verdict(&self, timeline: &Timeline) -> Verdict {
+        let verdict = (self.check)(timeline);
+        if let Verdict::Clear {
+            how: how @ Resolution::Class(_),
+        } = verdict
+        {
+            debug_assert!(
+                self.resolutions.contains(&how),
+                "{} ended by \"{}\", which its CLASS does not list",
+                self.kind.name(),
+                how_resolved(how)
+            );
+        }
+        verdict
+    }
 }
 
 /// Every leak class, in the order the detectors run, which orders `LeakKind` too (the progress
-/// line lists open findings by class in it). Adding one: its file, with its `KIND`, its `CLASS`
-/// and its tests; its `mod` above; and its line here. The classes know nothing of each other
-/// here: where two could describe one socket, the more general one's condition excludes the
-/// more specific one's (see `fd_after_close`).
+/// line lists open findings by class in it). Adding one: its file, with its `KIND`, its own
+/// ends, its `CLASS` and its tests; its `mod` above; and its line here. The classes know nothing
+/// of each other here: where two could describe one socket, the more general one's condition
+/// excludes the more specific one's (see `fd_after_close`).
 const CLASSES: &[LeakClass] = &[
     close_wait::CLASS,
     shut_wr_unread::CLASS,
@@ -231,7 +253,7 @@ impl Detectors {
                 let id = (*key, class.kind);
                 let verdict = match ended(timeline) {
                     Some(how) => Verdict::Clear { how },
-                    None => (class.check)(timeline),
+                    None => class.verdict(timeline),
                 };
                 match (verdict, self.tracked.get(&id)) {
                     (Verdict::Holds { .. }, Some(Tracked::Reported { .. })) => {}
@@ -575,6 +597,36 @@ mod tests {
         let mut sorted: Vec<LeakKind> = listed.iter().rev().copied().collect();
         sorted.sort_unstable();
         assert_eq!(sorted, listed);
+    }
+
+    #[test]
+    fn the_ends_of_a_class_read_apart() {
+        // The word alone tells a user what ended one of its findings.
+        use Resolution::*;
+        let shared = [OwnerExited, ClosedUnrecorded, Closed, Destroyed, Superseded];
+        for class in CLASSES {
+            let mut words: Vec<&str> = (class.resolutions.iter().chain(&shared))
+                .map(|&how| how_resolved(how))
+                .collect();
+            let listed = words.len();
+            words.sort_unstable();
+            words.dedup();
+            assert_eq!(words.len(), listed, "{}: {words:?}", class.kind.name());
+        }
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "close_wait ended by \"reset\", which its CLASS does not list")]
+    fn an_end_a_class_does_not_list_is_caught() {
+        let unlisted = LeakClass {
+            resolutions: &[close_wait::SHUTDOWN],
+            ..close_wait::CLASS
+        };
+        let mut store = Store::default();
+        close_wait(&mut store, SOCK, 100 * MS);
+        store.insert(from_peer(event(SOCK, 200 * MS, state(CLOSE_WAIT, CLOSE))));
+        unlisted.verdict(store.get(&SOCK).unwrap());
     }
 
     #[test]

@@ -3,17 +3,21 @@
 
 use super::{held_for, LeakClass, Since, Verdict, Wait};
 use crate::decoder::ReceiveState;
-use crate::finding::{Finding, LeakKind, Resolution};
+use crate::finding::{ClassEnd, Finding, LeakKind, Resolution};
 use crate::format::unread;
 use crate::timeline::Timeline;
 
 pub(crate) const KIND: LeakKind = LeakKind::named("shut_wr_unread");
+
+/// The owner consumed what the peer sent after its shutdown.
+pub(super) const DRAINED: Resolution = Resolution::Class(ClassEnd::named("drained"));
 
 pub(super) const CLASS: LeakClass = LeakClass {
     kind: KIND,
     wait: Wait::LeakAfter,
     check,
     explain,
+    resolutions: &[DRAINED],
 };
 
 pub(super) fn check(timeline: &Timeline) -> Verdict {
@@ -27,9 +31,7 @@ pub(super) fn check(timeline: &Timeline) -> Verdict {
                     .is_some_and(|s| s.present_at_start && s.ts_ns == ns),
             },
         },
-        Unconsumed::Never | Unconsumed::Until(_) => Verdict::Clear {
-            how: Resolution::Drained,
-        },
+        Unconsumed::Never | Unconsumed::Until(_) => Verdict::Clear { how: DRAINED },
     }
 }
 
@@ -238,7 +240,7 @@ mod tests {
             // Reading the EOF drains it.
             recv(&mut store, 1300 * MS, 0, 1007, 1007);
             let outcomes = detectors.evaluate(&mut store, 1400 * MS);
-            assert_eq!(resolutions(&outcomes), [(KIND, Resolution::Drained)]);
+            assert_eq!(resolutions(&outcomes), [(KIND, DRAINED)]);
         }
     }
 
