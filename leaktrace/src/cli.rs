@@ -58,10 +58,13 @@ Exit status:
     script that keeps the file knows it is incomplete;
   128 + a stop signal's number when it came during startup (see Stopping);
   run: the command's own status, 10 with --fail-on-leak when a leak was reported,
+  11 with --fail-on-leak when none was and the command succeeded, but leaks may have been
+    missed (events lost: raise --ring-size; socket_map_full or target_map_full: raise
+    --max-kernel-sockets or --max-processes),
   126/127 when the command cannot be executed / is not found, or leaktrace's own status
   above (not for a dropped export: the command's status comes first); its last line on
-  stderr says whose status it is (`leaktrace: exit status 7 is the command's: ...`; with
-  --json, a record of type exit)";
+  stderr says whose status it is and why (`leaktrace: exit status 7 is the command's: ...`;
+  with --json, a record of type exit)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -100,7 +103,9 @@ pub struct RunArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub leaks: LeakArgs,
-    /// Exit with status 10 when any leak was reported, instead of the command's own status.
+    /// Exit with status 10 when any leak was reported, instead of the command's own status;
+    /// with 11 when none was and the command succeeded, but leaks may have been missed (events
+    /// lost, a kernel map full).
     #[arg(long)]
     pub fail_on_leak: bool,
     /// Run the command as root. Without it, when leaktrace was started through sudo (SUDO_UID

@@ -1,7 +1,8 @@
 //! `leaktrace run -- CMD`: starts CMD, traces it and every process it starts from their first
-//! instruction, and exits with CMD's status (or 10 with --fail-on-leak when a leak was
-//! reported): a test suite wrapped in it fails on leaked sockets. Its last line on stderr
-//! always says whose status it exits with, as the command's codes and leaktrace's overlap.
+//! instruction, and exits with CMD's status (or, with --fail-on-leak, 10 when a leak was
+//! reported, and 11 when CMD succeeded but leaks may have been missed): a test suite wrapped in
+//! it fails on leaked sockets. Its last line on stderr always says whose status it exits with,
+//! as the command's codes and leaktrace's overlap.
 use std::{
     ffi::CString,
     io,
@@ -14,14 +15,22 @@ use anyhow::{anyhow, Context as _};
 use nix::unistd::{getgrouplist, setgid, setgroups, setuid, Gid, Uid, User};
 use tokio::process::Command;
 
+use leaktrace_common::ProbeFailure;
+
 use crate::{
     error::{exit_code, Failure},
+    format::ring_size_hint,
     session::{Ended, Scope, Session, SessionOptions},
     settings, stderr,
+    summary::IngestCounts,
 };
 
 /// `--fail-on-leak` and a leak was reported.
 pub const LEAKS_FOUND: u8 = 10;
+/// `--fail-on-leak`, no leak reported and the command succeeded, but the trace may have missed
+/// some: records were lost, or a kernel map had no room for a socket or a process. A CI run
+/// must not pass on what it could not see.
+pub const COVERAGE_INCOMPLETE: u8 = 11;
 /// As shells report a command that cannot be executed / does not exist.
 const CANNOT_EXECUTE: u8 = 126;
 const NOT_FOUND: u8 = 127;
@@ -104,18 +113,88 @@ pub async fn run(args: settings::Run) -> Result<u8, Failure> {
         Some(signal) => format!("was killed by signal {signal}"),
         None => format!("exited with {command}"),
     };
-    Ok(if args.fail_on_leak && leaks_reported {
-        say_whose(
-            json,
-            LEAKS_FOUND,
-            "leaktrace",
-            &format!("leaks were reported (--fail-on-leak); the command {how}"),
-        );
-        LEAKS_FOUND
-    } else {
-        say_whose(json, command, "command", &format!("the command {how}"));
-        command
-    })
+    let exit = Exit::of(Ran {
+        fail_on_leak: args.fail_on_leak,
+        leaks_reported,
+        gaps: coverage_gaps(&report.ingest),
+        command,
+        how,
+    });
+    say_whose(json, exit.status, exit.whose, &exit.why);
+    Ok(exit.status)
+}
+
+/// How a run went, as far as its exit status goes.
+struct Ran {
+    fail_on_leak: bool,
+    leaks_reported: bool,
+    /// See [`coverage_gaps`].
+    gaps: Vec<String>,
+    /// The command's status, and how it ended in words.
+    command: u8,
+    how: String,
+}
+
+/// The status a run exits with, whose it is ("command" or "leaktrace"), and why.
+#[derive(Debug, PartialEq, Eq)]
+struct Exit {
+    status: u8,
+    whose: &'static str,
+    why: String,
+}
+
+impl Exit {
+    /// With `--fail-on-leak`, a leak reported wins over the command's status, and the
+    /// command's failure over what the trace may have missed: a failed command fails the run
+    /// already, and its own status says more.
+    fn of(ran: Ran) -> Exit {
+        let how = &ran.how;
+        if ran.fail_on_leak && ran.leaks_reported {
+            Exit {
+                status: LEAKS_FOUND,
+                whose: "leaktrace",
+                why: format!("leaks were reported (--fail-on-leak); the command {how}"),
+            }
+        } else if ran.fail_on_leak && ran.command == 0 && !ran.gaps.is_empty() {
+            Exit {
+                status: COVERAGE_INCOMPLETE,
+                whose: "leaktrace",
+                why: format!(
+                    "no leak was reported, but some may have been missed (--fail-on-leak): \
+                     {}; the command {how}",
+                    ran.gaps.join("; ")
+                ),
+            }
+        } else {
+            Exit {
+                status: ran.command,
+                whose: "command",
+                why: format!("the command {how}"),
+            }
+        }
+    }
+}
+
+/// What the trace may have missed leaks through: records lost, and sockets or processes a
+/// kernel map had no room for (their warnings say which flag raises it). Empty when it saw all.
+fn coverage_gaps(ingest: &IngestCounts) -> Vec<String> {
+    let lost = (ingest.lost_events > 0).then(|| {
+        format!(
+            "{} events lost, {}",
+            ingest.lost_events,
+            ring_size_hint(ingest.ring_size)
+        )
+    });
+    let unfollowed = ingest
+        .failures()
+        .filter(|(failure, _)| {
+            matches!(
+                failure,
+                ProbeFailure::SocketMapFull | ProbeFailure::TargetMapFull
+            )
+        })
+        .map(|(failure, n)| format!("{} {n}", failure.name()));
+    lost.into_iter().chain(unfollowed).collect()
 }
 
 /// Who runs the command instead of root: started through sudo, the user who ran sudo, as sudo
@@ -230,5 +309,94 @@ fn exit_status(status: ExitStatus) -> u8 {
         (Some(code), _) => code as u8,
         (None, Some(signal)) => exit_code::signalled(signal),
         (None, None) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A successful command under `--fail-on-leak`, no leak reported, `gaps` as given.
+    fn clean(gaps: &[&str]) -> Ran {
+        Ran {
+            fail_on_leak: true,
+            leaks_reported: false,
+            gaps: gaps.iter().map(|gap| (*gap).to_owned()).collect(),
+            command: 0,
+            how: "exited with 0".into(),
+        }
+    }
+
+    #[test]
+    fn a_run_that_may_have_missed_leaks_does_not_pass() {
+        let exit = Exit::of(clean(&[
+            "3 events lost, raise --ring-size (now 8192 bytes)",
+            "socket_map_full 2",
+        ]));
+        assert_eq!(
+            exit,
+            Exit {
+                status: COVERAGE_INCOMPLETE,
+                whose: "leaktrace",
+                why: "no leak was reported, but some may have been missed (--fail-on-leak): 3 \
+                      events lost, raise --ring-size (now 8192 bytes); socket_map_full 2; the \
+                      command exited with 0"
+                    .into(),
+            }
+        );
+        // Without --fail-on-leak, the command's status as ever.
+        let asked_nothing = Exit::of(Ran {
+            fail_on_leak: false,
+            ..clean(&["socket_map_full 2"])
+        });
+        assert_eq!((asked_nothing.status, asked_nothing.whose), (0, "command"));
+        assert_eq!(Exit::of(clean(&[])).status, 0);
+    }
+
+    #[test]
+    fn a_leak_then_the_command_s_failure_come_before_what_may_have_been_missed() {
+        let leaked = Exit::of(Ran {
+            leaks_reported: true,
+            command: 3,
+            how: "exited with 3".into(),
+            ..clean(&["socket_map_full 2"])
+        });
+        assert_eq!((leaked.status, leaked.whose), (LEAKS_FOUND, "leaktrace"));
+        let failed = Exit::of(Ran {
+            command: 3,
+            how: "exited with 3".into(),
+            ..clean(&["socket_map_full 2"])
+        });
+        assert_eq!(
+            failed,
+            Exit {
+                status: 3,
+                whose: "command",
+                why: "the command exited with 3".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn lost_records_and_full_maps_are_gaps_other_failures_not() {
+        let mut ingest = IngestCounts {
+            ring_size: 8192,
+            ..IngestCounts::default()
+        };
+        assert!(coverage_gaps(&ingest).is_empty());
+        ingest.probe_failures[ProbeFailure::Read as usize] = 4;
+        ingest.probe_failures[ProbeFailure::Comm as usize] = 1;
+        assert!(coverage_gaps(&ingest).is_empty());
+        ingest.lost_events = 120;
+        ingest.probe_failures[ProbeFailure::SocketMapFull as usize] = 7;
+        ingest.probe_failures[ProbeFailure::TargetMapFull as usize] = 2;
+        assert_eq!(
+            coverage_gaps(&ingest),
+            [
+                "120 events lost, raise --ring-size (now 8192 bytes)",
+                "socket_map_full 7",
+                "target_map_full 2",
+            ]
+        );
     }
 }
