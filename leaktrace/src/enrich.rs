@@ -157,34 +157,59 @@ fn name(store: &mut Store, host: &mut dyn Host, tgid: u32) {
 
 /// Finds by which fd the owner of each of `keys` holds it now: the kernel side names a
 /// socket's file (its inode), not the fd. Where the owner no longer holds it, whoever does
-/// becomes the owner; where nobody does, it was closed without a record of it.
-pub(crate) fn resolve_fds(store: &mut Store, host: &mut dyn Host, keys: &[SockKey], now_ns: u64) {
+/// becomes the owner; where nobody does, it was closed without a record of it. A socket whose
+/// records may be incomplete (see [`Store::may_be_incomplete`]) is looked up even where its fd
+/// is known, as its close may be among the records lost. Returns those of them /proc could not
+/// confirm held: a finding on them must wait.
+pub(crate) fn resolve_fds(
+    store: &mut Store,
+    host: &mut dyn Host,
+    keys: &[SockKey],
+    now_ns: u64,
+) -> Vec<SockKey> {
     let mut elsewhere = Vec::new();
     let mut found = Vec::new();
+    let mut unconfirmed = Vec::new();
     {
         let mut fds = host.fds();
         for key in keys {
             let Some(timeline) = store.get(key) else {
                 continue;
             };
-            let (Some(owner), Some(ino)) = (timeline.owner(), timeline.ino()) else {
+            let Some(owner) = timeline.owner().filter(|_| timeline.live()) else {
                 continue;
             };
-            if owner.fd.is_some() || !timeline.live() {
-                continue;
-            }
-            match fds.fd_of(owner.tgid, ino) {
+            let incomplete = store.may_be_incomplete(timeline);
+            let held = match (owner.fd, timeline.ino()) {
+                (Some(_), _) if !incomplete => continue,
+                (Some(fd), ino) => match fds.holds(owner.tgid, fd, ino) {
+                    FdHeld::Yes => Ok(Some(fd)),
+                    FdHeld::No | FdHeld::ProcessGone => Ok(None),
+                    FdHeld::Unknown => Err(Unreadable),
+                },
+                (None, Some(ino)) => fds.fd_of(owner.tgid, ino),
+                // Not accepted yet, or no record named its file: /proc cannot show it.
+                (None, None) => Err(Unreadable),
+            };
+            match held {
                 Ok(Some(fd)) => found.push((*key, fd)),
                 Ok(None) => elsewhere.push(*key),
                 // The fd stays unknown until a later look succeeds.
+                Err(Unreadable) if incomplete => unconfirmed.push(*key),
                 Err(Unreadable) => {}
             }
         }
     }
     for (key, fd) in found {
-        store.found_fd(key, fd);
+        store.found_fd(key, fd, now_ns);
     }
-    hand_over_or_close(store, host, &elsewhere, now_ns);
+    if !hand_over_or_close(store, host, &elsewhere, now_ns) {
+        unconfirmed.extend(
+            (elsewhere.iter())
+                .filter(|key| store.get(key).is_some_and(|t| store.may_be_incomplete(t))),
+        );
+    }
+    unconfirmed
 }
 
 /// After records were lost: every socket's owner is looked up. A close, an exit or a hand-over
@@ -195,6 +220,7 @@ pub(crate) fn recheck_owners(store: &mut Store, host: &mut dyn Host, now_ns: u64
     let mut exited = BTreeSet::new();
     let mut elsewhere = Vec::new();
     let mut complete = true;
+    let mut confirmed = Vec::new();
     let mut lookups = Vec::new();
     for (key, timeline) in store.iter() {
         if let Some(owner) = timeline.owner().filter(|_| timeline.live()) {
@@ -224,7 +250,7 @@ pub(crate) fn recheck_owners(store: &mut Store, host: &mut dyn Host, now_ns: u64
                 (None, None) => continue,
             };
             match held {
-                FdHeld::Yes => {}
+                FdHeld::Yes => confirmed.push(key),
                 FdHeld::No => elsewhere.push(key),
                 FdHeld::ProcessGone => {
                     exited.insert(owner.tgid);
@@ -232,6 +258,9 @@ pub(crate) fn recheck_owners(store: &mut Store, host: &mut dyn Host, now_ns: u64
                 FdHeld::Unknown => complete = false,
             }
         }
+    }
+    for key in confirmed {
+        store.found_held(key, now_ns);
     }
     for tgid in exited {
         store.owner_exited(tgid, now_ns);

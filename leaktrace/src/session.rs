@@ -36,8 +36,9 @@ const EVALUATE_EVERY: Duration = Duration::from_millis(250);
 /// at no cost worth measuring.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
-/// After records were lost, the owners are looked up in /proc at most this often: a scan per
-/// tracked socket is what a host overflowing the ring buffer can least afford every second.
+/// After records were lost, the owners of every tracked socket are looked up in /proc at most
+/// this often: a scan per tracked socket is what a host overflowing the ring buffer can least
+/// afford every second. Findings that mature meanwhile are looked up on their own first.
 const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Which processes to trace.
@@ -608,7 +609,8 @@ impl Session {
     /// Warns the first time records are lost, while the burst that overflowed the ring buffer
     /// can still be matched to what the user sees, rather than only in the summary; and makes up
     /// for what was lost from /proc before the detectors look, at most every `RECHECK_EVERY`
-    /// unless `now`.
+    /// unless `now`. Between re-checks, the detectors' maturing findings are checked in /proc
+    /// before they are made (see [`Evaluator::evaluate`]).
     fn note_losses(&mut self, now: bool) -> Result<(), Failure> {
         let lost = self.channel.lost()?;
         let failures = self.channel.probe_failures()?;
@@ -632,7 +634,11 @@ impl Session {
                 ring_size_hint(self.counts.ring_size)
             ));
         }
-        self.loss_unchecked |= lost > self.counts.lost_events;
+        if lost > self.counts.lost_events {
+            // After the counter was read: every record lost so far was lost before this time.
+            self.store.records_lost(monotonic_ns());
+            self.loss_unchecked = true;
+        }
         self.counts.lost_events = lost;
         let due = now
             || self

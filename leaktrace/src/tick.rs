@@ -31,12 +31,15 @@ impl Evaluator {
     }
 
     /// Runs every detector over every socket. `now_ns` is CLOCK_MONOTONIC, the records' clock.
-    /// Also drops timelines nothing needs any more.
+    /// A finding on a socket whose records may be incomplete is made only once /proc confirmed
+    /// its owner still holds it: the owners of this tick's maturing findings are looked up
+    /// together, and nothing else. Also drops timelines nothing needs any more.
     pub(crate) fn evaluate(&mut self, store: &mut Store, now_ns: u64) -> Vec<Outcome> {
         let host = &mut *self.host;
         self.enricher.before_detection(store, host, now_ns);
-        let verdicts = self.detectors.check(store, now_ns);
-        enrich::resolve_fds(store, host, &verdicts.sockets(store), now_ns);
+        let mut verdicts = self.detectors.check(store, now_ns);
+        let unconfirmed = enrich::resolve_fds(store, host, &verdicts.sockets(store), now_ns);
+        verdicts.hold_back(&unconfirmed);
         enrich::name_owners(store, host, &verdicts.to_report(store));
         let outcomes = self.detectors.evaluate(verdicts, store, now_ns);
         store.sweep(|key| self.detectors.keeps(key));
@@ -57,6 +60,7 @@ impl Evaluator {
     ) -> FinalReport {
         let host = &mut *self.host;
         let reported = self.detectors.reported();
+        // Reported already: what /proc cannot confirm now, the final re-check after a loss did.
         enrich::resolve_fds(store, host, &reported, now_ns);
         enrich::name_owners(store, host, &reported);
         enrich::names(store, host, self.detectors.processes(store));

@@ -134,6 +134,11 @@ pub(crate) struct Timeline {
     reattributed: bool,
     /// Latest known inode of the socket's file.
     ino: Option<u64>,
+    /// Kernel time as of which the timeline is known to tell the socket's whole story: its
+    /// first record's (the socket's birth, where its opening is rebuilt), or the latest look in
+    /// /proc that found its owner holding it. Records lost after it may have ended what the
+    /// timeline shows (see [`Store::may_be_incomplete`]).
+    confirmed_ns: u64,
     /// When the holders of this socket were last looked for, to look at most once a second.
     holders_scanned_ns: Option<u64>,
     /// When a read first returned 0: the owner saw end-of-stream.
@@ -501,6 +506,7 @@ impl Timeline {
         });
         self.reattributed = true;
         self.owner_exited_ns = None;
+        self.confirmed_ns = self.confirmed_ns.max(now_ns);
     }
 
     /// The process holding the socket and the socket's state, while a process holds it.
@@ -563,6 +569,8 @@ pub(crate) struct Store {
     swept: Option<Vec<(SockKey, Box<Timeline>)>>,
     max_sockets: usize,
     dropped: Dropped,
+    /// When records were last found lost: the lost counter grew by then (kernel time).
+    records_lost_ns: Option<u64>,
 }
 
 impl Default for Store {
@@ -591,6 +599,7 @@ impl Store {
             swept: None,
             max_sockets: max_sockets.max(1),
             dropped: Dropped::default(),
+            records_lost_ns: None,
         }
     }
 
@@ -723,6 +732,7 @@ impl Store {
         let timeline = self.timelines.entry(event.sock).or_insert_with(|| {
             Box::new(Timeline {
                 entries: Vec::with_capacity(TYPICAL_ENTRIES),
+                confirmed_ns: event.ts_ns,
                 ..Timeline::default()
             })
         });
@@ -831,11 +841,37 @@ impl Store {
         self.counts.move_held(held, timeline.held());
     }
 
-    /// The owner of `key` holds it by `fd`: the kernel side names a socket's file, not its fd.
-    pub(crate) fn found_fd(&mut self, key: SockKey, fd: i32) {
-        if let Some(known) = self.timelines.get_mut(&key).and_then(|t| t.owner.as_mut()) {
-            known.value.fd = Some(fd);
+    /// The owner of `key` holds it by `fd`, as /proc showed at `now_ns`: the kernel side names a
+    /// socket's file, not its fd.
+    pub(crate) fn found_fd(&mut self, key: SockKey, fd: i32, now_ns: u64) {
+        if let Some(timeline) = self.timelines.get_mut(&key) {
+            if let Some(known) = timeline.owner.as_mut() {
+                known.value.fd = Some(fd);
+                timeline.confirmed_ns = timeline.confirmed_ns.max(now_ns);
+            }
         }
+    }
+
+    /// /proc showed at `now_ns` that the owner of `key` still holds it: whatever records were
+    /// lost before, none of them was its close.
+    pub(crate) fn found_held(&mut self, key: SockKey, now_ns: u64) {
+        if let Some(timeline) = self.timelines.get_mut(&key) {
+            timeline.confirmed_ns = timeline.confirmed_ns.max(now_ns);
+        }
+    }
+
+    /// The kernel's count of lost records had grown by `now_ns`: every timeline begun or last
+    /// confirmed before may lack records.
+    pub(crate) fn records_lost(&mut self, now_ns: u64) {
+        self.records_lost_ns = Some(now_ns);
+    }
+
+    /// Whether records of `timeline`'s socket may have been lost since it was last known whole:
+    /// a close, an exit or a hand-over among them would leave a leak condition standing that
+    /// has ended, so a finding on it waits for /proc to confirm the owner still holds it.
+    pub(crate) fn may_be_incomplete(&self, timeline: &Timeline) -> bool {
+        self.records_lost_ns
+            .is_some_and(|lost_ns| timeline.confirmed_ns < lost_ns)
     }
 
     /// How many sockets `pid` holds in CLOSE_WAIT that it connected to `remote`: one is what a

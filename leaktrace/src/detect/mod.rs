@@ -196,8 +196,8 @@ pub(crate) struct Verdicts {
     matured: Vec<(Since, Id)>,
     /// Held long enough, no owner known, not counted yet.
     unattributed: Vec<Id>,
-    /// Counted as unattributed before, their owner known now.
-    attributed: u64,
+    /// Of `matured`, those counted as unattributed before, their owner known now.
+    attributed: Vec<Id>,
     resolved: Vec<(Id, Resolution)>,
 }
 
@@ -213,6 +213,17 @@ impl Verdicts {
         (self.matured.iter().map(|(_, (key, _))| *key))
             .chain(partners.map(|p| p.sock))
             .collect()
+    }
+
+    /// Leaves the findings on `sockets` for a later tick: records of theirs may have been lost,
+    /// and /proc could not confirm yet that their owners still hold them.
+    pub(crate) fn hold_back(&mut self, sockets: &[SockKey]) {
+        if sockets.is_empty() {
+            return;
+        }
+        let waits = |(key, _): &Id| sockets.contains(key);
+        self.matured.retain(|(_, id)| !waits(id));
+        self.attributed.retain(|id| !waits(id));
     }
 
     /// The sockets of the findings to report now that their fds are known: those still held.
@@ -245,7 +256,7 @@ impl Detectors {
         let mut verdicts = Verdicts {
             matured: Vec::new(),
             unattributed: Vec::new(),
-            attributed: 0,
+            attributed: Vec::new(),
             resolved: Vec::new(),
         };
         for (key, timeline) in store.iter() {
@@ -266,7 +277,7 @@ impl Detectors {
                         let counted = tracked.is_some();
                         if timeline.owner().is_some() {
                             if counted {
-                                verdicts.attributed += 1;
+                                verdicts.attributed.push(id);
                             }
                             verdicts.matured.push((since, id));
                         } else if !counted {
@@ -302,7 +313,7 @@ impl Detectors {
             self.unattributed += 1;
             self.tracked.insert(id, Tracked::Unattributed);
         }
-        self.unattributed -= attributed;
+        self.unattributed -= attributed.len() as u64;
         let mut outcomes = Vec::new();
         resolved.sort_unstable_by_key(|(id, _)| *id);
         for (id, how) in resolved {
@@ -568,12 +579,16 @@ mod tests {
     use leaktrace_common::tcp_state::*;
 
     use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     use super::test_support::{
-        close, close_wait, detectors, leaks, present, reset, resolutions, the_leak, MS, SOCK,
+        close, close_wait, detectors, detectors_on, leaks, present, reset, resolutions, the_leak,
+        MS, SOCK,
     };
     use super::*;
     use crate::decoder::EventKind;
+    use crate::host::fake::FakeHost;
     use crate::timeline::tests::{event, from_peer, key, state, DESTROY, OWNER, RELEASE};
 
     #[test]
@@ -648,6 +663,100 @@ mod tests {
         let outcomes = detectors.evaluate(&mut store, 3200 * MS);
         assert_eq!(leaks(&outcomes)[0].pid, OWNER);
         let report = detectors.summary(&mut store, 3200 * MS, Default::default());
+        assert_eq!((report.unattributed, report.open.len()), (0, 1));
+    }
+
+    /// A host where the owner runs, holding a socket by `fd` or none (the records' sockets are
+    /// fd 7, and name no inode: /proc is asked for the fd).
+    fn owner_running(fd: Option<i32>) -> FakeHost {
+        FakeHost {
+            fds: [(OWNER, fd.map(|fd| (99, fd)).into_iter().collect())].into(),
+            ..FakeHost::default()
+        }
+    }
+
+    /// Issue 11: leak-free churn that overflowed the ring buffer lost closes, and the CLOSE_WAIT
+    /// they left behind were reported. A finding on a socket whose records may be incomplete is
+    /// made only once /proc shows its owner still holds it.
+    #[test]
+    fn after_lost_records_a_finding_waits_for_proc_to_confirm_it() {
+        // Its close was among the records lost: the owner runs, without the socket.
+        let mut store = Store::default();
+        close_wait(&mut store, SOCK, 100 * MS);
+        store.records_lost(150 * MS);
+        let outcomes = detectors_on(owner_running(None)).evaluate(&mut store, 1200 * MS);
+        assert!(leaks(&outcomes).is_empty(), "{outcomes:?}");
+        assert!(store.get(&SOCK).unwrap().close_unrecorded());
+
+        // Still held: reported.
+        let mut store = Store::default();
+        close_wait(&mut store, SOCK, 100 * MS);
+        store.records_lost(150 * MS);
+        let finding = the_leak(
+            &mut detectors_on(owner_running(Some(7))),
+            &mut store,
+            1200 * MS,
+        );
+        assert_eq!(
+            (finding.kind, finding.pid, finding.fd),
+            (LeakKind::CloseWait, OWNER, Some(7))
+        );
+
+        // Born after the loss: none of its records was lost, and /proc is not asked (where the
+        // owner does not even run).
+        let mut store = Store::default();
+        store.records_lost(40 * MS);
+        let born_after = key(0x2000, 45 * MS);
+        close_wait(&mut store, born_after, 100 * MS);
+        assert_eq!(
+            the_leak(&mut detectors(), &mut store, 1200 * MS).sock,
+            born_after
+        );
+    }
+
+    /// /proc confirms what it showed when it was read: records lost later may hold the close.
+    #[test]
+    fn a_loss_after_proc_confirmed_a_socket_is_checked_anew() {
+        let mut store = Store::default();
+        close_wait(&mut store, SOCK, 100 * MS);
+        store.records_lost(150 * MS);
+        assert!(detectors_on(owner_running(Some(7))).recheck_owners(&mut store, 200 * MS));
+        assert!(!store.may_be_incomplete(store.get(&SOCK).unwrap()));
+        store.records_lost(300 * MS);
+        let outcomes = detectors_on(owner_running(None)).evaluate(&mut store, 1200 * MS);
+        assert!(leaks(&outcomes).is_empty(), "{outcomes:?}");
+    }
+
+    /// A /proc that cannot be read (leaktrace out of fds) confirms nothing and closes nothing:
+    /// the finding waits for a look that succeeds. Counted as unattributed before its owner was
+    /// known, it stays counted once while it waits, and no longer once reported.
+    #[test]
+    fn a_finding_waits_while_proc_cannot_be_read() {
+        let unreadable = Arc::new(AtomicBool::new(true));
+        let mut detectors = detectors_on(FakeHost {
+            unreadable: Arc::clone(&unreadable),
+            ..owner_running(Some(7))
+        });
+        let mut store = Store::default();
+        let mut unowned = from_peer(event(SOCK, 100 * MS, state(ESTABLISHED, CLOSE_WAIT)));
+        unowned.owner = None;
+        store.insert(unowned);
+        assert!(detectors.evaluate(&mut store, 1200 * MS).is_empty());
+        store.insert(event(SOCK, 1300 * MS, EventKind::Arrival));
+        store.records_lost(1400 * MS);
+        for now in [1500, 1750] {
+            let outcomes = detectors.evaluate(&mut store, now * MS);
+            assert!(leaks(&outcomes).is_empty(), "{outcomes:?}");
+        }
+        let timeline = store.get(&SOCK).unwrap();
+        assert!(timeline.live() && store.may_be_incomplete(timeline));
+        let report = detectors.summary(&mut store, 1750 * MS, Default::default());
+        assert_eq!((report.unattributed, report.open.len()), (1, 0));
+
+        unreadable.store(false, Ordering::Relaxed);
+        let finding = the_leak(&mut detectors, &mut store, 2000 * MS);
+        assert_eq!((finding.pid, finding.fd), (OWNER, Some(7)));
+        let report = detectors.summary(&mut store, 2000 * MS, Default::default());
         assert_eq!((report.unattributed, report.open.len()), (0, 1));
     }
 

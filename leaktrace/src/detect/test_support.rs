@@ -22,10 +22,15 @@ pub(super) const SOCK: SockKey = SockKey {
 /// The detectors (leaks after 1s, idle after 3s) as each tick runs them, on a host where
 /// none of the records' processes runs.
 pub(super) fn detectors() -> Evaluator {
+    detectors_on(FakeHost::default())
+}
+
+/// The detectors of [`detectors`] on `host`.
+pub(super) fn detectors_on(host: FakeHost) -> Evaluator {
     Evaluator::new(
         Duration::from_secs(1),
         Duration::from_secs(3),
-        Box::new(FakeHost::default()),
+        Box::new(host),
     )
 }
 

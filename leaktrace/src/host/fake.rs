@@ -2,6 +2,8 @@
 //! carries traffic, which the test fills with what it needs.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::{FdHeld, Fds, Holder, Host, Sample, Unreadable, Wanted};
 use crate::placement::Placement;
@@ -16,9 +18,16 @@ pub(crate) struct FakeHost {
     pub(crate) comms: HashMap<u32, String>,
     pub(crate) placements: HashMap<u32, Placement>,
     pub(crate) activity: Option<Activity>,
+    /// /proc cannot be read (leaktrace is out of fds): nothing about the processes can be told.
+    /// Shared, so that a test can mend it while the host is in use.
+    pub(crate) unreadable: Arc<AtomicBool>,
 }
 
 impl FakeHost {
+    fn unreadable(&self) -> bool {
+        self.unreadable.load(Ordering::Relaxed)
+    }
+
     /// What the running processes hold, as a scan of /proc would find it.
     fn holders_of(&self, ino: u64) -> Vec<Holder> {
         let mut holders: Vec<Holder> = (self.fds.iter())
@@ -39,6 +48,9 @@ impl Host for FakeHost {
         &mut self,
         inodes: &BTreeSet<u64>,
     ) -> Result<BTreeMap<u64, Vec<Holder>>, Unreadable> {
+        if self.unreadable() {
+            return Err(Unreadable);
+        }
         Ok(inodes
             .iter()
             .map(|&ino| (ino, self.holders_of(ino)))
@@ -51,7 +63,7 @@ impl Host for FakeHost {
     }
 
     fn gone(&mut self, pid: u32) -> bool {
-        !self.fds.contains_key(&pid)
+        !self.unreadable() && !self.fds.contains_key(&pid)
     }
 
     fn comm(&mut self, pid: u32) -> Option<String> {
@@ -72,6 +84,9 @@ impl Host for FakeHost {
 
 impl Fds for &FakeHost {
     fn holds(&mut self, pid: u32, fd: i32, ino: Option<u64>) -> FdHeld {
+        if self.unreadable() {
+            return FdHeld::Unknown;
+        }
         let Some(fds) = self.fds.get(&pid) else {
             return FdHeld::ProcessGone;
         };
@@ -87,6 +102,9 @@ impl Fds for &FakeHost {
     }
 
     fn fd_of(&mut self, pid: u32, ino: u64) -> Result<Option<i32>, Unreadable> {
+        if self.unreadable() {
+            return Err(Unreadable);
+        }
         Ok(self.fds.get(&pid).and_then(|fds| fds.get(&ino)).copied())
     }
 }
