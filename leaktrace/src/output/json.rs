@@ -284,8 +284,8 @@ fn direction(accepted: Option<bool>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{
-        end, final_report, finding, idle_finding, in_a_service, progress, resolved, start_info,
-        stats, trace_dropped, Captured,
+        end, fill_kernel_maps, final_report, finding, idle_finding, in_a_service, progress,
+        resolved, start_info, stats, trace_dropped, Captured,
     };
     use super::*;
     use crate::detect::close_wait;
@@ -490,6 +490,22 @@ mod tests {
                 "leaks_open_over_time": [],
                 "outputs_dropped": [],
             })
+        );
+    }
+
+    #[test]
+    fn the_summary_counts_full_kernel_maps_by_reason() {
+        let captured = Captured::default();
+        let mut reporter = JsonReporter::new(captured.writer());
+        let mut report = final_report(Vec::new(), 0);
+        fill_kernel_maps(&mut report.ingest);
+        reporter.finish(&end(&report)).unwrap();
+        let lines = captured.lines();
+        let summary = parse(lines.last().unwrap());
+        assert_eq!(summary["type"], "summary");
+        assert_eq!(
+            summary["probe_failures"],
+            json!({"socket_map_full": 12, "target_map_full": 3})
         );
     }
 

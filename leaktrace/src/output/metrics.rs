@@ -426,7 +426,7 @@ fn response(status: &str, content_type: &str, body: &str, with_body: bool) -> Ve
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{finding, resolved, SOCK};
+    use super::super::tests::{fill_kernel_maps, finding, resolved, SOCK};
     use super::*;
     use crate::decoder::EventKind;
     use crate::detect::shut_wr_unread;
@@ -586,6 +586,41 @@ mod tests {
             samples(&exposition(&metrics)).contains(&"leaktrace_ring_buffer_fill_ratio 0.5"),
             "a rise while a GET is answered is kept"
         );
+    }
+
+    /// Crossing a kernel map's limit is counted by reason, each reason its own series from the
+    /// first scrape, so an alert can watch the map-full ones.
+    #[test]
+    fn full_kernel_maps_are_counted_by_reason() {
+        let metrics = Metrics::new(4096);
+        let reason = |reason: &str, n: u64| {
+            format!("leaktrace_probe_failures_total{{reason=\"{reason}\"}} {n}")
+        };
+        let text = exposition(&metrics);
+        for failure in ProbeFailure::ALL {
+            let zero = reason(failure.name(), 0);
+            assert!(
+                samples(&text).contains(&zero.as_str()),
+                "no {zero:?} in\n{text}"
+            );
+        }
+        let mut counts = IngestCounts::default();
+        fill_kernel_maps(&mut counts);
+        metrics.totals(&counts, 0);
+        let text = exposition(&metrics);
+        for expected in [
+            reason("socket_map_full", 12),
+            reason("target_map_full", 3),
+            reason("read", 0),
+        ] {
+            assert!(
+                samples(&text).contains(&expected.as_str()),
+                "no {expected:?} in\n{text}"
+            );
+        }
+        // The kernel's counters are totals: reading the same again counts nothing twice.
+        metrics.totals(&counts, 0);
+        assert!(samples(&exposition(&metrics)).contains(&reason("socket_map_full", 12).as_str()));
     }
 
     #[tokio::test]

@@ -473,8 +473,8 @@ fn timeline_line(event: &Event, fd: Option<i32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{
-        end, final_report, finding, idle_finding, in_a_service, progress, resolved, start_info,
-        stats, trace_dropped, Captured,
+        end, fill_kernel_maps, final_report, finding, idle_finding, in_a_service, progress,
+        resolved, start_info, stats, trace_dropped, Captured,
     };
     use super::*;
     use crate::decoder::EventKind;
@@ -816,6 +816,28 @@ mod tests {
                 "No leaked sockets found.",
                 "summary: leaks open 0, resolved 1; sockets seen 34, records 120, decode \
                  errors 3, lost events 0, unattributed 0; timelines forgotten: 0 finished",
+            ]
+        );
+    }
+
+    /// A kernel map that filled up hid sockets or processes from the trace: the summary says
+    /// how many, what it cost and which flag raises the map.
+    #[test]
+    fn final_report_with_full_kernel_maps() {
+        let (captured, mut reporter) = reporter();
+        let mut report = final_report(Vec::new(), 0);
+        report.unattributed = 0;
+        fill_kernel_maps(&mut report.ingest);
+        reporter.finish(&end(&report)).unwrap();
+        assert_eq!(
+            captured.lines()[3..],
+            [
+                "warning: socket_map_full 12: sockets of traced processes were not followed, the \
+                 kernel's map of them being full: leaks among them are missed; raise \
+                 --max-kernel-sockets",
+                "warning: target_map_full 3: children of traced processes were not traced, the \
+                 kernel's map of traced processes being full: leaks in them are missed; raise \
+                 --max-processes",
             ]
         );
     }
