@@ -699,7 +699,7 @@ mod tests {
         );
         assert_eq!(
             (finding.kind, finding.pid, finding.fd),
-            (LeakKind::CloseWait, OWNER, Some(7))
+            (close_wait::KIND, OWNER, Some(7))
         );
 
         // Born after the loss: none of its records was lost, and /proc is not asked (where the
