@@ -11,17 +11,24 @@ use crate::settings;
 use crate::timeline::DEFAULT_MAX_SOCKETS;
 
 const AFTER_HELP: &str = "\
-Leak classes:
+Leak classes (each reported once it has lasted --leak-after; idle_half_closed, --idle-after):
   close_wait      the peer closed (its FIN put the socket in CLOSE_WAIT) and the owner never
-                  closed or shut down its side
+                  closed or shut down its side. For a connection the process made, the finding
+                  says how many it holds in CLOSE_WAIT to that server (close_waits_to_remote):
+                  the only one reads as likely a pooled keep-alive connection the server timed
+                  out (requests.Session, a keep-alive agent), dropped at its next use; more,
+                  and growing, are sockets piling up
   shut_wr_unread  the owner called shutdown(SHUT_WR or SHUT_RDWR), the peer then sent data or
                   its FIN, and the owner never consumed it while keeping the fd open
   fd_after_close  the connection is over (FINs both ways, a reset, a refused connect) and the
                   owner still holds the fd
   idle_half_closed
-                  a proxied pair's one peer half-closed and the other socket (accepted and
-                  connected together) stays ESTABLISHED or FIN_WAIT2 with no data either way and
-                  no keepalive for --idle-after: the end-of-stream was never passed on
+                  of a proxied pair (one socket accepted, one connected, within 2s), one's peer
+                  half-closed and the owner still holds it, neither closed nor shut down, while
+                  the other stays ESTABLISHED or FIN_WAIT2 with no data either way and no timer
+                  (keepalive, retransmission): the end-of-stream was never passed on
+                  (incident 2). A proxy or pool that closed its half-closed client and keeps
+                  the upstream connection idle handled it: that is not reported
 
 Examples:
   sudo leaktrace demo                       leaky servers in-process: see both classes

@@ -128,6 +128,8 @@ fn help_names_the_main_options() -> Result<()> {
         "shut_wr_unread",
         "fd_after_close",
         "idle_half_closed",
+        // What tells a pooled keep-alive connection's close_wait from sockets piling up.
+        "close_waits_to_remote",
     ];
     for word in words {
         assert!(
