@@ -182,7 +182,8 @@ pub struct CommonArgs {
     /// Print JSON Lines (start, leak, resolved, summary records) instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Which kernel hooks to use; auto picks the best this kernel allows and says which.
+    /// Which kernel hooks to use; auto picks the best this kernel allows. The start says which
+    /// family serves and why that one (what this kernel refused of the others).
     #[arg(long, value_enum, default_value_t = HookFamily::Auto)]
     pub hooks: HookFamily,
     /// Size of the kernel-to-userspace ring buffer in bytes (a power of two, at least 4096).

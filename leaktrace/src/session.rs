@@ -367,6 +367,7 @@ impl Session {
                 .iter()
                 .map(|c| (c.event.to_owned(), c.hook.clone()))
                 .collect(),
+            family: (attached.family.family.name(), attached.family.why.clone()),
             refused: attached.refused.clone(),
             limits: attached
                 .choices

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use leaktrace_tests::{
     close_wait_client, close_wait_clients, close_wait_server, comm, kernel_limits, kernel_socket,
-    kernel_sockets, run_client, Accepted, ClientRun, Family, Fixture, Leaktrace, Report,
-    FINDING_TIMEOUT, LATE_BYTES, LEAK_AFTER_MS, RUN_LIMIT, SETTLE, TCP_CLOSE, TCP_CLOSE_WAIT,
+    kernel_sockets, run_client, run_leaktrace_within, Accepted, ClientRun, Family, Fixture,
+    Leaktrace, Report, FINDING_TIMEOUT, LATE_BYTES, LEAK_AFTER_MS, RUN_LIMIT, SETTLE, TCP_CLOSE,
+    TCP_CLOSE_WAIT,
 };
 use serde_json::{json, Value};
 
@@ -1207,5 +1208,90 @@ fn start_says_what_this_kernel_cannot_show() -> Result<()> {
     } else {
         assert_eq!(limit("arrival"), None, "{start}");
     }
+    Ok(())
+}
+
+/// The default start says in one line which hook family serves the events and why that one
+/// (issue 10: every start printed lines of hooks not used, each with the verifier's output, on
+/// kernels where tracing worked, and a user took them for failures). `--verbose` adds the hooks
+/// refused, each with the kernel's reason, as the JSON start record always has them.
+#[test]
+fn start_says_in_one_line_which_hooks_and_why() -> Result<()> {
+    let test = "start_says_in_one_line_which_hooks_and_why";
+    let server = Fixture::server(FIXTURE, &["echo-server"])?;
+    let Some(leaktrace) = Leaktrace::start_with(test, &[server.pid()], "1s", &["--verbose"])?
+    else {
+        return Ok(());
+    };
+    let verbose = leaktrace.finish(Duration::from_secs(15))?;
+    let start = &verbose.lines[0];
+    let (Some(family), Some(why)) = (start["family"].as_str(), start["family_why"].as_str()) else {
+        panic!("the start record says no family and why\n{verbose}");
+    };
+    let refused: Vec<&str> = (start["refused"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    for hook in &refused {
+        // Its first line: the kernel's reason may go on with the verifier's log.
+        let said = hook.lines().next().unwrap_or_default();
+        assert!(
+            verbose
+                .stderr
+                .contains(&format!("leaktrace: hook not used: {said}")),
+            "--verbose says each hook refused\n{verbose}"
+        );
+    }
+    let refused_for_accept = |kind: &str| {
+        refused
+            .iter()
+            .any(|r| r.starts_with(&format!("accept: {kind}:")))
+    };
+    match std::env::var("LEAKTRACE_HOOKS")
+        .ok()
+        .filter(|h| h != "auto")
+    {
+        Some(asked) => assert_eq!(why, format!("as --hooks {asked} asks"), "{verbose}"),
+        None => match family {
+            "fentry" => assert_eq!(why, "the best this kernel allows", "{verbose}"),
+            "kprobe" => assert!(
+                why.starts_with("as this kernel refuses fentry (") && refused_for_accept("fexit"),
+                "{verbose}"
+            ),
+            "tracepoint" => assert!(
+                why.starts_with("as this kernel refuses fentry (")
+                    && why.contains(" and kprobes (")
+                    && refused_for_accept("fexit")
+                    && refused_for_accept("kretprobe"),
+                "{verbose}"
+            ),
+            _ => panic!("no such family: {family}\n{verbose}"),
+        },
+    }
+
+    let pid = server.pid().to_string();
+    let plain = run_leaktrace_within(
+        &["--pid", &pid, "--duration", "1s"],
+        Duration::from_secs(20),
+    )?;
+    let printed = format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        plain.status,
+        plain.stdout.join("\n"),
+        plain.stderr
+    );
+    assert!(plain.status.success(), "{printed}");
+    let hooks: Vec<&String> = (plain.stdout.iter())
+        .filter(|line| line.starts_with("leaktrace: hooks: "))
+        .collect();
+    assert!(
+        matches!(&hooks[..], [line] if line.starts_with(&format!(
+            "leaktrace: hooks: {family} family, {why}: "
+        ))),
+        "one line for the hooks, with their family and why\n{printed}"
+    );
+    assert!(
+        !plain.stderr.contains("hook not used") && !plain.stderr.contains("Verifier"),
+        "no hook refusals without --verbose\n{printed}"
+    );
     Ok(())
 }

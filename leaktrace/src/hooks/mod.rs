@@ -46,6 +46,78 @@ pub enum HookFamily {
     Kprobe,
 }
 
+impl HookFamily {
+    /// As `--hooks` spells it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Tracepoint => "tracepoint",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+        }
+    }
+
+    /// The hooks of the family, as a kernel allows or refuses them.
+    fn hooks(self) -> &'static str {
+        match self {
+            Self::Auto => "any hook",
+            Self::Tracepoint => "tracepoints",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobes",
+        }
+    }
+}
+
+/// The family of the hooks attached, and why that one: the one line the start prints of them.
+#[derive(Clone, Debug)]
+pub(crate) struct FamilyChoice {
+    pub family: HookFamily,
+    /// e.g. "as this kernel refuses fentry (Operation not permitted) and kprobes (not in this
+    /// kernel)", "as --hooks tracepoint asks".
+    pub why: String,
+}
+
+impl FamilyChoice {
+    /// `asked` by `--hooks`, `chosen` for the events that tell families apart after refusals
+    /// of `passed_over` (each candidate's family and the kernel's reason, in the order tried).
+    fn new(asked: HookFamily, chosen: HookFamily, passed_over: &[(HookFamily, String)]) -> Self {
+        if asked != HookFamily::Auto {
+            return Self {
+                family: chosen,
+                why: format!("as --hooks {} asks", asked.name()),
+            };
+        }
+        let mut families = Vec::new();
+        let mut refusals = Vec::new();
+        // The first reason of each family auto preferred: its best candidate's.
+        for (family, reason) in passed_over {
+            if *family != chosen && !families.contains(family) {
+                families.push(*family);
+                refusals.push(format!("{} ({reason})", family.hooks()));
+            }
+        }
+        let why = if refusals.is_empty() {
+            "the best this kernel allows".to_owned()
+        } else {
+            format!("as this kernel refuses {}", refusals.join(" and "))
+        };
+        Self {
+            family: chosen,
+            why,
+        }
+    }
+}
+
+/// What the kernel said of a refused hook, in a few words: the error at the bottom of the
+/// chain (`Operation not permitted`), not the verifier's log above it, which `--verbose` shows.
+fn in_short(error: &anyhow::Error) -> String {
+    let cause = error.root_cause().to_string();
+    match cause.split_once(" (os error ") {
+        Some((said, _)) => said.to_owned(),
+        None => cause,
+    }
+}
+
 /// Why the kernel side could not be set up.
 #[derive(Debug)]
 pub enum LoadError {
@@ -360,6 +432,7 @@ pub(crate) struct HookChoice {
 pub(crate) struct Attached {
     pub ebpf: Ebpf,
     pub choices: Vec<HookChoice>,
+    pub family: FamilyChoice,
     /// Candidates that were tried and refused, for `--verbose` and the JSON start record.
     pub refused: Vec<String>,
     /// Whether the program that records present sockets can run here (its tracepoint exists).
@@ -459,6 +532,10 @@ pub(crate) fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
     )
 }
 
+/// The kernel's kprobe event source, which kretprobes attach through: absent where kprobes are
+/// not built in (`CONFIG_KPROBES` unset), which aya would only report as that file missing.
+const KPROBE_EVENT_SOURCE: &str = "/sys/bus/event_source/devices/kprobe";
+
 /// What the running kernel offers hooks.
 struct Kernel<'a> {
     btf: &'a Btf,
@@ -484,6 +561,10 @@ impl Kernel<'_> {
                 }
                 found => found.is_some(),
             },
+            Hook::Kretprobe { .. } if !Path::new(KPROBE_EVENT_SOURCE).exists() => {
+                return Err(anyhow!("not built into this kernel")
+                    .context(format!("no {KPROBE_EVENT_SOURCE}")));
+            }
             Hook::Kretprobe { function, .. }
             | Hook::TpBtf {
                 event: function, ..
@@ -523,9 +604,11 @@ fn attach_all(
     let mut choices = Vec::new();
     let mut refused = Vec::new();
     let mut attached = Vec::new();
+    let mut family = None;
     for event in HOOKS {
         let mut chosen: Option<&Candidate> = None;
         let mut reasons = Vec::new();
+        let mut passed_over = Vec::new();
         for candidate in event
             .candidates
             .iter()
@@ -554,15 +637,28 @@ fn attach_all(
                     let why = format!("{}: {e:#}", candidate.describe());
                     reasons.push(why.clone());
                     refused.push(format!("{}: {why}", event.event));
+                    passed_over.push((candidate.family(), in_short(&e)));
                 }
             }
         }
         match chosen {
-            Some(candidate) => choices.push(HookChoice {
-                event: event.event,
-                hook: candidate.describe(),
-                misses: candidate.misses,
-            }),
+            Some(candidate) => {
+                // Only events with hooks of other families than tracepoints tell them apart.
+                let tells_apart =
+                    (event.candidates.iter()).any(|c| c.family() != HookFamily::Tracepoint);
+                if tells_apart && family.is_none() {
+                    family = Some(FamilyChoice::new(
+                        options.family,
+                        candidate.family(),
+                        &passed_over,
+                    ));
+                }
+                choices.push(HookChoice {
+                    event: event.event,
+                    hook: candidate.describe(),
+                    misses: candidate.misses,
+                });
+            }
             None if event.required => {
                 return Err(LoadError::HookRefused {
                     event: event.event,
@@ -602,6 +698,9 @@ fn attach_all(
     Ok(Attached {
         ebpf,
         choices,
+        // Every family serves each event some way: one event tells them apart, accept.
+        family: family
+            .unwrap_or_else(|| FamilyChoice::new(options.family, HookFamily::Tracepoint, &[])),
         refused,
         can_record_present,
     })
@@ -686,6 +785,50 @@ mod tests {
                 insn.code == CALL && insn.src_reg() == 0 && PROBE_READS.contains(&insn.imm)
             })
             .count()
+    }
+
+    #[test]
+    fn the_family_says_why_it_was_chosen() {
+        use HookFamily::{Auto, Fentry, Kprobe, Tracepoint};
+        let fentry_refused = (Fentry, "Operation not permitted".to_owned());
+        let wrong_parameters = (Fentry, "inet_csk_accept takes 4 parameters here".to_owned());
+        let no_kprobes = (Kprobe, "not in this kernel".to_owned());
+        let why = |asked, chosen, passed_over: &[(HookFamily, String)]| {
+            FamilyChoice::new(asked, chosen, passed_over).why
+        };
+        assert_eq!(
+            why(
+                Auto,
+                Tracepoint,
+                &[fentry_refused.clone(), wrong_parameters.clone(), no_kprobes]
+            ),
+            "as this kernel refuses fentry (Operation not permitted) and kprobes (not in this \
+             kernel)"
+        );
+        assert_eq!(
+            why(Auto, Kprobe, &[fentry_refused]),
+            "as this kernel refuses fentry (Operation not permitted)"
+        );
+        // One fentry program refused for another that fits this kernel: no refusal of fentry.
+        assert_eq!(
+            why(Auto, Fentry, &[wrong_parameters]),
+            "the best this kernel allows"
+        );
+        assert_eq!(
+            why(Tracepoint, Tracepoint, &[]),
+            "as --hooks tracepoint asks"
+        );
+    }
+
+    #[test]
+    fn a_refusal_in_short_is_what_the_kernel_said() {
+        let refused = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EPERM))
+            .context("the BPF_PROG_LOAD syscall failed. Verifier output: 0: (79) r6 = *(u64 *)");
+        assert_eq!(in_short(&refused), "Operation not permitted");
+        assert_eq!(
+            in_short(&anyhow!("not in this kernel")),
+            "not in this kernel"
+        );
     }
 
     /// BTF programs get typed pointers and load fields directly; a helper call per field is what

@@ -53,6 +53,8 @@ impl Output for JsonReporter {
         let mut start = json!({
             "type": "start",
             "hooks": hooks,
+            "family": info.family.0,
+            "family_why": info.family.1,
             "refused": info.refused,
             "limits": limits,
             "pids": info.pids,
@@ -309,6 +311,9 @@ mod tests {
                     "state": "tracepoint:sock:inet_sock_set_state",
                     "shutdown": "tracepoint:syscalls:sys_exit_shutdown",
                 },
+                "family": "tracepoint",
+                "family_why": "as this kernel refuses fentry (Operation not permitted) and \
+                               kprobes (not in this kernel)",
                 "refused": ["accept: fexit:inet_csk_accept: Operation not permitted"],
                 "limits": {},
                 "pids": [4242],

@@ -37,6 +37,9 @@ const REPORT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 pub(crate) struct StartInfo {
     /// (event, hook) pairs, e.g. ("state", "tracepoint:sock:inet_sock_set_state").
     pub hooks: Vec<(String, String)>,
+    /// The family of those hooks, as `--hooks` names it, and why this one (see
+    /// [`crate::hooks::FamilyChoice`]).
+    pub family: (&'static str, String),
     /// Hooks tried and refused, with the kernel's reason ("event: hook: why").
     pub refused: Vec<String>,
     /// (event, what the user does not see because this kernel lacks its best hook).
@@ -367,6 +370,12 @@ pub(crate) mod tests {
                     "tracepoint:syscalls:sys_exit_shutdown".into(),
                 ),
             ],
+            family: (
+                "tracepoint",
+                "as this kernel refuses fentry (Operation not permitted) and kprobes (not in \
+                 this kernel)"
+                    .into(),
+            ),
             refused: vec!["accept: fexit:inet_csk_accept: Operation not permitted".into()],
             limits: Vec::new(),
             pids: vec![4242],

@@ -71,7 +71,9 @@ impl Output for TextReporter {
             duration(info.leak_after),
             duration(info.idle_after)
         ))?;
+        let (family, why) = &info.family;
         if self.verbose {
+            self.line(&format!("leaktrace: hooks: {family} family, {why}:"))?;
             let width = info.hooks.iter().map(|(event, _)| event.len()).max();
             for (event, hook) in &info.hooks {
                 self.line(&format!(
@@ -80,7 +82,10 @@ impl Output for TextReporter {
                 ))?;
             }
         } else {
-            self.line(&hooks_summary(&info.hooks))?;
+            self.line(&format!(
+                "leaktrace: hooks: {family} family, {why}: {}",
+                hooks_summary(&info.hooks)
+            ))?;
         }
         for (_, what) in &info.limits {
             self.line(&format!("leaktrace: on this kernel, {what}"))?;
@@ -213,7 +218,7 @@ impl Output for TextReporter {
     }
 }
 
-/// The hooks in one line: how many programs of each kind, and by name the events served some
+/// The hooks in a line: how many programs of each kind, and by name the events served some
 /// other way (a fallback that sees less) or not at all, as those change what leaktrace can tell.
 fn hooks_summary(hooks: &[(String, String)]) -> String {
     let mut kinds: Vec<(&str, usize)> = Vec::new();
@@ -234,7 +239,7 @@ fn hooks_summary(hooks: &[(String, String)]) -> String {
         .map(|(kind, n)| format!("{n} {kind}"))
         .collect();
     format!(
-        "leaktrace: hooks: {} (--verbose lists each){}",
+        "{} (--verbose lists each){}",
         kinds.join(", "),
         otherwise.concat()
     )
@@ -497,6 +502,8 @@ mod tests {
             captured.lines(),
             [
                 first,
+                "leaktrace: hooks: tracepoint family, as this kernel refuses fentry (Operation \
+                 not permitted) and kprobes (not in this kernel):",
                 "  state     tracepoint:sock:inet_sock_set_state",
                 "  shutdown  tracepoint:syscalls:sys_exit_shutdown",
             ]
@@ -507,7 +514,9 @@ mod tests {
             captured.lines(),
             [
                 first,
-                "leaktrace: hooks: 2 tracepoint (--verbose lists each)"
+                "leaktrace: hooks: tracepoint family, as this kernel refuses fentry (Operation \
+                 not permitted) and kprobes (not in this kernel): 2 tracepoint (--verbose lists \
+                 each)"
             ]
         );
         let (captured, mut limited) = self::reporter();
@@ -544,7 +553,7 @@ mod tests {
         .map(|(event, hook)| (event.to_owned(), hook.to_owned()));
         assert_eq!(
             hooks_summary(&hooks),
-            "leaktrace: hooks: 2 tp_btf, 1 tracepoint (--verbose lists each); accept: the \
+            "2 tp_btf, 1 tracepoint (--verbose lists each); accept: the \
              connection's first read (recv); arrival: unavailable (no sock:sk_data_ready: 6.4+)"
         );
     }
