@@ -45,6 +45,22 @@ impl Fixture {
         self.port
     }
 
+    /// Sends the server `signal`: SIGSTOP and SIGCONT make it a server too busy to accept for a
+    /// while, its new connections waiting in its listener's queue.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.pid())?;
+        // SAFETY: kill has no memory-safety preconditions; the server is reaped only when this
+        // handle drops, so the pid cannot have been reused.
+        let ret = unsafe { libc::kill(pid, signal) };
+        ensure!(
+            ret == 0,
+            "cannot signal {}: {}",
+            self.run.name,
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
     /// The first `n` connections the server accepted.
     pub fn accepted(&mut self, n: usize) -> Result<Vec<Accepted>> {
         self.lines("ACCEPTED ", n)?

@@ -21,6 +21,7 @@ pub mod netns;
 pub mod nginx;
 mod privilege;
 mod report;
+mod reuseport;
 
 pub use bpf_objects::{BpfKind, BpfObjects};
 pub use fixture::{
@@ -37,3 +38,4 @@ pub use leaktrace::{
 };
 pub use privilege::{is_root, skip};
 pub use report::Report;
+pub use reuseport::{reuseport_listener, steer_to_first_listener};

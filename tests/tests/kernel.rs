@@ -5,14 +5,15 @@
 //! CI=true or LEAKTRACE_REQUIRE_PRIVILEGED=1 turns that into a failure.
 
 use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use leaktrace_tests::{
     close_wait_client, close_wait_clients, close_wait_server, comm, kernel_limits, kernel_socket,
-    kernel_sockets, run_client, run_leaktrace_within, Accepted, ClientRun, Family, Fixture,
-    Leaktrace, Report, FINDING_TIMEOUT, LATE_BYTES, LEAK_AFTER_MS, RUN_LIMIT, SETTLE, TCP_CLOSE,
-    TCP_CLOSE_WAIT,
+    kernel_sockets, reuseport_listener, run_client, run_leaktrace_within, steer_to_first_listener,
+    Accepted, ClientRun, Family, Fixture, Leaktrace, Report, FINDING_TIMEOUT, LATE_BYTES,
+    LEAK_AFTER_MS, RUN_LIMIT, SETTLE, TCP_CLOSE, TCP_CLOSE_WAIT,
 };
 use serde_json::{json, Value};
 
@@ -1075,6 +1076,63 @@ fn close_wait_before_accept_despite_another_listener_on_the_port() -> Result<()>
     leaktrace.settle(SETTLE)?;
     let report = leaktrace.stop()?;
     assert_close_wait_findings(&report, &server, Family::V4, &accepted, &client)?;
+    Ok(())
+}
+
+/// Kernel time as the records carry it (`bpf_ktime_get_ns`: CLOCK_MONOTONIC), in nanoseconds.
+fn kernel_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which lives for the call.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    assert_eq!(ret, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    u64::try_from(now.tv_sec).unwrap_or_default() * 1_000_000_000
+        + u64::try_from(now.tv_nsec).unwrap_or_default()
+}
+
+/// Incident 1 before accept, beside an SO_REUSEPORT sibling: another process, untraced, joins
+/// the traced server's listening group on the same address and port (a second instance of the
+/// server, a zero-downtime restart). New connections are steered to the traced server, which is
+/// too busy to accept (stopped) while the requests and FINs arrive: their CLOSE_WAIT is the
+/// traced server's from before it accepts, and each leak is reported with its pid and fd.
+#[test]
+fn close_wait_before_accept_despite_a_reuseport_sibling() -> Result<()> {
+    const CONNS: usize = 3;
+    let test = "close_wait_before_accept_despite_a_reuseport_sibling";
+    let conns = CONNS.to_string();
+    let mut server = Fixture::server(
+        FIXTURE,
+        &["close-wait-server", "--conns", &conns, "--reuseport"],
+    )?;
+    let Some(mut leaktrace) = Leaktrace::start(test, &[server.pid()], RUN_LIMIT)? else {
+        return Ok(());
+    };
+    // This test process is the sibling: untraced, it joins the group after the server.
+    let sibling = reuseport_listener(SocketAddrV4::new(Ipv4Addr::LOCALHOST, server.port()))?;
+    steer_to_first_listener(&sibling)?;
+    server.signal(libc::SIGSTOP)?;
+    let client = close_wait_clients(FIXTURE, &server, Family::V4, CONNS, CONNS)?;
+    let resumed_ns = kernel_now_ns();
+    server.signal(libc::SIGCONT)?;
+    // Every connection reached the traced server: the sibling's queue is empty.
+    let accepted = server.accepted(CONNS)?;
+    server.lines("EOF ", CONNS)?;
+    leaktrace.wait_for_leaks(CONNS, FINDING_TIMEOUT)?;
+    leaktrace.settle(SETTLE)?;
+    let report = leaktrace.stop()?;
+    assert_close_wait_findings(&report, &server, Family::V4, &accepted, &client)?;
+    for f in report.leaks() {
+        let entered = state_events(f)
+            .into_iter()
+            .find(|e| e["new"] == "CLOSE_WAIT")
+            .and_then(|e| e["t_ns"].as_u64());
+        assert!(
+            entered.is_some_and(|t| t < resumed_ns),
+            "the peer's FIN came before the server could accept: {f}\n{report}"
+        );
+    }
     Ok(())
 }
 

@@ -19,10 +19,13 @@ use anyhow::{bail, ensure, Context, Result};
 
 const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
   close-wait-server --conns N [--pause-ms MS] [--release-after-ms MS] [--release-on-connect]
+                    [--reuseport]
                                      read each connection to EOF, never close it (incident 1);
                                      --pause-ms waits MS before accepting the first; with
                                      --release-after-ms, close them all MS later; with
-                                     --release-on-connect, when one more connection comes
+                                     --release-on-connect, when one more connection comes;
+                                     --reuseport: listen with SO_REUSEPORT, so that others may
+                                     listen on the same address and port
   shut-wr-server --mode never-read|read-then-stop --expect BYTES [--pause-ms MS]
                  [--release-after-ms MS]
                                      reply, shutdown(SHUT_WR), then never read the peer's
@@ -129,6 +132,7 @@ struct Opts {
     reset: bool,
     close_first: bool,
     leak_one: bool,
+    reuseport: bool,
     keepalive: bool,
     propagate: bool,
     pause: Duration,
@@ -169,6 +173,7 @@ impl Opts {
             reset: false,
             close_first: false,
             leak_one: false,
+            reuseport: false,
             keepalive: false,
             propagate: false,
             pause: Duration::ZERO,
@@ -198,6 +203,7 @@ impl Opts {
                 "--reset" => o.reset = true,
                 "--close-first" => o.close_first = true,
                 "--leak-one" => o.leak_one = true,
+                "--reuseport" => o.reuseport = true,
                 "--release-on-connect" => o.release_on_connect = true,
                 "--conns" => o.conns = value()?.parse()?,
                 "--concurrency" => o.concurrency = value()?.parse()?,
@@ -239,7 +245,13 @@ impl Opts {
     }
 
     fn listen(&self) -> Result<TcpListener> {
-        let listener = TcpListener::bind(self.addr(0)).context("bind")?;
+        let listener = match self.addr(0) {
+            SocketAddr::V4(addr) if self.reuseport => {
+                leaktrace_tests::reuseport_listener(addr).context("listen with SO_REUSEPORT")?
+            }
+            _ if self.reuseport => bail!("--reuseport listens on IPv4 only"),
+            addr => TcpListener::bind(addr).context("bind")?,
+        };
         println!("READY {}", listener.local_addr()?.port());
         Ok(listener)
     }
