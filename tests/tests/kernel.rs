@@ -1136,6 +1136,70 @@ fn close_wait_before_accept_despite_a_reuseport_sibling() -> Result<()> {
     Ok(())
 }
 
+/// Issue 11: an unprivileged process must not grow root's leaktrace by calls that change
+/// nothing. On one connection, 200,000 each of connect() (EISCONN), close(dup(fd)) and
+/// shutdown(SHUT_WR) after the first: none reaches userspace, so the records stay a handful,
+/// one socket is tracked and its timeline stays short, while its leak (incident 3: the peer's
+/// late bytes never read) is reported as any other.
+#[test]
+fn repeated_calls_on_one_socket_do_not_grow_leaktrace() -> Result<()> {
+    const CALLS: usize = 200_000;
+    /// The listener found at start and the connection's few (6 here), not one per call.
+    const MAX_RECORDS: u64 = 20;
+    const MAX_TIMELINE: usize = 20;
+    let calls = CALLS.to_string();
+    let mut server = Fixture::server(FIXTURE, &["repeat-server", "--calls", &calls])?;
+    let Some(mut leaktrace) = Leaktrace::start_with(
+        "repeated_calls_on_one_socket_do_not_grow_leaktrace",
+        &[server.pid()],
+        RUN_LIMIT,
+        &["--interval", "1s"],
+    )?
+    else {
+        return Ok(());
+    };
+    let port = server.port().to_string();
+    let late = LATE_BYTES.to_string();
+    run_client(FIXTURE, &["--port", &port, "--wait-eof", "--send", &late])?;
+    let accepted = server.accepted(1)?.remove(0);
+    server.lines("REPEATED ", 1)?;
+    leaktrace.wait_for_leaks(1, FINDING_TIMEOUT)?;
+    // Past the next periodic summary.
+    leaktrace.settle(SETTLE)?;
+    let report = leaktrace.stop()?;
+
+    let leaks = report.leaks();
+    assert_eq!(leaks.len(), 1, "{report}");
+    let leak = leaks[0];
+    assert_eq!(leak["kind"], "shut_wr_unread", "{report}");
+    assert_eq!(
+        (&leak["pid"], &leak["fd"]),
+        (&json!(server.pid()), &json!(accepted.fd)),
+        "{report}"
+    );
+    assert_eq!(leak["unread_bytes"], LATE_BYTES, "{report}");
+    assert!(
+        timeline(leak).len() <= MAX_TIMELINE && leak["timeline_elided"] == 0,
+        "{CALLS} calls of each kind grew the timeline\n{report}"
+    );
+    let summary = report.summary();
+    let records = summary["records"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        records <= MAX_RECORDS,
+        "{records} records for 3 x {CALLS} calls that change nothing\n{report}"
+    );
+    assert_eq!(summary["lost_events"], 0, "{report}");
+    let tracked: Vec<u64> = (report.lines.iter())
+        .filter(|l| l["type"] == "interval")
+        .filter_map(|l| l["sockets_tracked"].as_u64())
+        .collect();
+    assert!(
+        !tracked.is_empty() && tracked.iter().all(|&n| n <= 2),
+        "the listener and the connection, no more: sockets_tracked {tracked:?}\n{report}"
+    );
+    Ok(())
+}
+
 /// Past `--max-kernel-sockets`, a traced process's new sockets are not followed: leaks among
 /// them cannot be reported, so leaktrace says so at once and in the summary, never silently.
 #[test]

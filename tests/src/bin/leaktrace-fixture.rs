@@ -32,6 +32,11 @@ const USAGE: &str = "usage: leaktrace-fixture <command> [--ipv6] [options]
                                      end-of-stream; keep the fd (incident 3). read-then-stop
                                      waits MS, then reads exactly BYTES; with
                                      --release-after-ms, read to end-of-stream MS later
+  repeat-server --calls N            accept one connection and call, N times each, connect()
+                                     to its peer (EISCONN), close(dup(fd)) and
+                                     shutdown(SHUT_WR) (the first one ends our side, the others
+                                     change nothing; REPEATED fd=F once done), then keep the fd
+                                     and never read what the peer sends after (incident 3)
   hold-server                        greet each connection with a line, then neither read nor
                                      close it: its fd stays held after the connection ends
                                      (incident 4)
@@ -143,6 +148,8 @@ struct Opts {
     /// Mend it when the test says so, by connecting once more: at a moment of its choosing.
     release_on_connect: bool,
     exit_code: i32,
+    /// How many times `repeat-server` makes each of its calls.
+    calls: usize,
     fd: i32,
     name: Option<String>,
     netns: Option<Netns>,
@@ -182,6 +189,7 @@ impl Opts {
             release_after: None,
             release_on_connect: false,
             exit_code: 0,
+            calls: 0,
             fd: -1,
             name: None,
             netns: None,
@@ -213,6 +221,7 @@ impl Opts {
                 "--mode" => o.mode = value()?.parse()?,
                 "--expect" => o.expect = value()?.parse()?,
                 "--exit-code" => o.exit_code = value()?.parse()?,
+                "--calls" => o.calls = value()?.parse()?,
                 "--fd" => o.fd = value()?.parse()?,
                 "--name" => o.name = Some(value()?),
                 "--netns" => {
@@ -275,6 +284,7 @@ fn main() -> Result<()> {
         "close-wait-server" => close_wait_server(&opts),
         "shut-wr-server" => shut_wr_server(&opts),
         "hold-server" => hold_server(&opts),
+        "repeat-server" => repeat_server(&opts),
         "echo-server" => echo_server(&opts),
         "prefork-server" => prefork_server(&opts),
         "proxy" => proxy(&opts),
@@ -452,6 +462,43 @@ fn shut_wr_server(o: &Opts) -> Result<()> {
         stream.read_to_end(&mut Vec::new()).context("draining")?;
         println!("RELEASED");
     }
+    hold_forever(vec![stream])
+}
+
+/// Issue 11's attempt to grow root's leaktrace from an unprivileged process: calls on one socket
+/// that change nothing after the first, made as fast as the process can.
+fn repeat_server(o: &Opts) -> Result<()> {
+    let listener = o.listen()?;
+    let stream = accept(&listener)?;
+    let fd = stream.as_raw_fd();
+    // SAFETY: an all-zero sockaddr_storage is valid; getpeername fills at most `len` bytes of it.
+    let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of_val(&peer))?;
+    // SAFETY: `peer` and `len` live for the call, and `len` says how much `peer` can take.
+    let ret = unsafe { libc::getpeername(fd, (&raw mut peer).cast(), &mut len) };
+    ensure!(ret == 0, "getpeername: {}", io::Error::last_os_error());
+    for _ in 0..o.calls {
+        // SAFETY: the kernel reads `len` bytes of `peer`, which lives for the call.
+        let ret = unsafe { libc::connect(fd, (&raw const peer).cast(), len) };
+        let error = io::Error::last_os_error();
+        ensure!(
+            ret == -1 && error.raw_os_error() == Some(libc::EISCONN),
+            "connect() of a connected socket: {ret}, {error}"
+        );
+    }
+    for _ in 0..o.calls {
+        // SAFETY: dup of an fd this process owns; the copy is closed right away, by us alone.
+        let copy = unsafe { libc::dup(fd) };
+        ensure!(copy >= 0, "dup: {}", io::Error::last_os_error());
+        // SAFETY: `copy` is a fresh fd nobody else owns.
+        drop(unsafe { OwnedFd::from_raw_fd(copy) });
+    }
+    stream.shutdown(Shutdown::Write).context("shutdown")?;
+    for _ in 1..o.calls {
+        // Once the peer's FIN ends the connection it says ENOTCONN, and changes nothing either.
+        let _ = stream.shutdown(Shutdown::Write);
+    }
+    println!("REPEATED fd={fd}");
     hold_forever(vec![stream])
 }
 
