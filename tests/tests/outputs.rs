@@ -167,17 +167,29 @@ fn run_runs_the_command_whatever_stderr() -> Result<()> {
 }
 
 /// `leaktrace --json | less`, left alone: the pipe fills and stays full. The session must go on
-/// regardless (its metrics answer), a stop signal must still end it, promptly, and the report
+/// regardless (its metrics answer), each stop signal must still end it, promptly, and the report
 /// it could not deliver is an output failure, not a hang.
 #[test]
 fn a_reader_that_stops_reading_holds_nothing_up() -> Result<()> {
     const TEST: &str = "a_reader_that_stops_reading_holds_nothing_up";
-    // Each finding is a JSON line of a kilobyte or more: together far more than a pipe holds.
-    const CONNS: usize = 200;
     if !is_root() {
         skip(TEST, "leaktrace needs root");
         return Ok(());
     }
+    for (signal, name) in [
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
+        stops_while_stdout_is_full(signal).with_context(|| format!("stopped by {name}"))?;
+    }
+    Ok(())
+}
+
+/// One session of [`a_reader_that_stops_reading_holds_nothing_up`], ended by `signal`.
+fn stops_while_stdout_is_full(signal: libc::c_int) -> Result<()> {
+    // Each finding is a JSON line of a kilobyte or more: together far more than a pipe holds.
+    const CONNS: usize = 200;
     let server = close_wait_server(FIXTURE, Family::V4, CONNS)?;
     let pid = server.pid().to_string();
     let mut command = leaktrace(&[
@@ -209,7 +221,7 @@ fn a_reader_that_stops_reading_holds_nothing_up() -> Result<()> {
         "not leaktrace's metrics: {scrape}"
     );
     // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet.
-    unsafe { libc::kill(libc::pid_t::try_from(child.id())?, libc::SIGTERM) };
+    unsafe { libc::kill(libc::pid_t::try_from(child.id())?, signal) };
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -217,7 +229,7 @@ fn a_reader_that_stops_reading_holds_nothing_up() -> Result<()> {
         }
         ensure!(
             std::time::Instant::now() < deadline,
-            "SIGTERM did not end leaktrace while its reader was not reading"
+            "the signal did not end leaktrace while its reader was not reading"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
