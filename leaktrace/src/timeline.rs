@@ -33,6 +33,14 @@ const MAX_ENTRIES: usize = 1000;
 /// dropped must not start a bogus new timeline for a dead socket.
 const RETIRED_GRACE_NS: u64 = 2_000_000_000;
 
+/// How long a socket whose story ended without a timeline is remembered, in kernel time of later
+/// records. A CPU that looked the socket up just before its close made the kernel side forget it
+/// still records the state change it was handling (the peer's ACK of the FIN, say), which reaches
+/// userspace after the close, possibly in the next read: as the first record of a timeline it
+/// would count the connection twice. Shorter than [`RETIRED_GRACE_NS`]: under churn nearly
+/// every socket ends this way, and the set stays small enough to stay in cache.
+const FINISHED_GRACE_NS: u64 = 500_000_000;
+
 /// How long a timeline stays after its owner closed the socket without the kernel destroying it
 /// yet. Every leak class ends with the owner's close, so the rest of the socket's life (FIN_WAIT2
 /// waits up to a minute by default, LAST_ACK retransmits) only adds detail no finding will show.
@@ -550,9 +558,10 @@ pub(crate) struct Store {
     /// [`CLOSED_RETENTION_NS`]; a queue of every close would hold a minute of closes (tens of
     /// MiB under churn) for the few sockets the kernel keeps that long.
     closed_scanned_ns: u64,
-    /// Sockets whose timeline was dropped, or that never needed one, for at least
-    /// [`RETIRED_GRACE_NS`].
+    /// Sockets whose timeline was dropped, for at least [`RETIRED_GRACE_NS`].
     retired: Retired,
+    /// Sockets whose story ended without a timeline, for at least [`FINISHED_GRACE_NS`].
+    finished: Retired,
     /// Events of the read of the ring buffer under way not yet in the store (see
     /// [`Self::stage`]), kept between reads for its allocation.
     staged: Vec<Event>,
@@ -591,7 +600,8 @@ impl Store {
             counts: Counts::default(),
             ended: VecDeque::new(),
             closed_scanned_ns: 0,
-            retired: Retired::default(),
+            retired: Retired::new(RETIRED_GRACE_NS),
+            finished: Retired::new(FINISHED_GRACE_NS),
             staged: Vec::new(),
             stories: Vec::new(),
             story_index: FxHashMap::default(),
@@ -689,6 +699,9 @@ impl Store {
         // Ended: a record's later events (the state change a close made) come after its end.
         self.sockets_seen += stories.len() as u64;
         self.dropped.finished += stories.len() as u64;
+        for (key, _) in &stories {
+            self.finished.insert(*key, self.latest_ns);
+        }
         stories.clear();
         index.clear();
         staged.clear();
@@ -712,7 +725,9 @@ impl Store {
         // A read or an arrival is recorded only of a socket recorded before: one that starts a
         // timeline came after its socket's end, from a CPU that looked it up just before.
         let stray = matches!(event.kind, EventKind::Recv { .. } | EventKind::Arrival);
-        if !known && (stray || self.retired.contains(&event.sock)) {
+        if !known
+            && (stray || self.retired.contains(&event.sock) || self.finished.contains(&event.sock))
+        {
             self.dropped.late_records += 1;
             return;
         }
@@ -1126,17 +1141,27 @@ impl Store {
 }
 
 /// Sockets leaktrace is done with, whose late records are ignored. Two generations, each as old
-/// as [`RETIRED_GRACE_NS`] at most, the older dropped whole: under churn a socket retires every
-/// few microseconds, and forgetting them one by one would cost as much as remembering them.
-#[derive(Debug, Default)]
+/// as `grace_ns` at most, the older dropped whole: under churn a socket retires every few
+/// microseconds, and forgetting them one by one would cost as much as remembering them.
+#[derive(Debug)]
 struct Retired {
     current: FxHashSet<SockKey>,
     previous: FxHashSet<SockKey>,
     /// When `current` began.
     since_ns: u64,
+    grace_ns: u64,
 }
 
 impl Retired {
+    fn new(grace_ns: u64) -> Self {
+        Self {
+            current: FxHashSet::default(),
+            previous: FxHashSet::default(),
+            since_ns: 0,
+            grace_ns,
+        }
+    }
+
     fn insert(&mut self, key: SockKey, now_ns: u64) {
         self.expire(now_ns);
         self.current.insert(key);
@@ -1146,10 +1171,10 @@ impl Retired {
         self.current.contains(key) || self.previous.contains(key)
     }
 
-    /// A socket stays at least [`RETIRED_GRACE_NS`]: in `current` until it is that old, then in
-    /// `previous` for as long again.
+    /// A socket stays at least `grace_ns`: in `current` until it is that old, then in `previous`
+    /// for as long again.
     fn expire(&mut self, now_ns: u64) {
-        if now_ns.saturating_sub(self.since_ns) < RETIRED_GRACE_NS {
+        if now_ns.saturating_sub(self.since_ns) < self.grace_ns {
             return;
         }
         std::mem::swap(&mut self.current, &mut self.previous);
@@ -1706,6 +1731,21 @@ pub(crate) mod tests {
                     time_wait: 1
                 }
             )]
+        );
+        // A state change another CPU recorded as the close made the kernel side forget the
+        // socket, read after the close: no second connection, no timeline.
+        store.insert_batch(&[at_birth(
+            churned,
+            21,
+            state(tcp_state::FIN_WAIT1, tcp_state::FIN_WAIT2),
+        )]);
+        assert!(store.get(&churned).is_none());
+        assert_eq!(store.sockets_seen(), 2);
+        assert_eq!(store.dropped().late_records, 1);
+        assert_eq!(
+            store.counts().remotes().collect::<Vec<_>>(),
+            remotes,
+            "counted again"
         );
         // The timeline of the one still held opens as the kernel opened it, at its birth.
         assert_eq!(
