@@ -92,6 +92,10 @@ pub struct Record {
     /// When the kernel side first saw this socket alive (for a socket seen opening, its opening
     /// transition): with `sock`, tells apart two sockets that reuse one address over time.
     pub sock_born_ns: u64,
+    /// When a traced process took the socket from its listener, as an accept hook saw it (0
+    /// where none did, or for a socket not accepted): a proxy connects upstream for a client
+    /// after taking it, which a birth time long before, in the listener's queue, cannot tell.
+    pub sock_taken_ns: u64,
     /// Inode of the socket's file (0 while it has none, as before `accept`): what
     /// /proc/<pid>/fd shows as `socket:[ino]`, to find the fds that hold it.
     pub ino: u64,

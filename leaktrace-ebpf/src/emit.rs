@@ -70,6 +70,7 @@ pub(crate) fn socket_record<R: Reader>(sk: Sock, meta: &mut SockMeta, event: &Ev
     let mut record = blank(event.kind, event.ts_ns, tgid, tid);
     record.sock = sk.addr();
     record.sock_born_ns = meta.born_ns;
+    record.sock_taken_ns = meta.taken_ns;
     record.owner_tgid = meta.owner_tgid;
     // The inode is what finds the fd that holds the socket: named wherever the socket has a file.
     if meta.ino == 0 {
@@ -130,6 +131,7 @@ fn blank(kind: RecordKind, ts_ns: u64, tgid: u32, tid: u32) -> Record {
         ts_ns,
         sock: 0,
         sock_born_ns: 0,
+        sock_taken_ns: 0,
         ino: 0,
         ret: 0,
         tgid,

@@ -9,6 +9,8 @@ use leaktrace_common::{PresentRequest, ProbeFailure};
 #[derive(Clone, Copy)]
 pub(crate) struct SockMeta {
     pub born_ns: u64,
+    /// See [`leaktrace_common::Record::sock_taken_ns`].
+    pub taken_ns: u64,
     /// The inode of the socket's file, once it has one (0 before): read once, as reaching it
     /// takes four dependent loads.
     pub ino: u64,

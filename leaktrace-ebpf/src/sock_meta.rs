@@ -103,6 +103,7 @@ pub(crate) fn claim(sk: Sock, owner: u32, flags: u32) -> bool {
     // Read only here: the clock costs a socket nobody traces more than the checks above.
     let meta = SockMeta {
         born_ns: now(),
+        taken_ns: 0,
         ino: 0,
         owner_tgid: owner,
         flags,

@@ -158,6 +158,8 @@ pub struct Event {
     /// The socket came from a listener and its handshake ended at its birth, unrecorded
     /// (`FLAG_ESTABLISHED_AT_BIRTH`): rebuilt by [`Event::opening`].
     pub established_at_birth: bool,
+    /// When a traced process took the socket from its listener, where an accept hook saw it.
+    pub taken_ns: Option<u64>,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub receive: Option<ReceiveState>,
@@ -347,6 +349,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         }),
         in_owner_context: flag(FLAG_OWNER_CONTEXT),
         established_at_birth: flag(FLAG_ESTABLISHED_AT_BIRTH),
+        taken_ns: (record.sock_taken_ns != 0).then_some(record.sock_taken_ns),
         local: socket_addr(record.family, &record.saddr, record.sport),
         remote: socket_addr(record.family, &record.daddr, record.dport),
         receive: flag(FLAG_HAS_RECEIVE_STATE).then_some(ReceiveState {
@@ -394,6 +397,7 @@ mod tests {
             ts_ns: 1_000,
             sock: 0xffff_8880_1234_5678,
             sock_born_ns: 500,
+            sock_taken_ns: 0,
             ino: 0,
             ret: 0,
             tgid: 4242,

@@ -169,6 +169,8 @@ pub(crate) struct Timeline {
     /// The accept or connect that made the socket, if tracing saw it: a socket found at start
     /// has no opening time to pair it by.
     opened: Option<Opened>,
+    /// When the owner took the socket from its listener, where an accept hook saw it.
+    taken_ns: Option<u64>,
 }
 
 /// The other socket of a proxied pair (accepted and connected by one process about together),
@@ -207,6 +209,9 @@ impl Timeline {
         let ts = event.ts_ns;
         self.last_ns = self.last_ns.max(ts);
         self.learn_owner(&event);
+        if self.taken_ns.is_none() {
+            self.taken_ns = event.taken_ns;
+        }
         if let Some(addr) = event.local {
             Stamped::update(&mut self.local, ts, addr);
         }
@@ -437,6 +442,17 @@ impl Timeline {
             .or_else(|| self.tally.accepted())
     }
 
+    /// When the owner came to hold the socket, for pairing: the connect, or the accept where a
+    /// hook saw it (exact, `true`); else the birth in the listener's queue, which may be long
+    /// before the accept.
+    fn held_since(&self) -> Option<(u64, bool)> {
+        let opened = self.opened?;
+        Some(match self.taken_ns {
+            Some(taken_ns) if opened.accepted => (taken_ns, true),
+            _ => (opened.ts_ns, !opened.accepted),
+        })
+    }
+
     pub(crate) fn activity(&self) -> Option<Activity> {
         self.activity
     }
@@ -497,6 +513,7 @@ impl Timeline {
             owner: Some(owner),
             in_owner_context: true,
             established_at_birth: false,
+            taken_ns: None,
             local: self.local(),
             remote: self.remote(),
             receive: None,
@@ -995,6 +1012,7 @@ impl Store {
                 let half_closed_ns = t.close_wait_since.filter(|_| t.close_wait_entered)?;
                 let owner = t.owner()?;
                 let opened = t.opened?;
+                let held_since = t.held_since()?;
                 let partner = Partner {
                     sock: *key,
                     fd: owner.fd,
@@ -1006,6 +1024,7 @@ impl Store {
                 Some(HalfClosed {
                     owner: owner.tgid,
                     opened,
+                    held_since,
                     partner,
                 })
             })
@@ -1017,16 +1036,18 @@ impl Store {
         // per call: looking through every timeline for each half-closed socket would cost a
         // server under churn (all of whose clients half-close) the square of its connections.
         let owners: HashSet<u32> = half_closed.iter().map(|h| h.owner).collect();
-        let mut unpaired: HashMap<(u32, bool), Vec<(u64, SockKey)>> = HashMap::new();
+        let mut unpaired: HashMap<(u32, bool), Vec<Unpaired>> = HashMap::new();
         for (key, t) in &self.timelines {
-            let (Some(owner), Some(opened)) = (t.owner(), t.opened) else {
+            let (Some(owner), Some(opened), Some((held_ns, _))) =
+                (t.owner(), t.opened, t.held_since())
+            else {
                 continue;
             };
             if t.partner.is_none() && t.live() && owners.contains(&owner.tgid) {
                 unpaired
                     .entry((owner.tgid, opened.accepted))
                     .or_default()
-                    .push((opened.ts_ns, *key));
+                    .push((held_ns, *key));
             }
         }
         for list in unpaired.values_mut() {
@@ -1035,12 +1056,13 @@ impl Store {
         for HalfClosed {
             owner,
             opened,
+            held_since,
             partner,
         } in half_closed
         {
             let mate = unpaired
                 .get_mut(&(owner, !opened.accepted))
-                .and_then(|list| take_closest(list, opened.ts_ns));
+                .and_then(|list| take_mate(list, held_since, opened.accepted));
             if let Some(mate) = mate.and_then(|m| self.timelines.get_mut(&m)) {
                 mate.partner = Some(partner);
             }
@@ -1208,8 +1230,13 @@ impl Story {
 struct HalfClosed {
     owner: u32,
     opened: Opened,
+    held_since: (u64, bool),
     partner: Partner,
 }
+
+/// A socket that may be the other of a pair: since when its owner holds it (see
+/// [`Timeline::held_since`]), and its key.
+type Unpaired = (u64, SockKey);
 
 /// Whether nothing more will be recorded of the socket after this event (for leaktrace).
 fn ends_story(kind: &EventKind) -> bool {
@@ -1219,18 +1246,37 @@ fn ends_story(kind: &EventKind) -> bool {
     )
 }
 
-/// Removes and returns the socket of `by_opening` (sorted by opening time) opened closest to
-/// `ts_ns`, if within [`PAIR_WINDOW_NS`].
-fn take_closest(by_opening: &mut Vec<(u64, SockKey)>, ts_ns: u64) -> Option<SockKey> {
-    let after = by_opening.partition_point(|&(opened, _)| opened < ts_ns);
-    let index = [after.checked_sub(1), Some(after)]
-        .into_iter()
-        .flatten()
-        .filter_map(|i| Some((by_opening.get(i)?.0.abs_diff(ts_ns), i)))
-        .filter(|&(apart, _)| apart <= PAIR_WINDOW_NS)
-        .min()?
-        .1;
-    Some(by_opening.remove(index).1)
+/// Removes and returns the other socket of the pair of a half-closed socket held since
+/// `held_since` (accepted or not), from `by_time` (the owner's unpaired sockets of the other
+/// direction, sorted), within [`PAIR_WINDOW_NS`]. A proxy connects upstream for a client after
+/// taking it: where the half-closed socket's time is exact, the pair is the first connect from
+/// its accept on (or, seen from the connect, the last client taken up to it), whatever other
+/// clients the proxy serves meanwhile. Otherwise, or where nothing lies that way (a proxy that
+/// connects first), the socket held since the closest time, which a busy proxy can get wrong.
+fn take_mate(
+    by_time: &mut Vec<Unpaired>,
+    (ts_ns, exact): (u64, bool),
+    accepted: bool,
+) -> Option<SockKey> {
+    let after = by_time.partition_point(|&(held_ns, _)| held_ns < ts_ns);
+    let before = after.checked_sub(1);
+    let exact_pick = match (exact, accepted) {
+        (true, true) => Some(after).filter(|&i| i < by_time.len()),
+        // A client's birth is no later than its accept either.
+        (true, false) => before,
+        (false, _) => None,
+    };
+    let index = match exact_pick {
+        Some(i) => Some(i).filter(|&i| by_time[i].0.abs_diff(ts_ns) <= PAIR_WINDOW_NS),
+        None => [before, Some(after)]
+            .into_iter()
+            .flatten()
+            .filter_map(|i| Some((by_time.get(i)?.0.abs_diff(ts_ns), i)))
+            .filter(|&(apart, _)| apart <= PAIR_WINDOW_NS)
+            .min()
+            .map(|(_, i)| i),
+    }?;
+    Some(by_time.remove(index).1)
 }
 
 #[cfg(test)]
@@ -1261,6 +1307,7 @@ pub(crate) mod tests {
             }),
             in_owner_context: true,
             established_at_birth: false,
+            taken_ns: None,
             local: Some("127.0.0.1:8080".parse().unwrap()),
             remote: Some("127.0.0.1:50412".parse().unwrap()),
             receive: None,
@@ -1837,20 +1884,81 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_closest_opening_within_the_window_pairs_once() {
+    fn without_an_accept_time_the_closest_within_the_window_pairs_once() {
         let mut unpaired = vec![
             (1_000, key(1, 1)),
             (5_000, key(2, 2)),
             (PAIR_WINDOW_NS * 3, key(3, 3)),
         ];
-        assert_eq!(take_closest(&mut unpaired, 4_000), Some(key(2, 2)));
-        assert_eq!(take_closest(&mut unpaired, 4_000), Some(key(1, 1)));
+        let client_born = (4_000, false);
+        assert_eq!(take_mate(&mut unpaired, client_born, true), Some(key(2, 2)));
+        assert_eq!(take_mate(&mut unpaired, client_born, true), Some(key(1, 1)));
         assert_eq!(
-            take_closest(&mut unpaired, 4_000),
+            take_mate(&mut unpaired, client_born, true),
             None,
             "out of the window"
         );
         assert_eq!(unpaired, [(PAIR_WINDOW_NS * 3, key(3, 3))]);
+    }
+
+    #[test]
+    fn an_accepted_client_pairs_with_the_first_connect_after_its_accept() {
+        // Upstream 1 was connected for a client taken just before ours, upstream 2 for ours.
+        let mut upstreams = vec![(3_900, key(1, 1)), (4_300, key(2, 2))];
+        assert_eq!(
+            take_mate(&mut upstreams, (4_000, true), true),
+            Some(key(2, 2))
+        );
+        // Seen from the upstream: the client taken last before its connect.
+        let mut clients = vec![(3_800, key(3, 3)), (4_000, key(4, 4)), (4_350, key(5, 5))];
+        assert_eq!(
+            take_mate(&mut clients, (4_300, true), false),
+            Some(key(4, 4))
+        );
+        // Its birth, with no accept time, is before the connect; the closer one is after it.
+        let mut clients = vec![(4_200, key(6, 6)), (4_350, key(7, 7))];
+        assert_eq!(
+            take_mate(&mut clients, (4_300, true), false),
+            Some(key(6, 6))
+        );
+    }
+
+    #[test]
+    fn a_client_queued_behind_another_pairs_with_the_upstream_connected_after_its_accept() {
+        // Born first, taken second: the proxy served the client behind it in the queue first.
+        let (ours, theirs) = (key(1, 100), key(2, 150));
+        let (our_upstream, their_upstream) = (key(3, 310), key(4, 210));
+        let accepted = |sock: SockKey, taken_ns| {
+            let mut e = event(sock, taken_ns, ACCEPT);
+            e.established_at_birth = true;
+            e.taken_ns = Some(taken_ns);
+            e
+        };
+        let connected = |sock: SockKey| {
+            let established = state(tcp_state::SYN_SENT, tcp_state::ESTABLISHED);
+            let mut e = from_peer(event(sock, sock.born_ns + 1, established));
+            e.remote = Some("127.0.0.1:9000".parse().unwrap());
+            e
+        };
+        let mut store = Store::default();
+        for e in [
+            accepted(theirs, 200),
+            connected(their_upstream),
+            accepted(ours, 300),
+            connected(our_upstream),
+        ] {
+            store.insert(e);
+        }
+        let fin = state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT);
+        store.insert(from_peer(event(ours, 500, fin)));
+        store.pair_half_closed(600);
+        let partner = |sock| store.get(&sock).unwrap().partner().map(|p| p.sock);
+        assert_eq!(partner(our_upstream), Some(ours));
+        assert_eq!(
+            partner(their_upstream),
+            None,
+            "by birth alone it was the closer one"
+        );
     }
 
     #[test]

@@ -47,7 +47,11 @@ fn on_accepted<R: Reader>(sk: Sock) {
     let (tgid, _) = current();
     match followed(sk) {
         Some(meta) => {
-            let _ = taken_over::<R>(sk, meta, tgid, now());
+            let now = now();
+            // Only here is the time exact: a first read or a shutdown, where no accept hook
+            // exists, comes later than the proxy's connect upstream for the client it took.
+            meta.taken_ns = now;
+            let _ = taken_over::<R>(sk, meta, tgid, now);
         }
         // Its listener is nobody's we trace, but a traced process took it.
         None => claim_and_record::<R>(sk, tgid, RecordKind::Accept, 0, 0),
