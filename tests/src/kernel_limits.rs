@@ -6,7 +6,7 @@ use std::io::{self, Write as _};
 
 use anyhow::{ensure, Result};
 
-use crate::run_leaktrace;
+use crate::{run_leaktrace, Leaktrace};
 
 /// leaktrace's status when the kernel refuses what it needs (`--help`).
 const HOOK_REFUSED: i32 = 7;
@@ -30,6 +30,25 @@ pub fn traces_cgroups(test: &str) -> Result<bool> {
     note(
         test,
         &format!("this kernel cannot trace a cgroup, leaktrace says: {why}"),
+    );
+    Ok(false)
+}
+
+/// Whether `leaktrace` sees accepts as they happen (an accept hook: fexit or kretprobe on
+/// `inet_csk_accept`), which pairing the sockets of a proxy busy with other clients needs; if
+/// not, `test` is told why on stderr.
+pub fn sees_accepts(test: &str, leaktrace: &Leaktrace) -> Result<bool> {
+    let start = leaktrace.start_record()?;
+    let accept = start["hooks"]["accept"].as_str().unwrap_or_default();
+    if accept.contains("inet_csk_accept") {
+        return Ok(true);
+    }
+    note(
+        test,
+        &format!(
+            "leaktrace learns accepts here from {accept:?}, not as they happen, so it pairs a \
+             busy proxy's sockets by their openings; the pairing is not checked"
+        ),
     );
     Ok(false)
 }
