@@ -1,6 +1,6 @@
 //! The `leaktrace` command: parses the command line and runs the mode it names (see the
 //! library, `leaktrace`, for everything else).
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 
@@ -9,9 +9,19 @@ use leaktrace::{
     demo, error, run, stderr, stop, trace,
 };
 
+/// How long leaktrace's last lines on stderr may wait for a reader that does not read before
+/// leaktrace exits without them.
+const STDERR_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
 fn main() -> ExitCode {
     // First of all: from here on a stop signal cannot end leaktrace without a word.
     stop::hold();
+    let status = run_command_line();
+    stderr::flush(STDERR_DRAIN_LIMIT);
+    status
+}
+
+fn run_command_line() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {

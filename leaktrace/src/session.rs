@@ -343,7 +343,7 @@ impl Session {
         let stops = StopSignals::install()?;
 
         let (opened, report_fd) = if options.report_to_stderr {
-            (pipe::open(io::stderr()), libc::STDERR_FILENO)
+            (stderr::shared(), libc::STDERR_FILENO)
         } else {
             (pipe::open(io::stdout()), libc::STDOUT_FILENO)
         };

@@ -7,13 +7,13 @@
 
 use std::fs::File;
 use std::os::unix::process::CommandExt as _;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use leaktrace_tests::{
-    close_wait_clients, close_wait_server, is_root, leaktrace_bin, skip, Family,
+    close_wait_clients, close_wait_server, is_root, leaktrace_bin, skip, Family, Fixture,
 };
 use serde_json::Value;
 
@@ -220,19 +220,8 @@ fn stops_while_stdout_is_full(signal: libc::c_int) -> Result<()> {
         scrape.contains("leaktrace_"),
         "not leaktrace's metrics: {scrape}"
     );
-    // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet.
-    unsafe { libc::kill(libc::pid_t::try_from(child.id())?, signal) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the signal did not end leaktrace while its reader was not reading"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = stop(&mut child, signal)
+        .context("the signal did not end leaktrace while its reader was not reading")?;
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().context("no stderr")?, &mut stderr)?;
     ensure!(
@@ -240,6 +229,98 @@ fn stops_while_stdout_is_full(signal: libc::c_int) -> Result<()> {
         "expected status {OUTPUT_FAILED} and why, got {status}; stderr:\n{stderr}"
     );
     Ok(())
+}
+
+/// `leaktrace run -- cmd 2>&1 | less`, left alone once the command's output filled the pipe:
+/// stderr is a full pipe nobody reads. leaktrace's warning at start (`--pid` of a prefork
+/// master) waits for a reader; the session starts, and a stop signal ends it with its report.
+#[test]
+fn a_full_stderr_holds_nothing_up() -> Result<()> {
+    const TEST: &str = "a_full_stderr_holds_nothing_up";
+    if !is_root() {
+        skip(TEST, "leaktrace needs root");
+        return Ok(());
+    }
+    let mut server = Fixture::server(FIXTURE, &["prefork-server"])?;
+    // Its workers share its listener, which leaktrace warns of at start.
+    server.lines("WORKER pid=", 2)?;
+    let (unread, full) = full_pipe()?;
+    let pid = server.pid().to_string();
+    let mut child = leaktrace(&["--json", "--pid", &pid])?
+        .stderr(full)
+        .spawn()
+        .context("cannot start leaktrace")?;
+    let _kill = KillOnDrop(libc::pid_t::try_from(child.id())?);
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let start = lines
+        .recv_timeout(RUN_TIMEOUT)
+        .context("no start line: leaktrace blocked on its full stderr")?;
+    ensure!(
+        start.contains(r#""type":"start""#),
+        "not a start line: {start}"
+    );
+    let status = stop(&mut child, libc::SIGTERM)
+        .context("SIGTERM did not end leaktrace while its stderr was full")?;
+    let rest: Vec<String> = lines.iter().collect();
+    ensure!(
+        status.success() && rest.iter().any(|l| l.contains(r#""type":"summary""#)),
+        "expected status 0 and the final report, got {status}; stdout:\n{}",
+        rest.join("\n")
+    );
+    drop(unread);
+    Ok(())
+}
+
+/// A pipe filled to the brim, with its reading end (kept open, never read) and its writing end.
+fn full_pipe() -> Result<(std::io::PipeReader, Stdio)> {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+    let (reader, mut writer) = std::io::pipe()?;
+    let fd = writer.as_raw_fd();
+    // SAFETY: fcntl on an fd this function owns; only its status flags change.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    ensure!(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } == 0);
+    // Small writes are all or nothing: bytes one at a time fill the last of it.
+    for chunk in [&[b'x'; 4096][..], b"x"] {
+        loop {
+            match writer.write(chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    // Blocking again, as a shell's pipe is: a write waits for a reader.
+    // SAFETY: as above.
+    ensure!(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } == 0);
+    Ok((reader, writer.into()))
+}
+
+/// Sends `child` `signal` and waits, at most 15 s, for it to end.
+fn stop(child: &mut std::process::Child, signal: libc::c_int) -> Result<ExitStatus> {
+    // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet.
+    unsafe { libc::kill(libc::pid_t::try_from(child.id())?, signal) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "still running after 15s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// One GET of http://ADDR/metrics, which must answer within a few seconds.

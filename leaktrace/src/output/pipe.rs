@@ -30,13 +30,16 @@ impl State {
     }
 }
 
-/// What the reporters write to: whole lines, each handed to the thread at once.
+/// What the reporters write to: whole lines, each handed to the thread at once. Clones hand
+/// their lines to the same thread, in the order they are written.
+#[derive(Clone)]
 pub(crate) struct Pipe {
     lines: mpsc::Sender<Vec<u8>>,
     state: Arc<Mutex<State>>,
 }
 
 /// The session's handle on the thread, to wait for the last lines to go out.
+#[derive(Clone)]
 pub(crate) struct Outlet {
     state: Arc<Mutex<State>>,
 }
